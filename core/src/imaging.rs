@@ -1,0 +1,650 @@
+//! Decoding X-ray images (JPEG, PNG 8/16-bit, TIFF 16-bit) to grayscale, keeping the bit
+//! depth, with EXIF orientation applied so that pixel coordinates and boxes are those a
+//! viewer shows.
+//!
+//! Two failure modes of general-purpose decoders are closed here:
+//! - a truncated JPEG decodes "successfully" into a half-grey image in lenient decoders
+//!   (the `image` crate's JPEG path is lenient), so JPEG streams are walked marker by marker
+//!   first and refused when they end before the end-of-image marker;
+//! - a header that claims a huge image would allocate before anything else fails, so the
+//!   pixel count is checked against [`DecodeOptions::max_pixels`] from the header alone.
+
+use image::metadata::Orientation;
+use image::{DynamicImage, ImageBuffer, ImageDecoder, ImageFormat, ImageReader, Luma};
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+
+/// 8-bit grayscale pixels.
+pub type Gray8 = ImageBuffer<Luma<u8>, Vec<u8>>;
+/// 16-bit grayscale pixels.
+pub type Gray16 = ImageBuffer<Luma<u16>, Vec<u16>>;
+
+/// Grayscale pixels at the depth they were stored with.
+#[derive(Clone, Debug, PartialEq)]
+pub enum GrayPixels {
+    /// 8 bits per pixel.
+    U8(Gray8),
+    /// 16 bits per pixel (12-bit detectors store into these too).
+    U16(Gray16),
+}
+
+/// A decoded grayscale X-ray in display orientation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct XrayImage {
+    pixels: GrayPixels,
+    significant_bits: u8,
+}
+
+impl XrayImage {
+    /// An 8-bit image.
+    pub fn from_gray8(pixels: Gray8) -> Self {
+        XrayImage {
+            pixels: GrayPixels::U8(pixels),
+            significant_bits: 8,
+        }
+    }
+
+    /// A 16-bit image whose values use the low `significant_bits` bits (16 for PNG/TIFF,
+    /// the DICOM `BitsStored` for DICOM). Values are not checked against that range:
+    /// [`XrayImage::max_value`] only sets the scale for normalization.
+    pub fn from_gray16(pixels: Gray16, significant_bits: u8) -> Self {
+        XrayImage {
+            pixels: GrayPixels::U16(pixels),
+            significant_bits: significant_bits.clamp(1, 16),
+        }
+    }
+
+    /// The pixels.
+    pub fn pixels(&self) -> &GrayPixels {
+        &self.pixels
+    }
+
+    /// Width in pixels.
+    pub fn width(&self) -> u32 {
+        match &self.pixels {
+            GrayPixels::U8(p) => p.width(),
+            GrayPixels::U16(p) => p.width(),
+        }
+    }
+
+    /// Height in pixels.
+    pub fn height(&self) -> u32 {
+        match &self.pixels {
+            GrayPixels::U8(p) => p.height(),
+            GrayPixels::U16(p) => p.height(),
+        }
+    }
+
+    /// Bits per stored sample: 8 or 16.
+    pub fn container_bits(&self) -> u8 {
+        match &self.pixels {
+            GrayPixels::U8(_) => 8,
+            GrayPixels::U16(_) => 16,
+        }
+    }
+
+    /// Bits that carry signal.
+    pub fn significant_bits(&self) -> u8 {
+        self.significant_bits
+    }
+
+    /// The value that maps to white: `2^significant_bits - 1`.
+    pub fn max_value(&self) -> f32 {
+        ((1u32 << self.significant_bits) - 1) as f32
+    }
+
+    /// An 8-bit copy for display and overlays (16-bit values are scaled down by their
+    /// significant bits).
+    pub fn to_gray8(&self) -> Gray8 {
+        match &self.pixels {
+            GrayPixels::U8(p) => p.clone(),
+            GrayPixels::U16(p) => {
+                let scale = 255.0 / self.max_value();
+                Gray8::from_fn(p.width(), p.height(), |x, y| {
+                    let v = p.get_pixel(x, y)[0] as f32 * scale;
+                    Luma([v.round().clamp(0.0, 255.0) as u8])
+                })
+            }
+        }
+    }
+}
+
+/// The container format a file was decoded from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceFormat {
+    /// JPEG (baseline or progressive).
+    Jpeg,
+    /// PNG.
+    Png,
+    /// TIFF.
+    Tiff,
+}
+
+impl SourceFormat {
+    fn from_image(format: ImageFormat) -> Option<Self> {
+        match format {
+            ImageFormat::Jpeg => Some(SourceFormat::Jpeg),
+            ImageFormat::Png => Some(SourceFormat::Png),
+            ImageFormat::Tiff => Some(SourceFormat::Tiff),
+            _ => None,
+        }
+    }
+}
+
+/// Limits applied while decoding.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DecodeOptions {
+    /// Images with more pixels than this are refused from their header, before their pixels
+    /// are allocated. Default: 100 megapixels.
+    pub max_pixels: u64,
+}
+
+impl DecodeOptions {
+    /// The default pixel limit: 100 megapixels, well above the largest detector panels
+    /// (43×43 cm at 100 µm is about 18 MP) and well below what exhausts a Jetson's memory.
+    pub const DEFAULT_MAX_PIXELS: u64 = 100_000_000;
+}
+
+impl Default for DecodeOptions {
+    fn default() -> Self {
+        DecodeOptions {
+            max_pixels: Self::DEFAULT_MAX_PIXELS,
+        }
+    }
+}
+
+/// What the header of an image file says, read without decoding the pixels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ImageHeader {
+    /// Container format.
+    pub format: SourceFormat,
+    /// Width as stored, before EXIF orientation.
+    pub stored_width: u32,
+    /// Height as stored, before EXIF orientation.
+    pub stored_height: u32,
+    /// EXIF orientation, 1 (none) to 8.
+    pub exif_orientation: u8,
+}
+
+impl ImageHeader {
+    /// Whether EXIF orientation changes the pixels a viewer shows.
+    pub fn is_reoriented(&self) -> bool {
+        self.exif_orientation != 1
+    }
+
+    /// Width and height as a viewer shows them, after EXIF orientation.
+    pub fn display_size(&self) -> (u32, u32) {
+        if matches!(self.exif_orientation, 5..=8) {
+            (self.stored_height, self.stored_width)
+        } else {
+            (self.stored_width, self.stored_height)
+        }
+    }
+
+    /// Pixel count.
+    pub fn pixel_count(&self) -> u64 {
+        self.stored_width as u64 * self.stored_height as u64
+    }
+}
+
+/// A decoded image with what its header said.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Decoded {
+    /// The pixels in display orientation.
+    pub image: XrayImage,
+    /// The header.
+    pub header: ImageHeader,
+}
+
+/// Why an image could not be used. Every variant names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// The file could not be read.
+    #[error("{path}: cannot read the file: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file is empty.
+    #[error("{path}: the file is empty (0 bytes); it was probably still being written or the transfer failed")]
+    Empty {
+        /// The file.
+        path: PathBuf,
+    },
+    /// Not a format we read.
+    #[error("{path}: unsupported image format ({detail}); send DICOM, PNG, TIFF or JPEG")]
+    Unsupported {
+        /// The file.
+        path: PathBuf,
+        /// What was found.
+        detail: String,
+    },
+    /// The file ends early.
+    #[error("{path}: truncated {format:?} file: {detail}; the transfer was cut short, send the image again")]
+    Truncated {
+        /// The file.
+        path: PathBuf,
+        /// The container format.
+        format: SourceFormat,
+        /// Where it ends.
+        detail: String,
+    },
+    /// The image is larger than allowed.
+    #[error("{path}: image of {width}×{height} pixels exceeds the limit of {max_pixels} pixels; raise `max_pixels` if this size is genuine")]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// Width from the header.
+        width: u32,
+        /// Height from the header.
+        height: u32,
+        /// The limit in force.
+        max_pixels: u64,
+    },
+    /// The decoder refused the data.
+    #[error("{path}: corrupt {format:?} data: {source}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// The container format.
+        format: SourceFormat,
+        /// The decoder's error.
+        source: image::ImageError,
+    },
+}
+
+impl DecodeError {
+    /// A stable, machine-readable code for result messages and quarantine records.
+    pub fn code(&self) -> &'static str {
+        match self {
+            DecodeError::Io { .. } => "io",
+            DecodeError::Empty { .. } => "empty",
+            DecodeError::Unsupported { .. } => "unsupported_format",
+            DecodeError::Truncated { .. } => "truncated",
+            DecodeError::TooLarge { .. } => "too_large",
+            DecodeError::Corrupt { .. } => "corrupt",
+        }
+    }
+
+    /// The file the error is about.
+    pub fn path(&self) -> &Path {
+        match self {
+            DecodeError::Io { path, .. }
+            | DecodeError::Empty { path }
+            | DecodeError::Unsupported { path, .. }
+            | DecodeError::Truncated { path, .. }
+            | DecodeError::TooLarge { path, .. }
+            | DecodeError::Corrupt { path, .. } => path,
+        }
+    }
+}
+
+/// Reads and decodes an image file.
+pub fn decode_file(path: &Path, options: &DecodeOptions) -> Result<Decoded, DecodeError> {
+    let bytes = std::fs::read(path).map_err(|source| DecodeError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    decode_bytes(&bytes, path, options)
+}
+
+/// Reads only what is needed to describe an image file: format, size, orientation, and for
+/// JPEG whether the stream is complete. Pixels are not decoded.
+pub fn inspect_file(path: &Path) -> Result<ImageHeader, DecodeError> {
+    let bytes = std::fs::read(path).map_err(|source| DecodeError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    let (header, _) = open_decoder(&bytes, path, u64::MAX)?;
+    Ok(header)
+}
+
+/// Decodes an image held in memory; `path` names it in errors.
+pub fn decode_bytes(
+    bytes: &[u8],
+    path: &Path,
+    options: &DecodeOptions,
+) -> Result<Decoded, DecodeError> {
+    let (header, decoder) = open_decoder(bytes, path, options.max_pixels)?;
+    let format = header.format;
+    let corrupt = |source| DecodeError::Corrupt {
+        path: path.to_owned(),
+        format,
+        source,
+    };
+    let mut dynamic = DynamicImage::from_decoder(decoder).map_err(corrupt)?;
+    if let Some(orientation) = Orientation::from_exif(header.exif_orientation) {
+        dynamic.apply_orientation(orientation);
+    }
+    let image = match dynamic {
+        DynamicImage::ImageLuma8(p) => XrayImage::from_gray8(p),
+        DynamicImage::ImageLuma16(p) => XrayImage::from_gray16(p, 16),
+        ref d if is_16_bit(d) => XrayImage::from_gray16(d.to_luma16(), 16),
+        d => XrayImage::from_gray8(d.to_luma8()),
+    };
+    Ok(Decoded { image, header })
+}
+
+fn is_16_bit(d: &DynamicImage) -> bool {
+    matches!(
+        d,
+        DynamicImage::ImageLumaA16(_)
+            | DynamicImage::ImageRgb16(_)
+            | DynamicImage::ImageRgba16(_)
+            | DynamicImage::ImageRgb32F(_)
+            | DynamicImage::ImageRgba32F(_)
+    )
+}
+
+/// Checks everything that can be checked before pixels are allocated and returns a decoder
+/// ready to run.
+fn open_decoder<'a>(
+    bytes: &'a [u8],
+    path: &Path,
+    max_pixels: u64,
+) -> Result<(ImageHeader, impl ImageDecoder + 'a), DecodeError> {
+    if bytes.is_empty() {
+        return Err(DecodeError::Empty {
+            path: path.to_owned(),
+        });
+    }
+    let reader = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|source| DecodeError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+    let Some(image_format) = reader.format() else {
+        return Err(DecodeError::Unsupported {
+            path: path.to_owned(),
+            detail: format!("unrecognised content starting with {}", hex_prefix(bytes)),
+        });
+    };
+    let Some(format) = SourceFormat::from_image(image_format) else {
+        return Err(DecodeError::Unsupported {
+            path: path.to_owned(),
+            detail: format!("{image_format:?}"),
+        });
+    };
+    if format == SourceFormat::Jpeg {
+        if let JpegEnd::Truncated(detail) = jpeg_end(bytes) {
+            return Err(DecodeError::Truncated {
+                path: path.to_owned(),
+                format,
+                detail,
+            });
+        }
+    }
+    let corrupt = |source: image::ImageError| match source {
+        image::ImageError::IoError(ref e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            DecodeError::Truncated {
+                path: path.to_owned(),
+                format,
+                detail: e.to_string(),
+            }
+        }
+        source => DecodeError::Corrupt {
+            path: path.to_owned(),
+            format,
+            source,
+        },
+    };
+    let mut reader = reader;
+    // Our own pixel limit is checked below, from the header; this one only stops the
+    // decoders' internal allocations from running away on a lying header.
+    let mut limits = image::Limits::default();
+    limits.max_alloc = Some(max_pixels.saturating_mul(8).saturating_add(64 << 20));
+    reader.limits(limits);
+    let mut decoder = reader.into_decoder().map_err(|e| match e {
+        image::ImageError::Limits(_) => DecodeError::TooLarge {
+            path: path.to_owned(),
+            width: 0,
+            height: 0,
+            max_pixels,
+        },
+        e => corrupt(e),
+    })?;
+    let (stored_width, stored_height) = decoder.dimensions();
+    if stored_width as u64 * stored_height as u64 > max_pixels {
+        return Err(DecodeError::TooLarge {
+            path: path.to_owned(),
+            width: stored_width,
+            height: stored_height,
+            max_pixels,
+        });
+    }
+    if stored_width == 0 || stored_height == 0 {
+        return Err(DecodeError::Corrupt {
+            path: path.to_owned(),
+            format,
+            source: image::ImageError::Decoding(image::error::DecodingError::new(
+                image_format.into(),
+                "the header gives a zero width or height",
+            )),
+        });
+    }
+    // A broken EXIF block must not cost the image: the orientation falls back to none.
+    let exif_orientation = decoder
+        .orientation()
+        .map(|o| o.to_exif())
+        .unwrap_or(1)
+        .clamp(1, 8);
+    let header = ImageHeader {
+        format,
+        stored_width,
+        stored_height,
+        exif_orientation,
+    };
+    Ok((header, decoder))
+}
+
+fn hex_prefix(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// How a JPEG stream ends.
+#[derive(Debug, PartialEq, Eq)]
+pub enum JpegEnd {
+    /// The end-of-image marker was found; the value is the offset just past it.
+    Complete(usize),
+    /// The data ends before the end-of-image marker.
+    Truncated(String),
+    /// The marker structure is not what we expected; the decoder has the last word.
+    Unparsed,
+}
+
+/// Walks a JPEG stream's markers and entropy-coded segments to its end-of-image marker.
+///
+/// Lenient decoders fill a cut-off scan with grey and report success, which would let a
+/// truncated upload reach a model as a plausible-looking image; this walk is what tells.
+/// An embedded EXIF thumbnail's end marker sits inside an APP1 segment, which is skipped
+/// by length, so it is not mistaken for the image's end.
+pub fn jpeg_end(bytes: &[u8]) -> JpegEnd {
+    let len = bytes.len();
+    let cut = |what: &str| JpegEnd::Truncated(format!("the data ends at byte {len} {what}"));
+    if len < 2 || bytes[0] != 0xFF || bytes[1] != 0xD8 {
+        return JpegEnd::Unparsed;
+    }
+    let mut i = 2;
+    loop {
+        if i >= len {
+            return cut("before the end-of-image marker");
+        }
+        if bytes[i] != 0xFF {
+            return JpegEnd::Unparsed;
+        }
+        // Any number of 0xFF fill bytes may precede a marker code.
+        while i < len && bytes[i] == 0xFF {
+            i += 1;
+        }
+        if i >= len {
+            return cut("inside a marker");
+        }
+        let marker = bytes[i];
+        i += 1;
+        match marker {
+            0xD9 => return JpegEnd::Complete(i),
+            0x01 | 0xD0..=0xD7 => continue,
+            0x00 => return JpegEnd::Unparsed,
+            _ => {
+                if i + 2 > len {
+                    return cut("inside a segment header");
+                }
+                let seg_len = u16::from_be_bytes([bytes[i], bytes[i + 1]]) as usize;
+                if seg_len < 2 {
+                    return JpegEnd::Unparsed;
+                }
+                if i + seg_len > len {
+                    return cut(&format!("inside a segment (marker 0xFF{marker:02X})"));
+                }
+                i += seg_len;
+                if marker == 0xDA {
+                    // Entropy-coded data runs to the next marker that is neither a stuffed
+                    // zero nor a restart marker.
+                    loop {
+                        match bytes[i..].iter().position(|&b| b == 0xFF) {
+                            None => return cut("inside the compressed image data"),
+                            Some(p) => {
+                                let at = i + p;
+                                match bytes.get(at + 1) {
+                                    None => return cut("inside the compressed image data"),
+                                    Some(0x00) | Some(0xD0..=0xD7) | Some(0xFF) => i = at + 1,
+                                    Some(_) => {
+                                        i = at;
+                                        break;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encode(img: DynamicImage, format: ImageFormat) -> Vec<u8> {
+        let mut out = Vec::new();
+        img.write_to(&mut Cursor::new(&mut out), format).unwrap();
+        out
+    }
+
+    fn gradient8(w: u32, h: u32) -> Gray8 {
+        Gray8::from_fn(w, h, |x, y| Luma([((x * 7 + y * 3) % 256) as u8]))
+    }
+
+    #[test]
+    fn png16_keeps_its_depth() {
+        let img = Gray16::from_fn(5, 3, |x, y| Luma([(x * 10000 + y) as u16]));
+        let bytes = encode(DynamicImage::ImageLuma16(img.clone()), ImageFormat::Png);
+        let d = decode_bytes(&bytes, Path::new("a.png"), &DecodeOptions::default()).unwrap();
+        assert_eq!(d.header.format, SourceFormat::Png);
+        assert_eq!(d.image.container_bits(), 16);
+        assert_eq!(d.image.pixels(), &GrayPixels::U16(img));
+    }
+
+    #[test]
+    fn tiff16_keeps_its_depth() {
+        let img = Gray16::from_fn(4, 6, |x, y| Luma([(x * 4000 + y * 7) as u16]));
+        let bytes = encode(DynamicImage::ImageLuma16(img.clone()), ImageFormat::Tiff);
+        let d = decode_bytes(&bytes, Path::new("a.tif"), &DecodeOptions::default()).unwrap();
+        assert_eq!(d.header.format, SourceFormat::Tiff);
+        assert_eq!(d.image.pixels(), &GrayPixels::U16(img));
+    }
+
+    #[test]
+    fn rgb_png_becomes_gray8() {
+        let img = image::RgbImage::from_fn(3, 3, |x, _| image::Rgb([x as u8 * 50; 3]));
+        let bytes = encode(DynamicImage::ImageRgb8(img), ImageFormat::Png);
+        let d = decode_bytes(&bytes, Path::new("c.png"), &DecodeOptions::default()).unwrap();
+        let GrayPixels::U8(p) = d.image.pixels() else {
+            panic!("expected 8-bit")
+        };
+        assert_eq!(p.get_pixel(2, 0)[0], 100);
+    }
+
+    #[test]
+    fn jpeg_walk_finds_the_end_and_the_cut() {
+        let bytes = encode(DynamicImage::ImageLuma8(gradient8(64, 48)), ImageFormat::Jpeg);
+        assert_eq!(jpeg_end(&bytes), JpegEnd::Complete(bytes.len()));
+        for cut in [bytes.len() - 1, bytes.len() - 2, bytes.len() / 2, 100, 3] {
+            assert!(
+                matches!(jpeg_end(&bytes[..cut]), JpegEnd::Truncated(_)),
+                "cut at {cut}"
+            );
+            let err = decode_bytes(
+                &bytes[..cut],
+                Path::new("cut.jpg"),
+                &DecodeOptions::default(),
+            )
+            .unwrap_err();
+            assert_eq!(err.code(), "truncated", "cut at {cut}: {err}");
+            assert!(err.to_string().starts_with("cut.jpg: truncated"), "{err}");
+        }
+    }
+
+    #[test]
+    fn truncated_png_is_an_error() {
+        let bytes = encode(DynamicImage::ImageLuma8(gradient8(64, 64)), ImageFormat::Png);
+        let err = decode_bytes(
+            &bytes[..bytes.len() / 2],
+            Path::new("half.png"),
+            &DecodeOptions::default(),
+        )
+        .unwrap_err();
+        assert!(matches!(err.code(), "truncated" | "corrupt"), "{err}");
+        assert!(err.to_string().contains("half.png"));
+    }
+
+    #[test]
+    fn empty_and_random_bytes_are_errors() {
+        let o = DecodeOptions::default();
+        assert_eq!(
+            decode_bytes(&[], Path::new("z.jpg"), &o)
+                .unwrap_err()
+                .code(),
+            "empty"
+        );
+        let noise: Vec<u8> = (0..999u32).map(|i| (i * 7919 % 251) as u8).collect();
+        let err = decode_bytes(&noise, Path::new("noise.png"), &o).unwrap_err();
+        assert_eq!(err.code(), "unsupported_format");
+        assert!(err.to_string().contains("noise.png"));
+    }
+
+    #[test]
+    fn pixel_limit_is_checked_from_the_header() {
+        // A real 30000×30000 PNG header over a tiny body: refused before any allocation.
+        let mut png = encode(DynamicImage::ImageLuma8(gradient8(8, 8)), ImageFormat::Png);
+        png[16..20].copy_from_slice(&30000u32.to_be_bytes());
+        png[20..24].copy_from_slice(&30000u32.to_be_bytes());
+        let crc = crc32fast::hash(&png[12..29]);
+        png[29..33].copy_from_slice(&crc.to_be_bytes());
+        let err = decode_bytes(&png, Path::new("huge.png"), &DecodeOptions::default()).unwrap_err();
+        assert_eq!(err.code(), "too_large", "{err}");
+
+        let small = encode(DynamicImage::ImageLuma8(gradient8(20, 10)), ImageFormat::Png);
+        let tight = DecodeOptions { max_pixels: 199 };
+        let err = decode_bytes(&small, Path::new("s.png"), &tight).unwrap_err();
+        assert!(matches!(
+            err,
+            DecodeError::TooLarge {
+                width: 20,
+                height: 10,
+                ..
+            }
+        ));
+        assert!(decode_bytes(&small, Path::new("s.png"), &DecodeOptions { max_pixels: 200 }).is_ok());
+    }
+}

@@ -1,0 +1,252 @@
+//! The model manifest: the JSON file beside every exported ONNX model that tells a runtime
+//! everything it needs, so that nothing is guessed at the edge.
+
+use crate::preprocess::InputSpec;
+use crate::Probability;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// The manifest format version this crate writes and reads.
+pub const MANIFEST_VERSION: u32 = 1;
+
+/// What a model does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Task {
+    /// One probability per image (fractured / not fractured).
+    Classify,
+    /// Boxes around fractures.
+    Detect,
+}
+
+/// Numeric precision of the exported graph.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// 32-bit float.
+    Fp32,
+    /// 16-bit float weights and compute, fp32 input and output.
+    Fp16,
+    /// QDQ int8, calibrated.
+    Int8,
+}
+
+/// One output of the graph and how to read it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OutputSpec {
+    /// Tensor name in the ONNX graph.
+    pub name: String,
+    /// Shape, with `-1` for a dynamic batch.
+    pub shape: Vec<i64>,
+    /// How to read it: `probabilities` (softmax over labels), `logits`, or `yolov8`
+    /// (`[batch, 4 + classes, anchors]`, boxes as cx, cy, w, h in input pixels).
+    pub meaning: String,
+}
+
+/// The two operating thresholds chosen on the validation split.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Thresholds {
+    /// At or above: flag the image for a second look (the high-sensitivity point).
+    pub suspicious: Probability,
+    /// At or above: report a fracture (the high-specificity point).
+    pub definite: Probability,
+}
+
+/// Test-split metrics, with what they were measured on.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TestMetrics {
+    /// Which split, e.g. `test`.
+    pub split: String,
+    /// Images per class, by label.
+    pub n_per_class: BTreeMap<String, usize>,
+    /// Metric name to value (e.g. `roc_auc`, `sensitivity@suspicious`, `map50`).
+    pub values: BTreeMap<String, f64>,
+}
+
+/// Where a model came from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainingRecord {
+    /// Dataset name and version.
+    pub data: String,
+    /// Split description.
+    pub split: String,
+    /// Git commit of the code that trained it.
+    pub git_commit: String,
+    /// The exact command.
+    pub command: String,
+}
+
+/// A model manifest (`<name>.json` beside `<name>.onnx`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Manifest format version ([`MANIFEST_VERSION`]).
+    pub manifest_version: u32,
+    /// Model name, e.g. `efficientnet-lite0-fracatlas`.
+    pub name: String,
+    /// Model version, e.g. `2026.11.1`.
+    pub version: String,
+    /// What it does.
+    pub task: Task,
+    /// Input tensor and preprocessing.
+    pub input: InputSpec,
+    /// Output tensors.
+    pub outputs: Vec<OutputSpec>,
+    /// Class labels in output order.
+    pub labels: Vec<String>,
+    /// Operating thresholds.
+    pub thresholds: Thresholds,
+    /// Precision of the graph.
+    pub precision: Precision,
+    /// Test metrics.
+    pub metrics: Option<TestMetrics>,
+    /// Provenance.
+    pub training: Option<TrainingRecord>,
+    /// SHA-256 of the ONNX file, lowercase hex.
+    pub onnx_sha256: String,
+}
+
+/// A manifest that could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    /// The file could not be read.
+    #[error("{path}: cannot read the model manifest: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Not valid manifest JSON.
+    #[error("{path}: invalid model manifest: {source}; re-export the model with `fv-train export`")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: serde_json::Error,
+    },
+    /// A version this build does not read.
+    #[error("{path}: manifest version {found} is not supported (this build reads version {MANIFEST_VERSION}); upgrade fv-edge or re-export the model")]
+    Version {
+        /// The file.
+        path: PathBuf,
+        /// The version found.
+        found: u32,
+    },
+    /// Values that cannot work together.
+    #[error("{path}: inconsistent model manifest: {reason}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl Manifest {
+    /// Reads and checks a manifest file.
+    pub fn from_path(path: &Path) -> Result<Self, ManifestError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_json(&text, path)
+    }
+
+    /// Parses and checks manifest JSON; `path` names it in errors.
+    pub fn from_json(text: &str, path: &Path) -> Result<Self, ManifestError> {
+        #[derive(Deserialize)]
+        struct VersionOnly {
+            manifest_version: u32,
+        }
+        // Check the version first so that a newer manifest says "upgrade", not "unknown field".
+        let v: VersionOnly = serde_json::from_str(text).map_err(|source| ManifestError::Parse {
+            path: path.to_owned(),
+            source,
+        })?;
+        if v.manifest_version != MANIFEST_VERSION {
+            return Err(ManifestError::Version {
+                path: path.to_owned(),
+                found: v.manifest_version,
+            });
+        }
+        let m: Manifest = serde_json::from_str(text).map_err(|source| ManifestError::Parse {
+            path: path.to_owned(),
+            source,
+        })?;
+        m.validate().map_err(|reason| ManifestError::Invalid {
+            path: path.to_owned(),
+            reason,
+        })?;
+        Ok(m)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        self.input.validate()?;
+        if self.labels.is_empty() {
+            return Err("`labels` is empty".into());
+        }
+        if self.outputs.is_empty() {
+            return Err("`outputs` is empty".into());
+        }
+        if self.thresholds.suspicious > self.thresholds.definite {
+            return Err(format!(
+                "threshold `suspicious` ({}) is above `definite` ({})",
+                self.thresholds.suspicious, self.thresholds.definite
+            ));
+        }
+        if self.onnx_sha256.len() != 64 || !self.onnx_sha256.bytes().all(|b| b.is_ascii_hexdigit())
+        {
+            return Err("`onnx_sha256` is not 64 hex digits".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::preprocess::ResizeMode;
+
+    fn sample() -> Manifest {
+        Manifest {
+            manifest_version: MANIFEST_VERSION,
+            name: "tiny".into(),
+            version: "0.0.1".into(),
+            task: Task::Classify,
+            input: InputSpec::imagenet(224, 224, ResizeMode::Stretch),
+            outputs: vec![OutputSpec {
+                name: "probabilities".into(),
+                shape: vec![-1, 2],
+                meaning: "probabilities".into(),
+            }],
+            labels: vec!["not_fractured".into(), "fractured".into()],
+            thresholds: Thresholds {
+                suspicious: Probability::new(0.2).unwrap(),
+                definite: Probability::new(0.7).unwrap(),
+            },
+            precision: Precision::Fp32,
+            metrics: None,
+            training: None,
+            onnx_sha256: "ab".repeat(32),
+        }
+    }
+
+    #[test]
+    fn round_trip_and_checks() {
+        let m = sample();
+        let json = serde_json::to_string_pretty(&m).unwrap();
+        assert_eq!(Manifest::from_json(&json, Path::new("m.json")).unwrap(), m);
+
+        let newer = json.replace("\"manifest_version\": 1", "\"manifest_version\": 9");
+        let err = Manifest::from_json(&newer, Path::new("m.json")).unwrap_err();
+        assert!(matches!(err, ManifestError::Version { found: 9, .. }), "{err}");
+
+        let mut bad = m.clone();
+        bad.thresholds.suspicious = Probability::new(0.9).unwrap();
+        let json = serde_json::to_string(&bad).unwrap();
+        let err = Manifest::from_json(&json, Path::new("m.json")).unwrap_err();
+        assert!(err.to_string().contains("m.json: inconsistent"), "{err}");
+    }
+}

@@ -1,0 +1,355 @@
+//! Preprocessing: the one implementation that the trainer and the edge both call.
+//!
+//! An image becomes a model input in three steps, all driven by the model's [`InputSpec`]
+//! (which the manifest carries):
+//! 1. resize: stretch to the input size, or letterbox (keep the aspect ratio, pad the rest);
+//! 2. scale to `[0, 1]` by the image's significant bits (255 for 8-bit, 65535 for 16-bit);
+//! 3. normalize per channel with the model's mean and std, replicating gray to 3 channels
+//!    where the model expects RGB.
+//!
+//! [`Geometry`] records the mapping so that boxes predicted in model pixels are mapped back
+//! to the original image's pixels (after EXIF orientation).
+
+use crate::imaging::{GrayPixels, XrayImage};
+use crate::BoxXyxy;
+use image::imageops::{self, FilterType};
+use serde::{Deserialize, Serialize};
+
+/// How an image is fitted to the model input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResizeMode {
+    /// Resize both axes to the input size, ignoring the aspect ratio (classifiers).
+    Stretch,
+    /// Scale to fit, keeping the aspect ratio, centred, padded with `pad_value` (detectors).
+    Letterbox,
+}
+
+/// Memory layout of the input tensor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Layout {
+    /// Batch, channels, height, width.
+    Nchw,
+}
+
+/// A model's input: size, layout and preprocessing.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InputSpec {
+    /// Tensor name in the ONNX graph.
+    #[serde(default = "default_input_name")]
+    pub name: String,
+    /// Input width in pixels.
+    pub width: u32,
+    /// Input height in pixels.
+    pub height: u32,
+    /// 1 (gray) or 3 (gray replicated to RGB, for ImageNet-pretrained backbones).
+    pub channels: u32,
+    /// Memory layout.
+    pub layout: Layout,
+    /// How the image is fitted.
+    pub resize: ResizeMode,
+    /// Letterbox padding, as an intensity in `[0, 1]` before normalization.
+    #[serde(default = "default_pad")]
+    pub pad_value: f32,
+    /// Per-channel mean, subtracted after scaling to `[0, 1]`.
+    pub mean: Vec<f32>,
+    /// Per-channel standard deviation, divided by after the mean.
+    pub std: Vec<f32>,
+}
+
+fn default_input_name() -> String {
+    "input".into()
+}
+
+/// Ultralytics pads letterboxes with grey 114.
+fn default_pad() -> f32 {
+    114.0 / 255.0
+}
+
+impl InputSpec {
+    /// A 3-channel input normalized with ImageNet's mean and std.
+    pub fn imagenet(width: u32, height: u32, resize: ResizeMode) -> Self {
+        InputSpec {
+            name: default_input_name(),
+            width,
+            height,
+            channels: 3,
+            layout: Layout::Nchw,
+            resize,
+            pad_value: default_pad(),
+            mean: vec![0.485, 0.456, 0.406],
+            std: vec![0.229, 0.224, 0.225],
+        }
+    }
+
+    /// A 3-channel input scaled to `[0, 1]` only, letterboxed: what YOLOv8 expects.
+    pub fn yolo(size: u32) -> Self {
+        InputSpec {
+            name: "images".into(),
+            width: size,
+            height: size,
+            channels: 3,
+            layout: Layout::Nchw,
+            resize: ResizeMode::Letterbox,
+            pad_value: default_pad(),
+            mean: vec![0.0; 3],
+            std: vec![1.0; 3],
+        }
+    }
+
+    /// Checks that the fields can work together.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.width == 0 || self.height == 0 {
+            return Err(format!(
+                "input size {}×{} is empty",
+                self.width, self.height
+            ));
+        }
+        if !matches!(self.channels, 1 | 3) {
+            return Err(format!(
+                "input has {} channels; 1 or 3 are supported",
+                self.channels
+            ));
+        }
+        if self.mean.len() != self.channels as usize || self.std.len() != self.channels as usize
+        {
+            return Err(format!(
+                "mean ({}) and std ({}) must have one value per channel ({})",
+                self.mean.len(),
+                self.std.len(),
+                self.channels
+            ));
+        }
+        if self.std.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
+            return Err("every std value must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+/// A dense `f32` tensor in the layout of its [`InputSpec`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct InputTensor {
+    /// `[batch, channels, height, width]`.
+    pub shape: [usize; 4],
+    /// Values, row-major.
+    pub data: Vec<f32>,
+}
+
+/// How original pixels map to model pixels: `model = original * scale + pad`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Geometry {
+    /// Original width.
+    pub src_width: u32,
+    /// Original height.
+    pub src_height: u32,
+    /// Horizontal scale.
+    pub scale_x: f32,
+    /// Vertical scale.
+    pub scale_y: f32,
+    /// Left padding in model pixels.
+    pub pad_x: f32,
+    /// Top padding in model pixels.
+    pub pad_y: f32,
+}
+
+impl Geometry {
+    /// Where the image lands in a `width`×`height` input under `mode`, and the size it is
+    /// resized to.
+    pub fn fit(src_width: u32, src_height: u32, spec: &InputSpec) -> (Self, u32, u32) {
+        let (sw, sh) = (src_width.max(1) as f64, src_height.max(1) as f64);
+        let (w, h) = (spec.width, spec.height);
+        let (nw, nh) = match spec.resize {
+            ResizeMode::Stretch => (w, h),
+            ResizeMode::Letterbox => {
+                let r = (w as f64 / sw).min(h as f64 / sh);
+                (
+                    ((sw * r).round() as u32).clamp(1, w),
+                    ((sh * r).round() as u32).clamp(1, h),
+                )
+            }
+        };
+        let g = Geometry {
+            src_width,
+            src_height,
+            scale_x: (nw as f64 / sw) as f32,
+            scale_y: (nh as f64 / sh) as f32,
+            pad_x: ((w - nw) / 2) as f32,
+            pad_y: ((h - nh) / 2) as f32,
+        };
+        (g, nw, nh)
+    }
+
+    /// A box in original pixels mapped into model pixels.
+    pub fn to_model(&self, b: &BoxXyxy) -> BoxXyxy {
+        BoxXyxy::new(
+            b.x1 * self.scale_x + self.pad_x,
+            b.y1 * self.scale_y + self.pad_y,
+            b.x2 * self.scale_x + self.pad_x,
+            b.y2 * self.scale_y + self.pad_y,
+        )
+    }
+
+    /// A box in model pixels mapped back to original pixels, clipped to the image.
+    pub fn to_original(&self, b: &BoxXyxy) -> BoxXyxy {
+        BoxXyxy::new(
+            (b.x1 - self.pad_x) / self.scale_x,
+            (b.y1 - self.pad_y) / self.scale_y,
+            (b.x2 - self.pad_x) / self.scale_x,
+            (b.y2 - self.pad_y) / self.scale_y,
+        )
+        .clamp_to(self.src_width, self.src_height)
+    }
+}
+
+/// A preprocessed image: the tensor and the mapping back.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Preprocessed {
+    /// The model input, batch of one.
+    pub tensor: InputTensor,
+    /// How original pixels map to it.
+    pub geometry: Geometry,
+}
+
+/// Turns an image into a model input as `spec` says.
+///
+/// Resizing uses a triangle (bilinear) filter whose support widens with the
+/// downscale factor, so a 2880-pixel radiograph is averaged, not sampled, into 224 pixels.
+///
+/// The spec is assumed valid ([`InputSpec::validate`]); manifests are validated on load.
+pub fn preprocess(image: &XrayImage, spec: &InputSpec) -> Preprocessed {
+    let (geometry, nw, nh) = Geometry::fit(image.width(), image.height(), spec);
+    let (w, h) = (spec.width as usize, spec.height as usize);
+    let inv_max = 1.0 / image.max_value();
+
+    // One plane of [0, 1] intensities, padded.
+    let mut plane = vec![spec.pad_value; w * h];
+    let (px, py) = (geometry.pad_x as usize, geometry.pad_y as usize);
+    let mut place = |values: &mut dyn Iterator<Item = f32>| {
+        for (i, v) in values.enumerate() {
+            let (x, y) = (i % nw as usize, i / nw as usize);
+            plane[(py + y) * w + px + x] = v * inv_max;
+        }
+    };
+    match image.pixels() {
+        GrayPixels::U8(p) => {
+            let r = resized(p, nw, nh);
+            place(&mut r.as_raw().iter().map(|&v| v as f32));
+        }
+        GrayPixels::U16(p) => {
+            let r = resized(p, nw, nh);
+            place(&mut r.as_raw().iter().map(|&v| v as f32));
+        }
+    }
+
+    let c = spec.channels as usize;
+    let mut data = Vec::with_capacity(c * w * h);
+    for ch in 0..c {
+        let (m, s) = (spec.mean[ch], spec.std[ch]);
+        data.extend(plane.iter().map(|v| (v - m) / s));
+    }
+    Preprocessed {
+        tensor: InputTensor {
+            shape: [1, c, h, w],
+            data,
+        },
+        geometry,
+    }
+}
+
+fn resized<P>(
+    img: &image::ImageBuffer<P, Vec<P::Subpixel>>,
+    w: u32,
+    h: u32,
+) -> image::ImageBuffer<P, Vec<P::Subpixel>>
+where
+    P: image::Pixel + 'static,
+{
+    if img.width() == w && img.height() == h {
+        img.clone()
+    } else {
+        imageops::resize(img, w, h, FilterType::Triangle)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::imaging::{Gray16, Gray8};
+    use image::Luma;
+
+    fn close(a: f32, b: f32) -> bool {
+        (a - b).abs() < 1e-5
+    }
+
+    #[test]
+    fn constant_image_normalizes_to_constant() {
+        let img = XrayImage::from_gray8(Gray8::from_pixel(37, 53, Luma([51])));
+        let spec = InputSpec::imagenet(16, 16, ResizeMode::Stretch);
+        let p = preprocess(&img, &spec);
+        assert_eq!(p.tensor.shape, [1, 3, 16, 16]);
+        for ch in 0..3 {
+            let want = (0.2 - spec.mean[ch]) / spec.std[ch];
+            let plane = &p.tensor.data[ch * 256..(ch + 1) * 256];
+            assert!(plane.iter().all(|&v| close(v, want)), "channel {ch}");
+        }
+    }
+
+    #[test]
+    fn sixteen_bit_scales_by_significant_bits() {
+        let img = XrayImage::from_gray16(Gray16::from_pixel(4, 4, Luma([2047])), 12);
+        let spec = InputSpec {
+            channels: 1,
+            mean: vec![0.0],
+            std: vec![1.0],
+            ..InputSpec::imagenet(4, 4, ResizeMode::Stretch)
+        };
+        let p = preprocess(&img, &spec);
+        assert!(p.tensor.data.iter().all(|&v| close(v, 2047.0 / 4095.0)));
+    }
+
+    #[test]
+    fn letterbox_pads_centre_and_maps_boxes_back() {
+        // 200×100 into 64×64: scaled by 0.32 to 64×32, 16 rows of padding above and below.
+        let img = XrayImage::from_gray8(Gray8::from_pixel(200, 100, Luma([255])));
+        let spec = InputSpec::yolo(64);
+        let p = preprocess(&img, &spec);
+        let g = p.geometry;
+        assert_eq!((g.pad_x, g.pad_y), (0.0, 16.0));
+        assert!(close(g.scale_x, 0.32) && close(g.scale_y, 0.32));
+        let at = |x: usize, y: usize| p.tensor.data[y * 64 + x];
+        assert!(close(at(10, 5), 114.0 / 255.0), "padding above");
+        assert!(close(at(10, 60), 114.0 / 255.0), "padding below");
+        assert!(close(at(10, 16), 1.0) && close(at(63, 47), 1.0), "image rows");
+
+        let b = BoxXyxy::new(50.0, 10.0, 150.0, 90.0);
+        let m = g.to_model(&b);
+        assert!(close(m.x1, 16.0) && close(m.y1, 19.2) && close(m.x2, 48.0) && close(m.y2, 44.8));
+        let back = g.to_original(&m);
+        for (a, b) in [(back.x1, b.x1), (back.y1, b.y1), (back.x2, b.x2), (back.y2, b.y2)] {
+            assert!((a - b).abs() < 1e-3, "{a} vs {b}");
+        }
+        // A box running into the padding is clipped to the image.
+        let clipped = g.to_original(&BoxXyxy::new(-5.0, 0.0, 70.0, 64.0));
+        assert_eq!(clipped, BoxXyxy::new(0.0, 0.0, 200.0, 100.0));
+    }
+
+    #[test]
+    fn tall_image_pads_left_and_right() {
+        let (g, nw, nh) = Geometry::fit(373, 454, &InputSpec::yolo(640));
+        assert_eq!((nw, nh), (526, 640));
+        assert_eq!((g.pad_x, g.pad_y), (57.0, 0.0));
+    }
+
+    #[test]
+    fn spec_validation_names_the_problem() {
+        let mut s = InputSpec::imagenet(8, 8, ResizeMode::Stretch);
+        assert!(s.validate().is_ok());
+        s.mean.pop();
+        assert!(s.validate().unwrap_err().contains("one value per channel"));
+        let mut s = InputSpec::imagenet(8, 8, ResizeMode::Stretch);
+        s.channels = 2;
+        assert!(s.validate().unwrap_err().contains("2 channels"));
+    }
+}
