@@ -1,0 +1,4 @@
+//! `fv-train`: FracAtlas loading and splits, models in burn, training, evaluation reports,
+//! and ONNX export. The binary in `main.rs` is a thin shell over this library.
+
+pub mod data;
