@@ -40,6 +40,12 @@ enum DataCommand {
         /// Seed of the non-fractured hold-out shuffle.
         #[arg(long, default_value_t = ClassificationSplitConfig::default().seed)]
         seed: u64,
+        /// Non-fractured images held out for validation (the study: 163).
+        #[arg(long, default_value_t = ClassificationSplitConfig::default().valid_non_fractured)]
+        valid_non_fractured: usize,
+        /// Non-fractured images held out for test (the study: 200).
+        #[arg(long, default_value_t = ClassificationSplitConfig::default().test_non_fractured)]
+        test_non_fractured: usize,
     },
 }
 
@@ -69,13 +75,21 @@ fn init_logging(verbose: u8) {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Data {
-            command: DataCommand::Check { data, json, seed },
+            command:
+                DataCommand::Check {
+                    data,
+                    json,
+                    seed,
+                    valid_non_fractured,
+                    test_non_fractured,
+                },
         } => {
             let atlas = FracAtlas::open(&data)
                 .with_context(|| format!("loading FracAtlas from {}", data.display()))?;
             let config = ClassificationSplitConfig {
                 seed,
-                ..ClassificationSplitConfig::default()
+                valid_non_fractured,
+                test_non_fractured,
             };
             let split = atlas.classification_split(&config)?;
             let report = DataCheckReport::new(&atlas, config, &split);

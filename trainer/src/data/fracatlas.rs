@@ -67,7 +67,7 @@ pub enum DatasetError {
         id: String,
     },
     /// The split cannot be made with the requested sizes.
-    #[error("cannot hold out {wanted} non-fractured images for {split}: only {available} usable ones remain; lower the hold-out or add images")]
+    #[error("cannot hold out {wanted} non-fractured images for {split}: only {available} usable ones remain; lower the hold-out sizes (--valid-non-fractured, --test-non-fractured) or add images")]
     TooFewImages {
         /// Which split.
         split: &'static str,
