@@ -83,15 +83,16 @@ pub fn decode_yolov8(
     let (cx, cy, w, h) = (row(0), row(1), row(2), row(3));
     let mut out = Vec::new();
     for a in 0..anchors {
-        let (class, score) = (0..classes)
-            .map(|c| (c, row(4 + c)[a]))
-            .fold((0, f32::NEG_INFINITY), |best, cur| {
-                if cur.1 > best.1 {
-                    cur
-                } else {
-                    best
-                }
-            });
+        let (class, score) =
+            (0..classes)
+                .map(|c| (c, row(4 + c)[a]))
+                .fold((0, f32::NEG_INFINITY), |best, cur| {
+                    if cur.1 > best.1 {
+                        cur
+                    } else {
+                        best
+                    }
+                });
         if score >= score_threshold {
             out.push(Detection {
                 bbox: BoxXyxy::new(
@@ -122,7 +123,12 @@ mod tests {
 
     #[test]
     fn suppresses_overlaps_within_a_class_only() {
-        let input = vec![det(0.0, 0.9, 0), det(1.0, 0.8, 0), det(1.0, 0.7, 1), det(30.0, 0.6, 0)];
+        let input = vec![
+            det(0.0, 0.9, 0),
+            det(1.0, 0.8, 0),
+            det(1.0, 0.7, 1),
+            det(30.0, 0.6, 0),
+        ];
         let opts = NmsOptions {
             iou_threshold: 0.5,
             ..NmsOptions::default()

@@ -121,6 +121,16 @@ pub enum SourceFormat {
     Tiff,
 }
 
+impl std::fmt::Display for SourceFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SourceFormat::Jpeg => "JPEG",
+            SourceFormat::Png => "PNG",
+            SourceFormat::Tiff => "TIFF",
+        })
+    }
+}
+
 impl SourceFormat {
     fn from_image(format: ImageFormat) -> Option<Self> {
         match format {
@@ -223,7 +233,7 @@ pub enum DecodeError {
         detail: String,
     },
     /// The file ends early.
-    #[error("{path}: truncated {format:?} file: {detail}; the transfer was cut short, send the image again")]
+    #[error("{path}: truncated {format} file: {detail}; the transfer was cut short, send the image again")]
     Truncated {
         /// The file.
         path: PathBuf,
@@ -245,7 +255,7 @@ pub enum DecodeError {
         max_pixels: u64,
     },
     /// The decoder refused the data.
-    #[error("{path}: corrupt {format:?} data: {source}")]
+    #[error("{path}: corrupt {format} data: {source}")]
     Corrupt {
         /// The file.
         path: PathBuf,
@@ -577,7 +587,10 @@ mod tests {
 
     #[test]
     fn jpeg_walk_finds_the_end_and_the_cut() {
-        let bytes = encode(DynamicImage::ImageLuma8(gradient8(64, 48)), ImageFormat::Jpeg);
+        let bytes = encode(
+            DynamicImage::ImageLuma8(gradient8(64, 48)),
+            ImageFormat::Jpeg,
+        );
         assert_eq!(jpeg_end(&bytes), JpegEnd::Complete(bytes.len()));
         for cut in [bytes.len() - 1, bytes.len() - 2, bytes.len() / 2, 100, 3] {
             assert!(
@@ -597,7 +610,10 @@ mod tests {
 
     #[test]
     fn truncated_png_is_an_error() {
-        let bytes = encode(DynamicImage::ImageLuma8(gradient8(64, 64)), ImageFormat::Png);
+        let bytes = encode(
+            DynamicImage::ImageLuma8(gradient8(64, 64)),
+            ImageFormat::Png,
+        );
         let err = decode_bytes(
             &bytes[..bytes.len() / 2],
             Path::new("half.png"),
@@ -634,7 +650,10 @@ mod tests {
         let err = decode_bytes(&png, Path::new("huge.png"), &DecodeOptions::default()).unwrap_err();
         assert_eq!(err.code(), "too_large", "{err}");
 
-        let small = encode(DynamicImage::ImageLuma8(gradient8(20, 10)), ImageFormat::Png);
+        let small = encode(
+            DynamicImage::ImageLuma8(gradient8(20, 10)),
+            ImageFormat::Png,
+        );
         let tight = DecodeOptions { max_pixels: 199 };
         let err = decode_bytes(&small, Path::new("s.png"), &tight).unwrap_err();
         assert!(matches!(
@@ -645,6 +664,11 @@ mod tests {
                 ..
             }
         ));
-        assert!(decode_bytes(&small, Path::new("s.png"), &DecodeOptions { max_pixels: 200 }).is_ok());
+        assert!(decode_bytes(
+            &small,
+            Path::new("s.png"),
+            &DecodeOptions { max_pixels: 200 }
+        )
+        .is_ok());
     }
 }

@@ -119,7 +119,9 @@ pub enum ManifestError {
         source: std::io::Error,
     },
     /// Not valid manifest JSON.
-    #[error("{path}: invalid model manifest: {source}; re-export the model with `fv-train export`")]
+    #[error(
+        "{path}: invalid model manifest: {source}; re-export the model with `fv-train export`"
+    )]
     Parse {
         /// The file.
         path: PathBuf,
@@ -241,7 +243,10 @@ mod tests {
 
         let newer = json.replace("\"manifest_version\": 1", "\"manifest_version\": 9");
         let err = Manifest::from_json(&newer, Path::new("m.json")).unwrap_err();
-        assert!(matches!(err, ManifestError::Version { found: 9, .. }), "{err}");
+        assert!(
+            matches!(err, ManifestError::Version { found: 9, .. }),
+            "{err}"
+        );
 
         let mut bad = m.clone();
         bad.thresholds.suspicious = Probability::new(0.9).unwrap();

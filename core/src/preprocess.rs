@@ -112,8 +112,7 @@ impl InputSpec {
                 self.channels
             ));
         }
-        if self.mean.len() != self.channels as usize || self.std.len() != self.channels as usize
-        {
+        if self.mean.len() != self.channels as usize || self.std.len() != self.channels as usize {
             return Err(format!(
                 "mean ({}) and std ({}) must have one value per channel ({})",
                 self.mean.len(),
@@ -321,13 +320,21 @@ mod tests {
         let at = |x: usize, y: usize| p.tensor.data[y * 64 + x];
         assert!(close(at(10, 5), 114.0 / 255.0), "padding above");
         assert!(close(at(10, 60), 114.0 / 255.0), "padding below");
-        assert!(close(at(10, 16), 1.0) && close(at(63, 47), 1.0), "image rows");
+        assert!(
+            close(at(10, 16), 1.0) && close(at(63, 47), 1.0),
+            "image rows"
+        );
 
         let b = BoxXyxy::new(50.0, 10.0, 150.0, 90.0);
         let m = g.to_model(&b);
         assert!(close(m.x1, 16.0) && close(m.y1, 19.2) && close(m.x2, 48.0) && close(m.y2, 44.8));
         let back = g.to_original(&m);
-        for (a, b) in [(back.x1, b.x1), (back.y1, b.y1), (back.x2, b.x2), (back.y2, b.y2)] {
+        for (a, b) in [
+            (back.x1, b.x1),
+            (back.y1, b.y1),
+            (back.x2, b.x2),
+            (back.y2, b.y2),
+        ] {
             assert!((a - b).abs() < 1e-3, "{a} vs {b}");
         }
         // A box running into the padding is clipped to the image.

@@ -94,7 +94,14 @@ impl BoxXyxy {
     }
 
     /// A box from YOLO's normalized `[cx, cy, w, h]` in an image of `width`×`height`.
-    pub fn from_cxcywh_normalized(cx: f32, cy: f32, w: f32, h: f32, width: u32, height: u32) -> Self {
+    pub fn from_cxcywh_normalized(
+        cx: f32,
+        cy: f32,
+        w: f32,
+        h: f32,
+        width: u32,
+        height: u32,
+    ) -> Self {
         let (iw, ih) = (width as f32, height as f32);
         BoxXyxy::new(
             (cx - w / 2.0) * iw,

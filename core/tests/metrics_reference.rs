@@ -3,15 +3,18 @@
 
 use fv_core::detection::{nms, NmsOptions};
 use fv_core::metrics::classification::{
-    expected_calibration_error, threshold_for_sensitivity, threshold_for_specificity,
-    BinaryReport, Scored,
+    expected_calibration_error, threshold_for_sensitivity, threshold_for_specificity, BinaryReport,
+    Scored,
 };
 use fv_core::metrics::detection::{coco_ap, DetectionConfusion, ImageBoxes};
 use fv_core::{BoxXyxy, Detection, Probability};
 use serde_json::Value;
 
 fn fixture(name: &str) -> Value {
-    let path = format!("{}/tests/fixtures/metrics/{name}", env!("CARGO_MANIFEST_DIR"));
+    let path = format!(
+        "{}/tests/fixtures/metrics/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    );
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
     serde_json::from_str(&text).unwrap()
 }
@@ -42,13 +45,23 @@ fn classification_matches_scikit_learn() {
     assert_eq!(report.confusion.fn_, c["fn"].as_u64().unwrap());
     let tol = 1e-12;
     assert_close(report.accuracy, &r["accuracy"], tol, "accuracy");
-    assert_close(report.balanced_accuracy, &r["balanced_accuracy"], tol, "balanced accuracy");
+    assert_close(
+        report.balanced_accuracy,
+        &r["balanced_accuracy"],
+        tol,
+        "balanced accuracy",
+    );
     assert_close(report.precision, &r["precision"], tol, "precision");
     assert_close(report.sensitivity, &r["sensitivity"], tol, "sensitivity");
     assert_close(report.specificity, &r["specificity"], tol, "specificity");
     assert_close(report.f1, &r["f1"], tol, "f1");
     assert_close(report.roc_auc, &r["roc_auc"], tol, "roc_auc");
-    assert_close(report.pr_auc, &r["pr_auc"], tol, "pr_auc (average precision)");
+    assert_close(
+        report.pr_auc,
+        &r["pr_auc"],
+        tol,
+        "pr_auc (average precision)",
+    );
     for bins in [10usize, 15] {
         assert_close(
             expected_calibration_error(&samples, bins),
@@ -146,7 +159,12 @@ fn coco_ap_matches_pycocotools() {
     for (k, class) in ap.per_class.iter().enumerate() {
         for t in 0..10 {
             let what = format!("class {k}, IoU threshold #{t}");
-            assert_close(Some(class.ap[t]), &r["ap_per_class_per_iou"][k][t], 1e-9, &what);
+            assert_close(
+                Some(class.ap[t]),
+                &r["ap_per_class_per_iou"][k][t],
+                1e-9,
+                &what,
+            );
         }
     }
 }

@@ -65,7 +65,10 @@ fn truncated_fracatlas_jpeg_is_refused_with_its_name() {
     let err = decode_file(&path, &DecodeOptions::default()).unwrap_err();
     assert_eq!(err.code(), "truncated");
     let msg = err.to_string();
-    assert!(msg.contains("IMG0004092.jpg") && msg.contains("19344"), "{msg}");
+    assert!(
+        msg.contains("IMG0004092.jpg") && msg.contains("19344"),
+        "{msg}"
+    );
     assert_eq!(inspect_file(&path).unwrap_err().code(), "truncated");
 }
 
@@ -114,7 +117,8 @@ fn preprocessing_matches_golden_values() {
             .flat_map(|gy| (0..8).map(move |gx| (gy, gx)))
             .map(|(gy, gx)| plane[(gy * h / 8 + h / 16) * w + gx * w / 8 + w / 16] as f64)
             .collect();
-        let mean = p.tensor.data.iter().map(|&v| v as f64).sum::<f64>() / p.tensor.data.len() as f64;
+        let mean =
+            p.tensor.data.iter().map(|&v| v as f64).sum::<f64>() / p.tensor.data.len() as f64;
         let g = p.geometry;
         got.insert(
             format!("{file} {spec_name}"),
@@ -129,21 +133,30 @@ fn preprocessing_matches_golden_values() {
     let got = Value::Object(got);
     if std::env::var_os("FV_BLESS").is_some() {
         std::fs::create_dir_all(golden_path.parent().unwrap()).unwrap();
-        std::fs::write(&golden_path, serde_json::to_string_pretty(&got).unwrap() + "\n").unwrap();
+        std::fs::write(
+            &golden_path,
+            serde_json::to_string_pretty(&got).unwrap() + "\n",
+        )
+        .unwrap();
         return;
     }
-    let want: Value = serde_json::from_str(
-        &std::fs::read_to_string(&golden_path)
-            .unwrap_or_else(|e| panic!("{}: {e}; create it with FV_BLESS=1", golden_path.display())),
-    )
-    .unwrap();
+    let want: Value =
+        serde_json::from_str(&std::fs::read_to_string(&golden_path).unwrap_or_else(|e| {
+            panic!("{}: {e}; create it with FV_BLESS=1", golden_path.display())
+        }))
+        .unwrap();
     for (key, w) in want.as_object().unwrap() {
         let g = &got[key];
         assert_eq!(g["shape"], w["shape"], "{key}");
         let close = |a: &Value, b: &Value, tol: f64| {
             (a.as_f64().unwrap() - b.as_f64().unwrap()).abs() <= tol
         };
-        assert!(close(&g["mean"], &w["mean"], 1e-4), "{key}: mean {} vs {}", g["mean"], w["mean"]);
+        assert!(
+            close(&g["mean"], &w["mean"], 1e-4),
+            "{key}: mean {} vs {}",
+            g["mean"],
+            w["mean"]
+        );
         for (i, (a, b)) in g["grid8x8_channel0"]
             .as_array()
             .unwrap()
@@ -152,11 +165,22 @@ fn preprocessing_matches_golden_values() {
             .enumerate()
         {
             // One 8-bit grey level after ImageNet scaling is 1/255/0.229 ≈ 0.017.
-            assert!(close(a, b, 0.02), "{key}: grid value {i}: {a} vs golden {b}");
+            assert!(
+                close(a, b, 0.02),
+                "{key}: grid value {i}: {a} vs golden {b}"
+            );
         }
-        for (a, b) in g["geometry"].as_array().unwrap().iter().zip(w["geometry"].as_array().unwrap()) {
+        for (a, b) in g["geometry"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(w["geometry"].as_array().unwrap())
+        {
             assert!(close(a, b, 1e-6), "{key}: geometry {a} vs {b}");
         }
     }
-    assert_eq!(want.as_object().unwrap().len(), got.as_object().unwrap().len());
+    assert_eq!(
+        want.as_object().unwrap().len(),
+        got.as_object().unwrap().len()
+    );
 }

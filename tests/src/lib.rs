@@ -1,1 +1,110 @@
-//! Helpers for end-to-end tests.
+//! Helpers for the end-to-end tests: find the workspace's binaries, run them in a clean
+//! environment, and on failure show everything needed to reproduce.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ sits in the workspace")
+        .to_owned()
+}
+
+/// The committed FracAtlas sample.
+pub fn sample_dir() -> PathBuf {
+    workspace().join("tests/data/fracatlas-sample")
+}
+
+/// The path of a workspace binary built for this test profile, building it if needed.
+pub fn bin(name: &str) -> PathBuf {
+    // Test executables live in target/<profile>/deps; binaries one level up.
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>")
+        .to_owned();
+    let path = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    if !path.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "--bin", name]).current_dir(workspace());
+        if dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("running cargo build");
+        assert!(status.success(), "cargo build --bin {name} failed");
+    }
+    path
+}
+
+/// The result of running a binary, printable in full.
+pub struct Run {
+    /// What ran.
+    pub command: String,
+    /// Where.
+    pub cwd: PathBuf,
+    /// Its output.
+    pub output: Output,
+}
+
+impl Run {
+    /// Exit code (-1 when killed by a signal).
+    pub fn code(&self) -> i32 {
+        self.output.status.code().unwrap_or(-1)
+    }
+    /// Standard output as text.
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.output.stdout).into_owned()
+    }
+    /// Standard error as text.
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.output.stderr).into_owned()
+    }
+    /// Everything, for failure messages.
+    pub fn describe(&self) -> String {
+        format!(
+            "command: {}\ncwd: {}\nexit: {}\n--- stdout\n{}\n--- stderr\n{}",
+            self.command,
+            self.cwd.display(),
+            self.code(),
+            self.stdout(),
+            self.stderr()
+        )
+    }
+    /// Panics with [`Run::describe`] unless the exit code is `want`.
+    #[track_caller]
+    pub fn expect_code(self, want: i32) -> Self {
+        assert_eq!(
+            self.code(),
+            want,
+            "unexpected exit code\n{}",
+            self.describe()
+        );
+        self
+    }
+}
+
+/// Runs a workspace binary in `cwd` with only `PATH` and `HOME` from the environment, so
+/// that no `FV_*` or `RUST_LOG` setting of the caller leaks in.
+pub fn run(name: &str, args: &[&str], cwd: &Path) -> Run {
+    let path = bin(name);
+    let output = Command::new(&path)
+        .args(args)
+        .current_dir(cwd)
+        .env_clear()
+        .envs(
+            ["PATH", "HOME"]
+                .iter()
+                .filter_map(|k| Some((k, std::env::var_os(k)?))),
+        )
+        .output()
+        .unwrap_or_else(|e| panic!("{}: cannot run: {e}", path.display()));
+    Run {
+        command: format!("{} {}", path.display(), args.join(" ")),
+        cwd: cwd.to_owned(),
+        output,
+    }
+}

@@ -9,7 +9,11 @@ use fv_train::data::{ClassificationSplitConfig, FracAtlas};
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "fv-train", version, about = "Train, evaluate and export FractuVision's fracture models")]
+#[command(
+    name = "fv-train",
+    version,
+    about = "Train, evaluate and export FractuVision's fracture models"
+)]
 struct Cli {
     /// More logging (-v info, -vv debug); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]

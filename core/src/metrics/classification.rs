@@ -276,8 +276,7 @@ pub fn threshold_for_specificity(samples: &[Scored], target: f64) -> Option<Oper
     let pt = pts
         .iter()
         .skip(1)
-        .filter(|p| 1.0 - p.fpr >= target - 1e-12)
-        .next_back()
+        .rfind(|p| 1.0 - p.fpr >= target - 1e-12)
         .or(pts.get(1))?;
     Some(OperatingPoint {
         threshold: pt.threshold?,

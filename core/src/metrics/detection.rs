@@ -186,7 +186,11 @@ pub fn coco_ap(images: &[ImageBoxes], num_classes: usize) -> Option<CocoAp> {
     }
     let n = per_class.len() as f64;
     let mean_at = |t: usize| per_class.iter().map(|c| c.ap[t]).sum::<f64>() / n;
-    let map50_95 = per_class.iter().map(|c| c.ap.iter().sum::<f64>() / 10.0).sum::<f64>() / n;
+    let map50_95 = per_class
+        .iter()
+        .map(|c| c.ap.iter().sum::<f64>() / 10.0)
+        .sum::<f64>()
+        / n;
     Some(CocoAp {
         map50: mean_at(0),
         map75: mean_at(5),

@@ -199,7 +199,10 @@ impl DataCheckReport {
             ("images missing from dataset.csv", &d.missing_from_csv),
             ("dataset.csv rows without an image", &d.csv_without_image),
             ("YOLO box count differs from COCO", &d.yolo_count_mismatches),
-            ("fractured images in no split file", &d.fractured_not_in_split),
+            (
+                "fractured images in no split file",
+                &d.fractured_not_in_split,
+            ),
             ("moved to keep duplicates together", &d.official_split_moves),
         ] {
             if !ids.is_empty() {

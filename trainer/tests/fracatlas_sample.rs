@@ -1,0 +1,179 @@
+//! The FracAtlas data layer on the committed sample (`tests/data/fracatlas-sample`), and
+//! on copies of it with flaws added.
+
+use fv_train::data::fracatlas::DatasetError;
+use fv_train::data::{ClassificationSplitConfig, FracAtlas};
+use std::path::{Path, PathBuf};
+
+fn sample_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data/fracatlas-sample")
+}
+
+fn small_holdout(seed: u64) -> ClassificationSplitConfig {
+    ClassificationSplitConfig {
+        seed,
+        valid_non_fractured: 1,
+        test_non_fractured: 1,
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dest = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), dest).unwrap();
+        }
+    }
+}
+
+fn ids(data: &FracAtlas, idx: &[usize]) -> Vec<String> {
+    idx.iter().map(|&i| data.images[i].id.clone()).collect()
+}
+
+#[test]
+fn sample_counts_flaws_and_boxes() {
+    let data = FracAtlas::open(&sample_dir()).unwrap();
+    assert_eq!(data.images.len(), 12);
+    assert_eq!(data.fractured_count(), 6);
+    assert_eq!(data.box_count(), 7);
+    let p = &data.problems;
+    let unusable: Vec<&str> = p.unusable.iter().map(|u| u.id.as_str()).collect();
+    assert_eq!(unusable, ["IMG0004092.jpg"]);
+    assert_eq!(p.unusable[0].code, "truncated");
+    assert_eq!(
+        p.exif_rotated,
+        ["IMG0000429.jpg", "IMG0002588.jpg", "IMG0002628.jpg"]
+    );
+    assert_eq!(p.label_conflicts.len(), 1);
+    let lc = &p.label_conflicts[0];
+    assert_eq!(lc.id, "IMG0003298.jpg");
+    assert!(lc.folder_fractured && !lc.csv_fractured && lc.has_boxes);
+    assert_eq!(p.duplicate_groups, [["IMG0000002.jpg", "IMG0002296.jpg"]]);
+    assert!(
+        p.coco_size_mismatches.is_empty(),
+        "{:?}",
+        p.coco_size_mismatches
+    );
+    assert!(p.yolo_count_mismatches.is_empty());
+    assert!(p.missing_from_csv.is_empty() && p.csv_without_image.is_empty());
+
+    // The label conflict is resolved by the folder: it is fractured and in the test split.
+    let conflict = data
+        .images
+        .iter()
+        .position(|r| r.id == "IMG0003298.jpg")
+        .unwrap();
+    assert!(data.images[conflict].fractured);
+    assert!(data.detection_split.test.contains(&conflict));
+
+    // Boxes of the EXIF-rotated image come in its displayed frame (454 wide, 373 high).
+    let rotated = data
+        .images
+        .iter()
+        .find(|r| r.id == "IMG0002628.jpg")
+        .unwrap();
+    let b = rotated.boxes[0];
+    assert!((b.x1 - 177.30757).abs() < 1e-3 && (b.y2 - (74.845_39 + 24.232_73)).abs() < 1e-3);
+    assert_eq!(rotated.header.as_ref().unwrap().display_size(), (454, 373));
+
+    let d = &data.detection_split;
+    assert_eq!(
+        (d.train.len(), d.valid.len(), d.test.len()),
+        (3, 1, 2),
+        "official split"
+    );
+}
+
+#[test]
+fn classification_split_is_seeded_excludes_truncated_and_keeps_duplicates_together() {
+    let data = FracAtlas::open(&sample_dir()).unwrap();
+    let a = data.classification_split(&small_holdout(7)).unwrap();
+    let b = data.classification_split(&small_holdout(7)).unwrap();
+    assert_eq!(a, b, "same seed, same split");
+    let mut differs = false;
+    for seed in 0..40 {
+        let s = data.classification_split(&small_holdout(seed)).unwrap();
+        assert_eq!(data.cross_split_duplicates(&s), 0, "seed {seed}");
+        let all: Vec<String> = s.parts().iter().flat_map(|(_, p)| ids(&data, p)).collect();
+        assert!(
+            !all.contains(&"IMG0004092.jpg".to_owned()),
+            "truncated image in a split"
+        );
+        assert_eq!(all.len(), 11, "every usable image exactly once");
+        let non_fractured_test = s
+            .test
+            .iter()
+            .filter(|&&i| !data.images[i].fractured)
+            .count();
+        assert_eq!(non_fractured_test, 1);
+        differs |= s != a;
+    }
+    assert!(differs, "the seed changes the split");
+}
+
+#[test]
+fn too_large_holdout_is_a_clear_error() {
+    let data = FracAtlas::open(&sample_dir()).unwrap();
+    let err = data
+        .classification_split(&ClassificationSplitConfig::default())
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        DatasetError::TooFewImages {
+            wanted: 363,
+            available: 5,
+            ..
+        }
+    ));
+    assert!(err.to_string().contains("--valid-non-fractured"));
+}
+
+#[test]
+fn duplicate_across_the_official_split_is_moved_to_train() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("FracAtlas");
+    copy_dir(&sample_dir(), &root);
+    // A byte-identical copy of a training image, listed in the official test split.
+    std::fs::copy(
+        root.join("images/Fractured/IMG0002628.jpg"),
+        root.join("images/Fractured/IMG9999999.jpg"),
+    )
+    .unwrap();
+    let test_csv = root.join("Utilities/Fracture Split/test.csv");
+    let mut text = std::fs::read_to_string(&test_csv).unwrap();
+    text.push_str("\r\nIMG9999999.jpg\r\n");
+    std::fs::write(&test_csv, text).unwrap();
+
+    let data = FracAtlas::open(&root).unwrap();
+    assert_eq!(data.problems.official_split_moves, ["IMG9999999.jpg"]);
+    assert!(ids(&data, &data.detection_split.train).contains(&"IMG9999999.jpg".to_owned()));
+    assert_eq!(data.cross_split_duplicates(&data.detection_split), 0);
+    assert_eq!(data.problems.missing_from_csv, ["IMG9999999.jpg"]);
+}
+
+#[test]
+fn missing_layout_names_the_path() {
+    let tmp = tempfile::tempdir().unwrap();
+    let err = FracAtlas::open(tmp.path()).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("images/Fractured") && msg.contains("published layout"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn split_naming_an_unknown_image_is_an_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("FracAtlas");
+    copy_dir(&sample_dir(), &root);
+    let valid_csv = root.join("Utilities/Fracture Split/valid.csv");
+    std::fs::write(&valid_csv, "image_id\nIMG0000001.jpg\n").unwrap();
+    let err = FracAtlas::open(&root).unwrap_err();
+    assert!(err.to_string().contains("IMG0000001.jpg"), "{err}");
+    assert!(err.to_string().contains("valid.csv"), "{err}");
+}
