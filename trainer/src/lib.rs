@@ -2,3 +2,5 @@
 //! and ONNX export. The binary in `main.rs` is a thin shell over this library.
 
 pub mod data;
+pub mod models;
+pub mod weights;

@@ -1,0 +1,172 @@
+//! EfficientNet-Lite0 (Tan & Le 2019; the "Lite" variant for edge accelerators: ReLU6, no
+//! squeeze-and-excitation, stem and head not scaled), with TensorFlow's "SAME" padding so that
+//! the published ImageNet weights reproduce their reference outputs.
+//!
+//! Parameter names follow the reference PyTorch implementation (`efficientnet-lite-pytorch`)
+//! with the leading underscores dropped, so converted weights load without a mapping table.
+
+use burn::config::Config;
+use burn::module::Module;
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::pool::{AdaptiveAvgPool2d, AdaptiveAvgPool2dConfig};
+use burn::nn::{
+    BatchNorm, BatchNormConfig, Dropout, DropoutConfig, Linear, LinearConfig, PaddingConfig2d,
+};
+use burn::tensor::activation::relu6;
+use burn::tensor::{Device, Tensor};
+
+/// One stage of MBConv blocks: (repeats, kernel, stride, expand ratio, input, output).
+const STAGES: [(usize, usize, usize, usize, usize, usize); 7] = [
+    (1, 3, 1, 1, 32, 16),
+    (2, 3, 2, 6, 16, 24),
+    (2, 5, 2, 6, 24, 40),
+    (3, 3, 2, 6, 40, 80),
+    (3, 5, 1, 6, 80, 112),
+    (4, 5, 2, 6, 112, 192),
+    (1, 3, 1, 6, 192, 320),
+];
+
+/// EfficientNet-Lite0's configuration.
+#[derive(Config, Debug)]
+pub struct EfficientNetLiteConfig {
+    /// Output classes.
+    #[config(default = 2)]
+    pub num_classes: usize,
+    /// Dropout before the classifier (the reference uses 0.2).
+    #[config(default = 0.2)]
+    pub dropout: f64,
+}
+
+fn conv_bn(
+    device: &Device,
+    channels: [usize; 2],
+    kernel: usize,
+    stride: usize,
+    groups: usize,
+) -> (Conv2d, BatchNorm) {
+    let conv = Conv2dConfig::new(channels, [kernel, kernel])
+        .with_stride([stride, stride])
+        .with_groups(groups)
+        .with_padding(PaddingConfig2d::Same)
+        .with_bias(false)
+        .init(device);
+    // TensorFlow's epsilon (1e-3) and momentum (0.99, i.e. 0.01 for the new value).
+    let bn = BatchNormConfig::new(channels[1])
+        .with_epsilon(1e-3)
+        .with_momentum(0.01)
+        .init(device);
+    (conv, bn)
+}
+
+/// Mobile inverted bottleneck: expand (1×1), depthwise (k×k), project (1×1), with a
+/// residual connection when the shape is kept.
+#[derive(Module, Debug)]
+pub struct MbConv {
+    expand_conv: Option<Conv2d>,
+    bn0: Option<BatchNorm>,
+    depthwise_conv: Conv2d,
+    bn1: BatchNorm,
+    project_conv: Conv2d,
+    bn2: BatchNorm,
+    #[module(skip)]
+    residual: bool,
+}
+
+impl MbConv {
+    fn new(
+        device: &Device,
+        kernel: usize,
+        stride: usize,
+        expand: usize,
+        cin: usize,
+        cout: usize,
+    ) -> Self {
+        let mid = cin * expand;
+        let (expand_conv, bn0) = if expand != 1 {
+            let (c, b) = conv_bn(device, [cin, mid], 1, 1, 1);
+            (Some(c), Some(b))
+        } else {
+            (None, None)
+        };
+        let (depthwise_conv, bn1) = conv_bn(device, [mid, mid], kernel, stride, mid);
+        let (project_conv, bn2) = conv_bn(device, [mid, cout], 1, 1, 1);
+        MbConv {
+            expand_conv,
+            bn0,
+            depthwise_conv,
+            bn1,
+            project_conv,
+            bn2,
+            residual: stride == 1 && cin == cout,
+        }
+    }
+
+    /// `[batch, cin, h, w]` → `[batch, cout, h / stride, w / stride]`.
+    pub fn forward(&self, input: Tensor<4>) -> Tensor<4> {
+        let mut x = input.clone();
+        if let (Some(conv), Some(bn)) = (&self.expand_conv, &self.bn0) {
+            x = relu6(bn.forward(conv.forward(x)));
+        }
+        x = relu6(self.bn1.forward(self.depthwise_conv.forward(x)));
+        x = self.bn2.forward(self.project_conv.forward(x));
+        if self.residual {
+            x = x + input;
+        }
+        x
+    }
+}
+
+/// EfficientNet-Lite0 with a classification head.
+#[derive(Module, Debug)]
+pub struct EfficientNetLite {
+    conv_stem: Conv2d,
+    bn0: BatchNorm,
+    blocks: Vec<MbConv>,
+    conv_head: Conv2d,
+    bn1: BatchNorm,
+    avg_pool: AdaptiveAvgPool2d,
+    dropout: Dropout,
+    fc: Linear,
+}
+
+impl EfficientNetLiteConfig {
+    /// Builds the model with fresh weights.
+    pub fn init(&self, device: &Device) -> EfficientNetLite {
+        let (conv_stem, bn0) = conv_bn(device, [3, 32], 3, 2, 1);
+        let mut blocks = Vec::new();
+        for (repeats, kernel, stride, expand, cin, cout) in STAGES {
+            for r in 0..repeats {
+                let (s, i) = if r == 0 { (stride, cin) } else { (1, cout) };
+                blocks.push(MbConv::new(device, kernel, s, expand, i, cout));
+            }
+        }
+        let (conv_head, bn1) = conv_bn(device, [320, 1280], 1, 1, 1);
+        EfficientNetLite {
+            conv_stem,
+            bn0,
+            blocks,
+            conv_head,
+            bn1,
+            avg_pool: AdaptiveAvgPool2dConfig::new([1, 1]).init(),
+            dropout: DropoutConfig::new(self.dropout).init(),
+            fc: LinearConfig::new(1280, self.num_classes).init(device),
+        }
+    }
+}
+
+impl EfficientNetLite {
+    /// Pooled features: `[batch, 3, h, w]` → `[batch, 1280]`.
+    pub fn features(&self, images: Tensor<4>) -> Tensor<2> {
+        let mut x = relu6(self.bn0.forward(self.conv_stem.forward(images)));
+        for block in &self.blocks {
+            x = block.forward(x);
+        }
+        x = relu6(self.bn1.forward(self.conv_head.forward(x)));
+        self.avg_pool.forward(x).flatten(1, 3)
+    }
+
+    /// Logits: `[batch, 3, h, w]` → `[batch, num_classes]`.
+    pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
+        self.fc.forward(self.dropout.forward(self.features(images)))
+    }
+}

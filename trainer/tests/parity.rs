@@ -1,0 +1,119 @@
+//! Our models against their reference implementations, on fixtures made by the scripts in
+//! `trainer/scripts/` (CI needs no Python).
+
+use burn::store::{BurnToPyTorchAdapter, ModuleSnapshot, SafetensorsStore};
+use burn::tensor::{Device, Tensor, TensorData};
+use fv_train::models::efficientnet_lite::EfficientNetLiteConfig;
+use fv_train::weights::{load_safetensors, WeightsError};
+use std::path::{Path, PathBuf};
+
+fn repo(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel)
+}
+
+/// Reads named tensors from a safetensors fixture.
+fn fixture(path: &Path, names: &[&str]) -> Vec<(Vec<usize>, Vec<f32>)> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let st = safetensors_view(&bytes);
+    names.iter().map(|n| st(n)).collect()
+}
+
+fn safetensors_view(bytes: &[u8]) -> impl Fn(&str) -> (Vec<usize>, Vec<f32>) + '_ {
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    move |name: &str| {
+        let t = &header[name];
+        assert_eq!(t["dtype"], "F32", "{name}");
+        let shape: Vec<usize> = serde_json::from_value(t["shape"].clone()).unwrap();
+        let [a, b]: [usize; 2] = serde_json::from_value(t["data_offsets"].clone()).unwrap();
+        let data = bytes[8 + n + a..8 + n + b]
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        (shape, data)
+    }
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn efficientnet_lite0_matches_the_reference_with_imagenet_weights() {
+    let device = Device::flex();
+    let model = EfficientNetLiteConfig::new()
+        .with_num_classes(1000)
+        .init(&device);
+    let (model, report) = load_safetensors(
+        model,
+        &repo("models/pretrained/efficientnet-lite0-imagenet.safetensors"),
+        &[],
+    )
+    .unwrap();
+    assert!(report.unused.is_empty(), "unused: {:?}", report.unused);
+    assert!(
+        report.kept_fresh.is_empty(),
+        "not loaded: {:?}",
+        report.kept_fresh
+    );
+    let fx = fixture(
+        &repo("trainer/tests/fixtures/efficientnet_lite0_parity.safetensors"),
+        &["input", "features", "logits"],
+    );
+    let (shape, input) = &fx[0];
+    let x = Tensor::<4>::from_data(TensorData::new(input.clone(), shape.clone()), &device);
+    let feats = model
+        .features(x.clone())
+        .into_data()
+        .try_to_vec::<f32>()
+        .unwrap();
+    let logits = model.forward(x).into_data().try_to_vec::<f32>().unwrap();
+    let d_feats = max_abs_diff(&feats, &fx[1].1);
+    let d_logits = max_abs_diff(&logits, &fx[2].1);
+    assert!(d_feats <= 1e-4, "features differ by {d_feats}");
+    assert!(d_logits <= 1e-4, "logits differ by {d_logits}");
+}
+
+#[test]
+fn wrong_weights_name_the_tensor_and_both_shapes() {
+    let device = Device::flex();
+    let tmp = tempfile::tempdir().unwrap();
+    // Weights for a 1000-class head, loaded into a 2-class model with the head not skipped.
+    let model = EfficientNetLiteConfig::new()
+        .with_num_classes(2)
+        .init(&device);
+    let err = load_safetensors(
+        model,
+        &repo("models/pretrained/efficientnet-lite0-imagenet.safetensors"),
+        &[],
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&err, WeightsError::Shape { tensor, expected, found, .. }
+            if tensor == "fc.weight" && expected == &[1280, 2] && found == &[1280, 1000]),
+        "{err}"
+    );
+
+    // A file that lacks most tensors.
+    let partial = tmp.path().join("partial.safetensors");
+    let small = EfficientNetLiteConfig::new().init(&device);
+    let mut store = SafetensorsStore::from_file(&partial)
+        .with_to_adapter(BurnToPyTorchAdapter)
+        .with_regex(r"^fc\.");
+    small.save_into(&mut store).unwrap();
+    let err =
+        load_safetensors(EfficientNetLiteConfig::new().init(&device), &partial, &[]).unwrap_err();
+    assert!(err.to_string().contains("missing"), "{err}");
+
+    let err = load_safetensors(
+        EfficientNetLiteConfig::new().init(&device),
+        &tmp.path().join("nope.safetensors"),
+        &[],
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("nope.safetensors"), "{err}");
+}
