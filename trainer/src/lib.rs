@@ -2,5 +2,8 @@
 //! and ONNX export. The binary in `main.rs` is a thin shell over this library.
 
 pub mod data;
+pub mod evaluate;
 pub mod models;
+pub mod pipeline;
+pub mod training;
 pub mod weights;

@@ -6,6 +6,9 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use fv_train::data::check::DataCheckReport;
 use fv_train::data::{ClassificationSplitConfig, FracAtlas};
+use fv_train::models::ModelKind;
+use fv_train::pipeline::{classify, evaluate, summary_table, RunData};
+use fv_train::training::{RunDir, TrainConfig};
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -29,6 +32,95 @@ enum Command {
         #[command(subcommand)]
         command: DataCommand,
     },
+    /// Fine-tune a fracture classifier, pick the best epoch on validation, evaluate it.
+    Classify(ClassifyArgs),
+    /// Re-evaluate a run's best checkpoint (thresholds from validation).
+    Eval {
+        /// The run folder written by `classify`.
+        #[arg(long, value_name = "RUN")]
+        run: PathBuf,
+        /// The FracAtlas folder.
+        #[arg(long, env = "FV_DATA", value_name = "DIR")]
+        data: PathBuf,
+        /// Which split to report besides validation.
+        #[arg(long, default_value = "test", value_parser = ["valid", "test"])]
+        split: String,
+        /// Compute device.
+        #[arg(long, value_enum, default_value_t = DeviceArg::Flex)]
+        device: DeviceArg,
+    },
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum DeviceArg {
+    /// Pure-Rust CPU backend (default).
+    Flex,
+    /// NVIDIA GPU 0 (build with `--features cuda`).
+    Cuda,
+}
+
+impl DeviceArg {
+    fn device(self) -> anyhow::Result<burn::tensor::Device> {
+        match self {
+            DeviceArg::Flex => Ok(burn::tensor::Device::flex()),
+            #[cfg(feature = "cuda")]
+            DeviceArg::Cuda => Ok(burn::tensor::Device::cuda(0)),
+            #[cfg(not(feature = "cuda"))]
+            DeviceArg::Cuda => anyhow::bail!("this fv-train was built without CUDA; rebuild with `--features cuda`"),
+        }
+    }
+}
+
+#[derive(clap::Args)]
+struct ClassifyArgs {
+    /// The FracAtlas folder in its published layout.
+    #[arg(long, env = "FV_DATA", value_name = "DIR")]
+    data: PathBuf,
+    /// Architecture.
+    #[arg(long, value_enum)]
+    model: ModelKind,
+    /// Pretrained weights (safetensors); defaults to the model's committed weights.
+    #[arg(long, value_name = "FILE")]
+    weights: Option<PathBuf>,
+    /// Train from random initialization, ignoring pretrained weights.
+    #[arg(long, conflicts_with = "weights")]
+    from_scratch: bool,
+    /// Epochs (the study: 5).
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Input side in pixels (fracture detail may need more than 224).
+    #[arg(long)]
+    image_size: Option<u32>,
+    /// Training batch size (the study: 16).
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// AdamW learning rate (the study: 2e-5).
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Seed for initialization, shuffling, augmentation and the split.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Plain cross-entropy instead of weighting classes by inverse frequency.
+    #[arg(long)]
+    unweighted_loss: bool,
+    /// At most N images per class in each split part (smoke runs).
+    #[arg(long, value_name = "N")]
+    limit_per_class: Option<usize>,
+    /// Non-fractured validation images (the study: 163).
+    #[arg(long, default_value_t = ClassificationSplitConfig::default().valid_non_fractured)]
+    valid_non_fractured: usize,
+    /// Non-fractured test images (the study: 200).
+    #[arg(long, default_value_t = ClassificationSplitConfig::default().test_non_fractured)]
+    test_non_fractured: usize,
+    /// Compute device.
+    #[arg(long, value_enum, default_value_t = DeviceArg::Flex)]
+    device: DeviceArg,
+    /// No progress bar (logs and files only).
+    #[arg(long)]
+    no_progress: bool,
+    /// The run folder: config, checkpoints, logs, metrics.
+    #[arg(long, value_name = "RUN")]
+    out: PathBuf,
 }
 
 #[derive(Subcommand)]
@@ -102,6 +194,61 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 print!("{}", report.to_table());
             }
+            Ok(())
+        }
+        Command::Classify(a) => {
+            let mut config = TrainConfig::study(a.model);
+            if a.from_scratch {
+                config.weights = None;
+            }
+            if let Some(w) = a.weights {
+                config.weights = Some(w);
+            }
+            config.epochs = a.epochs.unwrap_or(config.epochs);
+            config.image_size = a.image_size.unwrap_or(config.image_size);
+            config.batch_size = a.batch_size.unwrap_or(config.batch_size);
+            config.lr = a.lr.unwrap_or(config.lr);
+            config.seed = a.seed.unwrap_or(config.seed);
+            config.class_weighted_loss = !a.unweighted_loss;
+            let run_data = RunData {
+                split: ClassificationSplitConfig {
+                    seed: config.seed,
+                    valid_non_fractured: a.valid_non_fractured,
+                    test_non_fractured: a.test_non_fractured,
+                },
+                limit_per_class: a.limit_per_class,
+            };
+            let device = a.device.device()?;
+            let (summary, metrics) = classify(
+                &a.data,
+                &run_data,
+                &config,
+                &RunDir(a.out.clone()),
+                &device,
+                !a.no_progress,
+            )?;
+            println!(
+                "best epoch {} (valid ROC-AUC {}), {:.1} training images/s",
+                summary.best_epoch,
+                summary
+                    .best_valid_roc_auc
+                    .map_or("n/a".into(), |v| format!("{v:.4}")),
+                summary.images_per_second
+            );
+            print!("{}", summary_table(&metrics));
+            println!("metrics: {}", a.out.join("metrics.json").display());
+            Ok(())
+        }
+        Command::Eval {
+            run,
+            data,
+            split,
+            device,
+        } => {
+            let splits: &[&str] = if split == "test" { &["valid", "test"] } else { &["valid"] };
+            let metrics = evaluate(&data, &RunDir(run.clone()), splits, &device.device()?)?;
+            print!("{}", summary_table(&metrics));
+            println!("metrics: {}", run.join("metrics.json").display());
             Ok(())
         }
     }

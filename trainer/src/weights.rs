@@ -79,6 +79,7 @@ pub fn load_safetensors<M: Module>(
     let mut store = SafetensorsStore::from_file(path)
         .with_from_adapter(PyTorchToBurnAdapter)
         .allow_partial(true)
+        .skip_enum_variants(true)
         .validate(false);
     let result = model
         .load_from(&mut store)

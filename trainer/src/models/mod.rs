@@ -23,13 +23,15 @@ impl ModelKind {
         }
     }
 
-    /// The pretrained weights that ship with the repository, if any.
-    pub fn default_weights(self) -> Option<&'static str> {
-        match self {
-            ModelKind::EfficientnetLite0 => {
-                Some("models/pretrained/efficientnet-lite0-imagenet.safetensors")
-            }
-        }
+    /// The pretrained weights that ship with the repository, if any: relative to the
+    /// working directory (the repository root), else where this binary was built from.
+    pub fn default_weights(self) -> Option<std::path::PathBuf> {
+        let rel = match self {
+            ModelKind::EfficientnetLite0 => "models/pretrained/efficientnet-lite0-imagenet.safetensors",
+        };
+        let here = std::path::PathBuf::from(rel);
+        let built = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel);
+        Some(if !here.exists() && built.exists() { built } else { here })
     }
 
     /// Parameter paths that pretrained weights do not provide (the new head).

@@ -1,0 +1,217 @@
+//! Classification data: FracAtlas images decoded and preprocessed once by fv-core (the same
+//! code the edge runs), cached in memory as gray planes, augmented on the fly for training.
+//!
+//! Evaluation images are preprocessed exactly as at the edge: `fv_core::preprocess` to the
+//! model's input size. Training images are cached somewhat larger and randomly cropped,
+//! flipped and rotated; there is no colour jitter or blur (the study's augmentations).
+
+use super::fracatlas::FracAtlas;
+use fv_core::imaging::{decode_file, DecodeOptions};
+use fv_core::preprocess::{preprocess, InputSpec, ResizeMode};
+use rand::{Rng, RngExt};
+use rayon::prelude::*;
+use std::path::PathBuf;
+
+/// One image with its label.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sample {
+    /// FracAtlas id.
+    pub id: String,
+    /// File.
+    pub path: PathBuf,
+    /// Fractured.
+    pub label: bool,
+}
+
+impl Sample {
+    /// The samples of one split part, by index into `data.images`.
+    pub fn from_indices(data: &FracAtlas, idx: &[usize]) -> Vec<Sample> {
+        idx.iter()
+            .map(|&i| {
+                let r = &data.images[i];
+                Sample {
+                    id: r.id.clone(),
+                    path: r.path.clone(),
+                    label: r.fractured,
+                }
+            })
+            .collect()
+    }
+}
+
+/// A gray plane in `[0, 1]`, row-major.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plane {
+    /// Side length (planes are square).
+    pub size: usize,
+    /// Values.
+    pub data: Vec<f32>,
+}
+
+/// An image that failed to load, with the reason.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoadFailure {
+    /// The image id.
+    pub id: String,
+    /// The decoder's message (names the file).
+    pub message: String,
+}
+
+/// Decodes and resizes every sample to a `size`×`size` plane in `[0, 1]`, in parallel.
+/// Images that fail are returned apart, never silently replaced.
+pub fn load_planes(samples: &[Sample], size: u32) -> (Vec<(Sample, Plane)>, Vec<LoadFailure>) {
+    let spec = InputSpec {
+        channels: 1,
+        mean: vec![0.0],
+        std: vec![1.0],
+        ..InputSpec::imagenet(size, size, ResizeMode::Stretch)
+    };
+    let results: Vec<Result<(Sample, Plane), LoadFailure>> = samples
+        .par_iter()
+        .map(|s| {
+            let d = decode_file(&s.path, &DecodeOptions::default()).map_err(|e| LoadFailure {
+                id: s.id.clone(),
+                message: e.to_string(),
+            })?;
+            let p = preprocess(&d.image, &spec);
+            Ok((
+                s.clone(),
+                Plane {
+                    size: size as usize,
+                    data: p.tensor.data,
+                },
+            ))
+        })
+        .collect();
+    let mut ok = Vec::new();
+    let mut failed = Vec::new();
+    for r in results {
+        match r {
+            Ok(v) => ok.push(v),
+            Err(e) => failed.push(e),
+        }
+    }
+    (ok, failed)
+}
+
+/// Training augmentation: random resized crop, horizontal flip, small rotation.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Augment {
+    /// Smallest crop side as a fraction of the image side.
+    pub min_crop: f32,
+    /// Largest rotation either way, in degrees.
+    pub max_rotation_deg: f32,
+    /// Probability of a horizontal flip.
+    pub flip: f32,
+}
+
+impl Default for Augment {
+    fn default() -> Self {
+        Augment {
+            min_crop: 0.8,
+            max_rotation_deg: 10.0,
+            flip: 0.5,
+        }
+    }
+}
+
+impl Augment {
+    /// Samples a random view of `src` at `out`×`out`, bilinear, black outside the image
+    /// (radiographs are dark around the anatomy).
+    pub fn apply<R: Rng + ?Sized>(&self, src: &Plane, out: usize, rng: &mut R) -> Plane {
+        let crop = rng.random_range(self.min_crop.min(1.0)..=1.0);
+        let angle = rng
+            .random_range(-self.max_rotation_deg..=self.max_rotation_deg)
+            .to_radians();
+        let flip = rng.random::<f32>() < self.flip;
+        let n = src.size as f32;
+        let side = crop * n;
+        // The crop's centre may sit anywhere that keeps the crop inside the image.
+        let slack = (n - side) / 2.0;
+        let cx = n / 2.0 + rng.random_range(-slack..=slack);
+        let cy = n / 2.0 + rng.random_range(-slack..=slack);
+        let (sin, cos) = angle.sin_cos();
+        let scale = side / out as f32;
+        let mut data = vec![0.0; out * out];
+        for y in 0..out {
+            for x in 0..out {
+                // Output pixel centre, relative to the output centre, in source pixels.
+                let mut u = (x as f32 + 0.5 - out as f32 / 2.0) * scale;
+                let v = (y as f32 + 0.5 - out as f32 / 2.0) * scale;
+                if flip {
+                    u = -u;
+                }
+                let sx = cx + u * cos - v * sin - 0.5;
+                let sy = cy + u * sin + v * cos - 0.5;
+                data[y * out + x] = bilinear(src, sx, sy);
+            }
+        }
+        Plane { size: out, data }
+    }
+}
+
+fn bilinear(p: &Plane, x: f32, y: f32) -> f32 {
+    let n = p.size as isize;
+    let (x0, y0) = (x.floor(), y.floor());
+    let (fx, fy) = (x - x0, y - y0);
+    let at = |xi: isize, yi: isize| -> f32 {
+        if xi < 0 || yi < 0 || xi >= n || yi >= n {
+            0.0
+        } else {
+            p.data[(yi * n + xi) as usize]
+        }
+    };
+    let (xi, yi) = (x0 as isize, y0 as isize);
+    let top = at(xi, yi) * (1.0 - fx) + at(xi + 1, yi) * fx;
+    let bottom = at(xi, yi + 1) * (1.0 - fx) + at(xi + 1, yi + 1) * fx;
+    top * (1.0 - fy) + bottom * fy
+}
+
+/// Writes `planes` as a normalized `[batch, 3, size, size]` buffer: gray replicated to the
+/// three channels, each normalized with its mean and std, as `fv_core::preprocess` does.
+pub fn to_batch(planes: &[&Plane], mean: [f32; 3], std: [f32; 3]) -> Vec<f32> {
+    let mut out = Vec::with_capacity(planes.iter().map(|p| 3 * p.data.len()).sum());
+    for p in planes {
+        for c in 0..3 {
+            out.extend(p.data.iter().map(|v| (v - mean[c]) / std[c]));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn identity_view_reproduces_the_image() {
+        let src = Plane {
+            size: 8,
+            data: (0..64).map(|i| i as f32 / 64.0).collect(),
+        };
+        let none = Augment {
+            min_crop: 1.0,
+            max_rotation_deg: 0.0,
+            flip: 0.0,
+        };
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        let out = none.apply(&src, 8, &mut rng);
+        for (a, b) in out.data.iter().zip(&src.data) {
+            assert!((a - b).abs() < 1e-5);
+        }
+        let flipped = Augment { flip: 1.0, ..none }.apply(&src, 8, &mut rng);
+        assert!((flipped.data[0] - src.data[7]).abs() < 1e-5);
+    }
+
+    #[test]
+    fn batch_matches_core_normalization() {
+        let p = Plane {
+            size: 1,
+            data: vec![0.5],
+        };
+        let b = to_batch(&[&p], [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]);
+        assert!((b[0] - (0.5 - 0.485) / 0.229).abs() < 1e-6);
+        assert!((b[2] - (0.5 - 0.406) / 0.225).abs() < 1e-6);
+    }
+}

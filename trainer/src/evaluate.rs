@@ -1,0 +1,150 @@
+//! Evaluation a clinician can trust: metrics at the natural class balance, with operating
+//! thresholds chosen on the validation split only and then applied, unchanged, to test.
+
+use crate::data::classify::{load_planes, Plane, Sample};
+use crate::models::Classifier;
+use crate::training::{predict, TrainConfig};
+use fv_core::metrics::classification::{
+    threshold_for_sensitivity, threshold_for_specificity, BinaryReport, OperatingPoint, Scored,
+};
+use fv_core::Probability;
+use serde::{Deserialize, Serialize};
+use std::io::Write as _;
+use std::path::Path;
+
+/// One image's prediction.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Prediction {
+    /// FracAtlas id.
+    pub id: String,
+    /// Fractured (truth).
+    pub fractured: bool,
+    /// The model's probability of a fracture.
+    pub probability: Probability,
+}
+
+/// Scores `samples` with `model`; images that fail to load are listed, not scored.
+pub fn score(
+    model: &Classifier,
+    samples: &[Sample],
+    config: &TrainConfig,
+    device: &burn::tensor::Device,
+) -> (Vec<Prediction>, Vec<String>) {
+    let (loaded, failed) = load_planes(samples, config.image_size);
+    let planes: Vec<&Plane> = loaded.iter().map(|(_, p)| p).collect();
+    let probs = predict(model, &planes, config, device);
+    let preds = loaded
+        .iter()
+        .zip(probs)
+        .map(|((s, _), p)| Prediction {
+            id: s.id.clone(),
+            fractured: s.label,
+            probability: p,
+        })
+        .collect();
+    (
+        preds,
+        failed
+            .into_iter()
+            .map(|f| format!("{}: {}", f.id, f.message))
+            .collect(),
+    )
+}
+
+fn scored(preds: &[Prediction]) -> Vec<Scored> {
+    preds
+        .iter()
+        .map(|p| Scored {
+            score: p.probability,
+            positive: p.fractured,
+        })
+        .collect()
+}
+
+/// Thresholds chosen on validation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChosenThresholds {
+    /// Sensitivity ≥ 0.95 on validation: flag for a second look.
+    pub suspicious: OperatingPoint,
+    /// Specificity ≥ 0.95 on validation: report a fracture.
+    pub definite: OperatingPoint,
+    /// Specificity ≥ 0.90 on validation: the goal's operating point.
+    pub specificity_90: OperatingPoint,
+}
+
+impl ChosenThresholds {
+    /// Chooses the thresholds on validation predictions. `None` without both classes.
+    pub fn choose(valid: &[Prediction]) -> Option<Self> {
+        let s = scored(valid);
+        Some(ChosenThresholds {
+            suspicious: threshold_for_sensitivity(&s, 0.95)?,
+            definite: threshold_for_specificity(&s, 0.95)?,
+            specificity_90: threshold_for_specificity(&s, 0.90)?,
+        })
+    }
+}
+
+/// The metrics of one split at the chosen thresholds.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SplitReport {
+    /// `valid` or `test`.
+    pub split: String,
+    /// Fractured images scored.
+    pub n_fractured: usize,
+    /// Non-fractured images scored.
+    pub n_non_fractured: usize,
+    /// At the `suspicious` threshold.
+    pub at_suspicious: BinaryReport,
+    /// At the `definite` threshold.
+    pub at_definite: BinaryReport,
+    /// At the validation specificity-0.90 threshold.
+    pub at_specificity_90: BinaryReport,
+    /// At 0.5, for comparison with papers that report accuracy.
+    pub at_0_5: BinaryReport,
+}
+
+impl SplitReport {
+    /// The report for `preds` at `thresholds`.
+    pub fn new(split: &str, preds: &[Prediction], t: &ChosenThresholds) -> Self {
+        let s = scored(preds);
+        let n_fractured = preds.iter().filter(|p| p.fractured).count();
+        SplitReport {
+            split: split.into(),
+            n_fractured,
+            n_non_fractured: preds.len() - n_fractured,
+            at_suspicious: BinaryReport::new(&s, t.suspicious.threshold),
+            at_definite: BinaryReport::new(&s, t.definite.threshold),
+            at_specificity_90: BinaryReport::new(&s, t.specificity_90.threshold),
+            at_0_5: BinaryReport::new(&s, Probability::new(0.5).expect("0.5 is a probability")),
+        }
+    }
+}
+
+/// `RUN/metrics.json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClassifyMetrics {
+    /// The model name.
+    pub model: String,
+    /// Which checkpoint was evaluated.
+    pub checkpoint: String,
+    /// Thresholds, chosen on validation.
+    pub thresholds: ChosenThresholds,
+    /// Validation metrics (where the thresholds were chosen: optimistic by construction).
+    pub valid: SplitReport,
+    /// Test metrics: the figures to report.
+    pub test: Option<SplitReport>,
+    /// Images that could not be scored.
+    pub load_failures: Vec<String>,
+}
+
+/// Writes predictions as CSV: `split,id,fractured,probability`.
+pub fn write_predictions(path: &Path, parts: &[(&str, &[Prediction])]) -> std::io::Result<()> {
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
+    writeln!(f, "split,id,fractured,probability")?;
+    for (split, preds) in parts {
+        for p in *preds {
+            writeln!(f, "{split},{},{},{:.6}", p.id, p.fractured as u8, p.probability.get())?;
+        }
+    }
+    f.flush()
+}

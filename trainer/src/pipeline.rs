@@ -1,0 +1,133 @@
+//! The `classify` and `eval` commands end to end: data, split, training, scoring, thresholds
+//! chosen on validation, and the files a run leaves behind.
+
+use crate::data::classify::Sample;
+use crate::data::{ClassificationSplitConfig, FracAtlas, Split};
+use crate::evaluate::{score, write_predictions, ChosenThresholds, ClassifyMetrics, SplitReport};
+use crate::training::{build_model, train, RunDir, TrainConfig, TrainSummary};
+use anyhow::Context as _;
+use burn::tensor::Device;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// Which data a run used: saved as `RUN/data.json` so that `eval` rebuilds the same split.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunData {
+    /// The classification split.
+    pub split: ClassificationSplitConfig,
+    /// At most this many images per class in each part (smoke runs); `None` for all.
+    pub limit_per_class: Option<usize>,
+}
+
+/// The samples of each split part, limited per class if asked.
+pub fn split_samples(data: &FracAtlas, split: &Split, limit: Option<usize>) -> [Vec<Sample>; 3] {
+    let take = |idx: &[usize]| {
+        let all = Sample::from_indices(data, idx);
+        match limit {
+            None => all,
+            Some(n) => {
+                let pos = all.iter().filter(|s| s.label).take(n).cloned();
+                let neg = all.iter().filter(|s| !s.label).take(n).cloned();
+                pos.chain(neg).collect()
+            }
+        }
+    };
+    [take(&split.train), take(&split.valid), take(&split.test)]
+}
+
+/// Trains, then evaluates the best epoch on validation (thresholds) and test.
+pub fn classify(
+    data_dir: &Path,
+    run_data: &RunData,
+    config: &TrainConfig,
+    run: &RunDir,
+    device: &Device,
+    show_progress: bool,
+) -> anyhow::Result<(TrainSummary, ClassifyMetrics)> {
+    let data = FracAtlas::open(data_dir)
+        .with_context(|| format!("loading FracAtlas from {}", data_dir.display()))?;
+    let split = data.classification_split(&run_data.split)?;
+    let [train_s, valid_s, _] = split_samples(&data, &split, run_data.limit_per_class);
+    std::fs::create_dir_all(&run.0)?;
+    std::fs::write(run.0.join("data.json"), serde_json::to_string_pretty(run_data)?)?;
+    let summary = train(config, &train_s, &valid_s, run, device, show_progress)?;
+    std::fs::write(run.0.join("train_summary.json"), serde_json::to_string_pretty(&summary)?)?;
+    let metrics = evaluate(data_dir, run, &["valid", "test"], device)?;
+    Ok((summary, metrics))
+}
+
+/// Re-evaluates a run's best checkpoint: thresholds on validation, then `splits`.
+/// Writes `RUN/metrics.json` and `RUN/predictions.csv`.
+pub fn evaluate(
+    data_dir: &Path,
+    run: &RunDir,
+    splits: &[&str],
+    device: &Device,
+) -> anyhow::Result<ClassifyMetrics> {
+    let read = |name: &str| {
+        let p = run.0.join(name);
+        std::fs::read_to_string(&p).with_context(|| {
+            format!("{}: cannot read; is {} a run made by `fv-train classify`?", p.display(), run.0.display())
+        })
+    };
+    let config: TrainConfig = serde_json::from_str(&read("config.json")?)?;
+    let run_data: RunData = serde_json::from_str(&read("data.json")?)?;
+    let data = FracAtlas::open(data_dir)
+        .with_context(|| format!("loading FracAtlas from {}", data_dir.display()))?;
+    let split = data.classification_split(&run_data.split)?;
+    let [_, valid_s, test_s] = split_samples(&data, &split, run_data.limit_per_class);
+    let model = build_model(&config, Some(&run.best()), device)?;
+
+    let (valid, mut failures) = score(&model, &valid_s, &config, device);
+    let thresholds = ChosenThresholds::choose(&valid).context(
+        "the validation split needs both fractured and non-fractured images to choose thresholds",
+    )?;
+    let mut test = None;
+    let mut parts: Vec<(&str, Vec<_>)> = vec![("valid", valid.clone())];
+    if splits.contains(&"test") {
+        let (preds, f) = score(&model, &test_s, &config, device);
+        failures.extend(f);
+        test = Some(SplitReport::new("test", &preds, &thresholds));
+        parts.push(("test", preds));
+    }
+    let metrics = ClassifyMetrics {
+        model: config.model.name().into(),
+        checkpoint: run.best().display().to_string(),
+        valid: SplitReport::new("valid", &valid, &thresholds),
+        thresholds,
+        test,
+        load_failures: failures,
+    };
+    std::fs::write(run.0.join("metrics.json"), serde_json::to_string_pretty(&metrics)?)?;
+    let refs: Vec<(&str, &[_])> = parts.iter().map(|(s, p)| (*s, p.as_slice())).collect();
+    write_predictions(&run.0.join("predictions.csv"), &refs)?;
+    Ok(metrics)
+}
+
+/// A short text summary of metrics for the terminal.
+pub fn summary_table(m: &ClassifyMetrics) -> String {
+    let f = |v: Option<f64>| v.map_or("  n/a".to_owned(), |v| format!("{v:.3}"));
+    let mut s = format!(
+        "{}: thresholds chosen on validation: suspicious {:.4}, definite {:.4}\n",
+        m.model,
+        m.thresholds.suspicious.threshold.get(),
+        m.thresholds.definite.threshold.get()
+    );
+    s += "split  n(frac/non)  ROC-AUC  PR-AUC   ECE   | suspicious: sens  spec | definite: sens  spec\n";
+    for r in std::iter::once(&m.valid).chain(m.test.as_ref()) {
+        s += &format!(
+            "{:<6} {:>4}/{:<6}  {}    {}   {} |             {}  {} |           {}  {}\n",
+            r.split,
+            r.n_fractured,
+            r.n_non_fractured,
+            f(r.at_0_5.roc_auc),
+            f(r.at_0_5.pr_auc),
+            f(r.at_0_5.ece),
+            f(r.at_suspicious.sensitivity),
+            f(r.at_suspicious.specificity),
+            f(r.at_definite.sensitivity),
+            f(r.at_definite.specificity),
+        );
+    }
+    s
+}
