@@ -143,7 +143,13 @@ pub fn write_predictions(path: &Path, parts: &[(&str, &[Prediction])]) -> std::i
     writeln!(f, "split,id,fractured,probability")?;
     for (split, preds) in parts {
         for p in *preds {
-            writeln!(f, "{split},{},{},{:.6}", p.id, p.fractured as u8, p.probability.get())?;
+            writeln!(
+                f,
+                "{split},{},{},{:.6}",
+                p.id,
+                p.fractured as u8,
+                p.probability.get()
+            )?;
         }
     }
     f.flush()

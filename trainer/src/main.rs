@@ -66,7 +66,9 @@ impl DeviceArg {
             #[cfg(feature = "cuda")]
             DeviceArg::Cuda => Ok(burn::tensor::Device::cuda(0)),
             #[cfg(not(feature = "cuda"))]
-            DeviceArg::Cuda => anyhow::bail!("this fv-train was built without CUDA; rebuild with `--features cuda`"),
+            DeviceArg::Cuda => anyhow::bail!(
+                "this fv-train was built without CUDA; rebuild with `--features cuda`"
+            ),
         }
     }
 }
@@ -204,6 +206,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(w) = a.weights {
                 config.weights = Some(w);
             }
+            if config.weights.is_none() && !a.from_scratch {
+                anyhow::bail!(
+                    "--model {} needs its published weights: download {} and pass --weights FILE (or train with --from-scratch)",
+                    a.model.name(),
+                    match a.model {
+                        ModelKind::VitB16 => "google/vit-base-patch16-224's model.safetensors",
+                        ModelKind::Dinov2S => "facebook/dinov2-small's model.safetensors",
+                        ModelKind::Dinov2L => "facebook/dinov2-large's model.safetensors",
+                        ModelKind::EfficientnetLite0 => "models/pretrained/efficientnet-lite0-imagenet.safetensors (trainer/scripts/convert_efficientnet_lite0.py)",
+                    }
+                );
+            }
             config.epochs = a.epochs.unwrap_or(config.epochs);
             config.image_size = a.image_size.unwrap_or(config.image_size);
             config.batch_size = a.batch_size.unwrap_or(config.batch_size);
@@ -245,7 +259,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             split,
             device,
         } => {
-            let splits: &[&str] = if split == "test" { &["valid", "test"] } else { &["valid"] };
+            let splits: &[&str] = if split == "test" {
+                &["valid", "test"]
+            } else {
+                &["valid"]
+            };
             let metrics = evaluate(&data, &RunDir(run.clone()), splits, &device.device()?)?;
             print!("{}", summary_table(&metrics));
             println!("metrics: {}", run.join("metrics.json").display());

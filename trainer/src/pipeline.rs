@@ -49,9 +49,15 @@ pub fn classify(
     let split = data.classification_split(&run_data.split)?;
     let [train_s, valid_s, _] = split_samples(&data, &split, run_data.limit_per_class);
     std::fs::create_dir_all(&run.0)?;
-    std::fs::write(run.0.join("data.json"), serde_json::to_string_pretty(run_data)?)?;
+    std::fs::write(
+        run.0.join("data.json"),
+        serde_json::to_string_pretty(run_data)?,
+    )?;
     let summary = train(config, &train_s, &valid_s, run, device, show_progress)?;
-    std::fs::write(run.0.join("train_summary.json"), serde_json::to_string_pretty(&summary)?)?;
+    std::fs::write(
+        run.0.join("train_summary.json"),
+        serde_json::to_string_pretty(&summary)?,
+    )?;
     let metrics = evaluate(data_dir, run, &["valid", "test"], device)?;
     Ok((summary, metrics))
 }
@@ -67,7 +73,11 @@ pub fn evaluate(
     let read = |name: &str| {
         let p = run.0.join(name);
         std::fs::read_to_string(&p).with_context(|| {
-            format!("{}: cannot read; is {} a run made by `fv-train classify`?", p.display(), run.0.display())
+            format!(
+                "{}: cannot read; is {} a run made by `fv-train classify`?",
+                p.display(),
+                run.0.display()
+            )
         })
     };
     let config: TrainConfig = serde_json::from_str(&read("config.json")?)?;
@@ -98,7 +108,10 @@ pub fn evaluate(
         test,
         load_failures: failures,
     };
-    std::fs::write(run.0.join("metrics.json"), serde_json::to_string_pretty(&metrics)?)?;
+    std::fs::write(
+        run.0.join("metrics.json"),
+        serde_json::to_string_pretty(&metrics)?,
+    )?;
     let refs: Vec<(&str, &[_])> = parts.iter().map(|(s, p)| (*s, p.as_slice())).collect();
     write_predictions(&run.0.join("predictions.csv"), &refs)?;
     Ok(metrics)

@@ -167,9 +167,14 @@ pub fn build_model(
 ) -> anyhow::Result<Classifier> {
     let model = Classifier::new(config.model, 2, device);
     Ok(match (checkpoint, &config.weights) {
-        (Some(ckpt), _) => load_safetensors(model, ckpt, &[])?.0,
+        (Some(ckpt), _) => load_safetensors(model, ckpt, &[], &[])?.0,
         (None, Some(w)) => {
-            let (m, report) = load_safetensors(model, w, config.model.fresh_head())?;
+            let (m, report) = load_safetensors(
+                model,
+                w,
+                config.model.fresh_head(),
+                &config.model.key_remapping(),
+            )?;
             tracing::info!(
                 "loaded {} tensors from {}; fresh: {:?}",
                 report.applied,
@@ -197,7 +202,11 @@ pub fn predict(
         let x = Tensor::<4>::from_data(TensorData::new(data, [chunk.len(), 3, s, s]), device);
         let p = softmax(model.forward(x), 1);
         // An f32 tensor read as f32 cannot fail to convert.
-        let v: Vec<f32> = p.into_data().convert::<f32>().try_into_vec::<f32>().expect("f32 data");
+        let v: Vec<f32> = p
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .expect("f32 data");
         out.extend(v.chunks(2).map(|c| Probability::saturating(c[1] as f64)));
     }
     out
@@ -205,7 +214,9 @@ pub fn predict(
 
 /// Class-weighted cross-entropy: `Σ wᵢ·(−log pᵢ[yᵢ]) / Σ wᵢ`.
 fn weighted_ce(logits: Tensor<2>, onehot: Tensor<2>, weights: Tensor<1>) -> Tensor<1> {
-    let nll = -(log_softmax(logits, 1) * onehot).sum_dim(1).squeeze_dim::<1>(1);
+    let nll = -(log_softmax(logits, 1) * onehot)
+        .sum_dim(1)
+        .squeeze_dim::<1>(1);
     (nll * weights.clone()).sum() / weights.sum()
 }
 
@@ -225,8 +236,13 @@ pub fn train(
             let saved: TrainConfig = serde_json::from_str(
                 &std::fs::read_to_string(run.config()).context("resuming: reading config.json")?,
             )?;
+            // Only the epoch count may change: resuming extends a run.
+            let same = |c: &TrainConfig| TrainConfig {
+                epochs: 0,
+                ..c.clone()
+            };
             anyhow::ensure!(
-                saved == *config,
+                same(&saved) == same(config),
                 "{} holds a run with another configuration; resume with the same flags or use a new --out",
                 run.0.display()
             );
@@ -312,7 +328,10 @@ pub fn train(
                 .collect();
             let refs: Vec<&Plane> = views.iter().collect();
             let b = batch.len();
-            let x = Tensor::<4>::from_data(TensorData::new(to_batch(&refs, mean, std), [b, 3, s, s]), &ad);
+            let x = Tensor::<4>::from_data(
+                TensorData::new(to_batch(&refs, mean, std), [b, 3, s, s]),
+                &ad,
+            );
             let mut onehot = Vec::with_capacity(2 * b);
             let mut w = Vec::with_capacity(b);
             for &i in batch {
@@ -341,10 +360,22 @@ pub fn train(
             let ips = epoch_images as f64 / epoch_start.elapsed().as_secs_f64().max(1e-9);
             if (step + 1) % config.log_every.max(1) == 0 || step + 1 == steps_per_epoch {
                 let mean_loss = window.iter().sum::<f64>() / window.len() as f64;
-                writeln!(log, "{},{},{},{:.6},{:.2}", epoch + 1, step + 1, images_seen, mean_loss, ips)?;
+                writeln!(
+                    log,
+                    "{},{},{},{:.6},{:.2}",
+                    epoch + 1,
+                    step + 1,
+                    images_seen,
+                    mean_loss,
+                    ips
+                )?;
                 window.clear();
             }
-            bar.set_message(format!("loss {:.4}  {:.1} img/s", loss_sum / loss_n as f64, ips));
+            bar.set_message(format!(
+                "loss {:.4}  {:.1} img/s",
+                loss_sum / loss_n as f64,
+                ips
+            ));
             bar.inc(1);
         }
         log.flush()?;

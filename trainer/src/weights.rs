@@ -65,10 +65,13 @@ pub struct LoadReport {
 /// norm `weight`/`bias` read as `gamma`/`beta`). Model tensors whose path starts with one of
 /// `skip` (a fresh classifier head, say) may be absent from the file; any other missing
 /// tensor, and any shape mismatch, is an error.
+///
+/// `remap` rewrites the file's tensor names (regex, replacement) before matching.
 pub fn load_safetensors<M: Module>(
     mut model: M,
     path: &Path,
     skip: &[&str],
+    remap: &[(&str, &str)],
 ) -> Result<(M, LoadReport), WeightsError> {
     if !path.is_file() {
         return Err(WeightsError::Read {
@@ -76,7 +79,11 @@ pub fn load_safetensors<M: Module>(
             message: "no such file".into(),
         });
     }
-    let mut store = SafetensorsStore::from_file(path)
+    let mut store = SafetensorsStore::from_file(path);
+    for (from, to) in remap {
+        store = store.with_key_remapping(from, *to);
+    }
+    let mut store = store
         .with_from_adapter(PyTorchToBurnAdapter)
         .allow_partial(true)
         .skip_enum_variants(true)

@@ -4,6 +4,7 @@
 use burn::store::{BurnToPyTorchAdapter, ModuleSnapshot, SafetensorsStore};
 use burn::tensor::{Device, Tensor, TensorData};
 use fv_train::models::efficientnet_lite::EfficientNetLiteConfig;
+use fv_train::models::vit::{hf_key_remapping, VitConfig, VitHead};
 use fv_train::weights::{load_safetensors, WeightsError};
 use std::path::{Path, PathBuf};
 
@@ -52,6 +53,7 @@ fn efficientnet_lite0_matches_the_reference_with_imagenet_weights() {
         model,
         &repo("models/pretrained/efficientnet-lite0-imagenet.safetensors"),
         &[],
+        &[],
     )
     .unwrap();
     assert!(report.unused.is_empty(), "unused: {:?}", report.unused);
@@ -90,6 +92,7 @@ fn wrong_weights_name_the_tensor_and_both_shapes() {
         model,
         &repo("models/pretrained/efficientnet-lite0-imagenet.safetensors"),
         &[],
+        &[],
     )
     .unwrap_err();
     assert!(
@@ -105,15 +108,67 @@ fn wrong_weights_name_the_tensor_and_both_shapes() {
         .with_to_adapter(BurnToPyTorchAdapter)
         .with_regex(r"^fc\.");
     small.save_into(&mut store).unwrap();
-    let err =
-        load_safetensors(EfficientNetLiteConfig::new().init(&device), &partial, &[]).unwrap_err();
+    let err = load_safetensors(
+        EfficientNetLiteConfig::new().init(&device),
+        &partial,
+        &[],
+        &[],
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("missing"), "{err}");
 
     let err = load_safetensors(
         EfficientNetLiteConfig::new().init(&device),
         &tmp.path().join("nope.safetensors"),
         &[],
+        &[],
     )
     .unwrap_err();
     assert!(err.to_string().contains("nope.safetensors"), "{err}");
+}
+
+fn vit_parity(dir: &str, config: VitConfig, output: &str) {
+    let device = Device::flex();
+    let model = config.init(&device);
+    let (model, report) = load_safetensors(
+        model,
+        &repo(&format!("trainer/tests/fixtures/{dir}/model.safetensors")),
+        // DINOv2 checkpoints have no head; ViT's logits below prove its head loaded.
+        &["classifier."],
+        &hf_key_remapping(),
+    )
+    .unwrap();
+    // DINOv2's mask token is used only in its self-supervised pretraining.
+    assert!(
+        report.unused.iter().all(|u| u.contains("mask_token")),
+        "unused: {:?}",
+        report.unused
+    );
+    let fx = fixture(
+        &repo(&format!("trainer/tests/fixtures/{dir}/io.safetensors")),
+        &["input", output],
+    );
+    let (shape, input) = &fx[0];
+    let x = Tensor::<4>::from_data(TensorData::new(input.clone(), shape.clone()), &device);
+    let got = if output == "logits" {
+        model.forward(x)
+    } else {
+        model.pooled(x)
+    };
+    let got = got.into_data().try_to_vec::<f32>().unwrap();
+    let d = max_abs_diff(&got, &fx[1].1);
+    assert!(d <= 1e-4, "{dir}: {output} differ by {d}");
+}
+
+#[test]
+fn vit_matches_transformers() {
+    let mut c = VitConfig::new(8, 4, 32, 2, 4, 64, 1e-12, false, VitHead::Cls);
+    c.num_classes = 2;
+    vit_parity("vit_tiny", c, "logits");
+}
+
+#[test]
+fn dinov2_matches_transformers() {
+    let c = VitConfig::new(14, 2, 32, 2, 4, 64, 1e-6, true, VitHead::ClsAndMeanPatch);
+    vit_parity("dinov2_tiny", c, "pooled");
 }

@@ -1,11 +1,13 @@
 //! Model architectures, one file each, and the table that maps `--model` names to them.
 
 pub mod efficientnet_lite;
+pub mod vit;
 
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 use efficientnet_lite::{EfficientNetLite, EfficientNetLiteConfig};
 use serde::{Deserialize, Serialize};
+use vit::{Vit, VitConfig};
 
 /// The classifiers `fv-train classify --model` knows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -13,6 +15,12 @@ use serde::{Deserialize, Serialize};
 pub enum ModelKind {
     /// EfficientNet-Lite0, ImageNet-pretrained: the edge model we train here.
     EfficientnetLite0,
+    /// ViT-B/16 at 224 (weights: `google/vit-base-patch16-224` model.safetensors).
+    VitB16,
+    /// DINOv2 ViT-S/14 (weights: `facebook/dinov2-small` model.safetensors).
+    Dinov2S,
+    /// DINOv2 ViT-L/14 (weights: `facebook/dinov2-large` model.safetensors).
+    Dinov2L,
 }
 
 impl ModelKind {
@@ -20,6 +28,9 @@ impl ModelKind {
     pub fn name(self) -> &'static str {
         match self {
             ModelKind::EfficientnetLite0 => "efficientnet-lite0",
+            ModelKind::VitB16 => "vit-b16",
+            ModelKind::Dinov2S => "dinov2-s",
+            ModelKind::Dinov2L => "dinov2-l",
         }
     }
 
@@ -27,23 +38,46 @@ impl ModelKind {
     /// working directory (the repository root), else where this binary was built from.
     pub fn default_weights(self) -> Option<std::path::PathBuf> {
         let rel = match self {
-            ModelKind::EfficientnetLite0 => "models/pretrained/efficientnet-lite0-imagenet.safetensors",
+            ModelKind::EfficientnetLite0 => {
+                "models/pretrained/efficientnet-lite0-imagenet.safetensors"
+            }
+            // Users download these from Hugging Face; nothing ships here.
+            ModelKind::VitB16 | ModelKind::Dinov2S | ModelKind::Dinov2L => return None,
         };
         let here = std::path::PathBuf::from(rel);
-        let built = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel);
-        Some(if !here.exists() && built.exists() { built } else { here })
+        let built = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join(rel);
+        Some(if !here.exists() && built.exists() {
+            built
+        } else {
+            here
+        })
     }
 
     /// Parameter paths that pretrained weights do not provide (the new head).
     pub fn fresh_head(self) -> &'static [&'static str] {
         match self {
             ModelKind::EfficientnetLite0 => &["fc."],
+            ModelKind::VitB16 | ModelKind::Dinov2S | ModelKind::Dinov2L => &["classifier."],
         }
     }
 
-    /// ImageNet normalization for every pretrained backbone here.
+    /// How published tensor names map to ours.
+    pub fn key_remapping(self) -> Vec<(&'static str, &'static str)> {
+        match self {
+            ModelKind::EfficientnetLite0 => Vec::new(),
+            ModelKind::VitB16 | ModelKind::Dinov2S | ModelKind::Dinov2L => vit::hf_key_remapping(),
+        }
+    }
+
+    /// The normalization each backbone was pretrained with.
     pub fn mean_std(self) -> ([f32; 3], [f32; 3]) {
-        ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+        match self {
+            // google/vit-base-patch16-224's image processor: mean and std 0.5.
+            ModelKind::VitB16 => ([0.5; 3], [0.5; 3]),
+            _ => ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+        }
     }
 }
 
@@ -52,6 +86,8 @@ impl ModelKind {
 pub enum Classifier {
     /// EfficientNet-Lite0.
     EfficientNetLite0(EfficientNetLite),
+    /// A Vision Transformer (ViT-B/16, DINOv2).
+    Vit(Vit),
 }
 
 impl Classifier {
@@ -63,6 +99,21 @@ impl Classifier {
                     .with_num_classes(num_classes)
                     .init(device),
             ),
+            ModelKind::VitB16 => Classifier::Vit(
+                VitConfig::vit_b16()
+                    .with_num_classes(num_classes)
+                    .init(device),
+            ),
+            ModelKind::Dinov2S => Classifier::Vit(
+                VitConfig::dinov2_small()
+                    .with_num_classes(num_classes)
+                    .init(device),
+            ),
+            ModelKind::Dinov2L => Classifier::Vit(
+                VitConfig::dinov2_large()
+                    .with_num_classes(num_classes)
+                    .init(device),
+            ),
         }
     }
 
@@ -70,6 +121,7 @@ impl Classifier {
     pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
         match self {
             Classifier::EfficientNetLite0(m) => m.forward(images),
+            Classifier::Vit(m) => m.forward(images),
         }
     }
 }
