@@ -5,5 +5,6 @@ pub mod data;
 pub mod evaluate;
 pub mod models;
 pub mod pipeline;
+pub mod ssl;
 pub mod training;
 pub mod weights;

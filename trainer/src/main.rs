@@ -102,6 +102,9 @@ struct ClassifyArgs {
     /// Seed for initialization, shuffling, augmentation and the split.
     #[arg(long)]
     seed: Option<u64>,
+    /// SimCLR pretraining epochs (`resnet-ssl-mlp` only; default 10).
+    #[arg(long)]
+    ssl_epochs: Option<usize>,
     /// Plain cross-entropy instead of weighting classes by inverse frequency.
     #[arg(long)]
     unweighted_loss: bool,
@@ -206,7 +209,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(w) = a.weights {
                 config.weights = Some(w);
             }
-            if config.weights.is_none() && !a.from_scratch {
+            if let Some(e) = a.ssl_epochs {
+                config.ssl.epochs = e;
+            }
+            let needs_weights = a.model != ModelKind::ResnetSslMlp;
+            if config.weights.is_none() && needs_weights && !a.from_scratch {
                 anyhow::bail!(
                     "--model {} needs its published weights: download {} and pass --weights FILE (or train with --from-scratch)",
                     a.model.name(),
@@ -215,6 +222,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         ModelKind::Dinov2S => "facebook/dinov2-small's model.safetensors",
                         ModelKind::Dinov2L => "facebook/dinov2-large's model.safetensors",
                         ModelKind::EfficientnetLite0 => "models/pretrained/efficientnet-lite0-imagenet.safetensors (trainer/scripts/convert_efficientnet_lite0.py)",
+                        ModelKind::ResnetSslMlp => unreachable!("pretrains itself"),
                     }
                 );
             }

@@ -54,20 +54,26 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Log the running loss every this many steps.
     pub log_every: usize,
+    /// The self-supervised stage (`resnet-ssl-mlp` only).
+    #[serde(default)]
+    pub ssl: crate::ssl::SslSettings,
 }
 
 impl TrainConfig {
     /// The study's hyperparameters for `model`: AdamW lr 2e-5, eps 1e-8, betas 0.9/0.999,
     /// weight decay 0.01, batch 16, eval batch 32, 5 epochs.
+    ///
+    /// `resnet-ssl-mlp` trains its MLP on frozen embeddings: 100 epochs at lr 1e-3 there.
     pub fn study(model: ModelKind) -> Self {
+        let ssl_mlp = model == ModelKind::ResnetSslMlp;
         TrainConfig {
             model,
             weights: model.default_weights(),
             image_size: 224,
-            epochs: 5,
-            batch_size: 16,
+            epochs: if ssl_mlp { 100 } else { 5 },
+            batch_size: if ssl_mlp { 64 } else { 16 },
             eval_batch_size: 32,
-            lr: 2e-5,
+            lr: if ssl_mlp { 1e-3 } else { 2e-5 },
             eps: 1e-8,
             betas: (0.9, 0.999),
             weight_decay: 0.01,
@@ -75,6 +81,7 @@ impl TrainConfig {
             augment: Augment::default(),
             seed: 42,
             log_every: 10,
+            ssl: crate::ssl::SslSettings::default(),
         }
     }
 
@@ -230,6 +237,16 @@ pub fn train(
     device: &Device,
     show_progress: bool,
 ) -> anyhow::Result<TrainSummary> {
+    if config.model == ModelKind::ResnetSslMlp {
+        return crate::ssl::train(
+            config,
+            train_samples,
+            valid_samples,
+            run,
+            device,
+            show_progress,
+        );
+    }
     std::fs::create_dir_all(&run.0).with_context(|| format!("creating {}", run.0.display()))?;
     let mut state: RunState = match std::fs::read_to_string(run.state()) {
         Ok(text) => {

@@ -69,10 +69,52 @@ fn efficientnet_smoke_run_learns_resumes_and_evaluates() {
     config.epochs = 4;
     let (resumed, _) = classify(&sample_dir(), &run_data, &config, &run, &device, false).unwrap();
     assert_eq!(resumed.epoch_loss.len(), 4);
-    assert_eq!(resumed.epoch_loss[..3], summary.epoch_loss[..]);
+    for (a, b) in resumed.epoch_loss[..3].iter().zip(&summary.epoch_loss) {
+        assert!(
+            (a - b).abs() < 1e-12,
+            "{:?} vs {:?}",
+            resumed.epoch_loss,
+            summary.epoch_loss
+        );
+    }
 
     // Another configuration in the same folder is refused.
     config.lr = 5e-4;
     let err = classify(&sample_dir(), &run_data, &config, &run, &device, false).unwrap_err();
     assert!(err.to_string().contains("another configuration"), "{err}");
+}
+
+#[test]
+fn resnet_ssl_mlp_smoke_run_pretrains_then_fits_the_head() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = RunDir(tmp.path().join("run"));
+    let mut config = TrainConfig::study(ModelKind::ResnetSslMlp);
+    config.image_size = 32;
+    config.epochs = 10;
+    config.ssl.epochs = 2;
+    let run_data = RunData {
+        split: ClassificationSplitConfig {
+            seed: config.seed,
+            valid_non_fractured: 1,
+            test_non_fractured: 1,
+        },
+        limit_per_class: None,
+    };
+    let (summary, metrics) = classify(
+        &sample_dir(),
+        &run_data,
+        &config,
+        &run,
+        &Device::flex(),
+        false,
+    )
+    .unwrap();
+    assert_eq!(summary.epoch_loss.len(), 10);
+    let ssl: Vec<f64> =
+        serde_json::from_str(&std::fs::read_to_string(run.0.join("ssl_loss.json")).unwrap())
+            .unwrap();
+    assert_eq!(ssl.len(), 2);
+    assert!(ssl.iter().all(|l| l.is_finite() && *l > 0.0));
+    assert!(metrics.test.is_some());
+    assert!(run.best().is_file());
 }

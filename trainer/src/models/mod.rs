@@ -1,11 +1,13 @@
 //! Model architectures, one file each, and the table that maps `--model` names to them.
 
 pub mod efficientnet_lite;
+pub mod resnet_ssl;
 pub mod vit;
 
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 use efficientnet_lite::{EfficientNetLite, EfficientNetLiteConfig};
+use resnet_ssl::{ResnetSslMlp, ResnetSslMlpConfig};
 use serde::{Deserialize, Serialize};
 use vit::{Vit, VitConfig};
 
@@ -21,6 +23,8 @@ pub enum ModelKind {
     Dinov2S,
     /// DINOv2 ViT-L/14 (weights: `facebook/dinov2-large` model.safetensors).
     Dinov2L,
+    /// The study's baseline: ResNet-18 pretrained with SimCLR here, MLP on its embedding.
+    ResnetSslMlp,
 }
 
 impl ModelKind {
@@ -31,6 +35,7 @@ impl ModelKind {
             ModelKind::VitB16 => "vit-b16",
             ModelKind::Dinov2S => "dinov2-s",
             ModelKind::Dinov2L => "dinov2-l",
+            ModelKind::ResnetSslMlp => "resnet-ssl-mlp",
         }
     }
 
@@ -43,6 +48,8 @@ impl ModelKind {
             }
             // Users download these from Hugging Face; nothing ships here.
             ModelKind::VitB16 | ModelKind::Dinov2S | ModelKind::Dinov2L => return None,
+            // Pretrained here, self-supervised, by `fv-train classify` itself.
+            ModelKind::ResnetSslMlp => return None,
         };
         let here = std::path::PathBuf::from(rel);
         let built = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -60,13 +67,14 @@ impl ModelKind {
         match self {
             ModelKind::EfficientnetLite0 => &["fc."],
             ModelKind::VitB16 | ModelKind::Dinov2S | ModelKind::Dinov2L => &["classifier."],
+            ModelKind::ResnetSslMlp => &[],
         }
     }
 
     /// How published tensor names map to ours.
     pub fn key_remapping(self) -> Vec<(&'static str, &'static str)> {
         match self {
-            ModelKind::EfficientnetLite0 => Vec::new(),
+            ModelKind::EfficientnetLite0 | ModelKind::ResnetSslMlp => Vec::new(),
             ModelKind::VitB16 | ModelKind::Dinov2S | ModelKind::Dinov2L => vit::hf_key_remapping(),
         }
     }
@@ -88,6 +96,8 @@ pub enum Classifier {
     EfficientNetLite0(EfficientNetLite),
     /// A Vision Transformer (ViT-B/16, DINOv2).
     Vit(Vit),
+    /// ResNet (SimCLR) + MLP.
+    ResnetSslMlp(ResnetSslMlp),
 }
 
 impl Classifier {
@@ -114,6 +124,11 @@ impl Classifier {
                     .with_num_classes(num_classes)
                     .init(device),
             ),
+            ModelKind::ResnetSslMlp => Classifier::ResnetSslMlp(
+                ResnetSslMlpConfig::new()
+                    .with_num_classes(num_classes)
+                    .init(device),
+            ),
         }
     }
 
@@ -122,6 +137,7 @@ impl Classifier {
         match self {
             Classifier::EfficientNetLite0(m) => m.forward(images),
             Classifier::Vit(m) => m.forward(images),
+            Classifier::ResnetSslMlp(m) => m.forward(images),
         }
     }
 }
