@@ -5,6 +5,7 @@ pub mod data;
 pub mod evaluate;
 pub mod models;
 pub mod pipeline;
+pub mod plots;
 pub mod ssl;
 pub mod training;
 pub mod weights;

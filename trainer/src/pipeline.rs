@@ -58,6 +58,13 @@ pub fn classify(
         run.0.join("train_summary.json"),
         serde_json::to_string_pretty(&summary)?,
     )?;
+    if let Err(e) = crate::plots::loss_plot(
+        &run.0.join("loss.png"),
+        &read_loss_log(&run.log()),
+        &summary.epoch_valid_roc_auc,
+    ) {
+        tracing::warn!("{}: could not draw the loss figure: {e}", run.0.display());
+    }
     let metrics = evaluate(data_dir, run, &["valid", "test"], device)?;
     Ok((summary, metrics))
 }
@@ -114,6 +121,15 @@ pub fn evaluate(
     )?;
     let refs: Vec<(&str, &[_])> = parts.iter().map(|(s, p)| (*s, p.as_slice())).collect();
     write_predictions(&run.0.join("predictions.csv"), &refs)?;
+    // Figures help a reader but are not worth failing a finished evaluation for.
+    if let Err(e) =
+        crate::plots::evaluation_plots(&run.0, &refs, metrics.thresholds.definite.threshold)
+    {
+        tracing::warn!(
+            "{}: could not draw the evaluation figures: {e}",
+            run.0.display()
+        );
+    }
     Ok(metrics)
 }
 
@@ -143,4 +159,23 @@ pub fn summary_table(m: &ClassifyMetrics) -> String {
         );
     }
     s
+}
+
+/// `(images seen, loss)` from a run's `train_log.csv`, whatever its stage columns.
+fn read_loss_log(path: &Path) -> Vec<(f64, f64)> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Vec::new();
+    };
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap_or_default().split(',').collect();
+    let col = |name: &str| header.iter().position(|h| *h == name);
+    let (Some(i), Some(l)) = (col("images"), col("loss")) else {
+        return Vec::new();
+    };
+    lines
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split(',').collect();
+            Some((f.get(i)?.parse().ok()?, f.get(l)?.parse().ok()?))
+        })
+        .collect()
 }

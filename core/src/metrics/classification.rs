@@ -159,21 +159,45 @@ pub fn roc_auc(samples: &[Scored]) -> Option<f64> {
     )
 }
 
-/// Area under the precision-recall curve as average precision, `Σ (Rₙ − Rₙ₋₁) Pₙ` over
-/// thresholds (scikit-learn's `average_precision_score`; no interpolation, so it does not
-/// flatter). `None` without positives.
-pub fn average_precision(samples: &[Scored]) -> Option<f64> {
+/// A point of the precision-recall curve.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PrPoint {
+    /// Call positive at `score >= threshold`.
+    pub threshold: Probability,
+    /// Precision there.
+    pub precision: f64,
+    /// Recall (sensitivity) there.
+    pub recall: f64,
+}
+
+/// The precision-recall curve, one point per distinct score, highest threshold first.
+/// `None` without positives.
+pub fn pr_curve(samples: &[Scored]) -> Option<Vec<PrPoint>> {
     let (p, _) = class_counts(samples);
     if p == 0 {
         return None;
     }
+    Some(
+        sweep(samples)
+            .into_iter()
+            .map(|(t, tp, fp)| PrPoint {
+                threshold: t,
+                precision: tp as f64 / (tp + fp) as f64,
+                recall: tp as f64 / p as f64,
+            })
+            .collect(),
+    )
+}
+
+/// Area under the precision-recall curve as average precision, `Σ (Rₙ − Rₙ₋₁) Pₙ` over
+/// thresholds (scikit-learn's `average_precision_score`; no interpolation, so it does not
+/// flatter). `None` without positives.
+pub fn average_precision(samples: &[Scored]) -> Option<f64> {
     let mut ap = 0.0;
     let mut prev_recall = 0.0;
-    for (_, tp, fp) in sweep(samples) {
-        let recall = tp as f64 / p as f64;
-        let precision = tp as f64 / (tp + fp) as f64;
-        ap += (recall - prev_recall) * precision;
-        prev_recall = recall;
+    for pt in pr_curve(samples)? {
+        ap += (pt.recall - prev_recall) * pt.precision;
+        prev_recall = pt.recall;
     }
     Some(ap)
 }
