@@ -95,7 +95,7 @@ pub fn evaluation_plots(
         }
         let bins = calibration_bins(&s, 10);
         cal.push((
-            format!("{name}"),
+            name.to_string(),
             bins.iter()
                 .map(|b| (b.mean_predicted, b.fraction_positive))
                 .collect(),
