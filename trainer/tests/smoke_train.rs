@@ -118,3 +118,31 @@ fn resnet_ssl_mlp_smoke_run_pretrains_then_fits_the_head() {
     assert!(metrics.test.is_some());
     assert!(run.best().is_file());
 }
+
+/// ViT-B/16 and DINOv2-S train end to end from the one command (fresh weights here; the
+/// published ones are users' downloads). DINOv2 at 28 pixels also resizes its 37×37 position
+/// embeddings to a 2×2 grid.
+#[test]
+fn vision_transformers_train_from_the_same_pipeline() {
+    for (kind, size) in [(ModelKind::VitB16, 32), (ModelKind::Dinov2S, 28)] {
+        let tmp = tempfile::tempdir().unwrap();
+        let run = RunDir(tmp.path().join("run"));
+        let mut config = TrainConfig::study(kind);
+        config.weights = None;
+        config.image_size = size;
+        config.epochs = 1;
+        let run_data = RunData {
+            split: ClassificationSplitConfig {
+                seed: config.seed,
+                valid_non_fractured: 1,
+                test_non_fractured: 1,
+            },
+            limit_per_class: None,
+        };
+        let (summary, metrics) =
+            classify(&sample_dir(), &run_data, &config, &run, &Device::flex(), false)
+                .unwrap_or_else(|e| panic!("{}: {e:#}", kind.name()));
+        assert!(summary.epoch_loss[0].is_finite(), "{}", kind.name());
+        assert_eq!(metrics.model, kind.name());
+    }
+}
