@@ -5,7 +5,7 @@
 use crate::data::classify::{load_planes, to_batch, Augment, Plane, Sample};
 use crate::models::resnet_ssl::{nt_xent, MlpHead, ResnetSslMlp};
 use crate::models::Classifier;
-use crate::training::{save_checkpoint, RunDir, TrainConfig, TrainSummary};
+use crate::training::{save_checkpoint, say, RunDir, TrainConfig, TrainSummary};
 use burn::module::Module;
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::{AdamConfig, GradientsParams};
@@ -188,11 +188,14 @@ pub fn train(
             bar.inc(1);
         }
         ssl_loss.push(sum / n.max(1) as f64);
-        bar.println(format!(
-            "SimCLR epoch {}: loss {:.4}",
-            epoch + 1,
-            sum / n.max(1) as f64
-        ));
+        say(
+            &bar,
+            format!(
+                "SimCLR epoch {}: loss {:.4}",
+                epoch + 1,
+                sum / n.max(1) as f64
+            ),
+        );
     }
     bar.finish_and_clear();
 

@@ -410,12 +410,15 @@ pub fn train(
         let auc = roc_auc(&scored);
         state.epoch_loss.push(loss_sum / loss_n.max(1) as f64);
         state.epoch_valid_roc_auc.push(auc);
-        bar.println(format!(
-            "epoch {}: train loss {:.4}, valid ROC-AUC {}",
-            epoch + 1,
-            loss_sum / loss_n.max(1) as f64,
-            auc.map_or("n/a".into(), |a| format!("{a:.4}"))
-        ));
+        say(
+            &bar,
+            format!(
+                "epoch {}: train loss {:.4}, valid ROC-AUC {}",
+                epoch + 1,
+                loss_sum / loss_n.max(1) as f64,
+                auc.map_or("n/a".into(), |a| format!("{a:.4}"))
+            ),
+        );
         save_checkpoint(&eval_model, &run.last())?;
         let better = match (auc, state.best_valid_roc_auc) {
             (Some(a), Some(b)) => a > b,
@@ -442,4 +445,14 @@ pub fn train(
             .map(|f| format!("{}: {}", f.id, f.message))
             .collect(),
     })
+}
+
+/// A line for the person watching: above the progress bar, or on stderr when it is hidden
+/// (a background run's log).
+pub(crate) fn say(bar: &indicatif::ProgressBar, line: String) {
+    if bar.is_hidden() {
+        eprintln!("{line}");
+    } else {
+        bar.println(line);
+    }
 }

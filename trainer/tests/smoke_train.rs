@@ -139,9 +139,15 @@ fn vision_transformers_train_from_the_same_pipeline() {
             },
             limit_per_class: None,
         };
-        let (summary, metrics) =
-            classify(&sample_dir(), &run_data, &config, &run, &Device::flex(), false)
-                .unwrap_or_else(|e| panic!("{}: {e:#}", kind.name()));
+        let (summary, metrics) = classify(
+            &sample_dir(),
+            &run_data,
+            &config,
+            &run,
+            &Device::flex(),
+            false,
+        )
+        .unwrap_or_else(|e| panic!("{}: {e:#}", kind.name()));
         assert!(summary.epoch_loss[0].is_finite(), "{}", kind.name());
         assert_eq!(metrics.model, kind.name());
     }
