@@ -3,6 +3,7 @@
 
 pub mod data;
 pub mod evaluate;
+pub mod export;
 pub mod models;
 pub mod pipeline;
 pub mod plots;

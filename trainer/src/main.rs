@@ -34,6 +34,24 @@ enum Command {
     },
     /// Fine-tune a fracture classifier, pick the best epoch on validation, evaluate it.
     Classify(ClassifyArgs),
+    /// Export a run's best checkpoint to ONNX with its manifest (fp32 for now).
+    Export {
+        /// The run folder written by `classify`.
+        #[arg(long, value_name = "RUN")]
+        run: PathBuf,
+        /// Numeric precision of the exported graph.
+        #[arg(long, default_value = "fp32", value_parser = ["fp32", "fp16", "int8"])]
+        precision: String,
+        /// Model name: the file stem of `<name>.onnx` and `<name>.json`.
+        #[arg(long)]
+        name: String,
+        /// Model version written into the manifest.
+        #[arg(long, default_value = env!("CARGO_PKG_VERSION"))]
+        version: String,
+        /// Where to write the files.
+        #[arg(long, value_name = "DIR", default_value = "models")]
+        out: PathBuf,
+    },
     /// Re-evaluate a run's best checkpoint (thresholds from validation).
     Eval {
         /// The run folder written by `classify`.
@@ -241,6 +259,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 limit_per_class: a.limit_per_class,
             };
             let device = a.device.device()?;
+            std::fs::create_dir_all(&a.out)?;
+            // The exact command, for the manifest's provenance.
+            let command: Vec<String> = std::env::args().collect();
+            std::fs::write(a.out.join("command.txt"), command.join(" ") + "\n")?;
             let (summary, metrics) = classify(
                 &a.data,
                 &run_data,
@@ -259,6 +281,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             print!("{}", summary_table(&metrics));
             println!("metrics: {}", a.out.join("metrics.json").display());
+            Ok(())
+        }
+        Command::Export {
+            run,
+            precision,
+            name,
+            version,
+            out,
+        } => {
+            let precision: fv_core::manifest::Precision =
+                serde_json::from_value(serde_json::Value::String(precision))?;
+            let e = fv_train::export::export_run(&RunDir(run), precision, &name, &version, &out)?;
+            println!("{}\n{}", e.onnx.display(), e.manifest.display());
             Ok(())
         }
         Command::Eval {

@@ -12,7 +12,7 @@ use burn::nn::pool::{AdaptiveAvgPool2d, AdaptiveAvgPool2dConfig};
 use burn::nn::{
     BatchNorm, BatchNormConfig, Dropout, DropoutConfig, Linear, LinearConfig, PaddingConfig2d,
 };
-use burn::tensor::activation::relu6;
+use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
 /// One stage of MBConv blocks: (repeats, kernel, stride, expand ratio, input, output).
@@ -25,6 +25,12 @@ const STAGES: [(usize, usize, usize, usize, usize, usize); 7] = [
     (4, 5, 2, 6, 112, 192),
     (1, 3, 1, 6, 192, 320),
 ];
+
+/// ReLU6 as `relu(x) − relu(x − 6)`: the same function, written with ops that burn-onnx
+/// 0.22 lowers to ONNX (it has no Clip), so the exported graph is the trained one.
+fn relu6<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    relu(x.clone()) - relu(x - 6.0)
+}
 
 /// EfficientNet-Lite0's configuration.
 #[derive(Config, Debug)]
