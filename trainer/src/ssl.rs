@@ -5,13 +5,14 @@
 use crate::data::classify::{load_planes, to_batch, Augment, Plane, Sample};
 use crate::models::resnet_ssl::{nt_xent, MlpHead, ResnetSslMlp};
 use crate::models::Classifier;
-use crate::training::{save_checkpoint, say, RunDir, TrainConfig, TrainSummary};
+use crate::training::{
+    auc_of, class_weights, save_checkpoint, say, weighted_ce, RunDir, TrainConfig, TrainSummary,
+};
 use burn::module::Module;
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::{AdamConfig, GradientsParams};
-use burn::tensor::activation::{log_softmax, softmax};
+use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Tensor, TensorData};
-use fv_core::metrics::classification::{roc_auc, Scored};
 use fv_core::Probability;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -226,14 +227,7 @@ pub fn train(
     let valid_emb = embed(&frozen, &valid_refs, config, device);
     let train_emb = Tensor::<2>::from_data(train_emb.into_data(), &ad);
 
-    let n_pos = labels.iter().filter(|l| **l).count().max(1) as f32;
-    let n_neg = labels.iter().filter(|l| !**l).count().max(1) as f32;
-    let nn = n_pos + n_neg;
-    let class_w = if config.class_weighted_loss {
-        [nn / (2.0 * n_neg), nn / (2.0 * n_pos)]
-    } else {
-        [1.0, 1.0]
-    };
+    let class_w = class_weights(labels.iter().copied(), config.class_weighted_loss);
     let mut head = model.head.clone();
     let mut head_optim = AdamConfig::new()
         .with_weight_decay(Some(WeightDecayConfig::new(ssl.mlp_l2)))
@@ -253,35 +247,15 @@ pub fn train(
             let idx =
                 Tensor::<1, burn::tensor::Int>::from_data(TensorData::new(idx, [batch.len()]), &ad);
             let x = train_emb.clone().select(0, idx);
-            let mut onehot = Vec::new();
-            let mut w = Vec::new();
-            for &i in batch {
-                let y = labels[i] as usize;
-                onehot.extend([(y == 0) as u8 as f32, (y == 1) as u8 as f32]);
-                w.push(class_w[y]);
-            }
-            let b = batch.len();
-            let onehot = Tensor::<2>::from_data(TensorData::new(onehot, [b, 2]), &ad);
-            let w = Tensor::<1>::from_data(TensorData::new(w, [b]), &ad);
-            let nll = -(log_softmax(head.forward(x), 1) * onehot)
-                .sum_dim(1)
-                .squeeze_dim::<1>(1);
-            let loss = (nll * w.clone()).sum() / w.sum();
+            let batch_labels: Vec<bool> = batch.iter().map(|&i| labels[i]).collect();
+            let loss = weighted_ce(head.forward(x), &batch_labels, class_w);
             sum += loss.clone().into_scalar::<f32>() as f64;
             n += 1;
             let grads = GradientsParams::from_grads(loss.backward(), &head);
             head = head_optim.step(config.lr, head, grads);
         }
         let probs = head_probs(&head.valid(), valid_emb.clone());
-        let scored: Vec<Scored> = probs
-            .iter()
-            .zip(&valid_set)
-            .map(|(p, (s, _))| Scored {
-                score: *p,
-                positive: s.label,
-            })
-            .collect();
-        let auc = roc_auc(&scored);
+        let auc = auc_of(&probs, &valid_set);
         epoch_loss.push(sum / n.max(1) as f64);
         epoch_auc.push(auc);
         writeln!(

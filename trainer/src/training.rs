@@ -219,12 +219,54 @@ pub fn predict(
     out
 }
 
-/// Class-weighted cross-entropy: `Σ wᵢ·(−log pᵢ[yᵢ]) / Σ wᵢ`.
-fn weighted_ce(logits: Tensor<2>, onehot: Tensor<2>, weights: Tensor<1>) -> Tensor<1> {
+/// Per-class loss weights `[not fractured, fractured]`: inverse training frequency,
+/// normalized so that a balanced set gets 1 and 1; or 1 and 1 when not `weighted`.
+pub(crate) fn class_weights(labels: impl Iterator<Item = bool>, weighted: bool) -> [f32; 2] {
+    let (mut pos, mut neg) = (0usize, 0usize);
+    for l in labels {
+        if l {
+            pos += 1
+        } else {
+            neg += 1
+        }
+    }
+    let (p, n) = (pos.max(1) as f32, neg.max(1) as f32);
+    if weighted {
+        [(p + n) / (2.0 * n), (p + n) / (2.0 * p)]
+    } else {
+        [1.0, 1.0]
+    }
+}
+
+/// Class-weighted cross-entropy of `logits` against `labels`:
+/// `Σ wᵢ·(−log pᵢ[yᵢ]) / Σ wᵢ` with `wᵢ = class_w[yᵢ]`.
+pub(crate) fn weighted_ce(logits: Tensor<2>, labels: &[bool], class_w: [f32; 2]) -> Tensor<1> {
+    let device = logits.device();
+    let b = labels.len();
+    let onehot: Vec<f32> = labels
+        .iter()
+        .flat_map(|&y| if y { [0.0, 1.0] } else { [1.0, 0.0] })
+        .collect();
+    let w: Vec<f32> = labels.iter().map(|&y| class_w[y as usize]).collect();
+    let onehot = Tensor::<2>::from_data(TensorData::new(onehot, [b, 2]), &device);
+    let w = Tensor::<1>::from_data(TensorData::new(w, [b]), &device);
     let nll = -(log_softmax(logits, 1) * onehot)
         .sum_dim(1)
         .squeeze_dim::<1>(1);
-    (nll * weights.clone()).sum() / weights.sum()
+    (nll * w.clone()).sum() / w.sum()
+}
+
+/// ROC-AUC of `probs` against the labels of `samples`, in the same order.
+pub(crate) fn auc_of(probs: &[Probability], samples: &[(Sample, Plane)]) -> Option<f64> {
+    let scored: Vec<Scored> = probs
+        .iter()
+        .zip(samples)
+        .map(|(p, (s, _))| Scored {
+            score: *p,
+            positive: s.label,
+        })
+        .collect();
+    roc_auc(&scored)
 }
 
 /// Trains a classifier. Writes `config.json`, `train_log.csv`, `last.safetensors`,
@@ -292,14 +334,10 @@ pub fn train(
         .with_weight_decay(config.weight_decay)
         .init();
 
-    let n_pos = train_set.iter().filter(|(s, _)| s.label).count().max(1) as f32;
-    let n_neg = train_set.iter().filter(|(s, _)| !s.label).count().max(1) as f32;
-    let n = n_pos + n_neg;
-    let class_w = if config.class_weighted_loss {
-        [n / (2.0 * n_neg), n / (2.0 * n_pos)]
-    } else {
-        [1.0, 1.0]
-    };
+    let class_w = class_weights(
+        train_set.iter().map(|(s, _)| s.label),
+        config.class_weighted_loss,
+    );
 
     let new_log = !run.log().exists();
     let mut log = std::fs::OpenOptions::new()
@@ -349,16 +387,8 @@ pub fn train(
                 TensorData::new(to_batch(&refs, mean, std), [b, 3, s, s]),
                 &ad,
             );
-            let mut onehot = Vec::with_capacity(2 * b);
-            let mut w = Vec::with_capacity(b);
-            for &i in batch {
-                let y = train_set[i].0.label as usize;
-                onehot.extend([(y == 0) as u8 as f32, (y == 1) as u8 as f32]);
-                w.push(class_w[y]);
-            }
-            let onehot = Tensor::<2>::from_data(TensorData::new(onehot, [b, 2]), &ad);
-            let w = Tensor::<1>::from_data(TensorData::new(w, [b]), &ad);
-            let loss = weighted_ce(model.forward(x), onehot, w);
+            let labels: Vec<bool> = batch.iter().map(|&i| train_set[i].0.label).collect();
+            let loss = weighted_ce(model.forward(x), &labels, class_w);
             let loss_value: f64 = loss.clone().into_scalar::<f32>() as f64;
             anyhow::ensure!(
                 loss_value.is_finite(),
@@ -399,15 +429,7 @@ pub fn train(
 
         let eval_model = model.valid();
         let probs = predict(&eval_model, &valid_planes, config, device);
-        let scored: Vec<Scored> = probs
-            .iter()
-            .zip(&valid_set)
-            .map(|(p, (s, _))| Scored {
-                score: *p,
-                positive: s.label,
-            })
-            .collect();
-        let auc = roc_auc(&scored);
+        let auc = auc_of(&probs, &valid_set);
         state.epoch_loss.push(loss_sum / loss_n.max(1) as f64);
         state.epoch_valid_roc_auc.push(auc);
         say(
