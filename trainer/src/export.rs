@@ -59,7 +59,8 @@ fn metric_values(m: &ClassifyMetrics) -> Option<TestMetrics> {
     })
 }
 
-fn git_commit() -> String {
+/// The checked-out commit, or `unknown` outside a git work tree.
+pub fn git_commit() -> String {
     std::process::Command::new("git")
         .args(["rev-parse", "HEAD"])
         .output()
@@ -146,7 +147,10 @@ pub fn export_run(
             data: "FracAtlas (Abedeen et al. 2023, CC BY 4.0)".into(),
             split: "fractured: official split; non-fractured: seeded hold-out (see data.json)"
                 .into(),
-            git_commit: git_commit(),
+            // The commit the run was trained from, recorded by `classify`.
+            git_commit: std::fs::read_to_string(run.0.join("git_commit.txt"))
+                .map(|c| c.trim().to_owned())
+                .unwrap_or_else(|_| format!("unknown (exported at {})", git_commit())),
             command: std::fs::read_to_string(run.0.join("command.txt"))
                 .unwrap_or_else(|_| {
                     format!(

@@ -263,6 +263,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             // The exact command, for the manifest's provenance.
             let command: Vec<String> = std::env::args().collect();
             std::fs::write(a.out.join("command.txt"), command.join(" ") + "\n")?;
+            std::fs::write(
+                a.out.join("git_commit.txt"),
+                fv_train::export::git_commit() + "\n",
+            )?;
             let (summary, metrics) = classify(
                 &a.data,
                 &run_data,
