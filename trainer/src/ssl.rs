@@ -3,17 +3,16 @@
 //! training images plus the first `max_non_fractured` non-fractured ones.
 
 use crate::data::classify::{load_planes, to_batch, Augment, Plane, Sample};
-use crate::models::resnet_ssl::{nt_xent, MlpHead, ResnetSslMlp};
+use crate::models::resnet_ssl::{nt_xent, ResnetSslMlp};
 use crate::models::Classifier;
 use crate::training::{
-    auc_of, class_weights, save_checkpoint, say, weighted_ce, RunDir, TrainConfig, TrainSummary,
+    auc_of, class_weights, fracture_probabilities, save_checkpoint, say, weighted_ce, RunDir,
+    TrainConfig, TrainSummary,
 };
 use burn::module::Module;
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::{AdamConfig, GradientsParams};
-use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Tensor, TensorData};
-use fv_core::Probability;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
@@ -78,19 +77,6 @@ fn embed(
         .map(|c| model.backbone.forward(batch_tensor(c, config, device)))
         .collect();
     Tensor::cat(parts, 0)
-}
-
-fn head_probs(head: &MlpHead, emb: Tensor<2>) -> Vec<Probability> {
-    let p = softmax(head.forward(emb), 1);
-    // An f32 tensor read as f32 cannot fail to convert.
-    let v: Vec<f32> = p
-        .into_data()
-        .convert::<f32>()
-        .try_into_vec::<f32>()
-        .expect("f32 data");
-    v.chunks(2)
-        .map(|c| Probability::saturating(c[1] as f64))
-        .collect()
 }
 
 /// Runs both stages; writes the same files as [`crate::training::train`].
@@ -254,7 +240,7 @@ pub fn train(
             let grads = GradientsParams::from_grads(loss.backward(), &head);
             head = head_optim.step(config.lr, head, grads);
         }
-        let probs = head_probs(&head.valid(), valid_emb.clone());
+        let probs = fracture_probabilities(head.valid().forward(valid_emb.clone()));
         let auc = auc_of(&probs, &valid_set);
         epoch_loss.push(sum / n.max(1) as f64);
         epoch_auc.push(auc);

@@ -194,6 +194,19 @@ pub fn build_model(
     })
 }
 
+/// The probability of the `fractured` class (index 1) for each row of two-class logits.
+pub(crate) fn fracture_probabilities(logits: Tensor<2>) -> Vec<Probability> {
+    // An f32 tensor read as f32 cannot fail to convert.
+    let v: Vec<f32> = softmax(logits, 1)
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .expect("f32 data");
+    v.chunks(2)
+        .map(|c| Probability::saturating(c[1] as f64))
+        .collect()
+}
+
 /// Probabilities of a fracture for `planes`, in order, on a non-autodiff device.
 pub fn predict(
     model: &Classifier,
@@ -207,14 +220,7 @@ pub fn predict(
     for chunk in planes.chunks(config.eval_batch_size.max(1)) {
         let data = to_batch(chunk, mean, std);
         let x = Tensor::<4>::from_data(TensorData::new(data, [chunk.len(), 3, s, s]), device);
-        let p = softmax(model.forward(x), 1);
-        // An f32 tensor read as f32 cannot fail to convert.
-        let v: Vec<f32> = p
-            .into_data()
-            .convert::<f32>()
-            .try_into_vec::<f32>()
-            .expect("f32 data");
-        out.extend(v.chunks(2).map(|c| Probability::saturating(c[1] as f64)));
+        out.extend(fracture_probabilities(model.forward(x)));
     }
     out
 }
