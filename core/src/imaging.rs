@@ -308,7 +308,12 @@ pub fn inspect_file(path: &Path) -> Result<ImageHeader, DecodeError> {
         path: path.to_owned(),
         source,
     })?;
-    let (header, _) = open_decoder(&bytes, path, u64::MAX)?;
+    inspect_bytes(&bytes, path)
+}
+
+/// [`inspect_file`] for an image already in memory; `path` names it in errors.
+pub fn inspect_bytes(bytes: &[u8], path: &Path) -> Result<ImageHeader, DecodeError> {
+    let (header, _) = open_decoder(bytes, path, u64::MAX)?;
     Ok(header)
 }
 

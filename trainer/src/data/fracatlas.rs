@@ -14,7 +14,7 @@
 //! `fv_core::imaging` produces), an image whose folder and `dataset.csv` disagree (the
 //! folder and the COCO boxes win), and byte-identical duplicates (kept in one split).
 
-use fv_core::imaging::{inspect_file, DecodeError, ImageHeader};
+use fv_core::imaging::{inspect_bytes, DecodeError, ImageHeader};
 use fv_core::BoxXyxy;
 use rand::seq::SliceRandom;
 use rand_chacha::rand_core::SeedableRng;
@@ -350,20 +350,6 @@ fn read_id_csv(path: &Path) -> Result<Vec<String>, DatasetError> {
         .collect()
 }
 
-fn describe(path: &Path) -> (Result<ImageHeader, String>, Option<String>) {
-    match inspect_file(path) {
-        Ok(h) => (Ok(h), None),
-        Err(e) => {
-            let code = e.code().to_owned();
-            let reason = match &e {
-                DecodeError::Truncated { detail, .. } => detail.clone(),
-                other => other.to_string(),
-            };
-            (Err(reason), Some(code))
-        }
-    }
-}
-
 impl FracAtlas {
     /// Reads and checks the dataset at `root`. Reads every image file once (for its
     /// header, completeness and hash), without decoding pixels.
@@ -377,7 +363,6 @@ impl FracAtlas {
 
         // Images, labelled by folder.
         let mut images = Vec::new();
-        let mut codes = Vec::new();
         for (dir, fractured) in [(&frac_dir, true), (&non_dir, false)] {
             for id in list_images(dir)? {
                 let path = dir.join(&id);
@@ -385,10 +370,26 @@ impl FracAtlas {
                     path: path.clone(),
                     source,
                 })?;
-                let sha256: [u8; 32] = Sha256::digest(&bytes).into();
-                drop(bytes);
-                let (header, code) = describe(&path);
-                codes.push(code);
+                let header = match inspect_bytes(&bytes, &path) {
+                    Ok(h) => {
+                        if h.is_reoriented() {
+                            problems.exif_rotated.push(id.clone());
+                        }
+                        Ok(h)
+                    }
+                    Err(e) => {
+                        let reason = match &e {
+                            DecodeError::Truncated { detail, .. } => detail.clone(),
+                            other => other.to_string(),
+                        };
+                        problems.unusable.push(Unusable {
+                            id: id.clone(),
+                            code: e.code().to_owned(),
+                            reason: reason.clone(),
+                        });
+                        Err(reason)
+                    }
+                };
                 images.push(ImageRecord {
                     id,
                     path,
@@ -396,32 +397,19 @@ impl FracAtlas {
                     regions: Regions::default(),
                     boxes: Vec::new(),
                     header,
-                    sha256,
+                    sha256: Sha256::digest(&bytes).into(),
                 });
             }
         }
-        let mut order: Vec<usize> = (0..images.len()).collect();
-        order.sort_by(|&a, &b| images[a].id.cmp(&images[b].id));
-        let images: Vec<ImageRecord> = order.iter().map(|&i| images[i].clone()).collect();
-        let codes: Vec<Option<String>> = order.iter().map(|&i| codes[i].clone()).collect();
-        let mut images = images;
+        // Sorted by id, as FracAtlas numbers its images across both folders.
+        images.sort_by(|a, b| a.id.cmp(&b.id));
+        problems.unusable.sort_by(|a, b| a.id.cmp(&b.id));
+        problems.exif_rotated.sort();
         let index: HashMap<String, usize> = images
             .iter()
             .enumerate()
             .map(|(i, r)| (r.id.clone(), i))
             .collect();
-
-        for (r, code) in images.iter().zip(&codes) {
-            match (&r.header, code) {
-                (Err(reason), Some(code)) => problems.unusable.push(Unusable {
-                    id: r.id.clone(),
-                    code: code.clone(),
-                    reason: reason.clone(),
-                }),
-                (Ok(h), _) if h.is_reoriented() => problems.exif_rotated.push(r.id.clone()),
-                _ => {}
-            }
-        }
 
         // COCO boxes, in displayed pixels.
         let coco_path = std::fs::read_dir(&coco_dir)
