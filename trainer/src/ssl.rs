@@ -2,7 +2,7 @@
 //! (labels unused), then the MLP on the frozen 32-dimensional embeddings of the fractured
 //! training images plus the first `max_non_fractured` non-fractured ones.
 
-use crate::data::classify::{load_planes, to_batch, Augment, Plane, Sample};
+use crate::data::classify::{batch_tensor, load_planes, Augment, Plane, Sample};
 use crate::models::resnet_ssl::{nt_xent, ResnetSslMlp};
 use crate::models::Classifier;
 use crate::training::{
@@ -56,13 +56,9 @@ impl Default for SslSettings {
     }
 }
 
-fn batch_tensor(planes: &[&Plane], config: &TrainConfig, device: &Device) -> Tensor<4> {
+fn model_batch(planes: &[&Plane], config: &TrainConfig, device: &Device) -> Tensor<4> {
     let (mean, std) = config.model.mean_std();
-    let s = planes.first().map_or(1, |p| p.size);
-    Tensor::<4>::from_data(
-        TensorData::new(to_batch(planes, mean, std), [planes.len(), 3, s, s]),
-        device,
-    )
+    batch_tensor(planes, mean, std, device)
 }
 
 /// Embeddings of `planes` by the frozen backbone, `[n, embedding]` on `device`.
@@ -74,7 +70,7 @@ fn embed(
 ) -> Tensor<2> {
     let parts: Vec<Tensor<2>> = planes
         .chunks(config.eval_batch_size.max(1))
-        .map(|c| model.backbone.forward(batch_tensor(c, config, device)))
+        .map(|c| model.backbone.forward(model_batch(c, config, device)))
         .collect();
     Tensor::cat(parts, 0)
 }
@@ -93,7 +89,7 @@ pub fn train(
     std::fs::write(run.config(), serde_json::to_string_pretty(config)?)?;
     device.seed(config.seed);
     let s = config.image_size as usize;
-    let cache = (config.image_size as f32 / ssl.augment.min_crop.clamp(0.5, 1.0)).round() as u32;
+    let cache = ssl.augment.cache_size(config.image_size);
     let (train_set, mut failures) = load_planes(train_samples, cache);
     let (valid_set, vf) = load_planes(valid_samples, config.image_size);
     failures.extend(vf);
@@ -141,7 +137,7 @@ pub fn train(
             let refs: Vec<&Plane> = views.iter().collect();
             let z = model
                 .projection
-                .forward(model.backbone.forward(batch_tensor(&refs, config, &ad)));
+                .forward(model.backbone.forward(model_batch(&refs, config, &ad)));
             let loss = nt_xent(z, ssl.temperature);
             let v = loss.clone().into_scalar::<f32>() as f64;
             anyhow::ensure!(

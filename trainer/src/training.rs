@@ -4,7 +4,7 @@
 //! Written by hand (forward, loss, backward, step) rather than with burn's `Learner`, which
 //! keeps burn-train and its terminal UI out of the build.
 
-use crate::data::classify::{load_planes, to_batch, Augment, Plane, Sample};
+use crate::data::classify::{batch_tensor, load_planes, Augment, Plane, Sample};
 use crate::models::{Classifier, ModelKind};
 use crate::weights::load_safetensors;
 use anyhow::Context as _;
@@ -215,12 +215,11 @@ pub fn predict(
     device: &Device,
 ) -> Vec<Probability> {
     let (mean, std) = config.model.mean_std();
-    let s = config.image_size as usize;
     let mut out = Vec::with_capacity(planes.len());
     for chunk in planes.chunks(config.eval_batch_size.max(1)) {
-        let data = to_batch(chunk, mean, std);
-        let x = Tensor::<4>::from_data(TensorData::new(data, [chunk.len(), 3, s, s]), device);
-        out.extend(fracture_probabilities(model.forward(x)));
+        out.extend(fracture_probabilities(
+            model.forward(batch_tensor(chunk, mean, std, device)),
+        ));
     }
     out
 }
@@ -320,7 +319,7 @@ pub fn train(
 
     // Cache larger than the input so random crops keep detail.
     let s = config.image_size as usize;
-    let cache = (config.image_size as f32 / config.augment.min_crop.clamp(0.5, 1.0)).round() as u32;
+    let cache = config.augment.cache_size(config.image_size);
     let (train_set, mut failures) = load_planes(train_samples, cache);
     let (valid_set, valid_failures) = load_planes(valid_samples, config.image_size);
     failures.extend(valid_failures);
@@ -389,10 +388,7 @@ pub fn train(
                 .collect();
             let refs: Vec<&Plane> = views.iter().collect();
             let b = batch.len();
-            let x = Tensor::<4>::from_data(
-                TensorData::new(to_batch(&refs, mean, std), [b, 3, s, s]),
-                &ad,
-            );
+            let x = batch_tensor(&refs, mean, std, &ad);
             let labels: Vec<bool> = batch.iter().map(|&i| train_set[i].0.label).collect();
             let loss = weighted_ce(model.forward(x), &labels, class_w);
             let loss_value: f64 = loss.clone().into_scalar::<f32>() as f64;

@@ -116,6 +116,11 @@ impl Default for Augment {
 }
 
 impl Augment {
+    /// The side to cache images at so that a random crop of `out` pixels keeps detail.
+    pub fn cache_size(&self, out: u32) -> u32 {
+        (out as f32 / self.min_crop.clamp(0.5, 1.0)).round() as u32
+    }
+
     /// Samples a random view of `src` at `out`×`out`, bilinear, black outside the image
     /// (radiographs are dark around the anatomy).
     pub fn apply<R: Rng + ?Sized>(&self, src: &Plane, out: usize, rng: &mut R) -> Plane {
@@ -177,6 +182,20 @@ pub fn to_batch(planes: &[&Plane], mean: [f32; 3], std: [f32; 3]) -> Vec<f32> {
         }
     }
     out
+}
+
+/// [`to_batch`] as a `[batch, 3, size, size]` tensor on `device`.
+pub fn batch_tensor(
+    planes: &[&Plane],
+    mean: [f32; 3],
+    std: [f32; 3],
+    device: &burn::tensor::Device,
+) -> burn::tensor::Tensor<4> {
+    let s = planes.first().map_or(1, |p| p.size);
+    burn::tensor::Tensor::from_data(
+        burn::tensor::TensorData::new(to_batch(planes, mean, std), [planes.len(), 3, s, s]),
+        device,
+    )
 }
 
 #[cfg(test)]
