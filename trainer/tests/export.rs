@@ -1,16 +1,17 @@
 //! ONNX export: the exported graph, run by tract, gives what burn gives; the manifest reads
 //! back through fv-core and its hash matches the file.
 
+mod common;
+
 use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Tensor, TensorData};
+use common::{sample_dir, sample_run_data};
 use fv_core::manifest::{Manifest, Precision};
-use fv_train::data::ClassificationSplitConfig;
 use fv_train::export::export_run;
 use fv_train::models::ModelKind;
-use fv_train::pipeline::{classify, RunData};
+use fv_train::pipeline::classify;
 use fv_train::training::{build_model, RunDir, TrainConfig};
 use sha2::{Digest, Sha256};
-use std::path::Path;
 use tract_onnx::prelude::*;
 
 #[test]
@@ -21,16 +22,8 @@ fn fp32_export_matches_burn_in_tract() {
     let mut config = TrainConfig::study(ModelKind::EfficientnetLite0);
     config.image_size = 64;
     config.epochs = 1;
-    let run_data = RunData {
-        split: ClassificationSplitConfig {
-            seed: config.seed,
-            valid_non_fractured: 1,
-            test_non_fractured: 1,
-        },
-        limit_per_class: None,
-    };
-    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data/fracatlas-sample");
-    classify(&sample, &run_data, &config, &run, &device, false).unwrap();
+    let run_data = sample_run_data(config.seed);
+    classify(&sample_dir(), &run_data, &config, &run, &device, false).unwrap();
 
     let out = tmp.path().join("models");
     let e = export_run(&run, Precision::Fp32, "tiny-effl0", "0.0.1", &out).unwrap();

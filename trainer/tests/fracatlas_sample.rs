@@ -1,21 +1,12 @@
 //! The FracAtlas data layer on the committed sample (`tests/data/fracatlas-sample`), and
 //! on copies of it with flaws added.
 
+mod common;
+
+use common::{sample_dir, small_holdout};
 use fv_train::data::fracatlas::DatasetError;
 use fv_train::data::{ClassificationSplitConfig, FracAtlas};
-use std::path::{Path, PathBuf};
-
-fn sample_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data/fracatlas-sample")
-}
-
-fn small_holdout(seed: u64) -> ClassificationSplitConfig {
-    ClassificationSplitConfig {
-        seed,
-        valid_non_fractured: 1,
-        test_non_fractured: 1,
-    }
-}
+use std::path::Path;
 
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();

@@ -1,16 +1,13 @@
 //! A tiny training run on the committed sample: the loss falls, the run folder holds what a
 //! person needs, resume continues where it stopped, and `eval` reproduces the metrics.
 
-use burn::tensor::Device;
-use fv_train::data::ClassificationSplitConfig;
-use fv_train::models::ModelKind;
-use fv_train::pipeline::{classify, evaluate, RunData};
-use fv_train::training::{RunDir, TrainConfig};
-use std::path::{Path, PathBuf};
+mod common;
 
-fn sample_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data/fracatlas-sample")
-}
+use burn::tensor::Device;
+use common::{sample_dir, sample_run_data};
+use fv_train::models::ModelKind;
+use fv_train::pipeline::{classify, evaluate};
+use fv_train::training::{RunDir, TrainConfig};
 
 #[test]
 fn efficientnet_smoke_run_learns_resumes_and_evaluates() {
@@ -21,14 +18,7 @@ fn efficientnet_smoke_run_learns_resumes_and_evaluates() {
     config.image_size = 64;
     config.epochs = 3;
     config.lr = 1e-3;
-    let run_data = RunData {
-        split: ClassificationSplitConfig {
-            seed: config.seed,
-            valid_non_fractured: 1,
-            test_non_fractured: 1,
-        },
-        limit_per_class: None,
-    };
+    let run_data = sample_run_data(config.seed);
     let (summary, metrics) =
         classify(&sample_dir(), &run_data, &config, &run, &device, false).unwrap();
     assert_eq!(summary.epoch_loss.len(), 3);
@@ -92,14 +82,7 @@ fn resnet_ssl_mlp_smoke_run_pretrains_then_fits_the_head() {
     config.image_size = 32;
     config.epochs = 10;
     config.ssl.epochs = 2;
-    let run_data = RunData {
-        split: ClassificationSplitConfig {
-            seed: config.seed,
-            valid_non_fractured: 1,
-            test_non_fractured: 1,
-        },
-        limit_per_class: None,
-    };
+    let run_data = sample_run_data(config.seed);
     let (summary, metrics) = classify(
         &sample_dir(),
         &run_data,
@@ -131,14 +114,7 @@ fn vision_transformers_train_from_the_same_pipeline() {
         config.weights = None;
         config.image_size = size;
         config.epochs = 1;
-        let run_data = RunData {
-            split: ClassificationSplitConfig {
-                seed: config.seed,
-                valid_non_fractured: 1,
-                test_non_fractured: 1,
-            },
-            limit_per_class: None,
-        };
+        let run_data = sample_run_data(config.seed);
         let (summary, metrics) = classify(
             &sample_dir(),
             &run_data,
