@@ -3,26 +3,28 @@
 use fv_e2e::{run, sample_dir};
 use serde_json::Value;
 
-#[test]
-fn data_check_json_on_the_sample() {
+/// `fv-train data check` on the sample, which holds out one non-fractured image each for
+/// validation and test; exits 0.
+fn check_sample(extra: &[&str]) -> fv_e2e::Run {
     let tmp = tempfile::tempdir().unwrap();
     let data = sample_dir();
-    let r = run(
-        "fv-train",
-        &[
-            "data",
-            "check",
-            "--data",
-            data.to_str().unwrap(),
-            "--json",
-            "--valid-non-fractured",
-            "1",
-            "--test-non-fractured",
-            "1",
-        ],
-        tmp.path(),
-    )
-    .expect_code(0);
+    let mut args = vec![
+        "data",
+        "check",
+        "--data",
+        data.to_str().unwrap(),
+        "--valid-non-fractured",
+        "1",
+        "--test-non-fractured",
+        "1",
+    ];
+    args.extend_from_slice(extra);
+    run("fv-train", &args, tmp.path()).expect_code(0)
+}
+
+#[test]
+fn data_check_json_on_the_sample() {
+    let r = check_sample(&["--json"]);
     let j: Value =
         serde_json::from_str(&r.stdout()).unwrap_or_else(|e| panic!("{e}\n{}", r.describe()));
     assert_eq!(j["images"]["fractured"], 6, "{}", r.describe());
@@ -52,23 +54,7 @@ fn data_check_json_on_the_sample() {
 
 #[test]
 fn data_check_table_names_the_flaws() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = sample_dir();
-    let r = run(
-        "fv-train",
-        &[
-            "data",
-            "check",
-            "--data",
-            data.to_str().unwrap(),
-            "--valid-non-fractured",
-            "1",
-            "--test-non-fractured",
-            "1",
-        ],
-        tmp.path(),
-    )
-    .expect_code(0);
+    let r = check_sample(&[]);
     let out = r.stdout();
     assert!(
         out.contains("truncated (1, excluded): IMG0004092.jpg"),
