@@ -29,6 +29,7 @@ pub mod imaging;
 pub mod manifest;
 pub mod metrics;
 pub mod preprocess;
+pub mod result;
 pub mod types;
 
 pub use types::{BoxXyxy, Detection, Probability};

@@ -3,6 +3,7 @@
 
 use crate::preprocess::InputSpec;
 use crate::Probability;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -11,7 +12,7 @@ use std::path::{Path, PathBuf};
 pub const MANIFEST_VERSION: u32 = 1;
 
 /// What a model does.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Task {
     /// One probability per image (fractured / not fractured).
@@ -21,7 +22,7 @@ pub enum Task {
 }
 
 /// Numeric precision of the exported graph.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
     /// 32-bit float.
@@ -33,7 +34,7 @@ pub enum Precision {
 }
 
 /// One output of the graph and how to read it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct OutputSpec {
     /// Tensor name in the ONNX graph.
     pub name: String,
@@ -45,7 +46,7 @@ pub struct OutputSpec {
 }
 
 /// The two operating thresholds chosen on the validation split.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Thresholds {
     /// At or above: flag the image for a second look (the high-sensitivity point).
     pub suspicious: Probability,
@@ -54,7 +55,7 @@ pub struct Thresholds {
 }
 
 /// Test-split metrics, with what they were measured on.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct TestMetrics {
     /// Which split, e.g. `test`.
     pub split: String,
@@ -65,7 +66,7 @@ pub struct TestMetrics {
 }
 
 /// Where a model came from.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct TrainingRecord {
     /// Dataset name and version.
     pub data: String,
@@ -77,8 +78,39 @@ pub struct TrainingRecord {
     pub command: String,
 }
 
+/// How a reduced-precision graph compares with the fp32 graph it was made from, measured on
+/// the validation split with the same runtime (tract).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Conversion {
+    /// The precision it was converted from (fp32).
+    pub reference: Precision,
+    /// What was done, e.g. `QDQ: int8 per-channel weights, uint8 per-tensor activations`.
+    pub method: String,
+    /// Activation calibration (`minmax`, `percentile-99.99`), int8 only.
+    pub calibration: Option<String>,
+    /// Training images used to calibrate, int8 only.
+    pub calibration_images: Option<usize>,
+    /// Validation images compared.
+    pub valid_images: usize,
+    /// Validation ROC-AUC of the reference graph.
+    pub valid_roc_auc_reference: f64,
+    /// Validation ROC-AUC of this graph.
+    pub valid_roc_auc: f64,
+    /// `valid_roc_auc − valid_roc_auc_reference` (negative: a drop).
+    pub valid_roc_auc_change: f64,
+    /// Largest |p − p_reference| over the validation images.
+    pub valid_max_abs_probability_diff: f64,
+    /// Median |p − p_reference| over the validation images.
+    pub valid_median_abs_probability_diff: f64,
+    /// `true` when the thresholds and test metrics are the reference graph's, because the
+    /// converted graph was compared on a subset of validation only (fp16 runs ~270× slower
+    /// than fp32 in tract on x86); `false` when they were measured on this graph.
+    pub metrics_from_reference: bool,
+}
+
 /// A model manifest (`<name>.json` beside `<name>.onnx`).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
     /// Manifest format version ([`MANIFEST_VERSION`]).
@@ -103,6 +135,9 @@ pub struct Manifest {
     pub metrics: Option<TestMetrics>,
     /// Provenance.
     pub training: Option<TrainingRecord>,
+    /// For fp16 and int8: the measured change from fp32.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conversion: Option<Conversion>,
     /// SHA-256 of the ONNX file, lowercase hex.
     pub onnx_sha256: String,
 }
@@ -231,6 +266,7 @@ mod tests {
             precision: Precision::Fp32,
             metrics: None,
             training: None,
+            conversion: None,
             onnx_sha256: "ab".repeat(32),
         }
     }

@@ -16,7 +16,7 @@ use image::imageops::{self, FilterType};
 use serde::{Deserialize, Serialize};
 
 /// How an image is fitted to the model input.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ResizeMode {
     /// Resize both axes to the input size, ignoring the aspect ratio (classifiers).
@@ -26,7 +26,7 @@ pub enum ResizeMode {
 }
 
 /// Memory layout of the input tensor.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Layout {
     /// Batch, channels, height, width.
@@ -34,7 +34,7 @@ pub enum Layout {
 }
 
 /// A model's input: size, layout and preprocessing.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct InputSpec {
     /// Tensor name in the ONNX graph.
     #[serde(default = "default_input_name")]

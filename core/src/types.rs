@@ -60,6 +60,20 @@ impl From<Probability> for f64 {
     }
 }
 
+impl schemars::JsonSchema for Probability {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Probability".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A probability in [0, 1].",
+            "type": "number",
+            "minimum": 0.0,
+            "maximum": 1.0
+        })
+    }
+}
+
 impl fmt::Display for Probability {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:.4}", self.0)
@@ -70,7 +84,7 @@ impl fmt::Display for Probability {
 ///
 /// Which pixels (the original image's, after EXIF orientation, or the model input's) is said
 /// by the function that hands one out.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct BoxXyxy {
     /// Left edge.
     pub x1: f32,

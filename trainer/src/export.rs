@@ -2,18 +2,32 @@
 //! edge reads (see `fv_core::manifest`).
 //!
 //! The graph is captured from the burn forward pass by `burn-onnx` (its `export` feature):
-//! the model as trained, with a softmax on top so the edge reads probabilities.
+//! the model as trained, with a softmax on top so the edge reads probabilities. It is then
+//! simplified (BatchNorm folded, ReLU6 as Clip) and, for fp16 and int8, converted; a converted
+//! graph is scored with tract on the validation and test splits, its thresholds are chosen
+//! again on validation, and the manifest carries its own metrics and its change from fp32.
 
-use crate::evaluate::ClassifyMetrics;
+use crate::data::classify::{load_planes, to_batch, Plane, Sample};
+use crate::data::FracAtlas;
+use crate::evaluate::{ChosenThresholds, ClassifyMetrics, Prediction, SplitReport};
+use crate::onnx::quantize::{quantize, Calibration};
+use crate::onnx::run::Runner;
+use crate::onnx::{fp16::to_fp16, graph, simplify::simplify};
+use crate::pipeline::{split_samples, RunData};
 use crate::training::{build_model, RunDir, TrainConfig};
 use anyhow::Context as _;
 use burn::tensor::activation::sigmoid;
 use burn::tensor::{Device, Tensor};
 use burn_onnx::export::OnnxExporter;
 use fv_core::manifest::{
-    Manifest, OutputSpec, Precision, Task, TestMetrics, Thresholds, TrainingRecord,
+    Conversion, Manifest, OutputSpec, Precision, Task, TestMetrics, Thresholds, TrainingRecord,
     MANIFEST_VERSION,
 };
+use fv_core::metrics::classification::{roc_auc, Scored};
+use fv_core::Probability;
+use rand::seq::SliceRandom as _;
+use rand::SeedableRng as _;
+use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -78,18 +92,50 @@ fn two_class_probabilities(logits: Tensor<2>) -> Tensor<2> {
     Tensor::cat(vec![sigmoid(-d.clone()), sigmoid(d)], 1)
 }
 
-/// Exports `run`'s best checkpoint as `out_dir/<name>.onnx` and `out_dir/<name>.json`.
-pub fn export_run(
-    run: &RunDir,
-    precision: Precision,
-    name: &str,
-    version: &str,
-    out_dir: &Path,
-) -> anyhow::Result<Exported> {
-    anyhow::ensure!(
-        precision == Precision::Fp32,
-        "precision {precision:?} is not exported yet: only fp32 is; int8 and fp16 follow in the export issue"
-    );
+/// What to export and how.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExportOptions {
+    /// Precision of the written graph.
+    pub precision: Precision,
+    /// File stem of `<name>.onnx` and `<name>.json`.
+    pub name: String,
+    /// Version written into the manifest.
+    pub version: String,
+    /// Where to write.
+    pub out_dir: PathBuf,
+    /// The FracAtlas folder: fp16 and int8 need it to calibrate and to measure the converted
+    /// graph on the run's own validation and test splits.
+    pub data: Option<PathBuf>,
+    /// Training images to calibrate int8 activations on.
+    pub calib_images: usize,
+    /// How activation ranges are chosen.
+    pub calibration: Calibration,
+    /// Compare the converted graph on at most this many validation images (half of them
+    /// fractured); thresholds and test metrics then stay the fp32 graph's. `None`: all, and
+    /// the converted graph gets its own thresholds and test metrics.
+    pub check_limit: Option<usize>,
+}
+
+impl ExportOptions {
+    /// fp32 defaults for `name` into `out_dir`.
+    pub fn new(precision: Precision, name: &str, out_dir: &Path) -> Self {
+        ExportOptions {
+            precision,
+            name: name.into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            out_dir: out_dir.into(),
+            data: None,
+            calib_images: 64,
+            calibration: Calibration::Percentile { p: 99.99 },
+            // tract has no fast fp16 kernels on x86: score a subset.
+            check_limit: (precision == Precision::Fp16).then_some(32),
+        }
+    }
+}
+
+/// Exports `run`'s best checkpoint as `out_dir/<name>.onnx` and `out_dir/<name>.json`
+/// (fp32), or `<name>-fp16.*` / `<name>-int8.*`.
+pub fn export_run(run: &RunDir, opts: &ExportOptions) -> anyhow::Result<Exported> {
     anyhow::ensure!(
         run.best().is_file(),
         "{}: no checkpoint; train the run with `fv-train classify` first",
@@ -105,7 +151,8 @@ pub fn export_run(
     let device = Device::flex();
     let model = build_model(&config, Some(&run.best()), &device)?;
     let s = config.image_size as usize;
-    let sample = Tensor::<4>::zeros([1, 3, s, s], &device);
+    let shape = [1, 3, s, s];
+    let sample = Tensor::<4>::zeros(shape, &device);
     let onnx = OnnxExporter::new()
         .export(&model, sample, |m, x| two_class_probabilities(m.forward(x)))
         .map_err(|e| {
@@ -115,34 +162,175 @@ pub fn export_run(
                 config.model.name()
             )
         })?;
-    std::fs::create_dir_all(out_dir)?;
-    let onnx_path = out_dir.join(format!("{name}.onnx"));
-    let bytes = onnx.into_bytes();
+    let mut proto = graph::decode(&onnx.into_bytes())?;
+    let simplified = simplify(graph::graph_mut(&mut proto)?);
+    tracing::info!("simplified the graph: {simplified:?}");
+    let fp32 = graph::encode(&proto);
+
+    let (bytes, thresholds, test_metrics, conversion) = match opts.precision {
+        Precision::Fp32 => (
+            fp32,
+            Thresholds {
+                suspicious: metrics.thresholds.suspicious.threshold,
+                definite: metrics.thresholds.definite.threshold,
+            },
+            metric_values(&metrics),
+            None,
+        ),
+        Precision::Fp16 | Precision::Int8 => {
+            let data_dir = opts.data.as_deref().with_context(|| {
+                format!(
+                    "--precision {:?} needs --data DIR (FracAtlas): the converted model is \
+                     calibrated and measured on the run's own splits",
+                    opts.precision
+                )
+            })?;
+            let run_data: RunData = serde_json::from_str(&read("data.json")?)?;
+            let data = FracAtlas::open(data_dir)
+                .with_context(|| format!("loading FracAtlas from {}", data_dir.display()))?;
+            let split = data.classification_split(&run_data.split)?;
+            let [train_s, valid_s, test_s] =
+                split_samples(&data, &split, run_data.limit_per_class);
+            let mut method = "fp16 weights and compute, fp32 input and output (Cast)".to_owned();
+            let mut calib = (None, None);
+            if opts.precision == Precision::Fp16 {
+                to_fp16(&mut proto)?;
+            } else {
+                let mut pool = train_s.clone();
+                pool.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(config.seed));
+                pool.truncate(opts.calib_images.max(1));
+                let (planes, _) = load_planes(&pool, config.image_size);
+                let (mean, std) = config.model.mean_std();
+                let images: Vec<Vec<f32>> =
+                    planes.iter().map(|(_, p)| to_batch(&[p], mean, std)).collect();
+                let report = quantize(&mut proto, &images, &shape, opts.calibration)?;
+                tracing::info!("quantized: {report:?}");
+                method = format!(
+                    "QDQ: int8 per-channel symmetric weights, uint8 per-tensor activations; \
+                     quantized {:?}; kept in float: {}",
+                    report.quantized,
+                    if report.kept_float.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        report.kept_float.join("; ")
+                    }
+                );
+                calib = (Some(opts.calibration.to_string()), Some(images.len()));
+            }
+            let bytes = graph::encode(&proto);
+            let reference = Runner::new(&fp32, &shape)?;
+            let converted = Runner::new(&bytes, &shape)
+                .context("tract cannot run the converted graph")?;
+            let (mean, std) = config.model.mean_std();
+            let valid_s = match opts.check_limit {
+                None => valid_s,
+                Some(n) => {
+                    let pos = valid_s.iter().filter(|s| s.label).take(n / 2);
+                    let neg = valid_s.iter().filter(|s| !s.label).take(n - n / 2);
+                    pos.chain(neg).cloned().collect()
+                }
+            };
+            let (valid_planes, mut failures) = load_planes(&valid_s, config.image_size);
+            let valid_ref = onnx_scores(&reference, &valid_planes, mean, std)?;
+            let valid = onnx_scores(&converted, &valid_planes, mean, std)?;
+            let (auc_ref, auc_conv) = (auc(&valid_ref), auc(&valid));
+            let mut diffs: Vec<f64> = valid_ref
+                .iter()
+                .zip(&valid)
+                .map(|(a, b)| (a.probability.get() - b.probability.get()).abs())
+                .collect();
+            diffs.sort_by(f64::total_cmp);
+            let conversion = Conversion {
+                reference: Precision::Fp32,
+                method,
+                calibration: calib.0,
+                calibration_images: calib.1,
+                valid_images: valid.len(),
+                valid_roc_auc_reference: auc_ref,
+                valid_roc_auc: auc_conv,
+                valid_roc_auc_change: auc_conv - auc_ref,
+                valid_max_abs_probability_diff: diffs.last().copied().unwrap_or(0.0),
+                valid_median_abs_probability_diff: diffs.get(diffs.len() / 2).copied().unwrap_or(0.0),
+                metrics_from_reference: opts.check_limit.is_some(),
+            };
+            if opts.check_limit.is_some() {
+                (
+                    bytes,
+                    Thresholds {
+                        suspicious: metrics.thresholds.suspicious.threshold,
+                        definite: metrics.thresholds.definite.threshold,
+                    },
+                    metric_values(&metrics),
+                    Some(conversion),
+                )
+            } else {
+                let (test_planes, f) = load_planes(&test_s, config.image_size);
+                failures.extend(f);
+                let test = onnx_scores(&converted, &test_planes, mean, std)?;
+                let chosen = ChosenThresholds::choose(&valid).context(
+                    "the validation split needs both classes to choose thresholds",
+                )?;
+                let converted_metrics = ClassifyMetrics {
+                    model: format!("{} ({:?}, tract)", config.model.name(), opts.precision),
+                    checkpoint: run.best().display().to_string(),
+                    valid: SplitReport::new("valid", &valid, &chosen),
+                    test: Some(SplitReport::new("test", &test, &chosen)),
+                    thresholds: chosen,
+                    load_failures: failures.into_iter().map(|f| f.message).collect(),
+                };
+                (
+                    bytes,
+                    Thresholds {
+                        suspicious: converted_metrics.thresholds.suspicious.threshold,
+                        definite: converted_metrics.thresholds.definite.threshold,
+                    },
+                    metric_values(&converted_metrics),
+                    Some(conversion),
+                )
+            }
+        }
+    };
+
+    let name = &opts.name;
+    // One manifest name for every precision, so the edge can choose among them; the files
+    // are told apart by a suffix.
+    let stem = match opts.precision {
+        Precision::Fp32 => name.clone(),
+        Precision::Fp16 => format!("{name}-fp16"),
+        Precision::Int8 => format!("{name}-int8"),
+    };
+    std::fs::create_dir_all(&opts.out_dir)?;
+    let onnx_path = opts.out_dir.join(format!("{stem}.onnx"));
     std::fs::write(&onnx_path, &bytes)
         .with_context(|| format!("writing {}", onnx_path.display()))?;
-    let sha = Sha256::digest(&bytes);
-    let onnx_sha256 = sha.iter().map(|b| format!("{b:02x}")).collect();
+    let onnx_sha256 = Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
 
+    let g = proto.graph.as_ref().context("the ONNX model has no graph")?;
     let mut input = config.input_spec();
-    input.name = input_name(&bytes).unwrap_or(input.name);
+    if let Some(i) = g.input.first() {
+        input.name = i.name.clone();
+    }
     let manifest = Manifest {
         manifest_version: MANIFEST_VERSION,
-        name: name.into(),
-        version: version.into(),
+        name: name.clone(),
+        version: opts.version.clone(),
         task: Task::Classify,
         input,
         outputs: vec![OutputSpec {
-            name: output_name(&bytes).unwrap_or_else(|| "output".into()),
+            name: g
+                .output
+                .first()
+                .map_or_else(|| "output".into(), |o| o.name.clone()),
             shape: vec![1, 2],
             meaning: "probabilities".into(),
         }],
         labels: vec!["not_fractured".into(), "fractured".into()],
-        thresholds: Thresholds {
-            suspicious: metrics.thresholds.suspicious.threshold,
-            definite: metrics.thresholds.definite.threshold,
-        },
-        precision,
-        metrics: metric_values(&metrics),
+        thresholds,
+        precision: opts.precision,
+        metrics: test_metrics,
         training: Some(TrainingRecord {
             data: "FracAtlas (Abedeen et al. 2023, CC BY 4.0)".into(),
             split: "fractured: official split; non-fractured: seeded hold-out (see data.json)"
@@ -161,9 +349,10 @@ pub fn export_run(
                 .trim()
                 .to_owned(),
         }),
+        conversion,
         onnx_sha256,
     };
-    let manifest_path = out_dir.join(format!("{name}.json"));
+    let manifest_path = opts.out_dir.join(format!("{stem}.json"));
     std::fs::write(
         &manifest_path,
         serde_json::to_string_pretty(&manifest)? + "\n",
@@ -175,68 +364,38 @@ pub fn export_run(
     })
 }
 
-/// The graph's first input name, read from the protobuf without a full parse.
-fn input_name(bytes: &[u8]) -> Option<String> {
-    io_names(bytes).0
+/// ROC-AUC of predictions (NaN without both classes).
+fn auc(p: &[Prediction]) -> f64 {
+    let s: Vec<Scored> = p
+        .iter()
+        .map(|p| Scored {
+            score: p.probability,
+            positive: p.fractured,
+        })
+        .collect();
+    roc_auc(&s).unwrap_or(f64::NAN)
 }
 
-fn output_name(bytes: &[u8]) -> Option<String> {
-    io_names(bytes).1
-}
-
-/// Reads the first `graph.input` and `graph.output` names (ModelProto field 7 is the graph;
-/// GraphProto fields 11 and 12 are inputs and outputs; ValueInfoProto field 1 is the name).
-fn io_names(bytes: &[u8]) -> (Option<String>, Option<String>) {
-    fn varint(b: &[u8], i: &mut usize) -> Option<u64> {
-        let mut v = 0u64;
-        for shift in (0..64).step_by(7) {
-            let byte = *b.get(*i)?;
-            *i += 1;
-            v |= ((byte & 0x7f) as u64) << shift;
-            if byte & 0x80 == 0 {
-                return Some(v);
-            }
-        }
-        None
-    }
-    /// Length-delimited fields `(number, payload)` of one message.
-    fn fields(b: &[u8]) -> Vec<(u64, &[u8])> {
-        let mut out = Vec::new();
-        let mut i = 0;
-        while i < b.len() {
-            let Some(key) = varint(b, &mut i) else { break };
-            match key & 7 {
-                0 => {
-                    if varint(b, &mut i).is_none() {
-                        break;
-                    }
-                }
-                1 => i += 8,
-                5 => i += 4,
-                2 => {
-                    let Some(len) = varint(b, &mut i) else { break };
-                    let end = i + len as usize;
-                    if end > b.len() {
-                        break;
-                    }
-                    out.push((key >> 3, &b[i..end]));
-                    i = end;
-                }
-                _ => break,
-            }
-        }
-        out
-    }
-    let name_of = |vi: &[u8]| {
-        fields(vi)
-            .into_iter()
-            .find(|f| f.0 == 1)
-            .map(|f| String::from_utf8_lossy(f.1).into_owned())
-    };
-    let Some((_, graph)) = fields(bytes).into_iter().find(|f| f.0 == 7) else {
-        return (None, None);
-    };
-    let g = fields(graph);
-    let first = |n| g.iter().find(|f| f.0 == n).and_then(|f| name_of(f.1));
-    (first(11), first(12))
+/// Scores preprocessed images with an ONNX graph in tract (output 0, column 1: fracture).
+fn onnx_scores(
+    runner: &Runner,
+    planes: &[(Sample, Plane)],
+    mean: [f32; 3],
+    std: [f32; 3],
+) -> anyhow::Result<Vec<Prediction>> {
+    planes
+        .par_iter()
+        .map(|(s, p)| {
+            let out = runner.run(to_batch(&[p], mean, std))?;
+            let p = *out
+                .first()
+                .and_then(|o| o.get(1))
+                .context("the graph's first output has no fracture column")?;
+            Ok(Prediction {
+                id: s.id.clone(),
+                fractured: s.label,
+                probability: Probability::saturating(p as f64),
+            })
+        })
+        .collect()
 }

@@ -5,6 +5,7 @@ pub mod data;
 pub mod evaluate;
 pub mod export;
 pub mod models;
+pub mod onnx;
 pub mod pipeline;
 pub mod plots;
 pub mod ssl;

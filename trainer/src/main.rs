@@ -34,7 +34,7 @@ enum Command {
     },
     /// Fine-tune a fracture classifier, pick the best epoch on validation, evaluate it.
     Classify(ClassifyArgs),
-    /// Export a run's best checkpoint to ONNX with its manifest (fp32 for now).
+    /// Export a run's best checkpoint to ONNX (fp32, fp16 or int8 QDQ) with its manifest.
     Export {
         /// The run folder written by `classify`.
         #[arg(long, value_name = "RUN")]
@@ -42,7 +42,8 @@ enum Command {
         /// Numeric precision of the exported graph.
         #[arg(long, default_value = "fp32", value_parser = ["fp32", "fp16", "int8"])]
         precision: String,
-        /// Model name: the file stem of `<name>.onnx` and `<name>.json`.
+        /// Model name, in the manifest and as the file stem (`<name>.onnx` for fp32,
+        /// `<name>-fp16.onnx`, `<name>-int8.onnx`).
         #[arg(long)]
         name: String,
         /// Model version written into the manifest.
@@ -51,6 +52,20 @@ enum Command {
         /// Where to write the files.
         #[arg(long, value_name = "DIR", default_value = "models")]
         out: PathBuf,
+        /// The FracAtlas folder (fp16 and int8: calibration and the converted model's metrics).
+        #[arg(long, env = "FV_DATA", value_name = "DIR")]
+        data: Option<PathBuf>,
+        /// Training images to calibrate int8 activation ranges on.
+        #[arg(long, value_name = "N", default_value_t = 64)]
+        calib: usize,
+        /// int8 activation ranges: `minmax`, or `percentile-P` (per image, averaged).
+        #[arg(long, default_value = "percentile-99.99")]
+        calibration: fv_train::onnx::quantize::Calibration,
+        /// Compare the converted graph on at most N validation images, keeping the fp32
+        /// thresholds and test metrics (default: 32 for fp16, which tract runs slowly on
+        /// x86; all for int8).
+        #[arg(long, value_name = "N")]
+        check_images: Option<usize>,
     },
     /// Re-evaluate a run's best checkpoint (thresholds from validation).
     Eval {
@@ -293,10 +308,32 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             name,
             version,
             out,
+            data,
+            calib,
+            calibration,
+            check_images,
         } => {
             let precision: fv_core::manifest::Precision =
                 serde_json::from_value(serde_json::Value::String(precision))?;
-            let e = fv_train::export::export_run(&RunDir(run), precision, &name, &version, &out)?;
+            let defaults = fv_train::export::ExportOptions::new(precision, &name, &out);
+            let opts = fv_train::export::ExportOptions {
+                check_limit: check_images.or(defaults.check_limit),
+                version,
+                data,
+                calib_images: calib,
+                calibration,
+                ..defaults
+            };
+            let e = fv_train::export::export_run(&RunDir(run), &opts)?;
+            if let Some(c) = &e.content.conversion {
+                println!(
+                    "validation ROC-AUC {:.4} (fp32 {:.4}, change {:+.4}); max |Δp| {:.4}",
+                    c.valid_roc_auc,
+                    c.valid_roc_auc_reference,
+                    c.valid_roc_auc_change,
+                    c.valid_max_abs_probability_diff
+                );
+            }
             println!("{}\n{}", e.onnx.display(), e.manifest.display());
             Ok(())
         }

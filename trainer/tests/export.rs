@@ -7,12 +7,12 @@ use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Tensor, TensorData};
 use common::{sample_dir, sample_run_data};
 use fv_core::manifest::{Manifest, Precision};
-use fv_train::export::export_run;
+use fv_train::export::{export_run, ExportOptions};
 use fv_train::models::ModelKind;
 use fv_train::pipeline::classify;
 use fv_train::training::{build_model, RunDir, TrainConfig};
 use sha2::{Digest, Sha256};
-use tract_onnx::prelude::*;
+use fv_train::onnx::{graph, run::Runner};
 
 #[test]
 fn fp32_export_matches_burn_in_tract() {
@@ -26,7 +26,7 @@ fn fp32_export_matches_burn_in_tract() {
     classify(&sample_dir(), &run_data, &config, &run, &device, false).unwrap();
 
     let out = tmp.path().join("models");
-    let e = export_run(&run, Precision::Fp32, "tiny-effl0", "0.0.1", &out).unwrap();
+    let e = export_run(&run, &ExportOptions::new(Precision::Fp32, "tiny-effl0", &out)).unwrap();
     let manifest = Manifest::from_path(&e.manifest).unwrap();
     let bytes = std::fs::read(&e.onnx).unwrap();
     let sha: String = Sha256::digest(&bytes)
@@ -53,40 +53,68 @@ fn fp32_export_matches_burn_in_tract() {
     .try_to_vec::<f32>()
     .unwrap();
 
-    let plan = tract_onnx::onnx()
-        .model_for_path(&e.onnx)
-        .unwrap()
-        .into_optimized()
-        .unwrap()
-        .into_runnable()
-        .unwrap();
-    let input: Tensor4 = tract_ndarray::Array4::from_shape_vec((1, 3, 64, 64), x)
-        .unwrap()
-        .into();
-    let got = plan.run(tvec!(input.into())).unwrap();
-    let got: Vec<f32> = got[0]
-        .to_plain_array_view::<f32>()
-        .unwrap()
-        .iter()
-        .copied()
-        .collect();
+    let got = run_tract(&e.onnx, x.clone());
     assert_eq!(got.len(), 2);
-    let d = got
-        .iter()
-        .zip(&want)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0f32, f32::max);
-    assert!(d <= 1e-4, "tract {got:?} vs burn {want:?}");
+    assert!(max_diff(&got, &want) <= 1e-4, "tract {got:?} vs burn {want:?}");
+
+    // The exported graph is simplified: BatchNorm folded into Conv, ReLU6 as one Clip.
+    let ops = graph::op_counts(graph::decode(&bytes).unwrap().graph.as_ref().unwrap());
+    assert!(!ops.contains_key("BatchNormalization"), "{ops:?}");
+    assert_eq!(ops.get("Clip"), Some(&33), "{ops:?}");
+
+    // fp16 and int8 from the same run, checked against burn on the same input.
+    // Stated tolerances in probability: fp16 ≤ 0.01; int8 ≤ 0.1 (a 64-pixel model
+    // calibrated on 4 images; the real model is measured in its manifest).
+    for (precision, tol) in [(Precision::Fp16, 0.01), (Precision::Int8, 0.1)] {
+        let name = format!("tiny-{precision:?}");
+        let opts = ExportOptions {
+            data: Some(sample_dir()),
+            calib_images: 4,
+            check_limit: Some(2),
+            ..ExportOptions::new(precision, &name, &out)
+        };
+        let e = export_run(&run, &opts).unwrap();
+        let m = Manifest::from_path(&e.manifest).unwrap();
+        assert_eq!(m.precision, precision);
+        let c = m.conversion.as_ref().expect("a conversion record");
+        assert_eq!(c.valid_images, 2);
+        assert!(c.valid_max_abs_probability_diff <= tol, "{c:?}");
+        let bytes = std::fs::read(&e.onnx).unwrap();
+        let ops = graph::op_counts(graph::decode(&bytes).unwrap().graph.as_ref().unwrap());
+        match precision {
+            Precision::Int8 => {
+                assert_eq!(c.calibration_images, Some(4));
+                // 49 convolutions and the classifier's MatMul, one weight DQ each.
+                assert_eq!(ops.get("DequantizeLinear").copied().unwrap_or(0), 50 + ops["QuantizeLinear"]);
+            }
+            _ => assert_eq!(ops.get("Cast"), Some(&2), "{ops:?}"),
+        }
+        let got = run_tract(&e.onnx, x.clone());
+        let d = max_diff(&got, &want);
+        assert!(d as f64 <= tol, "{precision:?}: tract {got:?} vs burn {want:?}");
+    }
+
+    // fp16 and int8 need the data to calibrate and measure on.
+    let err = export_run(&run, &ExportOptions::new(Precision::Int8, "x", &out)).unwrap_err();
+    assert!(err.to_string().contains("needs --data"), "{err}");
 
     let err = export_run(
         &RunDir(tmp.path().join("nothing")),
-        Precision::Fp32,
-        "x",
-        "0",
-        &out,
+        &ExportOptions::new(Precision::Fp32, "x", &out),
     )
     .unwrap_err();
     assert!(err.to_string().contains("no checkpoint"), "{err}");
 }
 
-type Tensor4 = tract_onnx::prelude::Tensor;
+fn run_tract(path: &std::path::Path, x: Vec<f32>) -> Vec<f32> {
+    let bytes = std::fs::read(path).unwrap();
+    let runner = Runner::new(&bytes, &[1, 3, 64, 64]).unwrap();
+    runner.run(x).unwrap().remove(0)
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max)
+}
