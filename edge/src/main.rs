@@ -5,14 +5,36 @@
 
 use clap::{Parser, Subcommand};
 use fv_core::imaging::DecodeOptions;
-use std::io::Write as _;
+use fv_core::manifest::Precision;
+use fv_edge::config::{Layer, MqttSettings};
+use fv_edge::pipeline::{file_source, DetectPolicy, Pipeline, PipelineConfig};
 use std::path::PathBuf;
 
 #[derive(Parser)]
 #[command(name = "fv-edge", version, about = "FractuVision at the X-ray unit")]
 struct Cli {
+    /// More logging (-v info, -vv debug); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum PrecisionArg {
+    Fp32,
+    Fp16,
+    Int8,
+}
+
+impl From<PrecisionArg> for Precision {
+    fn from(p: PrecisionArg) -> Self {
+        match p {
+            PrecisionArg::Fp32 => Precision::Fp32,
+            PrecisionArg::Fp16 => Precision::Fp16,
+            PrecisionArg::Int8 => Precision::Int8,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -26,16 +48,100 @@ enum Command {
         #[arg(long, default_value_t = DecodeOptions::DEFAULT_MAX_PIXELS)]
         max_pixels: u64,
     },
+    /// Read images and print one result (JSON) per input, one per line.
+    Infer {
+        /// Images: DICOM, PNG, TIFF or JPEG.
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+        /// Models directory (manifests beside ONNX files).
+        #[arg(long, value_name = "DIR", default_value = "models")]
+        models: PathBuf,
+        /// Precision to run when the directory holds several (default fp32).
+        #[arg(long, value_enum)]
+        precision: Option<PrecisionArg>,
+        /// Smallest detector box score reported.
+        #[arg(long, value_name = "S", default_value_t = 0.25)]
+        min_score: f32,
+        /// When the detector (if any) runs.
+        #[arg(long, value_enum, default_value_t = DetectPolicy::Suspicious)]
+        detect: DetectPolicy,
+        /// Refuse images with more pixels than this.
+        #[arg(long, default_value_t = DecodeOptions::DEFAULT_MAX_PIXELS)]
+        max_pixels: u64,
+    },
+    /// The daemon: watch a folder, read each image, write local results, publish over MQTT.
+    Run(RunArgs),
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// TOML configuration (flags override it; FV_* variables override both).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Folder to watch.
+    #[arg(long, value_name = "DIR")]
+    watch: Option<PathBuf>,
+    /// Broker, e.g. mqtt://localhost:1883 (none: local results only).
+    #[arg(long, value_name = "URL")]
+    mqtt: Option<String>,
+    /// State directory: outbox and the UID salt (default ./state).
+    #[arg(long, value_name = "DIR")]
+    state: Option<PathBuf>,
+    /// Site name (MQTT topic level).
+    #[arg(long)]
+    site: Option<String>,
+    /// Device id (MQTT topic level and client id; default: host name).
+    #[arg(long)]
+    device_id: Option<String>,
+    /// Models directory (default ./models).
+    #[arg(long, value_name = "DIR")]
+    models: Option<PathBuf>,
+    /// Precision to run when the directory holds several (default fp32).
+    #[arg(long, value_enum)]
+    precision: Option<PrecisionArg>,
+    /// When the detector (if any) runs (default suspicious).
+    #[arg(long, value_enum)]
+    detect: Option<DetectPolicy>,
+    /// Seconds between heartbeats (default 30).
+    #[arg(long, value_name = "S")]
+    heartbeat: Option<u64>,
+    /// A file is taken once unchanged for this many milliseconds (default 1000).
+    #[arg(long, value_name = "MS")]
+    settle_ms: Option<u64>,
 }
 
 fn main() {
     let cli = Cli::parse();
+    init_logging(cli.verbose);
     match run(cli) {
         Ok(all_ok) => std::process::exit(if all_ok { 0 } else { 1 }),
         Err(e) => {
             eprintln!("fv-edge: error: {e:#}");
             std::process::exit(2);
         }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Writes one line; a closed pipe (`| head`) ends the run quietly, as ripgrep does.
+fn emit(out: &mut impl std::io::Write, line: &str) -> anyhow::Result<bool> {
+    match writeln!(out, "{line}") {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -48,16 +154,78 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             for f in files {
                 let line = fv_edge::inspect::inspect(&f, &options);
                 all_ok &= line.ok;
-                let written = writeln!(out, "{}", serde_json::to_string(&line)?);
-                if let Err(e) = written {
-                    // A closed pipe (`| head`) ends the run quietly, as ripgrep does.
-                    if e.kind() == std::io::ErrorKind::BrokenPipe {
-                        return Ok(all_ok);
-                    }
-                    return Err(e.into());
+                if !emit(&mut out, &serde_json::to_string(&line)?)? {
+                    break;
                 }
             }
             Ok(all_ok)
+        }
+        Command::Infer {
+            files,
+            models,
+            precision,
+            min_score,
+            detect,
+            max_pixels,
+        } => {
+            let models = fv_edge::models::load_dir(
+                &models,
+                &fv_edge::models::Selection {
+                    precision: precision.map(Into::into),
+                    ..Default::default()
+                },
+            )?;
+            let mut pipeline = Pipeline {
+                models,
+                config: PipelineConfig {
+                    site: std::env::var("FV_SITE").unwrap_or_else(|_| "local".into()),
+                    device: std::env::var("FV_DEVICE_ID")
+                        .unwrap_or_else(|_| fv_edge::config::hostname()),
+                    // Without a configured salt, study hashes are unlinkable across runs.
+                    uid_salt: std::env::var("FV_UID_SALT")
+                        .unwrap_or_else(|_| uuid::Uuid::new_v4().simple().to_string()),
+                    detect,
+                    min_score,
+                },
+            };
+            let options = DecodeOptions { max_pixels };
+            let mut out = std::io::stdout().lock();
+            let mut all_ok = true;
+            for f in files {
+                let outcome = pipeline.process(file_source(&f), || {
+                    fv_edge::input::load_file(&f, &options)
+                });
+                all_ok &= outcome.message.error.is_none();
+                if !emit(&mut out, &serde_json::to_string(&outcome.message)?)? {
+                    break;
+                }
+            }
+            Ok(all_ok)
+        }
+        Command::Run(a) => {
+            let file = match &a.config {
+                Some(p) => Layer::from_file(p)?,
+                None => Layer::default(),
+            };
+            let flags = Layer {
+                site: a.site,
+                device_id: a.device_id,
+                models: a.models,
+                precision: a.precision.map(Into::into),
+                state: a.state,
+                watch: a.watch,
+                detect: a.detect,
+                settle_ms: a.settle_ms,
+                mqtt: MqttSettings {
+                    url: a.mqtt,
+                    heartbeat_s: a.heartbeat,
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            let env = Layer::from_env(|k| std::env::var(k).ok())?;
+            fv_edge::daemon::run(file.merge(&flags).merge(&env))?;
+            Ok(true)
         }
     }
 }

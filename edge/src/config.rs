@@ -1,0 +1,182 @@
+//! Configuration: defaults, then the TOML file, then command-line flags, then `FV_*`
+//! environment variables (which override both, so a service manager can pin a value).
+
+use crate::outbox::OutboxLimits;
+use crate::pipeline::DetectPolicy;
+use fv_core::manifest::Precision;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// MQTT settings.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttSettings {
+    /// `mqtt://host:1883` or `mqtts://host:8883` (TLS through rustls).
+    pub url: Option<String>,
+    /// User name.
+    pub username: Option<String>,
+    /// Password (prefer `password_file`).
+    pub password: Option<String>,
+    /// File holding the password.
+    pub password_file: Option<PathBuf>,
+    /// CA certificate (PEM) for `mqtts://`.
+    pub ca_file: Option<PathBuf>,
+    /// Seconds between heartbeats (default 30).
+    pub heartbeat_s: Option<u64>,
+}
+
+/// The configuration as read from one layer; every field optional so layers merge.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Layer {
+    /// Site name (a topic level).
+    pub site: Option<String>,
+    /// Device id (a topic level and the MQTT client id).
+    pub device_id: Option<String>,
+    /// Models directory.
+    pub models: Option<PathBuf>,
+    /// Precision to run when the models directory has several.
+    pub precision: Option<Precision>,
+    /// Classifier name when the directory has several.
+    pub classifier: Option<String>,
+    /// Detector name when the directory has several.
+    pub detector: Option<String>,
+    /// State directory (outbox, salt).
+    pub state: Option<PathBuf>,
+    /// Watch folder.
+    pub watch: Option<PathBuf>,
+    /// Where done inputs go (default `<watch>/done`).
+    pub done: Option<PathBuf>,
+    /// Where bad inputs go (default `<watch>/quarantine`).
+    pub quarantine: Option<PathBuf>,
+    /// When the detector runs.
+    pub detect: Option<DetectPolicy>,
+    /// Smallest box score reported.
+    pub min_score: Option<f32>,
+    /// Largest image accepted, in pixels.
+    pub max_pixels: Option<u64>,
+    /// A file is taken once its size and time are unchanged for this long.
+    pub settle_ms: Option<u64>,
+    /// Secret for hashing StudyInstanceUIDs (default: generated once in the state dir).
+    pub uid_salt: Option<String>,
+    /// MQTT.
+    #[serde(default)]
+    pub mqtt: MqttSettings,
+    /// Outbox bounds.
+    pub outbox: Option<OutboxLimits>,
+}
+
+macro_rules! merge {
+    ($base:expr, $over:expr, $($f:ident),*) => { $( if $over.$f.is_some() { $base.$f = $over.$f.clone(); } )* };
+}
+
+impl Layer {
+    /// Reads a TOML file.
+    pub fn from_file(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("{}: cannot read the config: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: invalid config: {e}", path.display()))
+    }
+
+    /// `FV_*` variables from `get`.
+    pub fn from_env(get: impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
+        let parse = |k: &str| -> anyhow::Result<Option<u64>> {
+            get(k)
+                .map(|v| v.parse().map_err(|e| anyhow::anyhow!("{k}={v}: {e}")))
+                .transpose()
+        };
+        let precision = get("FV_PRECISION")
+            .map(|v| serde_json::from_value(serde_json::Value::String(v.clone())))
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("FV_PRECISION: {e}; use fp32, fp16 or int8"))?;
+        let detect = get("FV_DETECT")
+            .map(|v| serde_json::from_value(serde_json::Value::String(v.clone())))
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("FV_DETECT: {e}; use always, suspicious or never"))?;
+        Ok(Layer {
+            site: get("FV_SITE"),
+            device_id: get("FV_DEVICE_ID"),
+            models: get("FV_MODELS").map(PathBuf::from),
+            precision,
+            state: get("FV_STATE").map(PathBuf::from),
+            watch: get("FV_WATCH").map(PathBuf::from),
+            detect,
+            uid_salt: get("FV_UID_SALT"),
+            mqtt: MqttSettings {
+                url: get("FV_MQTT"),
+                username: get("FV_MQTT_USERNAME"),
+                password: get("FV_MQTT_PASSWORD"),
+                heartbeat_s: parse("FV_HEARTBEAT_S")?,
+                ..Default::default()
+            },
+            ..Default::default()
+        })
+    }
+
+    /// `over`'s values replace this layer's where set.
+    pub fn merge(mut self, over: &Layer) -> Layer {
+        merge!(
+            self, over, site, device_id, models, precision, classifier, detector, state, watch,
+            done, quarantine, detect, min_score, max_pixels, settle_ms, uid_salt, outbox
+        );
+        merge!(
+            self.mqtt,
+            over.mqtt,
+            url,
+            username,
+            password,
+            password_file,
+            ca_file,
+            heartbeat_s
+        );
+        self
+    }
+}
+
+/// A topic level must not contain `/`, `+`, `#` or be empty.
+pub fn check_topic_level(what: &str, v: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !v.is_empty() && !v.contains(['/', '+', '#', '\0']),
+        "{what} `{v}` cannot be an MQTT topic level: use letters, digits, '-' or '_'"
+    );
+    Ok(())
+}
+
+/// This machine's host name, the default device id.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "fv-edge".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_overrides_flags_override_file() {
+        let file: Layer = toml::from_str(
+            "site = \"file\"\ndevice_id = \"d-file\"\nsettle_ms = 5\n[mqtt]\nurl = \"mqtt://a:1\"\n",
+        )
+        .unwrap();
+        let flags = Layer {
+            site: Some("flag".into()),
+            mqtt: MqttSettings {
+                url: Some("mqtt://b:2".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let env = Layer::from_env(|k| (k == "FV_SITE").then(|| "env".to_owned())).unwrap();
+        let c = file.merge(&flags).merge(&env);
+        assert_eq!(c.site.as_deref(), Some("env"));
+        assert_eq!(c.device_id.as_deref(), Some("d-file"));
+        assert_eq!(c.mqtt.url.as_deref(), Some("mqtt://b:2"));
+        assert_eq!(c.settle_ms, Some(5));
+        assert!(toml::from_str::<Layer>("sight = 1").is_err(), "typos are refused");
+        assert!(check_topic_level("site", "a/b").is_err());
+        assert!(Layer::from_env(|k| (k == "FV_PRECISION").then(|| "int4".to_owned())).is_err());
+    }
+}

@@ -1,0 +1,291 @@
+//! `fv-edge run`: the watch folder, the worker, local results and the MQTT publisher.
+//!
+//! A file is taken only when complete: names starting with `.` or ending in `.tmp`, `.part`
+//! or `.partial` are being written (write, then rename), and any other file must keep its
+//! size and modification time for `settle_ms`. Each input ends in `done/` (with its result
+//! JSON and overlay PNG) or in `quarantine/` (with `.error.json`); its result goes to the
+//! outbox first, so a crash at any point loses nothing (at worst an input is read twice).
+
+use crate::config::{check_topic_level, hostname, Layer};
+use crate::input::{file_name, load_file};
+use crate::models::{load_dir, Selection};
+use crate::mqtt::{Publisher, Stats, Topics};
+use crate::outbox::Outbox;
+use crate::pipeline::{file_source, Pipeline, PipelineConfig};
+use anyhow::Context as _;
+use fv_core::imaging::DecodeOptions;
+use notify::Watcher as _;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+fn in_progress(name: &str) -> bool {
+    name.starts_with('.')
+        || [".tmp", ".part", ".partial"]
+            .iter()
+            .any(|s| name.to_ascii_lowercase().ends_with(s))
+}
+
+/// `dir/name`, or `dir/stem-N.ext` when taken.
+fn free_name(dir: &Path, name: &str) -> PathBuf {
+    let p = dir.join(name);
+    if !p.exists() {
+        return p;
+    }
+    let (stem, ext) = match name.rsplit_once('.') {
+        Some((s, e)) => (s.to_owned(), format!(".{e}")),
+        None => (name.to_owned(), String::new()),
+    };
+    (1..)
+        .map(|n| dir.join(format!("{stem}-{n}{ext}")))
+        .find(|p| !p.exists())
+        .expect("some name is free")
+}
+
+/// Moves a file, copying across file systems.
+fn move_file(from: &Path, to: &Path) -> std::io::Result<()> {
+    match std::fs::rename(from, to) {
+        Ok(()) => Ok(()),
+        Err(_) => {
+            std::fs::copy(from, to)?;
+            std::fs::File::open(to)?.sync_all()?;
+            std::fs::remove_file(from)
+        }
+    }
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut f = std::fs::File::create(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+/// The salt for StudyInstanceUID hashes: configured, or made once and kept in the state dir.
+fn uid_salt(configured: Option<String>, state: &Path) -> anyhow::Result<String> {
+    if let Some(s) = configured {
+        return Ok(s);
+    }
+    let p = state.join("uid_salt");
+    if let Ok(s) = std::fs::read_to_string(&p) {
+        return Ok(s.trim().to_owned());
+    }
+    let s = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+    write_synced(&p, s.as_bytes()).with_context(|| format!("{}: cannot write", p.display()))?;
+    Ok(s)
+}
+
+/// Everything `run` resolved from the layers.
+struct Resolved {
+    watch: PathBuf,
+    done: PathBuf,
+    quarantine: PathBuf,
+    state: PathBuf,
+    settle: Duration,
+    decode: DecodeOptions,
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub fn run(layer: Layer) -> anyhow::Result<()> {
+    let site = layer.site.clone().unwrap_or_else(|| "default".into());
+    let device = layer.device_id.clone().unwrap_or_else(hostname);
+    check_topic_level("site", &site)?;
+    check_topic_level("device id", &device)?;
+    let watch = layer
+        .watch
+        .clone()
+        .context("nothing to watch: pass --watch DIR (or `watch` in the config)")?;
+    let r = Resolved {
+        done: layer.done.clone().unwrap_or_else(|| watch.join("done")),
+        quarantine: layer.quarantine.clone().unwrap_or_else(|| watch.join("quarantine")),
+        state: layer.state.clone().unwrap_or_else(|| PathBuf::from("state")),
+        settle: Duration::from_millis(layer.settle_ms.unwrap_or(1000)),
+        decode: DecodeOptions {
+            max_pixels: layer.max_pixels.unwrap_or(DecodeOptions::DEFAULT_MAX_PIXELS),
+        },
+        watch,
+    };
+    for d in [&r.watch, &r.done, &r.quarantine, &r.state] {
+        std::fs::create_dir_all(d).with_context(|| format!("{}: cannot create", d.display()))?;
+    }
+    let models_dir = layer.models.clone().unwrap_or_else(|| PathBuf::from("models"));
+    let models = load_dir(
+        &models_dir,
+        &Selection {
+            precision: layer.precision,
+            classifier: layer.classifier.clone(),
+            detector: layer.detector.clone(),
+        },
+    )?;
+    let mut refs = vec![models.classifier.reference()];
+    refs.extend(models.detector.as_ref().map(|d| d.reference()));
+    let mut pipeline = Pipeline {
+        models,
+        config: PipelineConfig {
+            site: site.clone(),
+            device: device.clone(),
+            uid_salt: uid_salt(layer.uid_salt.clone(), &r.state)?,
+            detect: layer.detect.unwrap_or_default(),
+            min_score: layer.min_score.unwrap_or(0.25),
+        },
+    };
+    let limits = layer.outbox.unwrap_or_default();
+    let outbox_dir = r.state.join("outbox");
+    let mut outbox = Outbox::open(&outbox_dir, limits)?;
+
+    let shutdown = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, shutdown.clone())?;
+    }
+    let stats = Arc::new(Mutex::new(Stats::default()));
+    let worker_done = Arc::new(AtomicBool::new(false));
+    let publisher = match &layer.mqtt.url {
+        None => {
+            tracing::info!("no MQTT broker configured: results are written locally only");
+            None
+        }
+        Some(url) => {
+            let password = match (&layer.mqtt.password, &layer.mqtt.password_file) {
+                (Some(p), _) => Some(p.clone()),
+                (None, Some(f)) => Some(
+                    std::fs::read_to_string(f)
+                        .with_context(|| format!("{}: cannot read the MQTT password", f.display()))?
+                        .trim()
+                        .to_owned(),
+                ),
+                (None, None) => None,
+            };
+            let p = Publisher {
+                url: url.clone(),
+                client_id: device.clone(),
+                site: site.clone(),
+                credentials: layer.mqtt.username.clone().map(|u| (u, password.unwrap_or_default())),
+                ca_file: layer.mqtt.ca_file.clone(),
+                heartbeat: Duration::from_secs(layer.mqtt.heartbeat_s.unwrap_or(30).max(1)),
+                topics: Topics::new(&site, &device),
+                outbox: (outbox_dir.clone(), limits),
+                models: refs,
+                stats: stats.clone(),
+                shutdown: shutdown.clone(),
+                worker_done: worker_done.clone(),
+            };
+            Some(std::thread::Builder::new().name("mqtt".into()).spawn(move || {
+                if let Err(e) = p.run() {
+                    tracing::error!("mqtt: {e:#}");
+                }
+            })?)
+        }
+    };
+
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let mut watcher = notify::recommended_watcher(move |_| {
+        let _ = tx.send(());
+    })
+    .context("cannot start the file watcher (inotify)")?;
+    watcher
+        .watch(&r.watch, notify::RecursiveMode::NonRecursive)
+        .with_context(|| format!("{}: cannot watch", r.watch.display()))?;
+    tracing::info!(
+        "watching {} (site {site}, device {device}); done → {}, quarantine → {}",
+        r.watch.display(),
+        r.done.display(),
+        r.quarantine.display()
+    );
+
+    // path → (size, modified, first time seen with these)
+    let mut seen: HashMap<PathBuf, (u64, Option<SystemTime>, Instant)> = HashMap::new();
+    while !shutdown.load(Ordering::SeqCst) {
+        let mut ready = Vec::new();
+        let mut present = Vec::new();
+        for e in std::fs::read_dir(&r.watch)?.flatten() {
+            let p = e.path();
+            let Ok(meta) = e.metadata() else { continue };
+            if !meta.is_file() || in_progress(&file_name(&p)) {
+                continue;
+            }
+            present.push(p.clone());
+            let key = (meta.len(), meta.modified().ok());
+            let entry = seen.entry(p.clone()).or_insert((key.0, key.1, Instant::now()));
+            if (entry.0, entry.1) != key {
+                *entry = (key.0, key.1, Instant::now());
+            } else if entry.2.elapsed() >= r.settle {
+                ready.push((key.1, p));
+            }
+        }
+        seen.retain(|p, _| present.contains(p));
+        ready.sort();
+        for (_, path) in ready {
+            if shutdown.load(Ordering::SeqCst) {
+                break;
+            }
+            seen.remove(&path);
+            if let Err(e) = process_file(&mut pipeline, &path, &r, &mut outbox, &stats) {
+                // The input stays where it is and is tried again; say why, loudly.
+                tracing::error!("{}: {e:#}", path.display());
+                stats.lock().expect("stats lock").last_error = Some(format!("{e:#}"));
+            }
+        }
+        let _ = rx.recv_timeout(Duration::from_millis(250));
+    }
+    tracing::info!("stopping: finishing up");
+    worker_done.store(true, Ordering::SeqCst);
+    if let Some(h) = publisher {
+        let _ = h.join();
+    }
+    Ok(())
+}
+
+fn process_file(
+    pipeline: &mut Pipeline,
+    path: &Path,
+    r: &Resolved,
+    outbox: &mut Outbox,
+    stats: &Mutex<Stats>,
+) -> anyhow::Result<()> {
+    let outcome = pipeline.process(file_source(path), || load_file(path, &r.decode));
+    let m = &outcome.message;
+    let json = serde_json::to_vec_pretty(m)?;
+    // Durable first: the outbox entry, then the files a person sees.
+    outbox.push(&serde_json::to_vec(m)?)?;
+    let name = file_name(path);
+    {
+        let mut s = stats.lock().expect("stats lock");
+        match &m.error {
+            Some(e) => {
+                s.failed += 1;
+                s.last_error = Some(e.message.clone());
+            }
+            None => s.processed += 1,
+        }
+    }
+    match &m.error {
+        Some(e) => {
+            let dest = free_name(&r.quarantine, &name);
+            move_file(path, &dest)
+                .with_context(|| format!("cannot move to {}", dest.display()))?;
+            write_synced(&PathBuf::from(format!("{}.error.json", dest.display())), &json)?;
+            tracing::warn!("quarantined {}: {}", dest.display(), e.message);
+        }
+        None => {
+            let dest = free_name(&r.done, &name);
+            move_file(path, &dest)
+                .with_context(|| format!("cannot move to {}", dest.display()))?;
+            write_synced(&PathBuf::from(format!("{}.result.json", dest.display())), &json)?;
+            if let Some(input) = &outcome.input {
+                let png = PathBuf::from(format!("{}.overlay.png", dest.display()));
+                if let Err(e) = crate::overlay::render(&input.image, m).save(&png) {
+                    tracing::warn!("{}: cannot write the overlay: {e}", png.display());
+                }
+            }
+            tracing::info!(
+                "{name}: {:?} (p = {:.3}) in {:.0} ms",
+                m.finding,
+                m.fracture_probability.map_or(f64::NAN, |p| p.get()),
+                m.timing_ms.total
+            );
+        }
+    }
+    Ok(())
+}

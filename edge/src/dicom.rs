@@ -1,0 +1,178 @@
+//! DICOM Part 10 radiographs (CR, DX, DR) to display-ready grayscale: modality rescale
+//! (slope/intercept), the first VOI window (or the pixel range when there is none), and
+//! MONOCHROME1 inverted so that bone is always bright, as the models were trained.
+//!
+//! Refused with a clear error: objects without pixel data, other modalities (CT, MR, US, …),
+//! colour images, and pixel data dicom-rs 0.10.1 cannot decode (JPEG Extended 12-bit among
+//! them).
+
+use crate::input::InputError;
+use dicom_dictionary_std::tags;
+use dicom_object::DefaultDicomObject;
+use dicom_pixeldata::PixelDecoder as _;
+use fv_core::imaging::{DecodeOptions, Gray16, XrayImage};
+use std::path::Path;
+
+/// Modalities read: computed and digital radiography.
+pub const MODALITIES: [&str; 3] = ["CR", "DX", "DR"];
+
+/// JPEG Extended (Process 2 & 4): 12-bit JPEG that dicom-rs 0.10.1 does not decode.
+const JPEG_EXTENDED: &str = "1.2.840.10008.1.2.4.51";
+
+/// A decoded DICOM radiograph.
+pub struct DicomImage {
+    /// 16-bit pixels after rescale, window and MONOCHROME1 inversion.
+    pub image: XrayImage,
+    /// StudyInstanceUID: stays on the device (hashed before anything is sent).
+    pub study_uid: Option<String>,
+}
+
+fn text(obj: &DefaultDicomObject, tag: dicom_core::Tag) -> Option<String> {
+    obj.element_opt(tag)
+        .ok()
+        .flatten()
+        .and_then(|e| e.to_str().ok())
+        .map(|s| s.trim_matches(|c: char| c == '\0' || c.is_whitespace()).to_owned())
+        .filter(|s| !s.is_empty())
+}
+
+fn err(code: &'static str, path: &Path, what: impl std::fmt::Display) -> InputError {
+    InputError {
+        code,
+        message: format!("{}: {what}", path.display()),
+    }
+}
+
+/// Reads a DICOM file and decodes its first frame.
+pub fn load(path: &Path, options: &DecodeOptions) -> Result<DicomImage, InputError> {
+    let obj = dicom_object::open_file(path).map_err(|e| {
+        err(
+            "corrupt",
+            path,
+            format!("not a readable DICOM Part 10 file ({e}); send it again"),
+        )
+    })?;
+    let ts = obj
+        .meta()
+        .transfer_syntax()
+        .trim_end_matches('\0')
+        .to_owned();
+    let modality = text(&obj, tags::MODALITY).unwrap_or_default();
+    if obj.element_opt(tags::PIXEL_DATA).ok().flatten().is_none() {
+        return Err(err(
+            "not_an_image",
+            path,
+            format!(
+                "DICOM object without pixel data (SOP class {}, modality `{modality}`); fv-edge reads radiographs only",
+                obj.meta().media_storage_sop_class_uid().trim_end_matches('\0')
+            ),
+        ));
+    }
+    if !MODALITIES.contains(&modality.as_str()) {
+        return Err(err(
+            "unsupported_modality",
+            path,
+            format!(
+                "modality `{modality}` is not a radiograph; fv-edge reads {} only",
+                MODALITIES.join(", ")
+            ),
+        ));
+    }
+    let photometric = text(&obj, tags::PHOTOMETRIC_INTERPRETATION).unwrap_or_default();
+    let inverted = match photometric.as_str() {
+        "MONOCHROME2" => false,
+        "MONOCHROME1" => true,
+        other => {
+            return Err(err(
+                "unsupported_photometric",
+                path,
+                format!("photometric interpretation `{other}`; radiographs are MONOCHROME1 or MONOCHROME2"),
+            ))
+        }
+    };
+    let dim = |tag| {
+        obj.element_opt(tag)
+            .ok()
+            .flatten()
+            .and_then(|e| e.to_int::<u32>().ok())
+            .unwrap_or(0)
+    };
+    let (rows, cols) = (dim(tags::ROWS), dim(tags::COLUMNS));
+    if rows == 0 || cols == 0 {
+        return Err(err("corrupt", path, "Rows or Columns is missing or zero"));
+    }
+    if rows as u64 * cols as u64 > options.max_pixels {
+        return Err(err(
+            "too_large",
+            path,
+            format!(
+                "image of {cols}×{rows} pixels exceeds the limit of {} pixels; raise `max_pixels` if this size is genuine",
+                options.max_pixels
+            ),
+        ));
+    }
+    let decoded = obj.decode_pixel_data_frame(0).map_err(|e| {
+        if ts == JPEG_EXTENDED {
+            err(
+                "unsupported_transfer_syntax",
+                path,
+                format!(
+                    "JPEG Extended 12-bit ({ts}) cannot be decoded by this build (dicom-rs 0.10.1): {e}; \
+                     send it uncompressed, JPEG Lossless or JPEG 2000"
+                ),
+            )
+        } else {
+            err(
+                "pixel_decode",
+                path,
+                format!("cannot decode the pixel data (transfer syntax {ts}): {e}"),
+            )
+        }
+    })?;
+    // Modality rescale applied; no VOI yet (dicom-rs leaves it to image conversion).
+    let values: Vec<f32> = decoded
+        .to_vec_frame(0)
+        .map_err(|e| err("pixel_decode", path, format!("cannot convert the pixel data: {e}")))?;
+    if values.len() != rows as usize * cols as usize {
+        return Err(err(
+            "pixel_decode",
+            path,
+            format!(
+                "{} pixel values for {cols}×{rows}; only single-sample (grayscale) images are read",
+                values.len()
+            ),
+        ));
+    }
+    let window = decoded
+        .window()
+        .ok()
+        .flatten()
+        .and_then(|w| w.first().copied())
+        .filter(|w| w.width > 1.0);
+    let (lo, hi) = match window {
+        // PS3.3 C.11.2.1.2.1 (LINEAR), continuous form.
+        Some(w) => (
+            (w.center - 0.5 - (w.width - 1.0) / 2.0) as f32,
+            (w.center - 0.5 + (w.width - 1.0) / 2.0) as f32,
+        ),
+        None => values
+            .iter()
+            .fold((f32::MAX, f32::MIN), |(a, b), &v| (a.min(v), b.max(v))),
+    };
+    let span = (hi - lo).max(f32::EPSILON);
+    let pixels: Vec<u16> = values
+        .iter()
+        .map(|&v| {
+            let t = ((v - lo) / span).clamp(0.0, 1.0);
+            let t = if inverted { 1.0 - t } else { t };
+            (t * 65535.0).round() as u16
+        })
+        .collect();
+    let image = Gray16::from_raw(cols, rows, pixels)
+        .map(|p| XrayImage::from_gray16(p, 16))
+        .ok_or_else(|| err("corrupt", path, "pixel buffer does not match Rows × Columns"))?;
+    Ok(DicomImage {
+        image,
+        study_uid: text(&obj, tags::STUDY_INSTANCE_UID),
+    })
+}

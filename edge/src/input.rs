@@ -1,0 +1,107 @@
+//! One input image, from whatever source: decoded to grayscale in display orientation, with
+//! what the result message may say about it (never a patient identifier).
+
+use crate::dicom;
+use fv_core::imaging::{decode_file, DecodeOptions, XrayImage};
+use fv_core::result::{ErrorInfo, SourceKind};
+use std::path::Path;
+
+/// A decoded input ready for the pipeline.
+#[derive(Clone, Debug)]
+pub struct Input {
+    /// The pixels, display orientation.
+    pub image: XrayImage,
+    /// Kind of source.
+    pub kind: SourceKind,
+    /// File name without directories, or the device and frame.
+    pub name: String,
+    /// The StudyInstanceUID (DICOM only). Stays on the device: only its salted hash is sent.
+    pub study_uid: Option<String>,
+    /// Acquisition time as RFC 3339, when known.
+    pub captured_at: Option<String>,
+}
+
+/// Why an input cannot be used: a stable code and a message naming the file.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct InputError {
+    /// Machine-readable code.
+    pub code: &'static str,
+    /// For people: names the file, the reason and what to do.
+    pub message: String,
+}
+
+impl InputError {
+    /// The error as a result message carries it.
+    pub fn info(&self) -> ErrorInfo {
+        ErrorInfo {
+            code: self.code.into(),
+            message: self.message.clone(),
+        }
+    }
+}
+
+/// The file name without directories, as results carry it.
+pub fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string())
+}
+
+fn modified_rfc3339(path: &Path) -> Option<String> {
+    let t = std::fs::metadata(path).ok()?.modified().ok()?;
+    Some(humantime::format_rfc3339_millis(t).to_string())
+}
+
+/// Whether `bytes` start like a DICOM Part 10 file (`DICM` after the 128-byte preamble).
+pub fn is_dicom(bytes: &[u8]) -> bool {
+    bytes.get(128..132) == Some(b"DICM")
+}
+
+/// Reads and decodes one file: DICOM Part 10, PNG, TIFF or JPEG.
+pub fn load_file(path: &Path, options: &DecodeOptions) -> Result<Input, InputError> {
+    let mut head = [0u8; 132];
+    let n = {
+        use std::io::Read as _;
+        let mut f = std::fs::File::open(path).map_err(|e| InputError {
+            code: "io",
+            message: format!("{}: cannot read the file: {e}", path.display()),
+        })?;
+        let mut n = 0;
+        while n < head.len() {
+            match f.read(&mut head[n..]) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) => {
+                    return Err(InputError {
+                        code: "io",
+                        message: format!("{}: cannot read the file: {e}", path.display()),
+                    })
+                }
+            }
+        }
+        n
+    };
+    let captured_at = modified_rfc3339(path);
+    if is_dicom(&head[..n]) {
+        let d = dicom::load(path, options)?;
+        return Ok(Input {
+            image: d.image,
+            kind: SourceKind::Dicom,
+            name: file_name(path),
+            study_uid: d.study_uid,
+            captured_at,
+        });
+    }
+    let decoded = decode_file(path, options).map_err(|e| InputError {
+        code: e.code(),
+        message: e.to_string(),
+    })?;
+    Ok(Input {
+        image: decoded.image,
+        kind: SourceKind::File,
+        name: file_name(path),
+        study_uid: None,
+        captured_at,
+    })
+}

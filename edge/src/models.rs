@@ -1,0 +1,199 @@
+//! The models directory: manifests beside ONNX files. Each model's file is checked against
+//! its manifest's sha256 before it is loaded; a mismatch refuses to start.
+
+use crate::engine::{Engine, TractEngine};
+use anyhow::Context as _;
+use fv_core::manifest::{Manifest, Precision, Task};
+use fv_core::result::ModelRef;
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+
+/// The precision chosen when a directory holds several and none is asked for: fp32, exact
+/// on tract's CPU path (int8 is for accelerators; fp16 has no fast CPU kernels in tract).
+pub const DEFAULT_PRECISION: Precision = Precision::Fp32;
+
+/// A model ready to run.
+pub struct Model {
+    /// Its manifest.
+    pub manifest: Manifest,
+    /// The ONNX file.
+    pub path: PathBuf,
+    /// The engine running it.
+    pub engine: Box<dyn Engine>,
+}
+
+impl Model {
+    /// How results name it.
+    pub fn reference(&self) -> ModelRef {
+        ModelRef {
+            name: self.manifest.name.clone(),
+            version: self.manifest.version.clone(),
+            sha256: self.manifest.onnx_sha256.clone(),
+            precision: self.manifest.precision,
+        }
+    }
+}
+
+/// The classifier and, when the directory has one, the detector.
+pub struct Models {
+    /// Fracture classifier.
+    pub classifier: Model,
+    /// Fracture detector.
+    pub detector: Option<Model>,
+}
+
+/// A manifest found in the directory with its ONNX file.
+#[derive(Clone, Debug)]
+pub struct Found {
+    /// Parsed manifest.
+    pub manifest: Manifest,
+    /// Manifest file.
+    pub json: PathBuf,
+    /// ONNX file beside it.
+    pub onnx: PathBuf,
+}
+
+/// Every model manifest in `dir` (JSON files with a `manifest_version`).
+pub fn scan(dir: &Path) -> anyhow::Result<Vec<Found>> {
+    let entries = std::fs::read_dir(dir).with_context(|| {
+        format!(
+            "{}: cannot read the models directory; pass --models DIR (default ./models)",
+            dir.display()
+        )
+    })?;
+    let mut found = Vec::new();
+    let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    paths.sort();
+    for json in paths {
+        if json.extension().is_none_or(|e| e != "json") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&json)
+            .with_context(|| format!("{}: cannot read", json.display()))?;
+        if !text.contains("\"manifest_version\"") {
+            continue;
+        }
+        let manifest = Manifest::from_json(&text, &json)?;
+        let onnx = json.with_extension("onnx");
+        found.push(Found {
+            manifest,
+            json,
+            onnx,
+        });
+    }
+    Ok(found)
+}
+
+/// Hex SHA-256 of a file.
+pub fn sha256_file(path: &Path) -> anyhow::Result<String> {
+    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    Ok(Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+fn choose(
+    found: &[Found],
+    task: Task,
+    name: Option<&str>,
+    precision: Option<Precision>,
+    dir: &Path,
+) -> anyhow::Result<Option<Found>> {
+    let of_task: Vec<&Found> = found
+        .iter()
+        .filter(|f| f.manifest.task == task)
+        .filter(|f| name.is_none_or(|n| f.manifest.name == n))
+        .collect();
+    if of_task.is_empty() {
+        return Ok(None);
+    }
+    let mut names: Vec<&str> = of_task.iter().map(|f| f.manifest.name.as_str()).collect();
+    names.dedup();
+    anyhow::ensure!(
+        names.len() == 1,
+        "{}: several {task:?} models ({}); choose one with `classifier`/`detector` in the config",
+        dir.display(),
+        names.join(", ")
+    );
+    let want = precision.unwrap_or(DEFAULT_PRECISION);
+    let pick = of_task
+        .iter()
+        .find(|f| f.manifest.precision == want)
+        // Only one precision present and none asked for: take it.
+        .or_else(|| (precision.is_none() && of_task.len() == 1).then(|| &of_task[0]));
+    match pick {
+        Some(f) => Ok(Some((*f).clone())),
+        None => anyhow::bail!(
+            "{}: model `{}` has no {want:?} file (found: {}); pass --precision",
+            dir.display(),
+            names[0],
+            of_task
+                .iter()
+                .map(|f| format!("{:?}", f.manifest.precision).to_lowercase())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+/// Loads one model after checking its hash.
+pub fn load(found: &Found) -> anyhow::Result<Model> {
+    let sha = sha256_file(&found.onnx)?;
+    anyhow::ensure!(
+        sha == found.manifest.onnx_sha256,
+        "{}: sha256 {sha} does not match its manifest {} ({}); the file was changed or \
+         damaged: copy the model and its manifest again",
+        found.onnx.display(),
+        found.json.display(),
+        found.manifest.onnx_sha256
+    );
+    let i = &found.manifest.input;
+    let shape = [1, i.channels as usize, i.height as usize, i.width as usize];
+    let engine = TractEngine::load(&found.onnx, shape)?;
+    Ok(Model {
+        manifest: found.manifest.clone(),
+        path: found.onnx.clone(),
+        engine: Box::new(engine),
+    })
+}
+
+/// What to load from a models directory.
+#[derive(Clone, Debug, Default)]
+pub struct Selection {
+    /// Precision to run (default [`DEFAULT_PRECISION`]).
+    pub precision: Option<Precision>,
+    /// Classifier name, when the directory has several.
+    pub classifier: Option<String>,
+    /// Detector name, when the directory has several.
+    pub detector: Option<String>,
+}
+
+/// Loads the classifier (required) and the detector (optional) from `dir`.
+pub fn load_dir(dir: &Path, sel: &Selection) -> anyhow::Result<Models> {
+    let found = scan(dir)?;
+    let classifier = choose(
+        &found,
+        Task::Classify,
+        sel.classifier.as_deref(),
+        sel.precision,
+        dir,
+    )?
+    .with_context(|| {
+        format!(
+            "{}: no classifier manifest (task \"classify\"); export one with `fv-train export`",
+            dir.display()
+        )
+    })?;
+    let detector = choose(
+        &found,
+        Task::Detect,
+        sel.detector.as_deref(),
+        sel.precision,
+        dir,
+    )?;
+    Ok(Models {
+        classifier: load(&classifier)?,
+        detector: detector.as_ref().map(load).transpose()?,
+    })
+}

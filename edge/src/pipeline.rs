@@ -1,0 +1,261 @@
+//! From an input to a result message: preprocess as the manifest says (the same fv-core code
+//! the trainer used), classify, detect when configured, and read the outputs at the
+//! thresholds chosen on validation.
+
+use crate::input::{Input, InputError};
+use crate::models::{Model, Models};
+use fv_core::detection::{decode_yolov8, nms, NmsOptions};
+use fv_core::preprocess::preprocess;
+use fv_core::result::{
+    Finding, Level, ResultBox, ResultMessage, Source, SourceKind, Study, Timing, RESULT_SCHEMA,
+};
+use fv_core::Probability;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::time::Instant;
+
+/// When the detector runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum DetectPolicy {
+    /// On every image.
+    Always,
+    /// Only when the fracture probability is at or above the classifier's `suspicious`.
+    #[default]
+    Suspicious,
+    /// Never.
+    Never,
+}
+
+/// Who is reporting, and how.
+#[derive(Clone, Debug)]
+pub struct PipelineConfig {
+    /// Site name.
+    pub site: String,
+    /// Device id.
+    pub device: String,
+    /// Secret mixed into the StudyInstanceUID hash; never sent.
+    pub uid_salt: String,
+    /// When to detect.
+    pub detect: DetectPolicy,
+    /// Boxes scoring below this are not reported (also below the detector's `suspicious`).
+    pub min_score: f32,
+}
+
+/// A processed input: the message and, when it decoded, the image for the overlay.
+pub struct Outcome {
+    /// The result message.
+    pub message: ResultMessage,
+    /// The decoded image.
+    pub input: Option<Input>,
+}
+
+/// The models and the settings.
+pub struct Pipeline {
+    /// Loaded models.
+    pub models: Models,
+    /// Settings.
+    pub config: PipelineConfig,
+}
+
+fn ms(t: Instant) -> f64 {
+    (t.elapsed().as_secs_f64() * 1e3 * 1000.0).round() / 1000.0
+}
+
+/// Hex SHA-256 of `salt:uid`.
+pub fn uid_hash(salt: &str, uid: &str) -> String {
+    Sha256::digest(format!("{salt}:{uid}").as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The current time, RFC 3339 UTC with milliseconds.
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+}
+
+impl Pipeline {
+    fn message(&self, source: Source) -> ResultMessage {
+        let mut models = vec![self.models.classifier.reference()];
+        models.extend(self.models.detector.as_ref().map(Model::reference));
+        ResultMessage {
+            schema: RESULT_SCHEMA.into(),
+            id: uuid::Uuid::now_v7().to_string(),
+            site: self.config.site.clone(),
+            device: self.config.device.clone(),
+            source,
+            study: None,
+            captured_at: None,
+            processed_at: String::new(),
+            fracture_probability: None,
+            finding: None,
+            boxes: Vec::new(),
+            models,
+            timing_ms: Timing::default(),
+            error: None,
+        }
+    }
+
+    /// A result for an input that failed before or during decoding.
+    pub fn failed(&self, source: Source, error: &InputError) -> ResultMessage {
+        let mut m = self.message(source);
+        m.processed_at = now_rfc3339();
+        m.error = Some(error.info());
+        m
+    }
+
+    /// Loads with `load` and processes; `source` names the input if loading fails.
+    pub fn process(
+        &mut self,
+        source: Source,
+        load: impl FnOnce() -> Result<Input, InputError>,
+    ) -> Outcome {
+        let start = Instant::now();
+        let input = match load() {
+            Ok(i) => i,
+            Err(e) => {
+                let mut m = self.failed(source, &e);
+                m.timing_ms.total = ms(start);
+                return Outcome {
+                    message: m,
+                    input: None,
+                };
+            }
+        };
+        let decode = ms(start);
+        let mut m = self.message(Source {
+            kind: input.kind,
+            name: input.name.clone(),
+        });
+        m.study = input.study_uid.as_ref().map(|uid| Study {
+            uid_hash: uid_hash(&self.config.uid_salt, uid),
+        });
+        m.captured_at = input.captured_at.clone();
+        match self.read(&input, &mut m) {
+            Ok(t) => {
+                m.timing_ms = Timing {
+                    decode,
+                    total: ms(start),
+                    ..t
+                };
+            }
+            Err(e) => {
+                m.error = Some(fv_core::result::ErrorInfo {
+                    code: "inference".into(),
+                    message: format!("{}: inference failed: {e:#}", input.name),
+                });
+                m.timing_ms.decode = decode;
+                m.timing_ms.total = ms(start);
+            }
+        }
+        m.processed_at = now_rfc3339();
+        Outcome {
+            message: m,
+            input: Some(input),
+        }
+    }
+
+    fn read(&mut self, input: &Input, m: &mut ResultMessage) -> anyhow::Result<Timing> {
+        let mut timing = Timing::default();
+        let c = &mut self.models.classifier;
+        let t = Instant::now();
+        let pre = preprocess(&input.image, &c.manifest.input);
+        timing.preprocess = ms(t);
+        let t = Instant::now();
+        let out = c.engine.run(&pre.tensor)?;
+        timing.classify = ms(t);
+        let p = fracture_probability(&c.manifest, out.first().map(Vec::as_slice).unwrap_or(&[]))?;
+        let th = c.manifest.thresholds;
+        m.fracture_probability = Some(p);
+        m.finding = Some(Finding::at(p, th.suspicious, th.definite));
+        let run_detector = match self.config.detect {
+            DetectPolicy::Always => true,
+            DetectPolicy::Suspicious => p >= th.suspicious,
+            DetectPolicy::Never => false,
+        };
+        if let (true, Some(d)) = (run_detector, self.models.detector.as_mut()) {
+            let t = Instant::now();
+            let pre = preprocess(&input.image, &d.manifest.input);
+            let out = d.engine.run(&pre.tensor)?;
+            let raw = out.first().map(Vec::as_slice).unwrap_or(&[]);
+            let classes = d.manifest.labels.len().max(1);
+            let anchors = raw.len() / (4 + classes);
+            let dt = d.manifest.thresholds;
+            let floor = (dt.suspicious.get() as f32).max(self.config.min_score);
+            let dets = decode_yolov8(raw, classes, anchors, floor)?;
+            let kept = nms(
+                dets,
+                &NmsOptions {
+                    score_threshold: floor,
+                    iou_threshold: 0.45,
+                    max_detections: 100,
+                    class_agnostic: true,
+                },
+            );
+            m.boxes = kept
+                .iter()
+                .map(|k| {
+                    let b = pre.geometry.to_original(&k.bbox);
+                    ResultBox {
+                        x1: b.x1,
+                        y1: b.y1,
+                        x2: b.x2,
+                        y2: b.y2,
+                        score: k.score,
+                        level: if k.score >= dt.definite {
+                            Level::Definite
+                        } else {
+                            Level::Suspicious
+                        },
+                    }
+                })
+                .collect();
+            timing.detect = Some(ms(t));
+        }
+        Ok(timing)
+    }
+}
+
+/// The fracture probability from the classifier's first output, read as its manifest says.
+pub fn fracture_probability(
+    manifest: &fv_core::manifest::Manifest,
+    out: &[f32],
+) -> anyhow::Result<Probability> {
+    let k = manifest
+        .labels
+        .iter()
+        .position(|l| l == "fractured")
+        .unwrap_or(manifest.labels.len().saturating_sub(1));
+    anyhow::ensure!(
+        out.len() == manifest.labels.len(),
+        "the classifier returned {} values for {} labels",
+        out.len(),
+        manifest.labels.len()
+    );
+    let meaning = manifest.outputs.first().map(|o| o.meaning.as_str());
+    let p = match meaning {
+        Some("logits") => {
+            let max = out.iter().copied().fold(f32::MIN, f32::max);
+            let sum: f32 = out.iter().map(|v| (v - max).exp()).sum();
+            (out[k] - max).exp() / sum
+        }
+        _ => out[k],
+    };
+    Ok(Probability::saturating(p as f64))
+}
+
+/// The source record for a file path.
+pub fn file_source(path: &std::path::Path) -> Source {
+    let dicom = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("dcm"));
+    Source {
+        kind: if dicom {
+            SourceKind::Dicom
+        } else {
+            SourceKind::File
+        },
+        name: crate::input::file_name(path),
+    }
+}
