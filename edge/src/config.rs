@@ -75,7 +75,8 @@ impl Layer {
     pub fn from_file(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| anyhow::anyhow!("{}: cannot read the config: {e}", path.display()))?;
-        toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: invalid config: {e}", path.display()))
+        toml::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("{}: invalid config: {e}", path.display()))
     }
 
     /// `FV_*` variables from `get`.
@@ -175,7 +176,10 @@ mod tests {
         assert_eq!(c.device_id.as_deref(), Some("d-file"));
         assert_eq!(c.mqtt.url.as_deref(), Some("mqtt://b:2"));
         assert_eq!(c.settle_ms, Some(5));
-        assert!(toml::from_str::<Layer>("sight = 1").is_err(), "typos are refused");
+        assert!(
+            toml::from_str::<Layer>("sight = 1").is_err(),
+            "typos are refused"
+        );
         assert!(check_topic_level("site", "a/b").is_err());
         assert!(Layer::from_env(|k| (k == "FV_PRECISION").then(|| "int4".to_owned())).is_err());
     }

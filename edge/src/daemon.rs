@@ -72,7 +72,11 @@ fn uid_salt(configured: Option<String>, state: &Path) -> anyhow::Result<String> 
     if let Ok(s) = std::fs::read_to_string(&p) {
         return Ok(s.trim().to_owned());
     }
-    let s = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+    let s = format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
     write_synced(&p, s.as_bytes()).with_context(|| format!("{}: cannot write", p.display()))?;
     Ok(s)
 }
@@ -99,18 +103,29 @@ pub fn run(layer: Layer) -> anyhow::Result<()> {
         .context("nothing to watch: pass --watch DIR (or `watch` in the config)")?;
     let r = Resolved {
         done: layer.done.clone().unwrap_or_else(|| watch.join("done")),
-        quarantine: layer.quarantine.clone().unwrap_or_else(|| watch.join("quarantine")),
-        state: layer.state.clone().unwrap_or_else(|| PathBuf::from("state")),
+        quarantine: layer
+            .quarantine
+            .clone()
+            .unwrap_or_else(|| watch.join("quarantine")),
+        state: layer
+            .state
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("state")),
         settle: Duration::from_millis(layer.settle_ms.unwrap_or(1000)),
         decode: DecodeOptions {
-            max_pixels: layer.max_pixels.unwrap_or(DecodeOptions::DEFAULT_MAX_PIXELS),
+            max_pixels: layer
+                .max_pixels
+                .unwrap_or(DecodeOptions::DEFAULT_MAX_PIXELS),
         },
         watch,
     };
     for d in [&r.watch, &r.done, &r.quarantine, &r.state] {
         std::fs::create_dir_all(d).with_context(|| format!("{}: cannot create", d.display()))?;
     }
-    let models_dir = layer.models.clone().unwrap_or_else(|| PathBuf::from("models"));
+    let models_dir = layer
+        .models
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("models"));
     let models = load_dir(
         &models_dir,
         &Selection {
@@ -133,7 +148,11 @@ pub fn run(layer: Layer) -> anyhow::Result<()> {
     };
     let limits = layer.outbox.unwrap_or_default();
     let outbox_dir = r.state.join("outbox");
-    let mut outbox = Outbox::open(&outbox_dir, limits)?;
+    // Without a broker nothing would drain the outbox: results are local files only.
+    let mut outbox = match layer.mqtt.url {
+        Some(_) => Some(Outbox::open(&outbox_dir, limits)?),
+        None => None,
+    };
 
     let shutdown = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
@@ -161,7 +180,11 @@ pub fn run(layer: Layer) -> anyhow::Result<()> {
                 url: url.clone(),
                 client_id: device.clone(),
                 site: site.clone(),
-                credentials: layer.mqtt.username.clone().map(|u| (u, password.unwrap_or_default())),
+                credentials: layer
+                    .mqtt
+                    .username
+                    .clone()
+                    .map(|u| (u, password.unwrap_or_default())),
                 ca_file: layer.mqtt.ca_file.clone(),
                 heartbeat: Duration::from_secs(layer.mqtt.heartbeat_s.unwrap_or(30).max(1)),
                 topics: Topics::new(&site, &device),
@@ -171,11 +194,15 @@ pub fn run(layer: Layer) -> anyhow::Result<()> {
                 shutdown: shutdown.clone(),
                 worker_done: worker_done.clone(),
             };
-            Some(std::thread::Builder::new().name("mqtt".into()).spawn(move || {
-                if let Err(e) = p.run() {
-                    tracing::error!("mqtt: {e:#}");
-                }
-            })?)
+            Some(
+                std::thread::Builder::new()
+                    .name("mqtt".into())
+                    .spawn(move || {
+                        if let Err(e) = p.run() {
+                            tracing::error!("mqtt: {e:#}");
+                        }
+                    })?,
+            )
         }
     };
 
@@ -207,7 +234,9 @@ pub fn run(layer: Layer) -> anyhow::Result<()> {
             }
             present.push(p.clone());
             let key = (meta.len(), meta.modified().ok());
-            let entry = seen.entry(p.clone()).or_insert((key.0, key.1, Instant::now()));
+            let entry = seen
+                .entry(p.clone())
+                .or_insert((key.0, key.1, Instant::now()));
             if (entry.0, entry.1) != key {
                 *entry = (key.0, key.1, Instant::now());
             } else if entry.2.elapsed() >= r.settle {
@@ -221,7 +250,7 @@ pub fn run(layer: Layer) -> anyhow::Result<()> {
                 break;
             }
             seen.remove(&path);
-            if let Err(e) = process_file(&mut pipeline, &path, &r, &mut outbox, &stats) {
+            if let Err(e) = process_file(&mut pipeline, &path, &r, outbox.as_mut(), &stats) {
                 // The input stays where it is and is tried again; say why, loudly.
                 tracing::error!("{}: {e:#}", path.display());
                 stats.lock().expect("stats lock").last_error = Some(format!("{e:#}"));
@@ -241,14 +270,16 @@ fn process_file(
     pipeline: &mut Pipeline,
     path: &Path,
     r: &Resolved,
-    outbox: &mut Outbox,
+    outbox: Option<&mut Outbox>,
     stats: &Mutex<Stats>,
 ) -> anyhow::Result<()> {
     let outcome = pipeline.process(file_source(path), || load_file(path, &r.decode));
     let m = &outcome.message;
     let json = serde_json::to_vec_pretty(m)?;
     // Durable first: the outbox entry, then the files a person sees.
-    outbox.push(&serde_json::to_vec(m)?)?;
+    if let Some(outbox) = outbox {
+        outbox.push(&serde_json::to_vec(m)?)?;
+    }
     let name = file_name(path);
     {
         let mut s = stats.lock().expect("stats lock");
@@ -263,16 +294,20 @@ fn process_file(
     match &m.error {
         Some(e) => {
             let dest = free_name(&r.quarantine, &name);
-            move_file(path, &dest)
-                .with_context(|| format!("cannot move to {}", dest.display()))?;
-            write_synced(&PathBuf::from(format!("{}.error.json", dest.display())), &json)?;
+            move_file(path, &dest).with_context(|| format!("cannot move to {}", dest.display()))?;
+            write_synced(
+                &PathBuf::from(format!("{}.error.json", dest.display())),
+                &json,
+            )?;
             tracing::warn!("quarantined {}: {}", dest.display(), e.message);
         }
         None => {
             let dest = free_name(&r.done, &name);
-            move_file(path, &dest)
-                .with_context(|| format!("cannot move to {}", dest.display()))?;
-            write_synced(&PathBuf::from(format!("{}.result.json", dest.display())), &json)?;
+            move_file(path, &dest).with_context(|| format!("cannot move to {}", dest.display()))?;
+            write_synced(
+                &PathBuf::from(format!("{}.result.json", dest.display())),
+                &json,
+            )?;
             if let Some(input) = &outcome.input {
                 let png = PathBuf::from(format!("{}.overlay.png", dest.display()));
                 if let Err(e) = crate::overlay::render(&input.image, m).save(&png) {

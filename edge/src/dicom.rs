@@ -32,7 +32,10 @@ fn text(obj: &DefaultDicomObject, tag: dicom_core::Tag) -> Option<String> {
         .ok()
         .flatten()
         .and_then(|e| e.to_str().ok())
-        .map(|s| s.trim_matches(|c: char| c == '\0' || c.is_whitespace()).to_owned())
+        .map(|s| {
+            s.trim_matches(|c: char| c == '\0' || c.is_whitespace())
+                .to_owned()
+        })
         .filter(|s| !s.is_empty())
 }
 
@@ -82,13 +85,13 @@ pub fn load(path: &Path, options: &DecodeOptions) -> Result<DicomImage, InputErr
     let inverted = match photometric.as_str() {
         "MONOCHROME2" => false,
         "MONOCHROME1" => true,
-        other => {
-            return Err(err(
-                "unsupported_photometric",
-                path,
-                format!("photometric interpretation `{other}`; radiographs are MONOCHROME1 or MONOCHROME2"),
-            ))
-        }
+        other => return Err(err(
+            "unsupported_photometric",
+            path,
+            format!(
+                "photometric interpretation `{other}`; radiographs are MONOCHROME1 or MONOCHROME2"
+            ),
+        )),
     };
     let dim = |tag| {
         obj.element_opt(tag)
@@ -130,9 +133,13 @@ pub fn load(path: &Path, options: &DecodeOptions) -> Result<DicomImage, InputErr
         }
     })?;
     // Modality rescale applied; no VOI yet (dicom-rs leaves it to image conversion).
-    let values: Vec<f32> = decoded
-        .to_vec_frame(0)
-        .map_err(|e| err("pixel_decode", path, format!("cannot convert the pixel data: {e}")))?;
+    let values: Vec<f32> = decoded.to_vec_frame(0).map_err(|e| {
+        err(
+            "pixel_decode",
+            path,
+            format!("cannot convert the pixel data: {e}"),
+        )
+    })?;
     if values.len() != rows as usize * cols as usize {
         return Err(err(
             "pixel_decode",
@@ -170,7 +177,13 @@ pub fn load(path: &Path, options: &DecodeOptions) -> Result<DicomImage, InputErr
         .collect();
     let image = Gray16::from_raw(cols, rows, pixels)
         .map(|p| XrayImage::from_gray16(p, 16))
-        .ok_or_else(|| err("corrupt", path, "pixel buffer does not match Rows × Columns"))?;
+        .ok_or_else(|| {
+            err(
+                "corrupt",
+                path,
+                "pixel buffer does not match Rows × Columns",
+            )
+        })?;
     Ok(DicomImage {
         image,
         study_uid: text(&obj, tags::STUDY_INSTANCE_UID),

@@ -192,9 +192,8 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             let mut out = std::io::stdout().lock();
             let mut all_ok = true;
             for f in files {
-                let outcome = pipeline.process(file_source(&f), || {
-                    fv_edge::input::load_file(&f, &options)
-                });
+                let outcome =
+                    pipeline.process(file_source(&f), || fv_edge::input::load_file(&f, &options));
                 all_ok &= outcome.message.error.is_none();
                 if !emit(&mut out, &serde_json::to_string(&outcome.message)?)? {
                     break;

@@ -135,8 +135,9 @@ impl Publisher {
             let ca_file = self.ca_file.as_ref().context(
                 "mqtts:// needs `ca_file` (the broker's CA certificate, PEM) in the [mqtt] config",
             )?;
-            let ca = std::fs::read(ca_file)
-                .with_context(|| format!("{}: cannot read the CA certificate", ca_file.display()))?;
+            let ca = std::fs::read(ca_file).with_context(|| {
+                format!("{}: cannot read the CA certificate", ca_file.display())
+            })?;
             o.set_transport(Transport::tls_with_config(TlsConfiguration::Simple {
                 ca,
                 alpn: None,
@@ -166,12 +167,18 @@ impl Publisher {
                 flush_deadline = Some(Instant::now() + Duration::from_secs(5));
             }
             if stopping && !connected {
-                tracing::info!("mqtt: stopping while offline; {} results stay queued", outbox.depth());
+                tracing::info!(
+                    "mqtt: stopping while offline; {} results stay queued",
+                    outbox.depth()
+                );
                 return Ok(());
             }
             let idle = order.is_empty() && inflight.is_empty();
             let drained = self.worker_done.load(Ordering::SeqCst) && idle && outbox.depth() == 0;
-            if stopping && !offline_sent && (drained || flush_deadline.is_some_and(|d| Instant::now() > d)) {
+            if stopping
+                && !offline_sent
+                && (drained || flush_deadline.is_some_and(|d| Instant::now() > d))
+            {
                 client.try_publish(
                     &self.topics.status,
                     QoS::AtLeastOnce,
@@ -182,13 +189,17 @@ impl Publisher {
                 offline_sent = true;
                 flush_deadline = Some(Instant::now() + Duration::from_secs(2));
             }
-            if offline_sent && (order.is_empty() && inflight.is_empty()
-                || flush_deadline.is_some_and(|d| Instant::now() > d))
+            if offline_sent
+                && (order.is_empty() && inflight.is_empty()
+                    || flush_deadline.is_some_and(|d| Instant::now() > d))
             {
                 let _ = client.disconnect();
                 // Let the DISCONNECT go out.
                 let _ = conn.recv_timeout(Duration::from_millis(200));
-                tracing::info!("mqtt: offline status published; {} results stay queued", outbox.depth());
+                tracing::info!(
+                    "mqtt: offline status published; {} results stay queued",
+                    outbox.depth()
+                );
                 return Ok(());
             }
             if connected && !offline_sent {
@@ -200,7 +211,9 @@ impl Publisher {
                         if handed.contains(&e.seq) {
                             continue;
                         }
-                        let Ok(payload) = outbox.read(&e) else { continue };
+                        let Ok(payload) = outbox.read(&e) else {
+                            continue;
+                        };
                         if client
                             .try_publish(&self.topics.result, QoS::AtLeastOnce, false, payload)
                             .is_err()
@@ -224,7 +237,12 @@ impl Publisher {
                         "ts": crate::pipeline::now_rfc3339(),
                     });
                     if client
-                        .try_publish(&self.topics.heartbeat, QoS::AtMostOnce, false, hb.to_string())
+                        .try_publish(
+                            &self.topics.heartbeat,
+                            QoS::AtMostOnce,
+                            false,
+                            hb.to_string(),
+                        )
                         .is_ok()
                     {
                         order.push_back(None);
@@ -234,13 +252,22 @@ impl Publisher {
             }
             match conn.recv_timeout(Duration::from_millis(100)) {
                 Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => {
-                    tracing::info!("mqtt: connected to {}; {} results queued", self.url, outbox.depth());
+                    tracing::info!(
+                        "mqtt: connected to {}; {} results queued",
+                        self.url,
+                        outbox.depth()
+                    );
                     connected = true;
                     backoff = Duration::from_millis(200);
                     order.clear();
                     inflight.clear();
                     handed.clear();
-                    client.try_publish(&self.topics.status, QoS::AtLeastOnce, true, self.status("online", None))?;
+                    client.try_publish(
+                        &self.topics.status,
+                        QoS::AtLeastOnce,
+                        true,
+                        self.status("online", None),
+                    )?;
                     order.push_back(None);
                 }
                 Ok(Ok(Event::Outgoing(Outgoing::Publish(pkid)))) => {
@@ -257,7 +284,10 @@ impl Publisher {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => {
                     if connected {
-                        tracing::warn!("mqtt: connection to {} lost: {e}; results queue on disk", self.url);
+                        tracing::warn!(
+                            "mqtt: connection to {} lost: {e}; results queue on disk",
+                            self.url
+                        );
                     } else {
                         tracing::debug!("mqtt: cannot connect to {}: {e}", self.url);
                     }

@@ -235,7 +235,10 @@ mod tests {
             .iter()
             .map(|e| String::from_utf8(o.read(e).unwrap()).unwrap())
             .collect();
-        assert_eq!(ids, ["{\"id\":\"r1\"}", "{\"id\":\"r2\"}", "{\"id\":\"r3\"}"]);
+        assert_eq!(
+            ids,
+            ["{\"id\":\"r1\"}", "{\"id\":\"r2\"}", "{\"id\":\"r3\"}"]
+        );
         let e = o.push(b"{\"id\":\"r4\"}").unwrap();
         assert_eq!(e.seq, 4, "sequence continues after a restart");
         let first = o.entries().unwrap()[0].clone();

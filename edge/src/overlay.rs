@@ -52,7 +52,10 @@ fn rect(img: &mut RgbImage, b: [i64; 4], thick: i64, dashed: bool, c: Rgb<u8>) {
 fn text(img: &mut RgbImage, x: f32, y: f32, size: f32, s: &str, c: Rgb<u8>) {
     let font = FontRef::try_from_slice(FONT).expect("the embedded font parses");
     let scaled = font.as_scaled(PxScale::from(size));
-    let width: f32 = s.chars().map(|ch| scaled.h_advance(font.glyph_id(ch))).sum();
+    let width: f32 = s
+        .chars()
+        .map(|ch| scaled.h_advance(font.glyph_id(ch)))
+        .sum();
     let pad = size * 0.3;
     for yy in (y - pad) as i64..(y + size + pad) as i64 {
         for xx in (x - pad) as i64..(x + width + pad) as i64 {
@@ -67,10 +70,14 @@ fn text(img: &mut RgbImage, x: f32, y: f32, size: f32, s: &str, c: Rgb<u8>) {
         if let Some(outline) = font.outline_glyph(glyph) {
             let bounds = outline.px_bounds();
             outline.draw(|gx, gy, coverage| {
-                let (px, py) = (bounds.min.x as i64 + gx as i64, bounds.min.y as i64 + gy as i64);
+                let (px, py) = (
+                    bounds.min.x as i64 + gx as i64,
+                    bounds.min.y as i64 + gy as i64,
+                );
                 if px >= 0 && py >= 0 && (px as u32) < img.width() && (py as u32) < img.height() {
                     let bg = *img.get_pixel(px as u32, py as u32);
-                    let mix = |a: u8, b: u8| (a as f32 * (1.0 - coverage) + b as f32 * coverage) as u8;
+                    let mix =
+                        |a: u8, b: u8| (a as f32 * (1.0 - coverage) + b as f32 * coverage) as u8;
                     img.put_pixel(
                         px as u32,
                         py as u32,
@@ -117,12 +124,23 @@ pub fn render(image: &XrayImage, m: &ResultMessage) -> RgbImage {
             if m.boxes.is_empty() {
                 String::new()
             } else {
-                format!(" ({} box{})", m.boxes.len(), if m.boxes.len() == 1 { "" } else { "es" })
+                format!(
+                    " ({} box{})",
+                    m.boxes.len(),
+                    if m.boxes.len() == 1 { "" } else { "es" }
+                )
             }
         ),
         _ => "not read".to_owned(),
     };
-    text(&mut img, size * 0.5, size * 0.5, size, &line, colour(m.finding));
+    text(
+        &mut img,
+        size * 0.5,
+        size * 0.5,
+        size,
+        &line,
+        colour(m.finding),
+    );
     text(
         &mut img,
         size * 0.5,

@@ -189,8 +189,7 @@ pub fn export_run(run: &RunDir, opts: &ExportOptions) -> anyhow::Result<Exported
             let data = FracAtlas::open(data_dir)
                 .with_context(|| format!("loading FracAtlas from {}", data_dir.display()))?;
             let split = data.classification_split(&run_data.split)?;
-            let [train_s, valid_s, test_s] =
-                split_samples(&data, &split, run_data.limit_per_class);
+            let [train_s, valid_s, test_s] = split_samples(&data, &split, run_data.limit_per_class);
             let mut method = "fp16 weights and compute, fp32 input and output (Cast)".to_owned();
             let mut calib = (None, None);
             if opts.precision == Precision::Fp16 {
@@ -201,8 +200,10 @@ pub fn export_run(run: &RunDir, opts: &ExportOptions) -> anyhow::Result<Exported
                 pool.truncate(opts.calib_images.max(1));
                 let (planes, _) = load_planes(&pool, config.image_size);
                 let (mean, std) = config.model.mean_std();
-                let images: Vec<Vec<f32>> =
-                    planes.iter().map(|(_, p)| to_batch(&[p], mean, std)).collect();
+                let images: Vec<Vec<f32>> = planes
+                    .iter()
+                    .map(|(_, p)| to_batch(&[p], mean, std))
+                    .collect();
                 let report = quantize(&mut proto, &images, &shape, opts.calibration)?;
                 tracing::info!("quantized: {report:?}");
                 method = format!(
@@ -219,8 +220,8 @@ pub fn export_run(run: &RunDir, opts: &ExportOptions) -> anyhow::Result<Exported
             }
             let bytes = graph::encode(&proto);
             let reference = Runner::new(&fp32, &shape)?;
-            let converted = Runner::new(&bytes, &shape)
-                .context("tract cannot run the converted graph")?;
+            let converted =
+                Runner::new(&bytes, &shape).context("tract cannot run the converted graph")?;
             let (mean, std) = config.model.mean_std();
             let valid_s = match opts.check_limit {
                 None => valid_s,
@@ -250,7 +251,10 @@ pub fn export_run(run: &RunDir, opts: &ExportOptions) -> anyhow::Result<Exported
                 valid_roc_auc: auc_conv,
                 valid_roc_auc_change: auc_conv - auc_ref,
                 valid_max_abs_probability_diff: diffs.last().copied().unwrap_or(0.0),
-                valid_median_abs_probability_diff: diffs.get(diffs.len() / 2).copied().unwrap_or(0.0),
+                valid_median_abs_probability_diff: diffs
+                    .get(diffs.len() / 2)
+                    .copied()
+                    .unwrap_or(0.0),
                 metrics_from_reference: opts.check_limit.is_some(),
             };
             if opts.check_limit.is_some() {
@@ -267,9 +271,8 @@ pub fn export_run(run: &RunDir, opts: &ExportOptions) -> anyhow::Result<Exported
                 let (test_planes, f) = load_planes(&test_s, config.image_size);
                 failures.extend(f);
                 let test = onnx_scores(&converted, &test_planes, mean, std)?;
-                let chosen = ChosenThresholds::choose(&valid).context(
-                    "the validation split needs both classes to choose thresholds",
-                )?;
+                let chosen = ChosenThresholds::choose(&valid)
+                    .context("the validation split needs both classes to choose thresholds")?;
                 let converted_metrics = ClassifyMetrics {
                     model: format!("{} ({:?}, tract)", config.model.name(), opts.precision),
                     checkpoint: run.best().display().to_string(),
@@ -308,7 +311,10 @@ pub fn export_run(run: &RunDir, opts: &ExportOptions) -> anyhow::Result<Exported
         .map(|b| format!("{b:02x}"))
         .collect();
 
-    let g = proto.graph.as_ref().context("the ONNX model has no graph")?;
+    let g = proto
+        .graph
+        .as_ref()
+        .context("the ONNX model has no graph")?;
     let mut input = config.input_spec();
     if let Some(i) = g.input.first() {
         input.name = i.name.clone();

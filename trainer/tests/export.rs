@@ -9,10 +9,10 @@ use common::{sample_dir, sample_run_data};
 use fv_core::manifest::{Manifest, Precision};
 use fv_train::export::{export_run, ExportOptions};
 use fv_train::models::ModelKind;
+use fv_train::onnx::{graph, run::Runner};
 use fv_train::pipeline::classify;
 use fv_train::training::{build_model, RunDir, TrainConfig};
 use sha2::{Digest, Sha256};
-use fv_train::onnx::{graph, run::Runner};
 
 #[test]
 fn fp32_export_matches_burn_in_tract() {
@@ -26,7 +26,11 @@ fn fp32_export_matches_burn_in_tract() {
     classify(&sample_dir(), &run_data, &config, &run, &device, false).unwrap();
 
     let out = tmp.path().join("models");
-    let e = export_run(&run, &ExportOptions::new(Precision::Fp32, "tiny-effl0", &out)).unwrap();
+    let e = export_run(
+        &run,
+        &ExportOptions::new(Precision::Fp32, "tiny-effl0", &out),
+    )
+    .unwrap();
     let manifest = Manifest::from_path(&e.manifest).unwrap();
     let bytes = std::fs::read(&e.onnx).unwrap();
     let sha: String = Sha256::digest(&bytes)
@@ -55,7 +59,10 @@ fn fp32_export_matches_burn_in_tract() {
 
     let got = run_tract(&e.onnx, x.clone());
     assert_eq!(got.len(), 2);
-    assert!(max_diff(&got, &want) <= 1e-4, "tract {got:?} vs burn {want:?}");
+    assert!(
+        max_diff(&got, &want) <= 1e-4,
+        "tract {got:?} vs burn {want:?}"
+    );
 
     // The exported graph is simplified: BatchNorm folded into Conv, ReLU6 as one Clip.
     let ops = graph::op_counts(graph::decode(&bytes).unwrap().graph.as_ref().unwrap());
@@ -85,13 +92,19 @@ fn fp32_export_matches_burn_in_tract() {
             Precision::Int8 => {
                 assert_eq!(c.calibration_images, Some(4));
                 // 49 convolutions and the classifier's MatMul, one weight DQ each.
-                assert_eq!(ops.get("DequantizeLinear").copied().unwrap_or(0), 50 + ops["QuantizeLinear"]);
+                assert_eq!(
+                    ops.get("DequantizeLinear").copied().unwrap_or(0),
+                    50 + ops["QuantizeLinear"]
+                );
             }
             _ => assert_eq!(ops.get("Cast"), Some(&2), "{ops:?}"),
         }
         let got = run_tract(&e.onnx, x.clone());
         let d = max_diff(&got, &want);
-        assert!(d as f64 <= tol, "{precision:?}: tract {got:?} vs burn {want:?}");
+        assert!(
+            d as f64 <= tol,
+            "{precision:?}: tract {got:?} vs burn {want:?}"
+        );
     }
 
     // fp16 and int8 need the data to calibrate and measure on.

@@ -58,10 +58,20 @@ fn tract_quantized_softmax_is_still_wrong() {
         name: "qdq_softmax".into(),
         node: vec![
             graph::node("QuantizeLinear", "q0", &["x", "s_in", "z_in"], &["x_q"]),
-            graph::node("DequantizeLinear", "dq0", &["x_q", "s_in", "z_in"], &["x_dq"]),
+            graph::node(
+                "DequantizeLinear",
+                "dq0",
+                &["x_q", "s_in", "z_in"],
+                &["x_dq"],
+            ),
             soft,
             graph::node("QuantizeLinear", "q1", &["p", "s_out", "z_out"], &["p_q"]),
-            graph::node("DequantizeLinear", "dq1", &["p_q", "s_out", "z_out"], &["y"]),
+            graph::node(
+                "DequantizeLinear",
+                "dq1",
+                &["p_q", "s_out", "z_out"],
+                &["y"],
+            ),
         ],
         initializer: vec![
             float_tensor("s_in", &[], &[0.05]),
@@ -75,9 +85,16 @@ fn tract_quantized_softmax_is_still_wrong() {
     };
     let bytes = graph::encode(&model(g));
     let x = vec![0.5f32, 1.0, -0.5, 2.0];
-    let got = Runner::new(&bytes, &[1, 4]).unwrap().run(x.clone()).unwrap().remove(0);
+    let got = Runner::new(&bytes, &[1, 4])
+        .unwrap()
+        .run(x.clone())
+        .unwrap()
+        .remove(0);
     let want = softmax(&x);
-    let right = got.iter().zip(&want).all(|(a, b)| (a - b).abs() <= 2.0 / 255.0);
+    let right = got
+        .iter()
+        .zip(&want)
+        .all(|(a, b)| (a - b).abs() <= 2.0 / 255.0);
     let all_ones = got.iter().all(|&v| v == 1.0);
     assert!(
         all_ones && !right,
@@ -118,7 +135,11 @@ fn attention_like() -> ModelProto {
 fn quantizer_keeps_softmax_neighbours_in_float() {
     let fp32 = attention_like();
     let images: Vec<Vec<f32>> = (0..8)
-        .map(|k| (0..8).map(|i| ((i * 3 + k * 5) % 7) as f32 / 3.0 - 1.0).collect())
+        .map(|k| {
+            (0..8)
+                .map(|i| ((i * 3 + k * 5) % 7) as f32 / 3.0 - 1.0)
+                .collect()
+        })
         .collect();
     let mut q = fp32.clone();
     let report = quantize(&mut q, &images, &[1, 8], Calibration::MinMax).unwrap();
@@ -127,8 +148,16 @@ fn quantizer_keeps_softmax_neighbours_in_float() {
     assert!(report.kept_float.iter().any(|k| k.starts_with("mm1")));
     assert!(report.kept_float.iter().any(|k| k.starts_with("mm2")));
     let g = q.graph.as_ref().unwrap();
-    let softmax_in = &g.node.iter().find(|n| n.op_type == "Softmax").unwrap().input[0];
-    assert_eq!(softmax_in, "h1", "Softmax must read the float MatMul output");
+    let softmax_in = &g
+        .node
+        .iter()
+        .find(|n| n.op_type == "Softmax")
+        .unwrap()
+        .input[0];
+    assert_eq!(
+        softmax_in, "h1",
+        "Softmax must read the float MatMul output"
+    );
 
     let a = Runner::new(&graph::encode(&fp32), &[1, 8]).unwrap();
     let b = Runner::new(&graph::encode(&q), &[1, 8]).unwrap();

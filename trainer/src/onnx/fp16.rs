@@ -67,10 +67,14 @@ pub fn to_fp16(model: &mut ModelProto) -> anyhow::Result<()> {
     for input in g.input.iter().map(|i| i.name.clone()).collect::<Vec<_>>() {
         let half = format!("{input}.fp16");
         for n in g.node.iter_mut() {
-            n.input.iter_mut().filter(|x| **x == input).for_each(|x| *x = half.clone());
+            n.input
+                .iter_mut()
+                .filter(|x| **x == input)
+                .for_each(|x| *x = half.clone());
         }
         let mut cast = graph::node("Cast", &format!("{half}.cast"), &[&input], &[&half]);
-        cast.attribute.push(int_attr("to", DataType::Float16 as i64));
+        cast.attribute
+            .push(int_attr("to", DataType::Float16 as i64));
         head.push(cast);
     }
     // fp32 outputs: the producer writes `<name>.fp16`, and a Cast restores the name.
@@ -78,8 +82,14 @@ pub fn to_fp16(model: &mut ModelProto) -> anyhow::Result<()> {
     for output in g.output.iter().map(|o| o.name.clone()).collect::<Vec<_>>() {
         let half = format!("{output}.fp16");
         for n in g.node.iter_mut() {
-            n.output.iter_mut().filter(|x| **x == output).for_each(|x| *x = half.clone());
-            n.input.iter_mut().filter(|x| **x == output).for_each(|x| *x = half.clone());
+            n.output
+                .iter_mut()
+                .filter(|x| **x == output)
+                .for_each(|x| *x = half.clone());
+            n.input
+                .iter_mut()
+                .filter(|x| **x == output)
+                .for_each(|x| *x = half.clone());
         }
         let mut cast = graph::node("Cast", &format!("{output}.cast"), &[&half], &[&output]);
         cast.attribute.push(int_attr("to", DataType::Float as i64));

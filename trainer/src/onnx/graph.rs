@@ -4,8 +4,8 @@ use anyhow::Context as _;
 use prost::Message as _;
 use std::collections::HashMap;
 pub use tract_onnx::pb::{
-    attribute_proto::AttributeType, tensor_proto::DataType, AttributeProto, GraphProto,
-    ModelProto, NodeProto, TensorProto, ValueInfoProto,
+    attribute_proto::AttributeType, tensor_proto::DataType, AttributeProto, GraphProto, ModelProto,
+    NodeProto, TensorProto, ValueInfoProto,
 };
 
 /// Parses an ONNX file's bytes.

@@ -182,7 +182,11 @@ fn calibrate(
 /// stays exact).
 pub fn uint8_params(low: f32, high: f32) -> (f32, u8) {
     let (low, high) = (low.min(0.0), high.max(0.0));
-    let scale = if high > low { (high - low) / 255.0 } else { 1.0 };
+    let scale = if high > low {
+        (high - low) / 255.0
+    } else {
+        1.0
+    };
     let zp = (-low / scale).round().clamp(0.0, 255.0) as u8;
     (scale, zp)
 }
@@ -238,8 +242,7 @@ pub fn quantize(
         }
     }
     let ranges = calibrate(model, &act, images, shape, method)?;
-    let range_of: HashMap<&str, (f32, f32)> =
-        act.iter().map(String::as_str).zip(ranges).collect();
+    let range_of: HashMap<&str, (f32, f32)> = act.iter().map(String::as_str).zip(ranges).collect();
 
     let g = graph::graph_mut(model)?;
     let idx = Index::new(g);
@@ -287,12 +290,7 @@ pub fn quantize(
                 q.iter().map(|&v| v as u8).collect(),
             ));
             new_inits.push(graph::float_tensor(&s, &[c], &scales));
-            new_inits.push(raw_tensor(
-                &z,
-                &[c],
-                DataType::Int8,
-                vec![0; c as usize],
-            ));
+            new_inits.push(raw_tensor(&z, &[c], DataType::Int8, vec![0; c as usize]));
             let mut dq = graph::node("DequantizeLinear", &wdq, &[&wq, &s, &z], &[&wdq]);
             dq.attribute.push(int_attr("axis", t.axis as i64));
             pre.push(dq);
@@ -326,7 +324,10 @@ mod tests {
     #[test]
     fn calibration_parses() {
         assert_eq!("minmax".parse(), Ok(Calibration::MinMax));
-        assert_eq!("percentile".parse(), Ok(Calibration::Percentile { p: 99.99 }));
+        assert_eq!(
+            "percentile".parse(),
+            Ok(Calibration::Percentile { p: 99.99 })
+        );
         assert_eq!(
             "percentile-99.9".parse(),
             Ok(Calibration::Percentile { p: 99.9 })

@@ -122,13 +122,20 @@ pub fn relu6_to_clip(g: &mut GraphProto) -> usize {
     if found.is_empty() {
         return 0;
     }
-    g.initializer.push(float_tensor("fv.clip_min_0", &[], &[0.0]));
-    g.initializer.push(float_tensor("fv.clip_max_6", &[], &[6.0]));
+    g.initializer
+        .push(float_tensor("fv.clip_min_0", &[], &[0.0]));
+    g.initializer
+        .push(float_tensor("fv.clip_max_6", &[], &[6.0]));
     let mut drop = vec![false; g.node.len()];
     for (i, parts, x) in &found {
         let out = g.node[*i].output[0].clone();
         let name = format!("{}.relu6", out);
-        g.node[*i] = graph::node("Clip", &name, &[x, "fv.clip_min_0", "fv.clip_max_6"], &[&out]);
+        g.node[*i] = graph::node(
+            "Clip",
+            &name,
+            &[x, "fv.clip_min_0", "fv.clip_max_6"],
+            &[&out],
+        );
         for &p in parts {
             drop[p] = true;
         }

@@ -1,0 +1,188 @@
+//! fv-edge against a real Mosquitto broker: results arrive and validate, survive a broker
+//! outage and a SIGKILL of the daemon, and the retained status and last will work.
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(60);
+
+#[test]
+fn results_arrive_validate_and_shutdown_is_clean() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&tmp.path().join("broker"), free_port());
+    let sub = Subscriber::start(broker.port, "test-sub-1");
+    let mut d = Daemon::start(tmp.path(), Some(&broker.url()), &[]);
+    d.drop_file(&sample("IMG0002588.jpg"), "a.jpg");
+    d.drop_file(&sample("IMG0000002.jpg"), "b.jpg");
+    // Truncated: quarantined, and its failure still reported.
+    d.drop_file(&sample("IMG0004092.jpg"), "broken.jpg");
+    wait_until("three results", T, || sub.on("/result").len() >= 3);
+    wait_until("a heartbeat", T, || !sub.on("/heartbeat").is_empty());
+
+    for m in sub.on("/result") {
+        assert_valid(&m.json);
+        assert_eq!(m.json["site"], "test-site");
+        assert_eq!(m.json["device"], "unit-1");
+        assert!(
+            m.topic == "fractuvision/v1/test-site/unit-1/result",
+            "{}",
+            m.topic
+        );
+    }
+    let results = sub.on("/result");
+    let broken = results
+        .iter()
+        .find(|m| m.json["source"]["name"] == "broken.jpg")
+        .expect("the truncated file's result");
+    assert_eq!(broken.json["error"]["code"], "truncated");
+    assert!(broken.json["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("broken.jpg"));
+
+    // Local results: the done files with result JSON and overlay, the quarantined one with
+    // its error; the same ids as published.
+    let done = d.done_results();
+    assert_eq!(done.len(), 2);
+    assert!(d.watch.join("done/a.jpg").is_file());
+    assert!(d.watch.join("done/a.jpg.overlay.png").is_file());
+    let overlay = image::open(d.watch.join("done/a.jpg.overlay.png")).unwrap();
+    let original = image::open(d.watch.join("done/a.jpg")).unwrap();
+    assert_eq!(
+        (overlay.width(), overlay.height()),
+        (original.width(), original.height())
+    );
+    assert!(d.watch.join("quarantine/broken.jpg").is_file());
+    assert_eq!(d.quarantined().len(), 1);
+    let mut local = ids(&done);
+    local.extend(ids(&d.quarantined()));
+    assert_eq!(local, sub.result_ids());
+
+    let hb = &sub.on("/heartbeat")[0].json;
+    for k in [
+        "uptime_s",
+        "outbox_depth",
+        "processed",
+        "failed",
+        "last_error",
+        "models",
+    ] {
+        assert!(hb.get(k).is_some(), "heartbeat lacks {k}: {hb}");
+    }
+
+    let status = d.stop("TERM");
+    assert!(status.success(), "SIGTERM must exit 0: {status:?}");
+    let statuses = sub.on("/status");
+    assert_eq!(statuses.first().unwrap().json["state"], "online");
+    wait_until("the offline status", T, || {
+        sub.on("/status")
+            .last()
+            .is_some_and(|m| m.json["state"] == "offline" && m.json["reason"] == "shutdown")
+    });
+    assert_eq!(d.outbox_depth(), 0, "everything acknowledged");
+}
+
+#[test]
+fn broker_outage_queues_on_disk_then_delivers_everything() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut broker = Broker::start(&tmp.path().join("broker"), free_port());
+    // A persistent session: messages for it are kept while it is away.
+    let sub = Subscriber::start(broker.port, "test-sub-2");
+    let d = Daemon::start(tmp.path(), Some(&broker.url()), &[]);
+    d.drop_file(&sample("IMG0002322.jpg"), "first.jpg");
+    wait_until("the first result", T, || sub.on("/result").len() == 1);
+
+    broker.stop();
+    let names = ["o1.jpg", "o2.jpg", "o3.jpg", "o4.jpg"];
+    for (i, n) in names.iter().enumerate() {
+        let src = [
+            "IMG0000429.jpg",
+            "IMG0002296.jpg",
+            "IMG0002941.jpg",
+            "IMG0003297.jpg",
+        ][i];
+        d.drop_file(&sample(src), n);
+    }
+    wait_until("four results processed offline", T, || {
+        d.done_results().len() == 5
+    });
+    assert_eq!(
+        d.outbox_depth(),
+        4,
+        "queued on disk while the broker is down"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        sub.on("/result").len(),
+        1,
+        "nothing can arrive while the broker is down"
+    );
+
+    broker.restart();
+    wait_until("all results after the outage", T, || {
+        sub.result_ids() == ids(&d.done_results())
+    });
+    wait_until("the outbox to drain", T, || d.outbox_depth() == 0);
+    for m in sub.on("/result") {
+        assert_valid(&m.json);
+    }
+}
+
+#[test]
+fn sigkill_then_restart_delivers_the_queue_and_last_will_fires() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    // No broker yet: everything queues.
+    let mut d = Daemon::start(tmp.path(), Some(&format!("mqtt://127.0.0.1:{port}")), &[]);
+    for (n, src) in [
+        ("k1.jpg", "IMG0002628.jpg"),
+        ("k2.jpg", "IMG0003733.jpg"),
+        ("k3.jpg", "IMG0004062.jpg"),
+    ] {
+        d.drop_file(&sample(src), n);
+    }
+    wait_until("three results queued", T, || d.outbox_depth() == 3);
+    let _ = d.stop("KILL");
+    let queued = ids(&d.done_results());
+    assert_eq!(queued.len(), 3);
+
+    let broker = Broker::start(&tmp.path().join("broker"), port);
+    let sub = Subscriber::start(port, "test-sub-3");
+    let mut d = Daemon::start(tmp.path(), Some(&broker.url()), &[]);
+    wait_until("the queued results after the restart", T, || {
+        sub.result_ids() == queued
+    });
+    wait_until("the outbox to drain", T, || d.outbox_depth() == 0);
+
+    // A late subscriber gets the retained status, online.
+    let late = Subscriber::start(port, "test-sub-late");
+    wait_until("the retained status", T, || {
+        late.on("/status")
+            .iter()
+            .any(|m| m.retain && m.json["state"] == "online")
+    });
+    // Killed without a goodbye: the broker publishes the last will (keep-alive 5 s).
+    let _ = d.stop("KILL");
+    wait_until("the last will", T, || {
+        sub.on("/status")
+            .last()
+            .is_some_and(|m| m.json["state"] == "offline" && m.json["reason"] == "connection lost")
+    });
+}
+
+#[test]
+fn runs_without_a_broker_writing_local_results() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut d = Daemon::start(tmp.path(), None, &[]);
+    d.drop_file(&sample("IMG0002588.jpg"), "local.jpg");
+    wait_until("the local result", T, || d.done_results().len() == 1);
+    assert_valid(&d.done_results()[0]);
+    assert_eq!(
+        d.outbox_depth(),
+        0,
+        "no outbox without a broker to drain it"
+    );
+    assert!(d.stop("TERM").success());
+}

@@ -1,0 +1,327 @@
+//! What the edge's integration tests share: a real Mosquitto broker per test on a free port,
+//! an MQTT subscriber that records what arrives, the fv-edge daemon as a child process, and
+//! test inputs (FracAtlas sample images and DICOM files written here).
+
+#![allow(dead_code)] // each test binary uses its own part of this module
+
+use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+pub fn sample(name: &str) -> PathBuf {
+    let base = workspace().join("tests/data/fracatlas-sample/images");
+    ["Fractured", "Non_fractured"]
+        .iter()
+        .map(|d| base.join(d).join(name))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| panic!("{name} is not in the committed sample"))
+}
+
+pub fn models_dir() -> PathBuf {
+    workspace().join("models")
+}
+
+pub fn result_validator() -> jsonschema::Validator {
+    let p = workspace().join("core/schemas/result.schema.json");
+    let schema: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
+    jsonschema::validator_for(&schema).unwrap()
+}
+
+pub fn assert_valid(v: &serde_json::Value) {
+    let errors: Vec<String> = result_validator()
+        .iter_errors(v)
+        .map(|e| e.to_string())
+        .collect();
+    assert!(errors.is_empty(), "{errors:?} in {v}");
+}
+
+pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn mosquitto_bin() -> PathBuf {
+    [
+        "/usr/sbin/mosquitto",
+        "/usr/bin/mosquitto",
+        "/usr/local/sbin/mosquitto",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|p| p.exists())
+    .expect("mosquitto not found: install it (`apt-get install mosquitto`); .ci/run does")
+}
+
+/// A Mosquitto broker on 127.0.0.1:`port`, persisting to `dir` so that sessions survive a
+/// restart.
+pub struct Broker {
+    pub port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Broker {
+    pub fn start(dir: &Path, port: u16) -> Broker {
+        let mut b = Broker {
+            port,
+            dir: dir.to_owned(),
+            child: None,
+        };
+        b.restart();
+        b
+    }
+
+    pub fn restart(&mut self) {
+        std::fs::create_dir_all(&self.dir).unwrap();
+        let conf = self.dir.join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\n",
+                self.port,
+                self.dir.display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new(mosquitto_bin())
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start mosquitto");
+        self.child = Some(child);
+        let port = self.port;
+        wait_until("mosquitto to listen", Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+    }
+
+    /// Stops it with SIGTERM (it saves its sessions) and waits.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            unsafe_kill(c.id(), "TERM");
+            let _ = c.wait();
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Sends a signal with kill(1): the tests need SIGTERM and SIGKILL without a libc binding.
+pub fn unsafe_kill(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{sig} {pid}");
+}
+
+#[derive(Clone, Debug)]
+pub struct Msg {
+    pub topic: String,
+    pub retain: bool,
+    pub json: serde_json::Value,
+}
+
+/// A subscriber to `fractuvision/#` with a persistent session (QoS 1), reconnecting on its
+/// own, recording every message.
+pub struct Subscriber {
+    pub msgs: Arc<Mutex<Vec<Msg>>>,
+}
+
+impl Subscriber {
+    pub fn start(port: u16, client_id: &str) -> Subscriber {
+        let mut o = MqttOptions::new(client_id, "127.0.0.1", port);
+        o.set_clean_session(false);
+        o.set_keep_alive(Duration::from_secs(5));
+        let (client, mut conn) = Client::new(o, 64);
+        let msgs = Arc::new(Mutex::new(Vec::new()));
+        let m = msgs.clone();
+        let subscribed = Arc::new(Mutex::new(false));
+        let s = subscribed.clone();
+        std::thread::spawn(move || {
+            for ev in conn.iter() {
+                match ev {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        let _ = client.try_subscribe("fractuvision/#", QoS::AtLeastOnce);
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(_))) => *s.lock().unwrap() = true,
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let json =
+                            serde_json::from_slice(&p.payload).unwrap_or(serde_json::Value::Null);
+                        m.lock().unwrap().push(Msg {
+                            topic: p.topic.clone(),
+                            retain: p.retain,
+                            json,
+                        });
+                    }
+                    Ok(_) => {}
+                    Err(_) => std::thread::sleep(Duration::from_millis(100)),
+                }
+            }
+        });
+        wait_until("the subscription", Duration::from_secs(10), || {
+            *subscribed.lock().unwrap()
+        });
+        Subscriber { msgs }
+    }
+
+    pub fn on(&self, suffix: &str) -> Vec<Msg> {
+        self.msgs
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|m| m.topic.ends_with(suffix))
+            .cloned()
+            .collect()
+    }
+
+    pub fn result_ids(&self) -> std::collections::BTreeSet<String> {
+        self.on("/result")
+            .iter()
+            .map(|m| m.json["id"].as_str().unwrap().to_owned())
+            .collect()
+    }
+}
+
+/// `fv-edge run` as a child process, in `dir` (watch/ and state/ inside).
+pub struct Daemon {
+    pub child: Child,
+    pub watch: PathBuf,
+    pub state: PathBuf,
+}
+
+impl Daemon {
+    pub fn start(dir: &Path, mqtt: Option<&str>, extra_env: &[(&str, &str)]) -> Daemon {
+        let watch = dir.join("watch");
+        let state = dir.join("state");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_fv-edge"));
+        cmd.arg("-v")
+            .arg("run")
+            .arg("--watch")
+            .arg(&watch)
+            .arg("--state")
+            .arg(&state)
+            .arg("--models")
+            .arg(models_dir())
+            .args([
+                "--site",
+                "test-site",
+                "--device-id",
+                "unit-1",
+                "--heartbeat",
+                "1",
+            ])
+            .args(["--settle-ms", "200"]);
+        if let Some(url) = mqtt {
+            cmd.arg("--mqtt").arg(url);
+        }
+        for (k, _) in std::env::vars() {
+            if k.starts_with("FV_") {
+                cmd.env_remove(k);
+            }
+        }
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        let log = std::fs::File::create(dir.join("fv-edge.log")).unwrap();
+        cmd.stdout(Stdio::null()).stderr(log);
+        Daemon {
+            child: cmd.spawn().expect("start fv-edge"),
+            watch,
+            state,
+        }
+    }
+
+    /// Drops `src` into the watch folder the safe way: written under a temporary name,
+    /// then renamed.
+    pub fn drop_file(&self, src: &Path, name: &str) {
+        std::fs::create_dir_all(&self.watch).unwrap();
+        let tmp = self.watch.join(format!(".{name}.part"));
+        std::fs::copy(src, &tmp).unwrap();
+        std::fs::rename(&tmp, self.watch.join(name)).unwrap();
+    }
+
+    pub fn outbox_depth(&self) -> usize {
+        std::fs::read_dir(self.state.join("outbox"))
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
+    /// Result files written beside done inputs.
+    pub fn done_results(&self) -> Vec<serde_json::Value> {
+        list_json(&self.watch.join("done"), ".result.json")
+    }
+
+    pub fn quarantined(&self) -> Vec<serde_json::Value> {
+        list_json(&self.watch.join("quarantine"), ".error.json")
+    }
+
+    pub fn stop(&mut self, sig: &str) -> std::process::ExitStatus {
+        unsafe_kill(self.child.id(), sig);
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn list_json(dir: &Path, suffix: &str) -> Vec<serde_json::Value> {
+    let Ok(d) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    d.flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(suffix))
+        .filter_map(|e| serde_json::from_str(&std::fs::read_to_string(e.path()).ok()?).ok())
+        .collect()
+}
+
+pub fn ids(v: &[serde_json::Value]) -> std::collections::BTreeSet<String> {
+    v.iter()
+        .map(|r| r["id"].as_str().unwrap().to_owned())
+        .collect()
+}

@@ -1,0 +1,237 @@
+//! `fv-edge infer` on the committed models: one valid JSON line per input, errors that name
+//! the file, DICOM read as a radiologist's viewer would (rescale, window, MONOCHROME1) and
+//! no patient identifier in the output.
+
+mod common;
+
+use common::*;
+use dicom_core::value::PixelFragmentSequence;
+use dicom_core::{DataElement, PrimitiveValue, VR};
+use dicom_dictionary_std::{tags, uids};
+use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const STUDY_UID: &str = "1.2.826.0.1.3680043.8.498.424242";
+
+fn infer(args: &[&Path], extra: &[&str]) -> (i32, Vec<serde_json::Value>, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fv-edge"));
+    cmd.arg("infer")
+        .arg("--models")
+        .arg(models_dir())
+        .args(extra)
+        .args(args);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("FV_") {
+            cmd.env_remove(k);
+        }
+    }
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let lines = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    (
+        out.status.code().unwrap_or(-1),
+        lines,
+        stdout + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+/// A DX radiograph from a sample JPEG: 12 bits stored, MONOCHROME1 (inverted), rescaled by
+/// slope 2 and intercept −100, windowed exactly over the rescaled range; read back right it
+/// shows the JPEG's grey levels.
+fn dicom_from_jpeg(jpeg: &Path, out: &Path, modality: &str, with_pixels: bool) {
+    let g = image::open(jpeg).unwrap().to_luma8();
+    let stored: Vec<u16> = g
+        .as_raw()
+        .iter()
+        .map(|&v| ((255 - v) as f32 * 4095.0 / 255.0).round() as u16)
+        .collect();
+    let us = |t, v: u16| DataElement::new(t, VR::US, PrimitiveValue::from(v));
+    let s = |t, vr, v: &str| DataElement::new(t, vr, PrimitiveValue::from(v));
+    let mut elements = vec![
+        s(
+            tags::SOP_CLASS_UID,
+            VR::UI,
+            uids::DIGITAL_X_RAY_IMAGE_STORAGE_FOR_PRESENTATION,
+        ),
+        s(
+            tags::SOP_INSTANCE_UID,
+            VR::UI,
+            "1.2.826.0.1.3680043.8.498.1",
+        ),
+        s(tags::STUDY_INSTANCE_UID, VR::UI, STUDY_UID),
+        s(tags::PATIENT_NAME, VR::PN, "DOE^JOHN"),
+        s(tags::PATIENT_ID, VR::LO, "PID-777"),
+        s(tags::PATIENT_BIRTH_DATE, VR::DA, "19700101"),
+        s(tags::MODALITY, VR::CS, modality),
+        us(tags::SAMPLES_PER_PIXEL, 1),
+        s(tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "MONOCHROME1"),
+        us(tags::ROWS, g.height() as u16),
+        us(tags::COLUMNS, g.width() as u16),
+        us(tags::BITS_ALLOCATED, 16),
+        us(tags::BITS_STORED, 12),
+        us(tags::HIGH_BIT, 11),
+        us(tags::PIXEL_REPRESENTATION, 0),
+        s(tags::RESCALE_SLOPE, VR::DS, "2"),
+        s(tags::RESCALE_INTERCEPT, VR::DS, "-100"),
+        s(tags::WINDOW_CENTER, VR::DS, "3995.5"),
+        s(tags::WINDOW_WIDTH, VR::DS, "8191"),
+    ];
+    if with_pixels {
+        elements.push(DataElement::new(
+            tags::PIXEL_DATA,
+            VR::OW,
+            PrimitiveValue::U16(stored.into()),
+        ));
+    }
+    write_dicom(elements, uids::EXPLICIT_VR_LITTLE_ENDIAN, out);
+}
+
+fn write_dicom(elements: Vec<DataElement<InMemDicomObject>>, ts: &str, out: &Path) {
+    let obj = InMemDicomObject::from_element_iter(elements);
+    let file = obj
+        .with_meta(
+            FileMetaTableBuilder::new()
+                .transfer_syntax(ts)
+                .media_storage_sop_class_uid(uids::DIGITAL_X_RAY_IMAGE_STORAGE_FOR_PRESENTATION)
+                .media_storage_sop_instance_uid("1.2.826.0.1.3680043.8.498.1"),
+        )
+        .unwrap();
+    file.write_to_file(out).unwrap();
+}
+
+#[test]
+fn infers_jpeg_and_dicom_alike_and_reports_failures() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Not EXIF-rotated: the DICOM is written from the stored pixels.
+    let jpeg = sample("IMG0002322.jpg");
+    let dcm = tmp.path().join("study.dcm");
+    dicom_from_jpeg(&jpeg, &dcm, "DX", true);
+    let ct = tmp.path().join("ct.dcm");
+    dicom_from_jpeg(&jpeg, &ct, "CT", true);
+    let report = tmp.path().join("no-pixels.dcm");
+    dicom_from_jpeg(&jpeg, &report, "DX", false);
+    let garbage = tmp.path().join("notes.png");
+    std::fs::write(&garbage, b"\x89PNG\r\n\x1a\nnot really").unwrap();
+    let empty = tmp.path().join("empty.jpg");
+    std::fs::write(&empty, b"").unwrap();
+    let missing = tmp.path().join("missing.jpg");
+    let truncated = sample("IMG0004092.jpg");
+
+    let inputs: Vec<PathBuf> = vec![
+        jpeg.clone(),
+        dcm.clone(),
+        ct,
+        report,
+        garbage,
+        empty,
+        missing,
+        truncated,
+    ];
+    let refs: Vec<&Path> = inputs.iter().map(PathBuf::as_path).collect();
+    let (code, lines, all) = infer(&refs, &[]);
+    assert_eq!(code, 1, "some inputs failed: exit 1\n{all}");
+    assert_eq!(lines.len(), inputs.len(), "one line per input\n{all}");
+    for l in &lines {
+        assert_valid(l);
+    }
+    let (j, d) = (&lines[0], &lines[1]);
+    assert!(j["error"].is_null() && d["error"].is_null(), "{j}\n{d}");
+    assert_eq!(d["source"]["kind"], "dicom");
+    assert_eq!(
+        d["source"]["name"], "study.dcm",
+        "file name without directories"
+    );
+    let (pj, pd) = (
+        j["fracture_probability"].as_f64().unwrap(),
+        d["fracture_probability"].as_f64().unwrap(),
+    );
+    // The same picture through DICOM: differences are the 12-bit round trip only.
+    assert!((pj - pd).abs() < 0.02, "JPEG {pj} vs DICOM {pd}");
+    let hash = d["study"]["uid_hash"].as_str().unwrap();
+    assert_eq!(hash.len(), 64);
+    for secret in ["DOE", "PID-777", "19700101", STUDY_UID] {
+        assert!(!all.contains(secret), "{secret} leaked: {all}");
+    }
+
+    let code_of = |i: usize| lines[i]["error"]["code"].as_str().unwrap().to_owned();
+    let message_of = |i: usize| lines[i]["error"]["message"].as_str().unwrap().to_owned();
+    assert_eq!(code_of(2), "unsupported_modality");
+    assert!(message_of(2).contains("ct.dcm") && message_of(2).contains("`CT`"));
+    assert_eq!(code_of(3), "not_an_image");
+    assert_eq!(code_of(4), "corrupt");
+    assert!(message_of(4).contains("notes.png"));
+    assert_eq!(code_of(5), "empty");
+    assert_eq!(code_of(6), "io");
+    assert!(message_of(6).contains("missing.jpg"));
+    assert_eq!(code_of(7), "truncated");
+
+    // All good: exit 0.
+    let (code, lines, _) = infer(&[jpeg.as_path()], &["--precision", "int8"]);
+    assert_eq!(code, 0);
+    assert_eq!(lines[0]["models"][0]["precision"], "int8");
+}
+
+#[test]
+fn jpeg_extended_12_bit_gets_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = tmp.path().join("jpeg12.dcm");
+    let us = |t, v: u16| DataElement::new(t, VR::US, PrimitiveValue::from(v));
+    let s = |t, vr, v: &str| DataElement::new(t, vr, PrimitiveValue::from(v));
+    // Not a decodable 12-bit JPEG stream: dicom-rs 0.10.1 cannot decode real ones either.
+    let fragments = PixelFragmentSequence::new_fragments(vec![vec![0xFF, 0xD8, 0xFF, 0xC1, 0, 0]]);
+    let elements = vec![
+        s(tags::MODALITY, VR::CS, "CR"),
+        us(tags::SAMPLES_PER_PIXEL, 1),
+        s(tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "MONOCHROME2"),
+        us(tags::ROWS, 8),
+        us(tags::COLUMNS, 8),
+        us(tags::BITS_ALLOCATED, 16),
+        us(tags::BITS_STORED, 12),
+        us(tags::HIGH_BIT, 11),
+        us(tags::PIXEL_REPRESENTATION, 0),
+        DataElement::new(tags::PIXEL_DATA, VR::OB, fragments),
+    ];
+    write_dicom(elements, "1.2.840.10008.1.2.4.51", &p);
+    let (code, lines, all) = infer(&[p.as_path()], &[]);
+    assert_eq!(code, 1, "{all}");
+    let e = &lines[0]["error"];
+    assert_eq!(e["code"], "unsupported_transfer_syntax", "{all}");
+    let m = e["message"].as_str().unwrap();
+    assert!(
+        m.contains("jpeg12.dcm") && m.contains("JPEG Extended 12-bit"),
+        "{m}"
+    );
+}
+
+#[test]
+fn a_model_that_does_not_match_its_manifest_refuses_to_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    for f in [
+        "efficientnet-lite0-fracatlas.json",
+        "efficientnet-lite0-fracatlas.onnx",
+    ] {
+        std::fs::copy(models_dir().join(f), tmp.path().join(f)).unwrap();
+    }
+    // One flipped byte at the end of the file.
+    let onnx = tmp.path().join("efficientnet-lite0-fracatlas.onnx");
+    let mut bytes = std::fs::read(&onnx).unwrap();
+    *bytes.last_mut().unwrap() ^= 1;
+    std::fs::write(&onnx, bytes).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_fv-edge"))
+        .arg("infer")
+        .arg("--models")
+        .arg(tmp.path())
+        .arg(sample("IMG0002588.jpg"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("efficientnet-lite0-fracatlas.onnx") && err.contains("does not match"),
+        "{err}"
+    );
+}
