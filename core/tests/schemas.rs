@@ -9,6 +9,10 @@ fn schema_dir() -> PathBuf {
 }
 
 fn committed(file: &str) -> serde_json::Value {
+    if std::env::var_os("FV_BLESS").is_some() {
+        // Being rewritten by the other test: use what it writes.
+        return schemas().into_iter().find(|(f, _)| *f == file).unwrap().1;
+    }
     let p = schema_dir().join(file);
     let text = std::fs::read_to_string(&p)
         .unwrap_or_else(|e| panic!("{}: {e}; run with FV_BLESS=1 to write it", p.display()));
@@ -22,9 +26,8 @@ fn committed_schemas_match_the_types() {
             let text = serde_json::to_string_pretty(&generated).unwrap() + "\n";
             std::fs::write(schema_dir().join(file), text).unwrap();
         }
-        assert_eq!(
-            committed(file),
-            generated,
+        assert!(
+            committed(file) == generated,
             "{file} is out of date: run `FV_BLESS=1 cargo test -p fv-core --test schemas` and commit it"
         );
     }

@@ -25,6 +25,20 @@ pub struct MqttSettings {
     pub heartbeat_s: Option<u64>,
 }
 
+/// A V4L2 frame grabber as a source.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct V4lSettings {
+    /// Device, e.g. `/dev/video0`.
+    pub device: PathBuf,
+    /// Pixel format.
+    pub format: crate::v4l::FrameFormat,
+    /// Requested width and height (default: the device's).
+    pub size: Option<(u32, u32)>,
+    /// Which frames are read.
+    pub trigger: crate::v4l::Trigger,
+}
+
 /// The configuration as read from one layer; every field optional so layers merge.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -64,6 +78,8 @@ pub struct Layer {
     pub mqtt: MqttSettings,
     /// Outbox bounds.
     pub outbox: Option<OutboxLimits>,
+    /// A frame grabber, read besides (or instead of) the watch folder.
+    pub v4l: Option<V4lSettings>,
 }
 
 macro_rules! merge {
@@ -118,7 +134,7 @@ impl Layer {
     pub fn merge(mut self, over: &Layer) -> Layer {
         merge!(
             self, over, site, device_id, models, precision, classifier, detector, state, watch,
-            done, quarantine, detect, min_score, max_pixels, settle_ms, uid_salt, outbox
+            done, quarantine, detect, min_score, max_pixels, settle_ms, uid_salt, outbox, v4l
         );
         merge!(
             self.mqtt,

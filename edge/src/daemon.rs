@@ -97,10 +97,14 @@ pub fn run(layer: Layer) -> anyhow::Result<()> {
     let device = layer.device_id.clone().unwrap_or_else(hostname);
     check_topic_level("site", &site)?;
     check_topic_level("device id", &device)?;
-    let watch = layer
-        .watch
-        .clone()
-        .context("nothing to watch: pass --watch DIR (or `watch` in the config)")?;
+    let watch = match (&layer.watch, &layer.v4l) {
+        (Some(w), _) => w.clone(),
+        // A grabber alone still needs somewhere for its done results.
+        (None, Some(_)) => layer.state.clone().unwrap_or_else(|| PathBuf::from("state")).join("inbox"),
+        (None, None) => anyhow::bail!(
+            "nothing to read: pass --watch DIR (or `watch` / `[v4l]` in the config)"
+        ),
+    };
     let r = Resolved {
         done: layer.done.clone().unwrap_or_else(|| watch.join("done")),
         quarantine: layer
@@ -221,6 +225,12 @@ pub fn run(layer: Layer) -> anyhow::Result<()> {
         r.quarantine.display()
     );
 
+    let (frames_tx, frames) = std::sync::mpsc::sync_channel::<Frame>(2);
+    let grabber = match layer.v4l.clone() {
+        None => None,
+        Some(v) => Some(spawn_grabber(v, shutdown.clone(), frames_tx)?),
+    };
+
     // path → (size, modified, first time seen with these)
     let mut seen: HashMap<PathBuf, (u64, Option<SystemTime>, Instant)> = HashMap::new();
     while !shutdown.load(Ordering::SeqCst) {
@@ -244,6 +254,11 @@ pub fn run(layer: Layer) -> anyhow::Result<()> {
             }
         }
         seen.retain(|p, _| present.contains(p));
+        while let Ok(f) = frames.try_recv() {
+            if let Err(e) = process_frame(&mut pipeline, f, &r, outbox.as_mut(), &stats) {
+                tracing::error!("frame: {e:#}");
+            }
+        }
         ready.sort();
         for (_, path) in ready {
             if shutdown.load(Ordering::SeqCst) {
@@ -259,11 +274,103 @@ pub fn run(layer: Layer) -> anyhow::Result<()> {
         let _ = rx.recv_timeout(Duration::from_millis(250));
     }
     tracing::info!("stopping: finishing up");
+    if let Some(g) = grabber {
+        let _ = g.join();
+    }
     worker_done.store(true, Ordering::SeqCst);
     if let Some(h) = publisher {
         let _ = h.join();
     }
     Ok(())
+}
+
+/// A frame from the grabber.
+struct Frame {
+    name: String,
+    image: Result<fv_core::imaging::XrayImage, crate::input::InputError>,
+    captured_at: String,
+}
+
+#[cfg(feature = "v4l")]
+fn spawn_grabber(
+    v: crate::config::V4lSettings,
+    stop: Arc<AtomicBool>,
+    tx: std::sync::mpsc::SyncSender<Frame>,
+) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    Ok(std::thread::Builder::new().name("v4l".into()).spawn(move || {
+        let r = crate::v4l::capture(&v.device, v.format, v.size, v.trigger, &stop, |image, name| {
+            let captured_at = crate::pipeline::now_rfc3339();
+            // A full queue means the worker is busy: this frame is skipped, not queued.
+            let _ = tx.try_send(Frame { name, image, captured_at });
+        });
+        if let Err(e) = r {
+            tracing::error!("{}: capture stopped: {e:#}", v.device.display());
+        }
+    })?)
+}
+
+#[cfg(not(feature = "v4l"))]
+fn spawn_grabber(
+    v: crate::config::V4lSettings,
+    _: Arc<AtomicBool>,
+    _: std::sync::mpsc::SyncSender<Frame>,
+) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    anyhow::bail!(
+        "{}: this fv-edge was built without V4L2 support; rebuild with `--features v4l`",
+        v.device.display()
+    )
+}
+
+fn process_frame(
+    pipeline: &mut Pipeline,
+    f: Frame,
+    r: &Resolved,
+    outbox: Option<&mut Outbox>,
+    stats: &Mutex<Stats>,
+) -> anyhow::Result<()> {
+    let source = fv_core::result::Source {
+        kind: fv_core::result::SourceKind::V4l,
+        name: f.name.clone(),
+    };
+    let name = f.name.clone();
+    let captured_at = f.captured_at;
+    let outcome = pipeline.process(source, || {
+        f.image.map(|image| crate::input::Input {
+            image,
+            kind: fv_core::result::SourceKind::V4l,
+            name: name.clone(),
+            study_uid: None,
+            captured_at: Some(captured_at),
+        })
+    });
+    let m = &outcome.message;
+    if let Some(outbox) = outbox {
+        outbox.push(&serde_json::to_vec(m)?)?;
+    }
+    count(stats, m);
+    let stem = name.replace(['#', '/'], "-");
+    let dir = if m.error.is_some() { &r.quarantine } else { &r.done };
+    let json = serde_json::to_vec_pretty(m)?;
+    let suffix = if m.error.is_some() { "error" } else { "result" };
+    write_synced(&dir.join(format!("{stem}.{suffix}.json")), &json)?;
+    if let Some(input) = &outcome.input {
+        let png = dir.join(format!("{stem}.overlay.png"));
+        if let Err(e) = crate::overlay::render(&input.image, m).save(&png) {
+            tracing::warn!("{}: cannot write the overlay: {e}", png.display());
+        }
+    }
+    Ok(())
+}
+
+fn count(stats: &Mutex<Stats>, m: &fv_core::result::ResultMessage) {
+    let mut s = stats.lock().expect("stats lock");
+    match &m.error {
+        Some(e) => {
+            s.failed += 1;
+            s.last_error = Some(e.message.clone());
+        }
+        None => s.processed += 1,
+    }
 }
 
 fn process_file(
@@ -281,16 +388,7 @@ fn process_file(
         outbox.push(&serde_json::to_vec(m)?)?;
     }
     let name = file_name(path);
-    {
-        let mut s = stats.lock().expect("stats lock");
-        match &m.error {
-            Some(e) => {
-                s.failed += 1;
-                s.last_error = Some(e.message.clone());
-            }
-            None => s.processed += 1,
-        }
-    }
+    count(stats, m);
     match &m.error {
         Some(e) => {
             let dest = free_name(&r.quarantine, &name);

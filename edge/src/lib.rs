@@ -14,3 +14,4 @@ pub mod mqtt;
 pub mod outbox;
 pub mod overlay;
 pub mod pipeline;
+pub mod v4l;
