@@ -100,10 +100,14 @@ pub fn run(layer: Layer) -> anyhow::Result<()> {
     let watch = match (&layer.watch, &layer.v4l) {
         (Some(w), _) => w.clone(),
         // A grabber alone still needs somewhere for its done results.
-        (None, Some(_)) => layer.state.clone().unwrap_or_else(|| PathBuf::from("state")).join("inbox"),
-        (None, None) => anyhow::bail!(
-            "nothing to read: pass --watch DIR (or `watch` / `[v4l]` in the config)"
-        ),
+        (None, Some(_)) => layer
+            .state
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("state"))
+            .join("inbox"),
+        (None, None) => {
+            anyhow::bail!("nothing to read: pass --watch DIR (or `watch` / `[v4l]` in the config)")
+        }
     };
     let r = Resolved {
         done: layer.done.clone().unwrap_or_else(|| watch.join("done")),
@@ -297,16 +301,29 @@ fn spawn_grabber(
     stop: Arc<AtomicBool>,
     tx: std::sync::mpsc::SyncSender<Frame>,
 ) -> anyhow::Result<std::thread::JoinHandle<()>> {
-    Ok(std::thread::Builder::new().name("v4l".into()).spawn(move || {
-        let r = crate::v4l::capture(&v.device, v.format, v.size, v.trigger, &stop, |image, name| {
-            let captured_at = crate::pipeline::now_rfc3339();
-            // A full queue means the worker is busy: this frame is skipped, not queued.
-            let _ = tx.try_send(Frame { name, image, captured_at });
-        });
-        if let Err(e) = r {
-            tracing::error!("{}: capture stopped: {e:#}", v.device.display());
-        }
-    })?)
+    Ok(std::thread::Builder::new()
+        .name("v4l".into())
+        .spawn(move || {
+            let r = crate::v4l::capture(
+                &v.device,
+                v.format,
+                v.size,
+                v.trigger,
+                &stop,
+                |image, name| {
+                    let captured_at = crate::pipeline::now_rfc3339();
+                    // A full queue means the worker is busy: this frame is skipped, not queued.
+                    let _ = tx.try_send(Frame {
+                        name,
+                        image,
+                        captured_at,
+                    });
+                },
+            );
+            if let Err(e) = r {
+                tracing::error!("{}: capture stopped: {e:#}", v.device.display());
+            }
+        })?)
 }
 
 #[cfg(not(feature = "v4l"))]
@@ -349,7 +366,11 @@ fn process_frame(
     }
     count(stats, m);
     let stem = name.replace(['#', '/'], "-");
-    let dir = if m.error.is_some() { &r.quarantine } else { &r.done };
+    let dir = if m.error.is_some() {
+        &r.quarantine
+    } else {
+        &r.done
+    };
     let json = serde_json::to_vec_pretty(m)?;
     let suffix = if m.error.is_some() { "error" } else { "result" };
     write_synced(&dir.join(format!("{stem}.{suffix}.json")), &json)?;

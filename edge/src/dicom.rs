@@ -85,13 +85,15 @@ pub fn load(path: &Path, options: &DecodeOptions) -> Result<DicomImage, InputErr
     let inverted = match photometric.as_str() {
         "MONOCHROME2" => false,
         "MONOCHROME1" => true,
-        other => return Err(err(
-            "unsupported_photometric",
-            path,
-            format!(
+        other => {
+            return Err(err(
+                "unsupported_photometric",
+                path,
+                format!(
                 "photometric interpretation `{other}`; radiographs are MONOCHROME1 or MONOCHROME2"
             ),
-        )),
+            ))
+        }
     };
     let dim = |tag| {
         obj.element_opt(tag)

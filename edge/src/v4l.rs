@@ -38,7 +38,9 @@ impl FrameFormat {
 fn short(name: &str, what: &str, got: usize, want: usize) -> InputError {
     InputError {
         code: "truncated",
-        message: format!("{name}: {what} frame of {got} bytes, expected {want}; the grabber dropped data"),
+        message: format!(
+            "{name}: {what} frame of {got} bytes, expected {want}; the grabber dropped data"
+        ),
     }
 }
 
@@ -53,13 +55,17 @@ pub fn frame_to_image(
     let n = width as usize * height as usize;
     match format {
         FrameFormat::Grey => {
-            let data = bytes.get(..n).ok_or_else(|| short(name, "GREY", bytes.len(), n))?;
+            let data = bytes
+                .get(..n)
+                .ok_or_else(|| short(name, "GREY", bytes.len(), n))?;
             Ok(XrayImage::from_gray8(
                 Gray8::from_raw(width, height, data.to_vec()).expect("size checked"),
             ))
         }
         FrameFormat::Y16 => {
-            let data = bytes.get(..2 * n).ok_or_else(|| short(name, "Y16", bytes.len(), 2 * n))?;
+            let data = bytes
+                .get(..2 * n)
+                .ok_or_else(|| short(name, "Y16", bytes.len(), 2 * n))?;
             let px = data
                 .chunks_exact(2)
                 .map(|c| u16::from_le_bytes([c[0], c[1]]))
@@ -70,7 +76,9 @@ pub fn frame_to_image(
             ))
         }
         FrameFormat::Yuyv => {
-            let data = bytes.get(..2 * n).ok_or_else(|| short(name, "YUYV", bytes.len(), 2 * n))?;
+            let data = bytes
+                .get(..2 * n)
+                .ok_or_else(|| short(name, "YUYV", bytes.len(), 2 * n))?;
             let luma = data.iter().step_by(2).copied().collect();
             Ok(XrayImage::from_gray8(
                 Gray8::from_raw(width, height, luma).expect("size checked"),
@@ -142,13 +150,19 @@ impl TriggerState {
     pub fn fire(&mut self, image: &XrayImage) -> bool {
         self.frame += 1;
         match self.trigger {
-            Trigger::EveryNth { n } => (self.frame - 1) % n.max(1) as u64 == 0,
+            Trigger::EveryNth { n } => (self.frame - 1).is_multiple_of(n.max(1) as u64),
             Trigger::OnChange { threshold, stable } => {
                 let t = thumbnail(image);
-                let moving = self.previous.as_ref().is_none_or(|p| mad(p, &t) > threshold / 4.0);
+                let moving = self
+                    .previous
+                    .as_ref()
+                    .is_none_or(|p| mad(p, &t) > threshold / 4.0);
                 self.still = if moving { 0 } else { self.still + 1 };
                 self.previous = Some(t.clone());
-                let changed = self.last_read.as_ref().is_none_or(|l| mad(l, &t) > threshold);
+                let changed = self
+                    .last_read
+                    .as_ref()
+                    .is_none_or(|l| mad(l, &t) > threshold);
                 if changed && self.still >= stable {
                     self.last_read = Some(t);
                     true
@@ -234,7 +248,10 @@ mod tests {
 
         let mut jpeg = Vec::new();
         image::GrayImage::from_pixel(16, 8, image::Luma([90]))
-            .write_to(&mut std::io::Cursor::new(&mut jpeg), image::ImageFormat::Jpeg)
+            .write_to(
+                &mut std::io::Cursor::new(&mut jpeg),
+                image::ImageFormat::Jpeg,
+            )
             .unwrap();
         let m = frame_to_image(FrameFormat::Mjpg, 16, 8, &jpeg, "f").unwrap();
         assert_eq!((m.width(), m.height()), (16, 8));

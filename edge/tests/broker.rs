@@ -186,3 +186,131 @@ fn runs_without_a_broker_writing_local_results() {
     );
     assert!(d.stop("TERM").success());
 }
+
+/// A CA and a server certificate for 127.0.0.1, made with the openssl command.
+fn make_certs(dir: &std::path::Path) {
+    let run = |args: &[&str]| {
+        let ok = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("openssl not found: install it (`apt-get install openssl`); .ci/run does")
+            .success();
+        assert!(ok, "openssl {args:?}");
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=fv-test-ca",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ]);
+    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+        "-out",
+        "server.pem",
+    ]);
+}
+
+#[test]
+fn tls_with_username_and_password() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("broker");
+    std::fs::create_dir_all(&dir).unwrap();
+    make_certs(&dir);
+    // Mosquitto started as root reads its files as the `mosquitto` user.
+    use std::os::unix::fs::PermissionsExt as _;
+    for (p, mode) in [
+        (tmp.path(), 0o755),
+        (dir.as_path(), 0o755),
+        (&dir.join("server.key"), 0o644),
+    ] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let ok = std::process::Command::new("mosquitto_passwd")
+        .args(["-b", "-c"])
+        .arg(dir.join("passwd"))
+        .args(["unit-1", "s3cret"])
+        .status()
+        .expect("mosquitto_passwd (package mosquitto)")
+        .success();
+    assert!(ok);
+    let (tls_port, plain_port) = (free_port(), free_port());
+    let d = dir.display();
+    let conf = format!(
+        "per_listener_settings true\n\
+         listener {tls_port} 127.0.0.1\ncafile {d}/ca.pem\ncertfile {d}/server.pem\nkeyfile {d}/server.key\n\
+         allow_anonymous false\npassword_file {d}/passwd\n\
+         listener {plain_port} 127.0.0.1\nallow_anonymous true\n"
+    );
+    let broker = Broker::start_with(&dir, plain_port, &conf);
+    let sub = Subscriber::start(broker.port, "test-sub-tls");
+    let config = tmp.path().join("fv-edge.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[mqtt]\nurl = \"mqtts://127.0.0.1:{tls_port}\"\nusername = \"unit-1\"\npassword_file = \"{d}/pw\"\nca_file = \"{d}/ca.pem\"\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(dir.join("pw"), "s3cret\n").unwrap();
+    let d = Daemon::start_with_config(tmp.path(), &config);
+    d.drop_file(&sample("IMG0002588.jpg"), "tls.jpg");
+    wait_until("the result over TLS", T, || sub.on("/result").len() == 1);
+    assert_valid(&sub.on("/result")[0].json);
+
+    // A wrong password is refused by the broker: results stay queued.
+    let tmp2 = tempfile::tempdir().unwrap();
+    let config2 = tmp2.path().join("fv-edge.toml");
+    std::fs::write(
+        &config2,
+        format!(
+            "[mqtt]\nurl = \"mqtts://127.0.0.1:{tls_port}\"\nusername = \"unit-1\"\npassword = \"wrong\"\nca_file = \"{}/ca.pem\"\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    let d2 = Daemon::start_with_config(tmp2.path(), &config2);
+    d2.drop_file(&sample("IMG0002588.jpg"), "refused.jpg");
+    wait_until("the refused result to be queued", T, || {
+        d2.outbox_depth() == 1
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(d2.outbox_depth(), 1);
+    assert_eq!(sub.on("/result").len(), 1);
+}

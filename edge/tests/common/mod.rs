@@ -93,11 +93,23 @@ impl Broker {
         b
     }
 
+    /// A broker with the configuration `conf`; `port` is a plain listener in it.
+    pub fn start_with(dir: &Path, port: u16, conf: &str) -> Broker {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join("mosquitto.conf"), conf).unwrap();
+        let mut b = Broker {
+            port,
+            dir: dir.to_owned(),
+            child: None,
+        };
+        b.spawn();
+        b
+    }
+
     pub fn restart(&mut self) {
         std::fs::create_dir_all(&self.dir).unwrap();
-        let conf = self.dir.join("mosquitto.conf");
         std::fs::write(
-            &conf,
+            self.dir.join("mosquitto.conf"),
             format!(
                 "listener {} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\n",
                 self.port,
@@ -105,6 +117,11 @@ impl Broker {
             ),
         )
         .unwrap();
+        self.spawn();
+    }
+
+    fn spawn(&mut self) {
+        let conf = self.dir.join("mosquitto.conf");
         let child = Command::new(mosquitto_bin())
             .arg("-c")
             .arg(&conf)
@@ -228,7 +245,21 @@ pub struct Daemon {
 }
 
 impl Daemon {
+    /// Runs with a TOML config file (and the test's watch and state folders).
+    pub fn start_with_config(dir: &Path, config: &Path) -> Daemon {
+        Daemon::spawn(dir, None, &[], Some(config))
+    }
+
     pub fn start(dir: &Path, mqtt: Option<&str>, extra_env: &[(&str, &str)]) -> Daemon {
+        Daemon::spawn(dir, mqtt, extra_env, None)
+    }
+
+    fn spawn(
+        dir: &Path,
+        mqtt: Option<&str>,
+        extra_env: &[(&str, &str)],
+        config: Option<&Path>,
+    ) -> Daemon {
         let watch = dir.join("watch");
         let state = dir.join("state");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_fv-edge"));
@@ -251,6 +282,9 @@ impl Daemon {
             .args(["--settle-ms", "200"]);
         if let Some(url) = mqtt {
             cmd.arg("--mqtt").arg(url);
+        }
+        if let Some(c) = config {
+            cmd.arg("--config").arg(c);
         }
         for (k, _) in std::env::vars() {
             if k.starts_with("FV_") {
