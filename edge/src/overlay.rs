@@ -151,3 +151,65 @@ pub fn render(image: &XrayImage, m: &ResultMessage) -> RgbImage {
     );
     img
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fv_core::imaging::Gray8;
+    use fv_core::result::{ResultBox, Source, SourceKind, Timing, RESULT_SCHEMA};
+    use fv_core::Probability;
+
+    #[test]
+    fn definite_boxes_are_solid_and_suspicious_ones_dashed() {
+        let image = XrayImage::from_gray8(Gray8::from_pixel(600, 600, image::Luma([0])));
+        let b = |x1: f32, level| ResultBox {
+            x1,
+            y1: 300.0,
+            x2: x1 + 200.0,
+            y2: 500.0,
+            score: Probability::new(0.9).unwrap(),
+            level,
+        };
+        let m = ResultMessage {
+            schema: RESULT_SCHEMA.into(),
+            id: "x".into(),
+            site: "s".into(),
+            device: "d".into(),
+            source: Source {
+                kind: SourceKind::File,
+                name: "x.png".into(),
+            },
+            study: None,
+            captured_at: None,
+            processed_at: "t".into(),
+            fracture_probability: Some(Probability::new(0.9).unwrap()),
+            finding: Some(Finding::Fracture),
+            boxes: vec![b(50.0, Level::Definite), b(350.0, Level::Suspicious)],
+            models: vec![],
+            timing_ms: Timing::default(),
+            error: None,
+        };
+        let img = render(&image, &m);
+        // Along each box's bottom edge: all red for the solid one, gaps for the dashed one.
+        let coloured = |x0: u32, c: Rgb<u8>| {
+            (x0..x0 + 200)
+                .filter(|&x| *img.get_pixel(x, 500) == c)
+                .count()
+        };
+        assert_eq!(coloured(50, RED), 200);
+        let dashed = coloured(350, AMBER);
+        assert!(
+            (100..=140).contains(&dashed),
+            "{dashed} of 200 pixels drawn"
+        );
+        // The probability is written in the top-left corner, in red for a fracture.
+        let text_red = (0..300)
+            .flat_map(|x| (0..60).map(move |y| (x, y)))
+            .filter(|&(x, y)| {
+                let p = img.get_pixel(x, y);
+                p[0] > 150 && p[1] < 100
+            })
+            .count();
+        assert!(text_red > 100, "{text_red}");
+    }
+}
