@@ -235,9 +235,24 @@ pub fn run(layer: Layer) -> anyhow::Result<()> {
         Some(v) => Some(spawn_grabber(v, shutdown.clone(), frames_tx)?),
     };
 
+    // Under systemd (Type=notify): ready now, then a watchdog ping from this loop, so a hung
+    // decoder or engine gets the service restarted.
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    let watchdog = sd_notify::watchdog_enabled();
+    let mut last_ping = Instant::now();
+    let mut ping = || {
+        if let Some(period) = watchdog {
+            if last_ping.elapsed() >= period / 3 {
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+                last_ping = Instant::now();
+            }
+        }
+    };
+
     // path → (size, modified, first time seen with these)
     let mut seen: HashMap<PathBuf, (u64, Option<SystemTime>, Instant)> = HashMap::new();
     while !shutdown.load(Ordering::SeqCst) {
+        ping();
         let mut ready = Vec::new();
         let mut present = Vec::new();
         for e in std::fs::read_dir(&r.watch)?.flatten() {
@@ -269,6 +284,7 @@ pub fn run(layer: Layer) -> anyhow::Result<()> {
                 break;
             }
             seen.remove(&path);
+            ping();
             if let Err(e) = process_file(&mut pipeline, &path, &r, outbox.as_mut(), &stats) {
                 // The input stays where it is and is tried again; say why, loudly.
                 tracing::error!("{}: {e:#}", path.display());
@@ -278,6 +294,7 @@ pub fn run(layer: Layer) -> anyhow::Result<()> {
         let _ = rx.recv_timeout(Duration::from_millis(250));
     }
     tracing::info!("stopping: finishing up");
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     if let Some(g) = grabber {
         let _ = g.join();
     }
