@@ -55,6 +55,8 @@ pub struct Layer {
     pub classifier: Option<String>,
     /// Detector name when the directory has several.
     pub detector: Option<String>,
+    /// Engine: `tract` (default), `ort-cpu`, `tensorrt`.
+    pub engine: Option<crate::engine::EngineKind>,
     /// State directory (outbox, salt).
     pub state: Option<PathBuf>,
     /// Watch folder.
@@ -106,6 +108,10 @@ impl Layer {
             .map(|v| serde_json::from_value(serde_json::Value::String(v.clone())))
             .transpose()
             .map_err(|e| anyhow::anyhow!("FV_PRECISION: {e}; use fp32, fp16 or int8"))?;
+        let engine = get("FV_ENGINE")
+            .map(|v| serde_json::from_value(serde_json::Value::String(v.clone())))
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("FV_ENGINE: {e}; use tract, ort-cpu or tensorrt"))?;
         let detect = get("FV_DETECT")
             .map(|v| serde_json::from_value(serde_json::Value::String(v.clone())))
             .transpose()
@@ -115,6 +121,7 @@ impl Layer {
             device_id: get("FV_DEVICE_ID"),
             models: get("FV_MODELS").map(PathBuf::from),
             precision,
+            engine,
             state: get("FV_STATE").map(PathBuf::from),
             watch: get("FV_WATCH").map(PathBuf::from),
             detect,
@@ -133,8 +140,9 @@ impl Layer {
     /// `over`'s values replace this layer's where set.
     pub fn merge(mut self, over: &Layer) -> Layer {
         merge!(
-            self, over, site, device_id, models, precision, classifier, detector, state, watch,
-            done, quarantine, detect, min_score, max_pixels, settle_ms, uid_salt, outbox, v4l
+            self, over, site, device_id, models, precision, classifier, detector, engine, state,
+            watch, done, quarantine, detect, min_score, max_pixels, settle_ms, uid_salt, outbox,
+            v4l
         );
         merge!(
             self.mqtt,

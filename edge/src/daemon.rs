@@ -140,6 +140,8 @@ pub fn run(layer: Layer) -> anyhow::Result<()> {
             precision: layer.precision,
             classifier: layer.classifier.clone(),
             detector: layer.detector.clone(),
+            engine: layer.engine.unwrap_or_default(),
+            engine_cache: Some(r.state.join("engine-cache")),
         },
     )?;
     let mut refs = vec![models.classifier.reference()];

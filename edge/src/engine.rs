@@ -50,3 +50,179 @@ impl Engine for TractEngine {
             .collect()
     }
 }
+
+/// Which engine runs the models.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum EngineKind {
+    /// tract, pure Rust on the CPU (always built).
+    #[default]
+    Tract,
+    /// ONNX Runtime, CPU provider (feature `ort`).
+    OrtCpu,
+    /// ONNX Runtime with TensorRT, falling back to CUDA, then CPU (feature `tensorrt`).
+    Tensorrt,
+}
+
+/// ONNX Runtime, loaded at run time from `ORT_DYLIB_PATH` (or the configured library).
+#[cfg(feature = "ort")]
+pub mod onnxruntime {
+    use super::Engine;
+    #[cfg(feature = "tensorrt")]
+    use anyhow::Context as _;
+    use fv_core::preprocess::InputTensor;
+    #[cfg(feature = "tensorrt")]
+    use ort::ep::ExecutionProvider as _;
+    use ort::session::Session;
+    use ort::value::Tensor;
+    use std::path::{Path, PathBuf};
+    use std::sync::OnceLock;
+
+    /// Execution providers, best first.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Provider {
+        /// TensorRT (fp16, int8 when the model is QDQ), engines cached on disk.
+        TensorRt,
+        /// CUDA.
+        Cuda,
+        /// CPU.
+        Cpu,
+    }
+
+    static ENV: OnceLock<Result<ort::environment::Environment, String>> = OnceLock::new();
+
+    /// The process's ONNX Runtime, loaded once from `dylib` or `ORT_DYLIB_PATH`.
+    pub fn environment(
+        dylib: Option<&Path>,
+    ) -> anyhow::Result<&'static ort::environment::Environment> {
+        let r = ENV.get_or_init(|| {
+            let path: PathBuf = dylib
+                .map(Path::to_path_buf)
+                .or_else(|| std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from))
+                .ok_or("no ONNX Runtime library: set ORT_DYLIB_PATH to libonnxruntime.so.1.x (e.g. from the onnxruntime wheel, or onnxruntime-gpu on a Jetson)")?;
+            let builder = ort::init_from(&path)
+                .map_err(|e| format!("{}: cannot load ONNX Runtime: {e}", path.display()))?;
+            builder
+                .with_name("fv-edge")
+                .build()
+                .map_err(|e| format!("{}: cannot start ONNX Runtime: {e}", path.display()))
+        });
+        r.as_ref().map_err(|e| anyhow::anyhow!("{e}"))
+    }
+
+    /// An ONNX Runtime session on the best provider that registers.
+    pub struct OrtEngine {
+        session: Session,
+        shape: Vec<i64>,
+        /// The provider in use.
+        pub provider: Provider,
+    }
+
+    impl OrtEngine {
+        /// Loads `path`, trying `want` and then the providers after it (TensorRT → CUDA →
+        /// CPU), logging why each one that fails was skipped. TensorRT engines are cached in
+        /// `cache/<sha256 of the model>/`; ONNX Runtime names each engine by GPU and TensorRT
+        /// version, so a new board or a TensorRT upgrade builds a fresh one.
+        pub fn load(
+            path: &Path,
+            shape: [usize; 4],
+            want: Provider,
+            cache: &Path,
+            sha256: &str,
+        ) -> anyhow::Result<Self> {
+            let env = environment(None)?;
+            let chain: &[Provider] = match want {
+                Provider::TensorRt => &[Provider::TensorRt, Provider::Cuda, Provider::Cpu],
+                Provider::Cuda => &[Provider::Cuda, Provider::Cpu],
+                Provider::Cpu => &[Provider::Cpu],
+            };
+            for &p in chain {
+                let mut b = Session::builder(env).map_err(|e| anyhow::anyhow!("{e}"))?;
+                let registered: Result<(), String> = match p {
+                    #[cfg(not(feature = "tensorrt"))]
+                    Provider::TensorRt | Provider::Cuda => {
+                        let _ = (cache, sha256);
+                        Err("this fv-edge was built without the `tensorrt` feature".into())
+                    }
+                    #[cfg(feature = "tensorrt")]
+                    Provider::TensorRt => {
+                        let dir = cache.join(sha256);
+                        std::fs::create_dir_all(&dir)
+                            .with_context(|| format!("{}: cannot create", dir.display()))?;
+                        ort::ep::TensorRT::default()
+                            .with_fp16(true)
+                            .with_int8(true)
+                            .with_engine_cache(true)
+                            .with_engine_cache_path(dir.display().to_string())
+                            .with_timing_cache(true)
+                            .with_timing_cache_path(dir.display().to_string())
+                            .register(&mut b)
+                            .map_err(|e| e.to_string())
+                    }
+                    #[cfg(feature = "tensorrt")]
+                    Provider::Cuda => ort::ep::CUDA::default()
+                        .register(&mut b)
+                        .map_err(|e| e.to_string()),
+                    Provider::Cpu => Ok(()),
+                };
+                if let Err(e) = registered {
+                    tracing::warn!(
+                        "{}: {p:?} is not available ({e}); trying the next provider",
+                        path.display()
+                    );
+                    continue;
+                }
+                let session = b.commit_from_file(path).map_err(|e| {
+                    anyhow::anyhow!("{}: ONNX Runtime cannot load it: {e}", path.display())
+                })?;
+                tracing::info!("{}: ONNX Runtime on {p:?}", path.display());
+                return Ok(OrtEngine {
+                    session,
+                    shape: shape.iter().map(|&d| d as i64).collect(),
+                    provider: p,
+                });
+            }
+            anyhow::bail!(
+                "{}: no ONNX Runtime provider could be registered",
+                path.display()
+            )
+        }
+    }
+
+    impl Engine for OrtEngine {
+        fn name(&self) -> &'static str {
+            match self.provider {
+                Provider::TensorRt => "onnxruntime-tensorrt",
+                Provider::Cuda => "onnxruntime-cuda",
+                Provider::Cpu => "onnxruntime-cpu",
+            }
+        }
+
+        fn run(&mut self, input: &InputTensor) -> anyhow::Result<Vec<Vec<f32>>> {
+            let x = Tensor::from_array((self.shape.clone(), input.data.clone()))
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let out = self
+                .session
+                .run(ort::inputs![x])
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let mut v = Vec::new();
+            for (_, value) in out.iter() {
+                let (_, data) = value
+                    .try_extract_tensor::<f32>()
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                v.push(data.to_vec());
+            }
+            Ok(v)
+        }
+    }
+}

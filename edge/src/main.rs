@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 use fv_core::imaging::DecodeOptions;
 use fv_core::manifest::Precision;
 use fv_edge::config::{Layer, MqttSettings};
+use fv_edge::engine::EngineKind;
 use fv_edge::pipeline::{file_source, DetectPolicy, Pipeline, PipelineConfig};
 use std::path::PathBuf;
 
@@ -68,6 +69,9 @@ enum Command {
         /// Refuse images with more pixels than this.
         #[arg(long, default_value_t = DecodeOptions::DEFAULT_MAX_PIXELS)]
         max_pixels: u64,
+        /// Inference engine.
+        #[arg(long, value_enum, default_value_t = EngineKind::Tract)]
+        engine: EngineKind,
     },
     /// The daemon: watch a folder, read each image, write local results, publish over MQTT.
     Run(RunArgs),
@@ -102,6 +106,9 @@ struct RunArgs {
     /// When the detector (if any) runs (default suspicious).
     #[arg(long, value_enum)]
     detect: Option<DetectPolicy>,
+    /// Inference engine (default tract).
+    #[arg(long, value_enum)]
+    engine: Option<EngineKind>,
     /// Seconds between heartbeats (default 30).
     #[arg(long, value_name = "S")]
     heartbeat: Option<u64>,
@@ -167,11 +174,14 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             min_score,
             detect,
             max_pixels,
+            engine,
         } => {
             let models = fv_edge::models::load_dir(
                 &models,
                 &fv_edge::models::Selection {
                     precision: precision.map(Into::into),
+                    engine,
+                    engine_cache: Some(std::env::temp_dir().join("fv-edge-engine-cache")),
                     ..Default::default()
                 },
             )?;
@@ -214,6 +224,7 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
                 state: a.state,
                 watch: a.watch,
                 detect: a.detect,
+                engine: a.engine,
                 settle_ms: a.settle_ms,
                 mqtt: MqttSettings {
                     url: a.mqtt,

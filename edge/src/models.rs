@@ -1,7 +1,7 @@
 //! The models directory: manifests beside ONNX files. Each model's file is checked against
 //! its manifest's sha256 before it is loaded; a mismatch refuses to start.
 
-use crate::engine::{Engine, TractEngine};
+use crate::engine::{Engine, EngineKind, TractEngine};
 use anyhow::Context as _;
 use fv_core::manifest::{Manifest, Precision, Task};
 use fv_core::result::ModelRef;
@@ -137,8 +137,13 @@ fn choose(
     }
 }
 
-/// Loads one model after checking its hash.
+/// Loads one model with tract after checking its hash.
 pub fn load(found: &Found) -> anyhow::Result<Model> {
+    load_with(found, EngineKind::Tract, Path::new("state/engine-cache"))
+}
+
+/// Loads one model with `engine` after checking its hash; `cache` holds TensorRT engines.
+pub fn load_with(found: &Found, engine: EngineKind, cache: &Path) -> anyhow::Result<Model> {
     let sha = sha256_file(&found.onnx)?;
     anyhow::ensure!(
         sha == found.manifest.onnx_sha256,
@@ -150,11 +155,33 @@ pub fn load(found: &Found) -> anyhow::Result<Model> {
     );
     let i = &found.manifest.input;
     let shape = [1, i.channels as usize, i.height as usize, i.width as usize];
-    let engine = TractEngine::load(&found.onnx, shape)?;
+    let engine: Box<dyn Engine> = match engine {
+        EngineKind::Tract => Box::new(TractEngine::load(&found.onnx, shape)?),
+        #[cfg(feature = "ort")]
+        EngineKind::OrtCpu | EngineKind::Tensorrt => {
+            use crate::engine::onnxruntime::{OrtEngine, Provider};
+            let want = if engine == EngineKind::Tensorrt {
+                Provider::TensorRt
+            } else {
+                Provider::Cpu
+            };
+            Box::new(OrtEngine::load(
+                &found.onnx,
+                shape,
+                want,
+                cache,
+                &found.manifest.onnx_sha256,
+            )?)
+        }
+        #[cfg(not(feature = "ort"))]
+        other => anyhow::bail!(
+            "engine {other:?} needs ONNX Runtime support: rebuild fv-edge with `--features ort` (or `tensorrt`)"
+        ),
+    };
     Ok(Model {
         manifest: found.manifest.clone(),
         path: found.onnx.clone(),
-        engine: Box::new(engine),
+        engine,
     })
 }
 
@@ -167,6 +194,10 @@ pub struct Selection {
     pub classifier: Option<String>,
     /// Detector name, when the directory has several.
     pub detector: Option<String>,
+    /// Engine (default tract).
+    pub engine: EngineKind,
+    /// Where TensorRT engines are cached (the state dir's `engine-cache`).
+    pub engine_cache: Option<PathBuf>,
 }
 
 /// Loads the classifier (required) and the detector (optional) from `dir`.
@@ -192,8 +223,15 @@ pub fn load_dir(dir: &Path, sel: &Selection) -> anyhow::Result<Models> {
         sel.precision,
         dir,
     )?;
+    let cache = sel
+        .engine_cache
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("state/engine-cache"));
     Ok(Models {
-        classifier: load(&classifier)?,
-        detector: detector.as_ref().map(load).transpose()?,
+        classifier: load_with(&classifier, sel.engine, &cache)?,
+        detector: detector
+            .as_ref()
+            .map(|d| load_with(d, sel.engine, &cache))
+            .transpose()?,
     })
 }

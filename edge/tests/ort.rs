@@ -1,0 +1,105 @@
+//! ONNX Runtime (CPU provider, loaded from `ORT_DYLIB_PATH`) and tract agree on the committed
+//! models, and asking a CPU-only runtime for TensorRT falls back to the CPU.
+//!
+//! Needs libonnxruntime: `.ci/run` installs the PyPI `onnxruntime` wheel and sets
+//! `ORT_DYLIB_PATH` and `FV_REQUIRE_ORT=1`. Elsewhere, without the library, it says so and
+//! passes.
+
+#![cfg(feature = "ort")]
+
+mod common;
+
+use common::*;
+use fv_core::imaging::{decode_file, DecodeOptions};
+use fv_core::manifest::Precision;
+use fv_core::preprocess::preprocess;
+use fv_edge::engine::onnxruntime::{OrtEngine, Provider};
+use fv_edge::engine::{Engine, TractEngine};
+use fv_edge::models::scan;
+
+fn have_ort() -> bool {
+    if std::env::var_os("ORT_DYLIB_PATH").is_some() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("FV_REQUIRE_ORT").is_none(),
+        "FV_REQUIRE_ORT is set but ORT_DYLIB_PATH is not"
+    );
+    eprintln!("skipped: ORT_DYLIB_PATH is not set (pip install onnxruntime; see .ci/run)");
+    false
+}
+
+#[test]
+fn ort_cpu_agrees_with_tract_on_the_committed_models() {
+    if !have_ort() {
+        return;
+    }
+    let found = scan(&models_dir()).unwrap();
+    let images = [
+        "IMG0002322.jpg",
+        "IMG0000002.jpg",
+        "IMG0003733.jpg",
+        "IMG0002628.jpg",
+    ];
+    // fp32: the same graph, float rounding only. int8: both run QDQ, which they may
+    // lower differently (fused integer kernels or dequantized float).
+    for (precision, tol) in [(Precision::Fp32, 1e-4f32), (Precision::Int8, 0.02)] {
+        let f = found
+            .iter()
+            .find(|f| f.manifest.precision == precision)
+            .unwrap_or_else(|| panic!("no {precision:?} model in models/"));
+        let i = &f.manifest.input;
+        let shape = [1, 3, i.height as usize, i.width as usize];
+        let mut tract = TractEngine::load(&f.onnx, shape).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let mut ort = OrtEngine::load(
+            &f.onnx,
+            shape,
+            Provider::Cpu,
+            tmp.path(),
+            &f.manifest.onnx_sha256,
+        )
+        .unwrap();
+        assert_eq!(ort.name(), "onnxruntime-cpu");
+        for name in images {
+            let d = decode_file(&sample(name), &DecodeOptions::default()).unwrap();
+            let x = preprocess(&d.image, &f.manifest.input).tensor;
+            let (a, b) = (tract.run(&x).unwrap(), ort.run(&x).unwrap());
+            let diff = a[0]
+                .iter()
+                .zip(&b[0])
+                .map(|(p, q)| (p - q).abs())
+                .fold(0.0f32, f32::max);
+            assert!(
+                diff <= tol,
+                "{precision:?} {name}: tract {:?} vs ORT {:?}",
+                a[0],
+                b[0]
+            );
+        }
+    }
+}
+
+/// Built with `--features tensorrt` (`.ci/run` runs it so).
+#[cfg(feature = "tensorrt")]
+#[test]
+fn tensorrt_on_a_cpu_only_runtime_falls_back_to_the_cpu() {
+    if !have_ort() {
+        return;
+    }
+    let found = scan(&models_dir()).unwrap();
+    let f = found
+        .iter()
+        .find(|f| f.manifest.precision == Precision::Fp32)
+        .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let e = OrtEngine::load(
+        &f.onnx,
+        [1, 3, 224, 224],
+        Provider::TensorRt,
+        tmp.path(),
+        &f.manifest.onnx_sha256,
+    )
+    .unwrap();
+    assert_eq!(e.provider, Provider::Cpu);
+}
