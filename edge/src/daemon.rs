@@ -253,6 +253,8 @@ pub fn run(layer: Layer) -> anyhow::Result<()> {
 
     // path → (size, modified, first time seen with these)
     let mut seen: HashMap<PathBuf, (u64, Option<SystemTime>, Instant)> = HashMap::new();
+    // Inputs whose result could not be stored (a full disk, say): retried with backoff.
+    let mut retry: HashMap<PathBuf, (Instant, Duration)> = HashMap::new();
     while !shutdown.load(Ordering::SeqCst) {
         ping();
         let mut ready = Vec::new();
@@ -285,14 +287,27 @@ pub fn run(layer: Layer) -> anyhow::Result<()> {
             if shutdown.load(Ordering::SeqCst) {
                 break;
             }
+            if retry.get(&path).is_some_and(|(at, _)| Instant::now() < *at) {
+                continue;
+            }
             seen.remove(&path);
             ping();
-            if let Err(e) = process_file(&mut pipeline, &path, &r, outbox.as_mut(), &stats) {
-                // The input stays where it is and is tried again; say why, loudly.
-                tracing::error!("{}: {e:#}", path.display());
-                stats.lock().expect("stats lock").last_error = Some(format!("{e:#}"));
+            match process_file(&mut pipeline, &path, &r, outbox.as_mut(), &stats) {
+                Ok(()) => {
+                    retry.remove(&path);
+                }
+                Err(e) => {
+                    // The input stays where it is and is tried again later; say why, loudly.
+                    let delay = retry.get(&path).map_or(Duration::from_secs(1), |(_, d)| {
+                        (*d * 2).min(Duration::from_secs(300))
+                    });
+                    tracing::error!("{}: {e:#}; retrying in {delay:?}", path.display());
+                    stats.lock().expect("stats lock").last_error = Some(format!("{e:#}"));
+                    retry.insert(path, (Instant::now() + delay, delay));
+                }
             }
         }
+        retry.retain(|p, _| present.contains(p));
         let _ = rx.recv_timeout(Duration::from_millis(250));
     }
     tracing::info!("stopping: finishing up");
