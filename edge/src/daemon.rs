@@ -91,6 +91,17 @@ struct Resolved {
     decode: DecodeOptions,
 }
 
+impl Resolved {
+    /// `quarantine/` for a failed input, `done/` otherwise.
+    fn dir_for(&self, m: &fv_core::result::ResultMessage) -> &Path {
+        if m.error.is_some() {
+            &self.quarantine
+        } else {
+            &self.done
+        }
+    }
+}
+
 /// Runs the daemon until SIGTERM or SIGINT.
 pub fn run(layer: Layer) -> anyhow::Result<()> {
     let site = layer.site.clone().unwrap_or_else(|| "default".into());
@@ -394,22 +405,37 @@ fn process_frame(
             captured_at: Some(captured_at),
         })
     });
+    queue(&outcome.message, outbox, stats)?;
     let m = &outcome.message;
+    let dir = r.dir_for(m);
+    write_local(&outcome, &dir.join(name.replace(['#', '/'], "-")))
+}
+
+/// Durable first: the outbox entry (when a broker is configured), and the counters.
+fn queue(
+    m: &fv_core::result::ResultMessage,
+    outbox: Option<&mut Outbox>,
+    stats: &Mutex<Stats>,
+) -> anyhow::Result<()> {
     if let Some(outbox) = outbox {
         outbox.push(&serde_json::to_vec(m)?)?;
     }
     count(stats, m);
-    let stem = name.replace(['#', '/'], "-");
-    let dir = if m.error.is_some() {
-        &r.quarantine
-    } else {
-        &r.done
-    };
+    Ok(())
+}
+
+/// The files a person sees, named `<base>.result.json` and `<base>.overlay.png`, or
+/// `<base>.error.json` for a failed input.
+fn write_local(outcome: &crate::pipeline::Outcome, base: &Path) -> anyhow::Result<()> {
+    let m = &outcome.message;
+    let with = |suffix: &str| PathBuf::from(format!("{}.{suffix}", base.display()));
     let json = serde_json::to_vec_pretty(m)?;
-    let suffix = if m.error.is_some() { "error" } else { "result" };
-    write_synced(&dir.join(format!("{stem}.{suffix}.json")), &json)?;
+    if m.error.is_some() {
+        return Ok(write_synced(&with("error.json"), &json)?);
+    }
+    write_synced(&with("result.json"), &json)?;
     if let Some(input) = &outcome.input {
-        let png = dir.join(format!("{stem}.overlay.png"));
+        let png = with("overlay.png");
         if let Err(e) = crate::overlay::render(&input.image, m).save(&png) {
             tracing::warn!("{}: cannot write the overlay: {e}", png.display());
         }
@@ -436,44 +462,21 @@ fn process_file(
     stats: &Mutex<Stats>,
 ) -> anyhow::Result<()> {
     let outcome = pipeline.process(file_source(path), || load_file(path, &r.decode));
+    queue(&outcome.message, outbox, stats)?;
     let m = &outcome.message;
-    let json = serde_json::to_vec_pretty(m)?;
-    // Durable first: the outbox entry, then the files a person sees.
-    if let Some(outbox) = outbox {
-        outbox.push(&serde_json::to_vec(m)?)?;
-    }
     let name = file_name(path);
-    count(stats, m);
+    let dir = r.dir_for(m);
+    let dest = free_name(dir, &name);
+    move_file(path, &dest).with_context(|| format!("cannot move to {}", dest.display()))?;
+    write_local(&outcome, &dest)?;
     match &m.error {
-        Some(e) => {
-            let dest = free_name(&r.quarantine, &name);
-            move_file(path, &dest).with_context(|| format!("cannot move to {}", dest.display()))?;
-            write_synced(
-                &PathBuf::from(format!("{}.error.json", dest.display())),
-                &json,
-            )?;
-            tracing::warn!("quarantined {}: {}", dest.display(), e.message);
-        }
-        None => {
-            let dest = free_name(&r.done, &name);
-            move_file(path, &dest).with_context(|| format!("cannot move to {}", dest.display()))?;
-            write_synced(
-                &PathBuf::from(format!("{}.result.json", dest.display())),
-                &json,
-            )?;
-            if let Some(input) = &outcome.input {
-                let png = PathBuf::from(format!("{}.overlay.png", dest.display()));
-                if let Err(e) = crate::overlay::render(&input.image, m).save(&png) {
-                    tracing::warn!("{}: cannot write the overlay: {e}", png.display());
-                }
-            }
-            tracing::info!(
-                "{name}: {:?} (p = {:.3}) in {:.0} ms",
-                m.finding,
-                m.fracture_probability.map_or(f64::NAN, |p| p.get()),
-                m.timing_ms.total
-            );
-        }
+        Some(e) => tracing::warn!("quarantined {}: {}", dest.display(), e.message),
+        None => tracing::info!(
+            "{name}: {:?} (p = {:.3}) in {:.0} ms",
+            m.finding,
+            m.fracture_probability.map_or(f64::NAN, |p| p.get()),
+            m.timing_ms.total
+        ),
     }
     Ok(())
 }
