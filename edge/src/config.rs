@@ -82,6 +82,9 @@ pub struct Layer {
     pub outbox: Option<OutboxLimits>,
     /// A frame grabber, read besides (or instead of) the watch folder.
     pub v4l: Option<V4lSettings>,
+    /// The fleet dashboard's web server (off unless `listen` is set).
+    #[serde(default)]
+    pub dashboard: crate::dashboard::DashboardSettings,
 }
 
 macro_rules! merge {
@@ -133,6 +136,11 @@ impl Layer {
                 heartbeat_s: parse("FV_HEARTBEAT_S")?,
                 ..Default::default()
             },
+            dashboard: crate::dashboard::DashboardSettings {
+                listen: get("FV_DASHBOARD"),
+                broker: get("FV_DASHBOARD_BROKER"),
+                prefix: None,
+            },
             ..Default::default()
         })
     }
@@ -154,6 +162,7 @@ impl Layer {
             ca_file,
             heartbeat_s
         );
+        merge!(self.dashboard, over.dashboard, listen, broker, prefix);
         self
     }
 }

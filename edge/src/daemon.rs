@@ -175,6 +175,12 @@ pub fn run(layer: Layer) -> anyhow::Result<()> {
         None => None,
     };
 
+    // The fleet page, when asked for: static files only, so it cannot slow the readings.
+    let _dashboard = match layer.dashboard.listen {
+        Some(_) => Some(crate::dashboard::serve(&layer.dashboard)?),
+        None => None,
+    };
+
     let shutdown = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, shutdown.clone())?;
@@ -228,8 +234,12 @@ pub fn run(layer: Layer) -> anyhow::Result<()> {
     };
 
     let (tx, rx) = std::sync::mpsc::channel::<()>();
-    let mut watcher = notify::recommended_watcher(move |_| {
-        let _ = tx.send(());
+    let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+        // Our own scan opens the directory, which inotify reports as an access: waking on
+        // those would make the loop feed itself and spin a core while idle.
+        if ev.is_ok_and(|ev| !matches!(ev.kind, notify::EventKind::Access(_))) {
+            let _ = tx.send(());
+        }
     })
     .context("cannot start the file watcher (inotify)")?;
     watcher
@@ -405,7 +415,7 @@ fn process_frame(
             captured_at: Some(captured_at),
         })
     });
-    queue(&outcome.message, outbox, stats)?;
+    queue(&outcome.message, &pipeline.config.uid_salt, outbox, stats)?;
     let m = &outcome.message;
     let dir = r.dir_for(m);
     write_local(&outcome, &dir.join(name.replace(['#', '/'], "-")))
@@ -414,13 +424,17 @@ fn process_frame(
 /// Durable first: the outbox entry (when a broker is configured), and the counters.
 fn queue(
     m: &fv_core::result::ResultMessage,
+    salt: &str,
     outbox: Option<&mut Outbox>,
     stats: &Mutex<Stats>,
 ) -> anyhow::Result<()> {
+    // What is published carries pseudonyms for file names (see `for_fleet`), and so do the
+    // heartbeat's counters.
+    let fleet = crate::pipeline::for_fleet(m, salt);
     if let Some(outbox) = outbox {
-        outbox.push(&serde_json::to_vec(m)?)?;
+        outbox.push(&serde_json::to_vec(&fleet)?)?;
     }
-    count(stats, m);
+    count(stats, &fleet);
     Ok(())
 }
 
@@ -462,7 +476,7 @@ fn process_file(
     stats: &Mutex<Stats>,
 ) -> anyhow::Result<()> {
     let outcome = pipeline.process(file_source(path), || load_file(path, &r.decode));
-    queue(&outcome.message, outbox, stats)?;
+    queue(&outcome.message, &pipeline.config.uid_salt, outbox, stats)?;
     let m = &outcome.message;
     let name = file_name(path);
     let dir = r.dir_for(m);

@@ -48,13 +48,37 @@ fn err(code: &'static str, path: &Path, what: impl std::fmt::Display) -> InputEr
 
 /// Reads a DICOM file and decodes its first frame.
 pub fn load(path: &Path, options: &DecodeOptions) -> Result<DicomImage, InputError> {
-    let obj = dicom_object::open_file(path).map_err(|e| {
-        err(
-            "corrupt",
-            path,
-            format!("not a readable DICOM Part 10 file ({e}); send it again"),
-        )
-    })?;
+    let obj = dicom_object::open_file(path).map_err(|e| unreadable(path, e))?;
+    from_object(obj, path, options)
+}
+
+/// The same from the bytes of a Part 10 file (with its preamble); `path` only names it in
+/// errors. The fuzz target `dicom` drives this.
+pub fn from_bytes(
+    bytes: &[u8],
+    path: &Path,
+    options: &DecodeOptions,
+) -> Result<DicomImage, InputError> {
+    let obj = dicom_object::OpenFileOptions::new()
+        .read_preamble(dicom_object::file::ReadPreamble::Always)
+        .from_reader(bytes)
+        .map_err(|e| unreadable(path, e))?;
+    from_object(obj, path, options)
+}
+
+fn unreadable(path: &Path, e: impl std::fmt::Display) -> InputError {
+    err(
+        "corrupt",
+        path,
+        format!("not a readable DICOM Part 10 file ({e}); send it again"),
+    )
+}
+
+fn from_object(
+    obj: dicom_object::DefaultDicomObject,
+    path: &Path,
+    options: &DecodeOptions,
+) -> Result<DicomImage, InputError> {
     let ts = obj
         .meta()
         .transfer_syntax()

@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod daemon;
+pub mod dashboard;
 pub mod dicom;
 pub mod engine;
 pub mod input;

@@ -75,6 +75,19 @@ enum Command {
     },
     /// The daemon: watch a folder, read each image, write local results, publish over MQTT.
     Run(RunArgs),
+    /// Serve only the fleet dashboard (the page connects to the broker from the browser).
+    Dashboard {
+        /// PORT (all interfaces) or ADDR:PORT.
+        #[arg(long, value_name = "[ADDR:]PORT", default_value = "8080")]
+        listen: String,
+        /// The broker's MQTT-over-WebSockets URL, e.g. ws://broker:9001 (else the page asks,
+        /// or takes ?broker=… from its address).
+        #[arg(long, value_name = "URL")]
+        broker: Option<String>,
+        /// Topic prefix.
+        #[arg(long, default_value = "fractuvision/v1")]
+        prefix: String,
+    },
 }
 
 #[derive(clap::Args)]
@@ -115,6 +128,12 @@ struct RunArgs {
     /// A file is taken once unchanged for this many milliseconds (default 1000).
     #[arg(long, value_name = "MS")]
     settle_ms: Option<u64>,
+    /// Also serve the fleet dashboard on PORT (all interfaces) or ADDR:PORT.
+    #[arg(long, value_name = "[ADDR:]PORT")]
+    dashboard: Option<String>,
+    /// The broker's WebSockets URL that the dashboard page connects to.
+    #[arg(long, value_name = "URL")]
+    dashboard_broker: Option<String>,
 }
 
 fn main() {
@@ -231,10 +250,36 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
                     heartbeat_s: a.heartbeat,
                     ..Default::default()
                 },
+                dashboard: fv_edge::dashboard::DashboardSettings {
+                    listen: a.dashboard,
+                    broker: a.dashboard_broker,
+                    prefix: None,
+                },
                 ..Default::default()
             };
             let env = Layer::from_env(|k| std::env::var(k).ok())?;
             fv_edge::daemon::run(file.merge(&flags).merge(&env))?;
+            Ok(true)
+        }
+        Command::Dashboard {
+            listen,
+            broker,
+            prefix,
+        } => {
+            let server = fv_edge::dashboard::serve(&fv_edge::dashboard::DashboardSettings {
+                listen: Some(listen),
+                broker,
+                prefix: Some(prefix),
+            })?;
+            // Printed so that a script (and the browser test) can find a port 0 listener.
+            println!("dashboard on http://{}/", server.addr);
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+                signal_hook::flag::register(sig, stop.clone())?;
+            }
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
             Ok(true)
         }
     }

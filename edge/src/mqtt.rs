@@ -112,6 +112,7 @@ impl Publisher {
             "device": self.client_id,
             "version": env!("CARGO_PKG_VERSION"),
             "models": self.models,
+            "heartbeat_s": self.heartbeat.as_secs(),
             "ts": crate::pipeline::now_rfc3339(),
         }))
         .expect("status is JSON")
@@ -161,6 +162,7 @@ impl Publisher {
         let mut backoff = Duration::from_millis(200);
         let mut flush_deadline: Option<Instant> = None;
         let mut offline_sent = false;
+        let mut last_refusal: Option<String> = None;
         loop {
             let stopping = self.shutdown.load(Ordering::SeqCst);
             if stopping && flush_deadline.is_none() {
@@ -228,6 +230,8 @@ impl Publisher {
                     let stats = self.stats.lock().expect("stats lock").clone();
                     let hb = serde_json::json!({
                         "uptime_s": started.elapsed().as_secs(),
+                        // Lets a dashboard judge staleness without knowing our config.
+                        "interval_s": self.heartbeat.as_secs(),
                         "outbox_depth": outbox.depth(),
                         "dropped": outbox.dropped(),
                         "processed": stats.processed,
@@ -258,6 +262,7 @@ impl Publisher {
                         outbox.depth()
                     );
                     connected = true;
+                    last_refusal = None;
                     backoff = Duration::from_millis(200);
                     order.clear();
                     inflight.clear();
@@ -288,6 +293,17 @@ impl Publisher {
                             "mqtt: connection to {} lost: {e}; results queue on disk",
                             self.url
                         );
+                    } else if matches!(e, rumqttc::ConnectionError::ConnectionRefused(_)) {
+                        // Refused credentials or client id won't fix themselves: say so once
+                        // per kind of refusal, not at every retry.
+                        let why = e.to_string();
+                        if last_refusal.as_deref() != Some(why.as_str()) {
+                            tracing::error!(
+                                "mqtt: {} refused the connection: {why}; check [mqtt] username, password and the broker's ACL. Retrying with backoff up to 5 s; results queue on disk",
+                                self.url
+                            );
+                            last_refusal = Some(why);
+                        }
                     } else {
                         tracing::debug!("mqtt: cannot connect to {}: {e}", self.url);
                     }

@@ -5,6 +5,14 @@
 //! It is bounded by entry count, bytes and age. When a bound is hit the oldest entries are
 //! dropped, and each drop is logged and appended to `dropped.jsonl` beside the outbox (the
 //! result itself also stays beside its done file), so nothing is lost silently.
+//!
+//! Each record is one file, `<seq>.rec`: a header line `FVQ1 <crc32 hex> <length>` and the
+//! payload. It is written ahead under a temporary name, fsync'd, then renamed, so a crash
+//! leaves either the whole record or a `.tmp` that is not one. Should a record still come
+//! back torn or altered (a power cut on a file system that reorders writes, a bad sector),
+//! its checksum says so: it is moved to `outbox-corrupt/`, logged and counted as dropped,
+//! and the records around it are published as usual. Records written by older versions
+//! (`<seq>.json`, no header) are still read.
 
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
@@ -50,7 +58,51 @@ pub struct Outbox {
     dir: PathBuf,
     limits: OutboxLimits,
     next_seq: u64,
-    dropped: u64,
+}
+
+const MAGIC: &str = "FVQ1";
+
+/// A record file's bytes: header line, then the payload.
+fn encode(payload: &[u8]) -> Vec<u8> {
+    let mut v = format!(
+        "{MAGIC} {:08x} {}\n",
+        crc32fast::hash(payload),
+        payload.len()
+    )
+    .into_bytes();
+    v.extend_from_slice(payload);
+    v
+}
+
+/// The payload of a record file, or why it is not a whole record.
+fn decode(bytes: &[u8]) -> Result<&[u8], String> {
+    let nl = bytes
+        .iter()
+        .position(|&b| b == b'\n')
+        .ok_or("no header line (torn record)")?;
+    let header = std::str::from_utf8(&bytes[..nl]).map_err(|_| "header is not text")?;
+    let mut parts = header.split(' ');
+    let (Some(MAGIC), Some(crc), Some(len), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(format!("bad header `{header}`"));
+    };
+    let crc = u32::from_str_radix(crc, 16).map_err(|_| format!("bad checksum `{crc}`"))?;
+    let len: usize = len.parse().map_err(|_| format!("bad length `{len}`"))?;
+    let payload = &bytes[nl + 1..];
+    if payload.len() != len {
+        return Err(format!(
+            "{} of {len} payload bytes (torn record)",
+            payload.len()
+        ));
+    }
+    let actual = crc32fast::hash(payload);
+    if actual != crc {
+        return Err(format!(
+            "checksum {actual:08x}, header says {crc:08x} (damaged record)"
+        ));
+    }
+    Ok(payload)
 }
 
 fn fsync_dir(dir: &Path) -> std::io::Result<()> {
@@ -66,15 +118,25 @@ impl Outbox {
             dir: dir.to_owned(),
             limits,
             next_seq: 0,
-            dropped: 0,
         };
-        // Leftover temporaries are writes that never completed: not results yet.
+        // Leftover temporaries are writes that never completed: not results yet (their
+        // inputs were not moved to done/, so they are read again).
         for e in std::fs::read_dir(dir)?.flatten() {
             if e.path().extension().is_some_and(|x| x == "tmp") {
+                tracing::info!(
+                    "outbox: removing {}, a write that never completed",
+                    e.path().display()
+                );
                 let _ = std::fs::remove_file(e.path());
             }
         }
-        o.next_seq = o.entries()?.last().map_or(0, |e| e.seq + 1);
+        let entries = o.entries()?;
+        o.next_seq = entries.last().map_or(0, |e| e.seq + 1);
+        // The tail is where a crash would tear a record: check it now, so that the log says
+        // so at start-up rather than when the broker comes back.
+        if let Some(last) = entries.last() {
+            let _ = o.read(last);
+        }
         Ok(o)
     }
 
@@ -83,9 +145,18 @@ impl Outbox {
         &self.dir
     }
 
-    /// Results dropped by the bounds since start.
+    /// Results dropped unsent (bounds or damage), ever: the lines of `dropped.jsonl`.
     pub fn dropped(&self) -> u64 {
-        self.dropped
+        std::fs::read(self.dropped_log())
+            .map_or(0, |b| b.iter().filter(|&&c| c == b'\n').count() as u64)
+    }
+
+    fn dropped_log(&self) -> PathBuf {
+        self.dir.with_file_name("dropped.jsonl")
+    }
+
+    fn corrupt_dir(&self) -> PathBuf {
+        self.dir.with_file_name("outbox-corrupt")
     }
 
     /// Queued entries, oldest first.
@@ -95,7 +166,7 @@ impl Outbox {
             .flatten()
             .filter_map(|e| {
                 let p = e.path();
-                if p.extension()? != "json" {
+                if p.extension()? != "rec" && p.extension()? != "json" {
                     return None;
                 }
                 let seq = p.file_stem()?.to_str()?.parse().ok()?;
@@ -113,26 +184,83 @@ impl Outbox {
 
     /// Writes `payload` durably (temporary file, fsync, rename, fsync of the directory),
     /// then enforces the bounds.
+    ///
+    /// On a full disk or a read-only state directory it fails with an error naming the file
+    /// and the cause, leaves no partial record, and the records already queued stay intact.
     pub fn push(&mut self, payload: &[u8]) -> anyhow::Result<Entry> {
         let seq = self.next_seq;
-        self.next_seq += 1;
-        let path = self.dir.join(format!("{seq:020}.json"));
+        let path = self.dir.join(format!("{seq:020}.rec"));
         let tmp = path.with_extension("tmp");
-        {
-            let mut f = File::create(&tmp)
-                .with_context(|| format!("{}: cannot write to the outbox", tmp.display()))?;
-            f.write_all(payload)?;
+        let write = || -> std::io::Result<()> {
+            let mut f = File::create(&tmp)?;
+            f.write_all(&encode(payload))?;
             f.sync_all()?;
+            std::fs::rename(&tmp, &path)?;
+            fsync_dir(&self.dir)
+        };
+        if let Err(e) = write() {
+            let _ = std::fs::remove_file(&tmp);
+            let hint = match e.raw_os_error() {
+                Some(28) => " (the disk is full: free space in the state directory)",
+                Some(30) => {
+                    " (the state directory is read-only: check its mount and StateDirectory=)"
+                }
+                _ => "",
+            };
+            return Err(anyhow::anyhow!(
+                "{}: cannot store the result in the outbox: {e}{hint}",
+                path.display()
+            ));
         }
-        std::fs::rename(&tmp, &path)?;
-        fsync_dir(&self.dir)?;
+        self.next_seq += 1;
         self.enforce_limits()?;
         Ok(Entry { seq, path })
     }
 
-    /// The payload of an entry.
+    /// The payload of an entry. A record that fails its check is moved to `outbox-corrupt/`,
+    /// logged and counted as dropped, and an error is returned: the caller skips it.
     pub fn read(&self, e: &Entry) -> anyhow::Result<Vec<u8>> {
-        std::fs::read(&e.path).with_context(|| format!("{}: cannot read", e.path.display()))
+        let bytes =
+            std::fs::read(&e.path).with_context(|| format!("{}: cannot read", e.path.display()))?;
+        if e.path.extension().is_some_and(|x| x == "json") {
+            return Ok(bytes);
+        }
+        match decode(&bytes) {
+            Ok(payload) => Ok(payload.to_vec()),
+            Err(why) => {
+                self.set_aside(e, &why)?;
+                anyhow::bail!("{}: {why}; set aside", e.path.display())
+            }
+        }
+    }
+
+    fn set_aside(&self, e: &Entry, why: &str) -> anyhow::Result<()> {
+        let dir = self.corrupt_dir();
+        std::fs::create_dir_all(&dir)?;
+        let to = dir.join(e.path.file_name().expect("a record file name"));
+        tracing::warn!(
+            "outbox: record {} is damaged ({why}); moved to {} and skipped; the records before and after it are kept",
+            e.path.display(),
+            to.display()
+        );
+        std::fs::rename(&e.path, &to)?;
+        fsync_dir(&self.dir)?;
+        self.log_drop("", e.seq, &format!("damaged record: {why}"))
+    }
+
+    fn log_drop(&self, id: &str, seq: u64, reason: &str) -> anyhow::Result<()> {
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dropped_log())?;
+        writeln!(
+            f,
+            "{}",
+            serde_json::json!({"id": id, "seq": seq, "reason": reason,
+                "at": humantime::format_rfc3339_millis(SystemTime::now()).to_string()})
+        )?;
+        f.sync_all()?;
+        Ok(())
     }
 
     /// Removes an acknowledged entry.
@@ -146,27 +274,20 @@ impl Outbox {
     }
 
     fn drop_entry(&mut self, e: &Entry, reason: &str) -> anyhow::Result<()> {
-        let id = self
-            .read(e)
+        let Ok(payload) = self.read(e) else {
+            // Damaged: already set aside and counted.
+            return Ok(());
+        };
+        let id = serde_json::from_slice::<serde_json::Value>(&payload)
             .ok()
-            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
             .and_then(|v| v.get("id").and_then(|i| i.as_str()).map(str::to_owned))
             .unwrap_or_default();
         tracing::warn!(
             "outbox: dropping result {id} (entry {}) unsent: {reason}",
             e.seq
         );
-        let log = self.dir.with_file_name("dropped.jsonl");
-        let mut f = OpenOptions::new().create(true).append(true).open(&log)?;
-        writeln!(
-            f,
-            "{}",
-            serde_json::json!({"id": id, "seq": e.seq, "reason": reason,
-                "at": humantime::format_rfc3339_millis(SystemTime::now()).to_string()})
-        )?;
-        f.sync_all()?;
+        self.log_drop(&id, e.seq, reason)?;
         self.remove(e)?;
-        self.dropped += 1;
         Ok(())
     }
 
@@ -245,5 +366,134 @@ mod tests {
         o.remove(&first).unwrap();
         o.remove(&first).unwrap();
         assert_eq!(o.depth(), 2);
+    }
+
+    #[test]
+    fn a_torn_or_damaged_record_is_set_aside_and_the_others_kept() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("outbox");
+        // A record from an older version, without a header.
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("{:020}.json", 0)), b"{\"id\":\"legacy\"}").unwrap();
+        let mut o = Outbox::open(&dir, OutboxLimits::default()).unwrap();
+        let entries: Vec<Entry> = (0..4)
+            .map(|i| o.push(format!("{{\"id\":\"r{i}\"}}").as_bytes()).unwrap())
+            .collect();
+        // r1 altered in place (a bad sector), r3 (the tail) cut short (a torn write).
+        let mut b = std::fs::read(&entries[1].path).unwrap();
+        *b.last_mut().unwrap() ^= 0x20;
+        std::fs::write(&entries[1].path, b).unwrap();
+        let b = std::fs::read(&entries[3].path).unwrap();
+        std::fs::write(&entries[3].path, &b[..b.len() - 3]).unwrap();
+
+        // Re-opening checks the tail.
+        let o = Outbox::open(&dir, OutboxLimits::default()).unwrap();
+        assert!(
+            !entries[3].path.exists(),
+            "the torn tail is set aside at start-up"
+        );
+        let payloads: Vec<String> = o
+            .entries()
+            .unwrap()
+            .iter()
+            .filter_map(|e| o.read(e).ok())
+            .map(|b| String::from_utf8(b).unwrap())
+            .collect();
+        assert_eq!(
+            payloads,
+            ["{\"id\":\"legacy\"}", "{\"id\":\"r0\"}", "{\"id\":\"r2\"}"]
+        );
+        assert_eq!(o.dropped(), 2);
+        let corrupt: Vec<_> = std::fs::read_dir(tmp.path().join("outbox-corrupt"))
+            .unwrap()
+            .collect();
+        assert_eq!(corrupt.len(), 2, "kept for inspection, not deleted");
+        let log = std::fs::read_to_string(tmp.path().join("dropped.jsonl")).unwrap();
+        assert!(
+            log.contains("torn record") && log.contains("damaged record"),
+            "{log}"
+        );
+        assert_eq!(decode(&encode(b"")).unwrap(), b"");
+        assert!(decode(b"FVQ1 00000000 5\nabc").is_err());
+        assert!(decode(b"FVQ2 00000000 0\n").is_err());
+    }
+
+    /// A small tmpfs, where the test may mount one (root in a sandbox that allows it).
+    struct Tmpfs(PathBuf);
+
+    impl Tmpfs {
+        fn mount(at: &Path, size: &str) -> Option<Tmpfs> {
+            std::fs::create_dir_all(at).unwrap();
+            let ok = std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+                .arg(at)
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            ok.then(|| Tmpfs(at.to_owned()))
+        }
+
+        fn remount_ro(&self) {
+            let ok = std::process::Command::new("mount")
+                .args(["-o", "remount,ro"])
+                .arg(&self.0)
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok);
+        }
+    }
+
+    impl Drop for Tmpfs {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+
+    #[test]
+    fn a_full_disk_or_read_only_state_gives_a_clear_error_and_keeps_the_queue() {
+        let tmp = tempfile::tempdir().unwrap();
+        let Some(fs) = Tmpfs::mount(&tmp.path().join("state"), "64k") else {
+            if std::env::var("FV_REQUIRE_MOUNT").as_deref() == Ok("1") {
+                panic!("FV_REQUIRE_MOUNT=1 but a tmpfs cannot be mounted here");
+            }
+            eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+            return;
+        };
+        let dir = fs.0.join("outbox");
+        let mut o = Outbox::open(&dir, OutboxLimits::default()).unwrap();
+        let payload = vec![b'x'; 3000];
+        let mut stored = 0;
+        let err = loop {
+            match o.push(&payload) {
+                Ok(_) => stored += 1,
+                Err(e) => break e.to_string(),
+            }
+            assert!(stored < 1000, "a 64k tmpfs never filled up");
+        };
+        assert!(stored > 0);
+        assert!(
+            err.contains("disk is full") && err.contains(".rec"),
+            "names the file and the cause: {err}"
+        );
+        let check = |o: &Outbox| {
+            let e = o.entries().unwrap();
+            assert_eq!(e.len(), stored, "no stored record lost");
+            for e in &e {
+                assert_eq!(o.read(e).unwrap(), payload);
+            }
+            assert!(std::fs::read_dir(&dir)
+                .unwrap()
+                .flatten()
+                .all(|e| e.path().extension().is_some_and(|x| x == "rec")));
+        };
+        check(&o);
+
+        fs.remount_ro();
+        let err = o.push(b"{}").unwrap_err().to_string();
+        assert!(err.contains("read-only"), "{err}");
+        check(&o);
+        // And it opens again read-only, for the publisher.
+        check(&Outbox::open(&dir, OutboxLimits::default()).unwrap());
     }
 }

@@ -70,6 +70,35 @@ pub fn uid_hash(salt: &str, uid: &str) -> String {
         .collect()
 }
 
+/// The copy of a result that leaves the device (MQTT). Input file names are chosen by people
+/// and often carry a patient's name, ID or a DICOM UID, so a file's name becomes
+/// `file-<12 hex of SHA-256(salt:name)>.<ext>`, in `source.name` and wherever the error
+/// message quotes it. The local result beside the image keeps the real name for the person at
+/// the unit; the same salt maps one name to one pseudonym, so a fleet operator can still tell
+/// repeats apart and a technician at the unit can match them (`fv-edge` logs both at debug).
+pub fn for_fleet(m: &ResultMessage, salt: &str) -> ResultMessage {
+    let mut out = m.clone();
+    if matches!(m.source.kind, SourceKind::File | SourceKind::Dicom) && !m.source.name.is_empty() {
+        let name = &m.source.name;
+        let ext = std::path::Path::new(name)
+            .extension()
+            .and_then(|e| e.to_str())
+            .filter(|e| e.len() <= 5 && e.chars().all(|c| c.is_ascii_alphanumeric()))
+            .map(|e| format!(".{}", e.to_ascii_lowercase()))
+            .unwrap_or_default();
+        let pseudonym = format!(
+            "file-{}{ext}",
+            &uid_hash(salt, &format!("name:{name}"))[..12]
+        );
+        if let Some(e) = &mut out.error {
+            e.message = e.message.replace(name.as_str(), &pseudonym);
+        }
+        tracing::debug!("fleet name of {name}: {pseudonym}");
+        out.source.name = pseudonym;
+    }
+    out
+}
+
 /// The current time, RFC 3339 UTC with milliseconds.
 pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
@@ -257,5 +286,41 @@ pub fn file_source(path: &std::path::Path) -> Source {
             SourceKind::File
         },
         name: crate::input::file_name(path),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fv_core::result::ErrorInfo;
+
+    #[test]
+    fn fleet_copy_hides_file_names() {
+        let name = "DOE_JOHN_PID-777.dcm";
+        let m: ResultMessage = serde_json::from_value(serde_json::json!({
+            "schema": RESULT_SCHEMA, "id": "x", "site": "s", "device": "d",
+            "source": {"kind": "dicom", "name": name}, "study": null, "captured_at": null,
+            "processed_at": "2026-11-29T00:00:00Z", "models": [],
+            "timing_ms": {"decode": 0.0, "preprocess": 0.0, "classify": 0.0, "detect": null, "total": 0.0},
+        }))
+        .unwrap();
+        let mut failed = m.clone();
+        failed.error = Some(ErrorInfo {
+            code: "truncated".into(),
+            message: format!("{name}: the file ends early"),
+        });
+        let a = for_fleet(&failed, "salt-1");
+        let text = serde_json::to_string(&a).unwrap();
+        assert!(!text.contains("DOE") && !text.contains("777"), "{text}");
+        assert!(a.source.name.starts_with("file-") && a.source.name.ends_with(".dcm"));
+        assert_eq!(
+            a.error.unwrap().message,
+            format!("{}: the file ends early", a.source.name)
+        );
+        // One name, one pseudonym per salt; another salt, another pseudonym.
+        assert_eq!(for_fleet(&m, "salt-1").source.name, a.source.name);
+        assert_ne!(for_fleet(&m, "salt-2").source.name, a.source.name);
+        // The local copy is untouched.
+        assert_eq!(m.source.name, name);
     }
 }

@@ -7,12 +7,9 @@ mod common;
 use common::*;
 use dicom_core::value::PixelFragmentSequence;
 use dicom_core::{DataElement, PrimitiveValue, VR};
-use dicom_dictionary_std::{tags, uids};
-use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
+use dicom_dictionary_std::tags;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-const STUDY_UID: &str = "1.2.826.0.1.3680043.8.498.424242";
 
 fn infer(args: &[&Path], extra: &[&str]) -> (i32, Vec<serde_json::Value>, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_fv-edge"));
@@ -37,70 +34,6 @@ fn infer(args: &[&Path], extra: &[&str]) -> (i32, Vec<serde_json::Value>, String
         lines,
         stdout + &String::from_utf8_lossy(&out.stderr),
     )
-}
-
-/// A DX radiograph from a sample JPEG: 12 bits stored, MONOCHROME1 (inverted), rescaled by
-/// slope 2 and intercept −100, windowed exactly over the rescaled range; read back right it
-/// shows the JPEG's grey levels.
-fn dicom_from_jpeg(jpeg: &Path, out: &Path, modality: &str, with_pixels: bool) {
-    let g = image::open(jpeg).unwrap().to_luma8();
-    let stored: Vec<u16> = g
-        .as_raw()
-        .iter()
-        .map(|&v| ((255 - v) as f32 * 4095.0 / 255.0).round() as u16)
-        .collect();
-    let us = |t, v: u16| DataElement::new(t, VR::US, PrimitiveValue::from(v));
-    let s = |t, vr, v: &str| DataElement::new(t, vr, PrimitiveValue::from(v));
-    let mut elements = vec![
-        s(
-            tags::SOP_CLASS_UID,
-            VR::UI,
-            uids::DIGITAL_X_RAY_IMAGE_STORAGE_FOR_PRESENTATION,
-        ),
-        s(
-            tags::SOP_INSTANCE_UID,
-            VR::UI,
-            "1.2.826.0.1.3680043.8.498.1",
-        ),
-        s(tags::STUDY_INSTANCE_UID, VR::UI, STUDY_UID),
-        s(tags::PATIENT_NAME, VR::PN, "DOE^JOHN"),
-        s(tags::PATIENT_ID, VR::LO, "PID-777"),
-        s(tags::PATIENT_BIRTH_DATE, VR::DA, "19700101"),
-        s(tags::MODALITY, VR::CS, modality),
-        us(tags::SAMPLES_PER_PIXEL, 1),
-        s(tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "MONOCHROME1"),
-        us(tags::ROWS, g.height() as u16),
-        us(tags::COLUMNS, g.width() as u16),
-        us(tags::BITS_ALLOCATED, 16),
-        us(tags::BITS_STORED, 12),
-        us(tags::HIGH_BIT, 11),
-        us(tags::PIXEL_REPRESENTATION, 0),
-        s(tags::RESCALE_SLOPE, VR::DS, "2"),
-        s(tags::RESCALE_INTERCEPT, VR::DS, "-100"),
-        s(tags::WINDOW_CENTER, VR::DS, "3995.5"),
-        s(tags::WINDOW_WIDTH, VR::DS, "8191"),
-    ];
-    if with_pixels {
-        elements.push(DataElement::new(
-            tags::PIXEL_DATA,
-            VR::OW,
-            PrimitiveValue::U16(stored.into()),
-        ));
-    }
-    write_dicom(elements, uids::EXPLICIT_VR_LITTLE_ENDIAN, out);
-}
-
-fn write_dicom(elements: Vec<DataElement<InMemDicomObject>>, ts: &str, out: &Path) {
-    let obj = InMemDicomObject::from_element_iter(elements);
-    let file = obj
-        .with_meta(
-            FileMetaTableBuilder::new()
-                .transfer_syntax(ts)
-                .media_storage_sop_class_uid(uids::DIGITAL_X_RAY_IMAGE_STORAGE_FOR_PRESENTATION)
-                .media_storage_sop_instance_uid("1.2.826.0.1.3680043.8.498.1"),
-        )
-        .unwrap();
-    file.write_to_file(out).unwrap();
 }
 
 #[test]

@@ -4,6 +4,9 @@
 
 #![allow(dead_code)] // each test binary uses its own part of this module
 
+use dicom_core::{DataElement, PrimitiveValue, VR};
+use dicom_dictionary_std::{tags, uids};
+use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -316,7 +319,7 @@ impl Daemon {
         std::fs::read_dir(self.state.join("outbox"))
             .map(|d| {
                 d.flatten()
-                    .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "rec"))
                     .count()
             })
             .unwrap_or(0)
@@ -358,4 +361,69 @@ pub fn ids(v: &[serde_json::Value]) -> std::collections::BTreeSet<String> {
     v.iter()
         .map(|r| r["id"].as_str().unwrap().to_owned())
         .collect()
+}
+
+/// The patient data written into test DICOMs; none of it may leave fv-edge.
+pub const STUDY_UID: &str = "1.2.826.0.1.3680043.8.498.424242";
+pub const SOP_UID: &str = "1.2.826.0.1.3680043.8.498.1";
+pub const PHI: [&str; 6] = ["DOE", "JOHN", "PID-777", "19700101", STUDY_UID, SOP_UID];
+
+/// A DX radiograph from a sample JPEG: 12 bits stored, MONOCHROME1 (inverted), rescaled by
+/// slope 2 and intercept −100, windowed exactly over the rescaled range; read back right it
+/// shows the JPEG's grey levels.
+pub fn dicom_from_jpeg(jpeg: &Path, out: &Path, modality: &str, with_pixels: bool) {
+    let g = image::open(jpeg).unwrap().to_luma8();
+    let stored: Vec<u16> = g
+        .as_raw()
+        .iter()
+        .map(|&v| ((255 - v) as f32 * 4095.0 / 255.0).round() as u16)
+        .collect();
+    let us = |t, v: u16| DataElement::new(t, VR::US, PrimitiveValue::from(v));
+    let s = |t, vr, v: &str| DataElement::new(t, vr, PrimitiveValue::from(v));
+    let mut elements = vec![
+        s(
+            tags::SOP_CLASS_UID,
+            VR::UI,
+            uids::DIGITAL_X_RAY_IMAGE_STORAGE_FOR_PRESENTATION,
+        ),
+        s(tags::SOP_INSTANCE_UID, VR::UI, SOP_UID),
+        s(tags::STUDY_INSTANCE_UID, VR::UI, STUDY_UID),
+        s(tags::PATIENT_NAME, VR::PN, "DOE^JOHN"),
+        s(tags::PATIENT_ID, VR::LO, "PID-777"),
+        s(tags::PATIENT_BIRTH_DATE, VR::DA, "19700101"),
+        s(tags::MODALITY, VR::CS, modality),
+        us(tags::SAMPLES_PER_PIXEL, 1),
+        s(tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "MONOCHROME1"),
+        us(tags::ROWS, g.height() as u16),
+        us(tags::COLUMNS, g.width() as u16),
+        us(tags::BITS_ALLOCATED, 16),
+        us(tags::BITS_STORED, 12),
+        us(tags::HIGH_BIT, 11),
+        us(tags::PIXEL_REPRESENTATION, 0),
+        s(tags::RESCALE_SLOPE, VR::DS, "2"),
+        s(tags::RESCALE_INTERCEPT, VR::DS, "-100"),
+        s(tags::WINDOW_CENTER, VR::DS, "3995.5"),
+        s(tags::WINDOW_WIDTH, VR::DS, "8191"),
+    ];
+    if with_pixels {
+        elements.push(DataElement::new(
+            tags::PIXEL_DATA,
+            VR::OW,
+            PrimitiveValue::U16(stored.into()),
+        ));
+    }
+    write_dicom(elements, uids::EXPLICIT_VR_LITTLE_ENDIAN, out);
+}
+
+pub fn write_dicom(elements: Vec<DataElement<InMemDicomObject>>, ts: &str, out: &Path) {
+    let obj = InMemDicomObject::from_element_iter(elements);
+    let file = obj
+        .with_meta(
+            FileMetaTableBuilder::new()
+                .transfer_syntax(ts)
+                .media_storage_sop_class_uid(uids::DIGITAL_X_RAY_IMAGE_STORAGE_FOR_PRESENTATION)
+                .media_storage_sop_instance_uid(SOP_UID),
+        )
+        .unwrap();
+    file.write_to_file(out).unwrap();
 }

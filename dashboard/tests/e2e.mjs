@@ -1,0 +1,180 @@
+// End to end, with real parts only: Mosquitto with a WebSockets listener, two real fv-edge
+// daemons publishing status, heartbeats and a result, `fv-edge dashboard` serving the page,
+// and Debian's Chromium driven by playwright-core.
+//
+//   FV_EDGE_BIN=target/debug/fv-edge node dashboard/tests/e2e.mjs
+//
+// Environment: FV_EDGE_BIN (required), FV_MODELS (default models), FV_SAMPLE (an image),
+// MOSQUITTO (default: found on PATH or /usr/sbin), CHROMIUM (default /usr/bin/chromium),
+// ARTIFACTS (where the screenshot goes; default a temp dir). Exits non-zero on any failure.
+// edge/tests/dashboard.rs runs it as part of `cargo test`.
+import { spawn } from 'node:child_process';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer, Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { basename, join, resolve } from 'node:path';
+import { chromium } from 'playwright-core';
+
+const repo = resolve(new URL('../..', import.meta.url).pathname);
+const edgeBin = process.env.FV_EDGE_BIN;
+if (!edgeBin) throw new Error('set FV_EDGE_BIN to the fv-edge binary (cargo build -p fv-edge)');
+const models = process.env.FV_MODELS ?? join(repo, 'models');
+const sample = process.env.FV_SAMPLE
+  ?? join(repo, 'tests/data/fracatlas-sample/images/Fractured/IMG0002322.jpg');
+const chromiumPath = process.env.CHROMIUM ?? '/usr/bin/chromium';
+const mosquitto = process.env.MOSQUITTO
+  ?? ['/usr/sbin/mosquitto', '/usr/bin/mosquitto', '/usr/local/sbin/mosquitto'].find(existsSync);
+if (!mosquitto) throw new Error('mosquitto not found: apt-get install mosquitto');
+const work = mkdtempSync(join(tmpdir(), 'fv-dashboard-e2e-'));
+const artifacts = process.env.ARTIFACTS ?? work;
+mkdirSync(artifacts, { recursive: true });
+
+const children = [];
+function start(name, cmd, args, opts = {}) {
+  const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], ...opts });
+  child.log = '';
+  child.stdout.on('data', (d) => { child.log += d; });
+  child.stderr.on('data', (d) => { child.log += d; });
+  child.name = name;
+  children.push(child);
+  return child;
+}
+
+function freePort() {
+  return new Promise((ok, fail) => {
+    const s = createServer();
+    s.on('error', fail);
+    s.listen(0, '127.0.0.1', () => { const { port } = s.address(); s.close(() => ok(port)); });
+  });
+}
+
+async function waitFor(what, timeoutMs, f) {
+  const t0 = Date.now();
+  for (;;) {
+    const v = await f();
+    if (v) return Date.now() - t0;
+    if (Date.now() - t0 > timeoutMs) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+function listening(port) {
+  return new Promise((ok) => {
+    const s = new Socket();
+    s.once('connect', () => { s.destroy(); ok(true); });
+    s.once('error', () => ok(false));
+    s.connect(port, '127.0.0.1');
+  });
+}
+
+function unit(site, device, mqttPort) {
+  const dir = join(work, device);
+  mkdirSync(join(dir, 'watch'), { recursive: true });
+  const child = start(device, edgeBin, [
+    'run', '-v', '--watch', join(dir, 'watch'), '--state', join(dir, 'state'), '--models', models,
+    '--site', site, '--device-id', device, '--mqtt', `mqtt://127.0.0.1:${mqttPort}`,
+    '--heartbeat', '1', '--settle-ms', '200',
+  ]);
+  child.watch = join(dir, 'watch');
+  return child;
+}
+
+let browser;
+let page;
+let ok = false;
+try {
+  const mqttPort = await freePort();
+  const wsPort = await freePort();
+  writeFileSync(join(work, 'mosquitto.conf'), [
+    `listener ${mqttPort} 127.0.0.1`,
+    'allow_anonymous true',
+    `listener ${wsPort} 127.0.0.1`,
+    'protocol websockets',
+    '',
+  ].join('\n'));
+  start('mosquitto', mosquitto, ['-c', join(work, 'mosquitto.conf')]);
+  await waitFor('mosquitto (mqtt)', 10000, () => listening(mqttPort));
+  await waitFor('mosquitto (websockets)', 10000, () => listening(wsPort));
+
+  const server = start('dashboard', edgeBin, ['dashboard', '--listen', '127.0.0.1:0']);
+  let pageUrl;
+  await waitFor('fv-edge dashboard to print its address', 20000, () => {
+    const m = server.log.match(/dashboard on (http:\/\/\S+)/);
+    if (m) pageUrl = m[1];
+    return Boolean(m);
+  });
+
+  const a = unit('clinic-a', 'unit-1', mqttPort);
+  const b = unit('clinic-b', 'unit-2', mqttPort);
+
+  browser = await chromium.launch({
+    executablePath: chromiumPath,
+    headless: true,
+    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+  });
+  page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+  const consoleLines = [];
+  page.on('console', (m) => consoleLines.push(`${m.type()}: ${m.text()}`));
+  page.on('pageerror', (e) => consoleLines.push(`pageerror: ${e.message}`));
+  await page.goto(`${pageUrl}?broker=ws://127.0.0.1:${wsPort}`);
+
+  const row = (key) => page.locator(`#units tr[data-unit="${key}"]`);
+  // Both units appear, online, with a heartbeat (which carries outbox depth and counts).
+  for (const key of ['clinic-a/unit-1', 'clinic-b/unit-2']) {
+    await row(key).and(page.locator('[data-state="online"]')).waitFor({ timeout: 60000 });
+    await waitFor(`${key}'s heartbeat`, 15000, async () =>
+      !(await row(key).locator('td').nth(4).textContent()).includes('—'));
+  }
+  console.log('both units online with heartbeats');
+
+  // A reading at unit-1 shows in the recent list and in today's counts.
+  copyFileSync(sample, join(a.watch, basename(sample)));
+  const resultRow = page.locator('#results tbody tr').filter({ hasText: 'unit-1' });
+  await resultRow.first().waitFor({ timeout: 60000 });
+  const finding = await resultRow.first().getAttribute('data-finding');
+  if (!['fracture', 'suspicious', 'no_fracture'].includes(finding)) {
+    throw new Error(`result row finding is ${finding}`);
+  }
+  const today = await page.locator('#today tr[data-site="clinic-a"] td').allTextContents();
+  console.log(`result shown: ${finding}; today at clinic-a: ${today.join(' | ')}`);
+  const counted = today.slice(1, 4).map(Number).reduce((x, y) => x + y, 0);
+  if (counted !== 1 || Number(today[4]) !== 0) throw new Error(`today's counts for clinic-a: ${today}`);
+  if (await page.locator('#today tr[data-site="clinic-b"]').count() !== 0) {
+    throw new Error('clinic-b has no results today');
+  }
+
+  // unit-2 dies (SIGKILL: no goodbye): its last will marks it offline within seconds.
+  b.kill('SIGKILL');
+  const killedAt = Date.now();
+  await row('clinic-b/unit-2').and(page.locator('[data-state="offline"]')).waitFor({ timeout: 15000 });
+  console.log(`unit-2 shown offline ${Date.now() - killedAt} ms after SIGKILL`);
+  if ((await row('clinic-a/unit-1').getAttribute('data-state')) !== 'online') {
+    throw new Error('unit-1 should still be online');
+  }
+
+  // No patient data, not even the file name, reaches the page.
+  const text = await page.locator('body').innerText();
+  if (text.includes(basename(sample)) || text.includes(basename(sample, '.jpg'))) {
+    throw new Error('the page shows the input file name');
+  }
+  const shot = join(artifacts, 'dashboard-e2e.png');
+  await page.screenshot({ path: shot, fullPage: true });
+  console.log(`screenshot: ${shot}`);
+  const errors = consoleLines.filter((l) => l.startsWith('error') || l.startsWith('pageerror'));
+  if (errors.length) throw new Error(`browser console errors:\n${errors.join('\n')}`);
+  ok = true;
+} catch (e) {
+  console.error(`dashboard e2e FAILED: ${e.stack ?? e}`);
+  if (page) {
+    await page.screenshot({ path: join(artifacts, 'dashboard-e2e-failure.png'), fullPage: true })
+      .catch(() => {});
+  }
+  for (const c of children) console.error(`--- ${c.name} ---\n${c.log.slice(-3000)}`);
+} finally {
+  if (browser) await browser.close().catch(() => {});
+  for (const c of children) c.kill('SIGKILL');
+  if (ok && !process.env.ARTIFACTS) rmSync(work, { recursive: true, force: true });
+}
+console.log(ok ? 'dashboard e2e ok' : 'dashboard e2e failed');
+process.exit(ok ? 0 : 1);

@@ -1,0 +1,69 @@
+// Unit tests of the fleet state (node --test): what the page shows, judged from messages.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { Fleet, settings, STALE_INTERVALS } from '../fleet.js';
+
+const P = 'fractuvision/v1';
+const result = (id, finding, p, at = new Date().toISOString()) =>
+  JSON.stringify({ schema: 'fractuvision.result/1', id, finding, fracture_probability: p,
+    processed_at: at, source: { kind: 'file', name: 'Smith_John.jpg' }, boxes: [] });
+
+test('status, heartbeat and last will make a unit online, stale, offline', () => {
+  const f = new Fleet(P);
+  const t0 = Date.parse('2026-11-29T10:00:00Z');
+  f.apply(`${P}/clinic-a/unit-1/status`, JSON.stringify({ state: 'online', models: [] }), t0);
+  f.apply(`${P}/clinic-a/unit-1/heartbeat`,
+    JSON.stringify({ interval_s: 5, outbox_depth: 3, processed: 7, failed: 1 }), t0);
+  const u = f.units.get('clinic-a/unit-1');
+  assert.equal(f.health(u, t0 + 1000), 'online');
+  assert.equal(u.outboxDepth, 3);
+  assert.equal(f.health(u, t0 + (STALE_INTERVALS * 5 - 1) * 1000), 'online');
+  assert.equal(f.health(u, t0 + (STALE_INTERVALS * 5 + 1) * 1000), 'stale');
+  f.apply(`${P}/clinic-a/unit-1/status`, JSON.stringify({ state: 'offline', reason: 'connection lost' }), t0);
+  assert.equal(f.health(u, t0), 'offline');
+  assert.equal(u.reason, 'connection lost');
+  // An empty retained status removes a decommissioned unit.
+  f.apply(`${P}/clinic-a/unit-1/status`, '', t0);
+  assert.equal(f.units.size, 0);
+});
+
+test('a redelivered result (QoS 1, same id) is listed and counted once', () => {
+  const f = new Fleet(P);
+  const now = Date.now();
+  assert.equal(f.apply(`${P}/s/d/result`, result('a', 'fracture', 0.9), now), 'result');
+  assert.equal(f.apply(`${P}/s/d/result`, result('a', 'fracture', 0.9), now), null);
+  f.apply(`${P}/s/d/result`, result('b', 'no_fracture', 0.1), now);
+  f.apply(`${P}/s/d/result`, JSON.stringify({ id: 'c', error: { code: 'decode', message: 'x' } }), now);
+  assert.equal(f.recent.length, 3);
+  assert.deepEqual(f.today(now).get('s'), { fracture: 1, suspicious: 0, no_fracture: 1, failed: 1 });
+  assert.equal(f.recent[0].finding, 'failed');
+});
+
+test('yesterday\'s results are not counted today', () => {
+  const f = new Fleet(P);
+  const now = Date.now();
+  f.apply(`${P}/s/d/result`, result('old', 'fracture', 0.9, new Date(now - 86400e3 * 2).toISOString()), now);
+  assert.equal(f.today(now).size, 0);
+  assert.equal(f.recent.length, 1);
+});
+
+test('the page keeps no file names or study data', () => {
+  const f = new Fleet(P);
+  f.apply(`${P}/s/d/result`, result('a', 'fracture', 0.9), Date.now());
+  assert.ok(!JSON.stringify(f.recent).includes('Smith'));
+});
+
+test('other prefixes and malformed topics are ignored; bad JSON throws', () => {
+  const f = new Fleet(P);
+  assert.equal(f.apply('other/v1/s/d/status', '{}', 0), null);
+  assert.equal(f.apply(`${P}/s/status`, '{}', 0), null);
+  assert.throws(() => f.apply(`${P}/s/d/heartbeat`, 'not json', 0));
+});
+
+test('settings: query over config file over defaults', () => {
+  const s = settings(new URLSearchParams('broker=ws://q:9001'), { broker: 'ws://f:1', prefix: 'x/v1' });
+  assert.equal(s.broker, 'ws://q:9001');
+  assert.equal(s.prefix, 'x/v1');
+  assert.equal(settings(new URLSearchParams(''), null).prefix, 'fractuvision/v1');
+  assert.equal(settings(new URLSearchParams(''), null).broker, null);
+});

@@ -1,0 +1,77 @@
+//! The fuzz targets' seeds and every input a fuzzer ever crashed on (`fuzz/seeds/<target>/`,
+//! `fuzz/regressions/<target>/`), run through the same calls as the targets in `fuzz/`, in
+//! the ordinary test build: a fixed crash stays fixed without cargo fuzz.
+
+mod common;
+
+use fv_core::imaging::{decode_bytes, DecodeOptions};
+use std::path::{Path, PathBuf};
+
+fn inputs(target: &str) -> Vec<PathBuf> {
+    let mut v = Vec::new();
+    for kind in ["seeds", "regressions"] {
+        let dir = common::workspace().join("fuzz").join(kind).join(target);
+        if let Ok(d) = std::fs::read_dir(&dir) {
+            v.extend(d.flatten().map(|e| e.path()).filter(|p| p.is_file()));
+        }
+    }
+    v.sort();
+    v
+}
+
+fn options() -> DecodeOptions {
+    DecodeOptions {
+        max_pixels: 1 << 22,
+    }
+}
+
+#[test]
+fn image_decode() {
+    let files = inputs("image_decode");
+    assert!(files.len() >= 4, "seeds: {files:?}");
+    let mut decoded = 0;
+    for f in &files {
+        let bytes = std::fs::read(f).unwrap();
+        if decode_bytes(&bytes, f, &options()).is_ok() {
+            decoded += 1;
+        }
+    }
+    // The seeds are valid images: the target starts from inputs that reach the pixels.
+    assert!(decoded >= 4, "{decoded} of {} decoded", files.len());
+}
+
+#[test]
+fn dicom() {
+    let files = inputs("dicom");
+    assert!(!files.is_empty());
+    for f in &files {
+        let bytes = std::fs::read(f).unwrap();
+        let r = fv_edge::dicom::from_bytes(&bytes, f, &options());
+        if f.to_string_lossy().contains("/seeds/") {
+            let d = r.unwrap_or_else(|e| panic!("seed {}: {}", f.display(), e.message));
+            // The same bytes read from the file give the same image.
+            let from_file = fv_edge::dicom::load(f, &options()).unwrap();
+            assert_eq!(d.image, from_file.image);
+        }
+    }
+}
+
+#[test]
+fn manifest() {
+    for f in inputs("manifest") {
+        if let Ok(text) = std::fs::read_to_string(&f) {
+            let _ = fv_core::manifest::Manifest::from_json(&text, Path::new("x.json"));
+        }
+    }
+}
+
+#[test]
+fn config() {
+    for f in inputs("config") {
+        if let Ok(text) = std::fs::read_to_string(&f) {
+            if let Ok(l) = toml::from_str::<fv_edge::config::Layer>(&text) {
+                let _ = toml::to_string(&fv_edge::config::Layer::default().merge(&l));
+            }
+        }
+    }
+}
