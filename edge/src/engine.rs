@@ -101,6 +101,11 @@ pub mod onnxruntime {
 
     static ENV: OnceLock<Result<ort::environment::Environment, String>> = OnceLock::new();
 
+    /// Intra-op threads of new sessions (0: ONNX Runtime's default, one per core). `fv-edge
+    /// bench` sets it to tract's count so that the two are compared on equal terms.
+    pub static INTRA_THREADS: std::sync::atomic::AtomicUsize =
+        std::sync::atomic::AtomicUsize::new(0);
+
     /// The process's ONNX Runtime, loaded once from `dylib` or `ORT_DYLIB_PATH`.
     pub fn environment(
         dylib: Option<&Path>,
@@ -148,6 +153,12 @@ pub mod onnxruntime {
             };
             for &p in chain {
                 let mut b = Session::builder(env).map_err(|e| anyhow::anyhow!("{e}"))?;
+                let threads = INTRA_THREADS.load(std::sync::atomic::Ordering::Relaxed);
+                if threads > 0 {
+                    b = b
+                        .with_intra_threads(threads)
+                        .map_err(|e| anyhow::anyhow!("{e}"))?;
+                }
                 let registered: Result<(), String> = match p {
                     #[cfg(not(feature = "tensorrt"))]
                     Provider::TensorRt | Provider::Cuda => {

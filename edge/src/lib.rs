@@ -3,6 +3,7 @@
 //! results over MQTT through an on-disk outbox, writing a local result and overlay for the
 //! person at the unit. The binary in `main.rs` is a thin shell over this library.
 
+pub mod bench;
 pub mod config;
 pub mod daemon;
 pub mod dashboard;

@@ -75,6 +75,35 @@ enum Command {
     },
     /// The daemon: watch a folder, read each image, write local results, publish over MQTT.
     Run(RunArgs),
+    /// Time each model on each engine and the whole path, side by side (see BENCHMARKS.md).
+    Bench {
+        /// Models directory.
+        #[arg(long, value_name = "DIR", default_value = "models")]
+        models: PathBuf,
+        /// Timed runs per measurement.
+        #[arg(long, value_name = "N", default_value_t = 50)]
+        iterations: usize,
+        /// Untimed runs first.
+        #[arg(long, value_name = "N", default_value_t = 3)]
+        warmup: usize,
+        /// Engines (ONNX Runtime is skipped with a note when ORT_DYLIB_PATH cannot load).
+        #[arg(long, value_enum, value_delimiter = ',', default_values_t = [EngineKind::Tract, EngineKind::OrtCpu])]
+        engines: Vec<EngineKind>,
+        /// ONNX Runtime intra-op threads (tract runs on one; the same count compares them
+        /// fairly).
+        #[arg(long, value_name = "N", default_value_t = 1)]
+        threads: usize,
+        /// The FracAtlas sample the whole-path inputs come from.
+        #[arg(
+            long,
+            value_name = "DIR",
+            default_value = "tests/data/fracatlas-sample/images"
+        )]
+        samples: PathBuf,
+        /// Print the report as JSON (else Markdown tables).
+        #[arg(long)]
+        json: bool,
+    },
     /// Serve only the fleet dashboard (the page connects to the broker from the browser).
     Dashboard {
         /// PORT (all interfaces) or ADDR:PORT.
@@ -259,6 +288,31 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             };
             let env = Layer::from_env(|k| std::env::var(k).ok())?;
             fv_edge::daemon::run(file.merge(&flags).merge(&env))?;
+            Ok(true)
+        }
+        Command::Bench {
+            models,
+            iterations,
+            warmup,
+            engines,
+            threads,
+            samples,
+            json,
+        } => {
+            let options = fv_edge::bench::BenchOptions {
+                models,
+                iterations: iterations.max(1),
+                warmup,
+                engines,
+                threads: threads.max(1),
+                samples,
+            };
+            let report = fv_edge::bench::run(&options, &mut |line| eprintln!("{line}"))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", fv_edge::bench::markdown(&report));
+            }
             Ok(true)
         }
         Command::Dashboard {

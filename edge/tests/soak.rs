@@ -7,7 +7,7 @@
 //!
 //! ```sh
 //! FV_SOAK_IMAGES=10000 FV_SOAK_BROKER_RESTARTS=100 FV_SOAK_KILLS=20 \
-//!   cargo test --release -p fv-edge --test soak -- --nocapture
+//!   cargo test -p fv-edge --test soak -- --nocapture
 //! ```
 //!
 //! FV_SOAK_SEED replays a run's fault schedule (the seed is printed).

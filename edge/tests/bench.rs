@@ -1,0 +1,56 @@
+//! `fv-edge bench --json` as a smoke run on the committed models: every model on every
+//! available engine, the whole path for the three inputs, and the ratios. Figures are not
+//! judged here (a shared CI machine says little about speed); BENCHMARKS.md holds the real run.
+
+mod common;
+
+use std::process::Command;
+
+#[test]
+fn bench_json_smoke() {
+    let out = Command::new(env!("CARGO_BIN_EXE_fv-edge"))
+        .args(["bench", "--json", "--iterations", "1", "--warmup", "0"])
+        .arg("--models")
+        .arg(common::models_dir())
+        .arg("--samples")
+        .arg(common::workspace().join("tests/data/fracatlas-sample/images"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let engines = r["engines"].as_array().unwrap();
+    let tract: Vec<_> = engines.iter().filter(|e| e["engine"] == "tract").collect();
+    assert_eq!(tract.len(), 2, "fp32 and int8 on tract: {r}");
+    for e in engines {
+        let p50 = e["latency"]["p50_ms"].as_f64().unwrap();
+        assert!(p50 > 0.0 && p50.is_finite(), "{e}");
+    }
+    let ort = engines.iter().any(|e| e["engine"] == "onnxruntime-cpu");
+    if std::env::var_os("ORT_DYLIB_PATH").is_some() {
+        assert!(
+            ort,
+            "ONNX Runtime is available, so it is measured: {stderr}"
+        );
+        assert!(r["ratios"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|q| q["what"].as_str().unwrap().contains("tract / ONNX Runtime")));
+    } else {
+        assert!(!r["skipped"].as_array().unwrap().is_empty());
+    }
+    let paths = r["paths"].as_array().unwrap();
+    let classifiers = engines.len();
+    assert_eq!(
+        paths.len(),
+        3 * classifiers,
+        "three inputs per classifier: {r}"
+    );
+    let sizes: Vec<&str> = paths.iter().map(|p| p["size"].as_str().unwrap()).collect();
+    assert!(
+        sizes.contains(&"2304×2880") && sizes.contains(&"1760×2140"),
+        "{sizes:?}"
+    );
+    assert!(r["peak_rss_mib"].as_f64().unwrap() > 0.0);
+}
