@@ -68,14 +68,28 @@ const VRS: &str = "AE AS AT CS DA DS DT FD FL IS LO LT OB OD OF OL OV OW PN SH S
 /// 772-byte file claiming a 1.4 GB value cost 1.4 GB of memory and 14 s (found by the `dicom`
 /// fuzz target): on a Jetson that is an out-of-memory kill, a restart, and the same file
 /// again. A linear walk over element headers, descending into sequences, skipping values and
-/// pixel fragments; what it cannot follow (big-endian, deflated) is left to dicom-rs.
+/// pixel fragments, in either byte order; a deflated data set is left to dicom-rs.
 fn check_declared_lengths(bytes: &[u8]) -> Result<(), String> {
     if bytes.len() < 132 || &bytes[128..132] != b"DICM" {
         return Ok(()); // not Part 10: dicom-rs says so
     }
-    let u16_at = |p: usize| u16::from_le_bytes([bytes[p], bytes[p + 1]]);
-    let u32_at =
-        |p: usize| u32::from_le_bytes([bytes[p], bytes[p + 1], bytes[p + 2], bytes[p + 3]]);
+    let mut little = true;
+    let u16_at = |p: usize, little: bool| {
+        let b = [bytes[p], bytes[p + 1]];
+        if little {
+            u16::from_le_bytes(b)
+        } else {
+            u16::from_be_bytes(b)
+        }
+    };
+    let u32_at = |p: usize, little: bool| {
+        let b = [bytes[p], bytes[p + 1], bytes[p + 2], bytes[p + 3]];
+        if little {
+            u32::from_le_bytes(b)
+        } else {
+            u32::from_be_bytes(b)
+        }
+    };
     let mut pos = 132;
     let mut in_meta = true;
     let mut explicit = true;
@@ -84,20 +98,23 @@ fn check_declared_lengths(bytes: &[u8]) -> Result<(), String> {
     // skipped), false for sequences (items hold data sets, walked).
     let mut fragments: Vec<bool> = Vec::new();
     while pos + 8 <= bytes.len() {
-        let (group, element) = (u16_at(pos), u16_at(pos + 2));
-        if in_meta && group != 0x0002 {
+        // The meta group is always little-endian; the data set's byte order is its syntax's.
+        if in_meta && u16_at(pos, true) != 0x0002 {
             in_meta = false;
             match transfer_syntax.as_str() {
                 "1.2.840.10008.1.2" => explicit = false,
-                "1.2.840.10008.1.2.2" | "1.2.840.10008.1.2.1.99" => return Ok(()),
-                _ => explicit = true,
+                "1.2.840.10008.1.2.2" => little = false,
+                // Deflated: the lengths are inside the zlib stream; dicom-rs inflates it.
+                "1.2.840.10008.1.2.1.99" => return Ok(()),
+                _ => {}
             }
             continue;
         }
+        let (group, element) = (u16_at(pos, little), u16_at(pos + 2, little));
         let tag = format!("({group:04X},{element:04X})");
         if group == 0xFFFE {
             // Item and delimiters: tag and a 4-byte length, no VR.
-            let len = u32_at(pos + 4);
+            let len = u32_at(pos + 4, little);
             pos += 8;
             match element {
                 0xE000 if len != u32::MAX => {
@@ -132,12 +149,12 @@ fn check_declared_lengths(bytes: &[u8]) -> Result<(), String> {
                 if pos + 12 > bytes.len() {
                     break;
                 }
-                (Some(vr), u32_at(pos + 8), 12)
+                (Some(vr), u32_at(pos + 8, little), 12)
             } else {
-                (Some(vr), u32::from(u16_at(pos + 6)), 8)
+                (Some(vr), u32::from(u16_at(pos + 6, little)), 8)
             }
         } else {
-            (None, u32_at(pos + 4), 8)
+            (None, u32_at(pos + 4, little), 8)
         };
         pos += header;
         if len == u32::MAX {

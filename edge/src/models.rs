@@ -155,6 +155,9 @@ pub fn load_with(found: &Found, engine: EngineKind, cache: &Path) -> anyhow::Res
     );
     let i = &found.manifest.input;
     let shape = [1, i.channels as usize, i.height as usize, i.width as usize];
+    // Only ONNX Runtime's TensorRT provider caches engines.
+    #[cfg(not(feature = "ort"))]
+    let _ = cache;
     let engine: Box<dyn Engine> = match engine {
         EngineKind::Tract => Box::new(TractEngine::load(&found.onnx, shape)?),
         #[cfg(feature = "ort")]
