@@ -266,6 +266,18 @@ fn from_object(
     if rows == 0 || cols == 0 {
         return Err(err("corrupt", path, "Rows or Columns is missing or zero"));
     }
+    // dicom-pixeldata asserts on these (a panic, not an error: found by the `dicom` fuzz
+    // target), so they are checked here first.
+    let (allocated, stored) = (dim(tags::BITS_ALLOCATED), dim(tags::BITS_STORED));
+    if !(allocated == 8 || allocated == 16) || stored == 0 || stored > allocated {
+        return Err(err(
+            "corrupt",
+            path,
+            format!(
+                "BitsAllocated {allocated} with BitsStored {stored} is not an 8- or 16-bit radiograph"
+            ),
+        ));
+    }
     if rows as u64 * cols as u64 > options.max_pixels {
         return Err(err(
             "too_large",

@@ -59,7 +59,31 @@ pub fn is_dicom(bytes: &[u8]) -> bool {
 }
 
 /// Reads and decodes one file: DICOM Part 10, PNG, TIFF or JPEG.
+///
+/// A panic inside a decoder (a library's assertion on a malformed file) becomes this input's
+/// error, so that one bad file cannot stop the daemon, or, restarted, stop it again.
 pub fn load_file(path: &Path, options: &DecodeOptions) -> Result<Input, InputError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        load_file_inner(path, options)
+    }))
+    .unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown".into());
+        tracing::error!("{}: a decoder panicked: {what}", path.display());
+        Err(InputError {
+            code: "corrupt",
+            message: format!(
+                "{}: malformed file (the decoder failed: {what}); send it again",
+                path.display()
+            ),
+        })
+    })
+}
+
+fn load_file_inner(path: &Path, options: &DecodeOptions) -> Result<Input, InputError> {
     let mut head = [0u8; 132];
     let n = {
         use std::io::Read as _;
