@@ -133,14 +133,43 @@ fn soak_with_broker_restarts_and_kills_loses_nothing() {
     });
     let local = ids(&daemon.done_results());
     assert_eq!(local.len(), images, "one local result per input");
-    wait_until(
-        "every local result at the subscriber",
-        Duration::from_secs(600),
-        || local.is_subset(&sub.result_ids()),
-    );
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while !local.is_subset(&sub.result_ids()) {
+        if Instant::now() > deadline {
+            let got = sub.result_ids();
+            let missing: Vec<&String> = local.difference(&got).collect();
+            let log = std::fs::read_to_string(tmp.path().join("fv-edge.log")).unwrap_or_default();
+            let names: Vec<String> = daemon
+                .done_results()
+                .iter()
+                .filter(|r| missing.iter().take(3).any(|m| r["id"] == m.as_str()))
+                .map(|r| r["source"]["name"].as_str().unwrap_or("").to_owned())
+                .collect();
+            let about: Vec<&str> = log
+                .lines()
+                .filter(|l| names.iter().any(|n| l.contains(n.as_str())))
+                .collect();
+            panic!(
+                "{} of {} local results never reached the subscriber, e.g. {:?}; outbox depth {}; log lines about them: {about:#?}\nbroker log (tail): {}",
+                missing.len(),
+                local.len(),
+                &missing[..missing.len().min(5)],
+                daemon.outbox_depth(),
+                broker.log().lines().rev().take(20).collect::<Vec<_>>().join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
     wait_until("the outbox to drain", Duration::from_secs(120), || {
         daemon.outbox_depth() == 0
     });
+    // The broker kept its sessions across every restart (else the subscriber's queue was lost
+    // and the check above could not pass).
+    assert!(
+        restarts == 0 || tmp.path().join("broker/mosquitto.db").exists(),
+        "the broker wrote no persistence file: {}",
+        broker.log()
+    );
     let received = sub.on("/result");
     let distinct: BTreeSet<String> = sub.result_ids();
     let elapsed = started.elapsed();

@@ -111,16 +111,27 @@ impl Broker {
 
     pub fn restart(&mut self) {
         std::fs::create_dir_all(&self.dir).unwrap();
+        // Started as root, Mosquitto drops to the `mosquitto` user, which cannot write into
+        // the test's root-owned temporary folder: its persistence file was never written and
+        // every restart silently lost the subscribers' sessions and queued messages (found
+        // by the soak). As root, it stays root.
+        let user = if running_as_root() { "user root\n" } else { "" };
         std::fs::write(
             self.dir.join("mosquitto.conf"),
             format!(
-                "listener {} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\n",
+                "{user}listener {} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nlog_dest file {}/mosquitto.log\n",
                 self.port,
+                self.dir.display(),
                 self.dir.display()
             ),
         )
         .unwrap();
         self.spawn();
+    }
+
+    /// The broker's own log (connections, persistence), for a failing test's message.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("mosquitto.log")).unwrap_or_default()
     }
 
     fn spawn(&mut self) {
@@ -159,6 +170,13 @@ impl Drop for Broker {
             let _ = c.wait();
         }
     }
+}
+
+fn running_as_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
 /// Sends a signal with kill(1): the tests need SIGTERM and SIGKILL without a libc binding.
@@ -297,7 +315,12 @@ impl Daemon {
         for (k, v) in extra_env {
             cmd.env(k, v);
         }
-        let log = std::fs::File::create(dir.join("fv-edge.log")).unwrap();
+        // Appended: a restarted daemon's log follows its predecessor's.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("fv-edge.log"))
+            .unwrap();
         cmd.stdout(Stdio::null()).stderr(log);
         Daemon {
             child: cmd.spawn().expect("start fv-edge"),
