@@ -92,6 +92,7 @@ fn check_declared_lengths(bytes: &[u8]) -> Result<(), String> {
     };
     let mut pos = 132;
     let mut in_meta = true;
+    let mut meta_end: Option<usize> = None;
     let mut explicit = true;
     let mut transfer_syntax = String::new();
     // Open undefined-length elements: true for encapsulated pixel data (items are fragments,
@@ -99,7 +100,13 @@ fn check_declared_lengths(bytes: &[u8]) -> Result<(), String> {
     let mut fragments: Vec<bool> = Vec::new();
     while pos + 8 <= bytes.len() {
         // The meta group is always little-endian; the data set's byte order is its syntax's.
-        if in_meta && u16_at(pos, true) != 0x0002 {
+        // dicom-rs reads meta elements until it has consumed the group length, whatever
+        // their tags; the data set starts there (else at the first tag of another group).
+        let meta_over = match meta_end {
+            Some(end) => pos >= end,
+            None => u16_at(pos, true) != 0x0002,
+        };
+        if in_meta && meta_over {
             in_meta = false;
             match transfer_syntax.as_str() {
                 "1.2.840.10008.1.2" => explicit = false,
@@ -168,7 +175,10 @@ fn check_declared_lengths(bytes: &[u8]) -> Result<(), String> {
                 bytes.len() - pos
             ));
         }
-        if in_meta && element == 0x0010 {
+        if in_meta && group == 0x0002 && element == 0x0000 && len == 4 && meta_end.is_none() {
+            meta_end = Some(pos + 4 + u32_at(pos, true) as usize);
+        }
+        if in_meta && group == 0x0002 && element == 0x0010 {
             transfer_syntax = String::from_utf8_lossy(&bytes[pos..pos + len])
                 .trim_end_matches(['\0', ' '])
                 .to_owned();
