@@ -307,27 +307,20 @@ pub fn run(o: &BenchOptions, progress: &mut dyn FnMut(&str)) -> anyhow::Result<R
     ];
     let mut paths = Vec::new();
     // The engine rows' models are let go here; the whole path loads its own.
-    let by_engine: Vec<(EngineKind, Found)> = loaded.into_iter().map(|(k, f, _)| (k, f)).collect();
-    let classifiers: Vec<usize> = by_engine
+    let measured: Vec<(EngineKind, Found)> = loaded.into_iter().map(|(k, f, _)| (k, f)).collect();
+    for (kind, f) in measured
         .iter()
-        .enumerate()
-        .filter(|(_, (_, f))| f.manifest.task == Task::Classify)
-        .map(|(i, _)| i)
-        .collect();
-    for ci in classifiers {
-        let (kind, f) = &by_engine[ci];
-        let (kind, f) = (*kind, f.clone());
-        let detector = by_engine
+        .filter(|(_, f)| f.manifest.task == Task::Classify)
+    {
+        let kind = *kind;
+        let detector = measured
             .iter()
             .find(|(k, d)| *k == kind && d.manifest.task == Task::Detect)
-            .map(|(_, d)| d.clone());
+            .map(|(_, d)| d);
         let mut pipeline = Pipeline {
             models: Models {
-                classifier: load_with(&f, kind, &cache)?,
-                detector: detector
-                    .as_ref()
-                    .map(|d| load_with(d, kind, &cache))
-                    .transpose()?,
+                classifier: load_with(f, kind, &cache)?,
+                detector: detector.map(|d| load_with(d, kind, &cache)).transpose()?,
             },
             config: PipelineConfig {
                 site: "bench".into(),

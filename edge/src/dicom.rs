@@ -118,7 +118,8 @@ fn check_declared_lengths(bytes: &[u8]) -> Result<(), String> {
             continue;
         }
         let (group, element) = (u16_at(pos, little), u16_at(pos + 2, little));
-        let tag = format!("({group:04X},{element:04X})");
+        // Formatted only for an error: this loop runs over every element of every input.
+        let tag = || format!("({group:04X},{element:04X})");
         if group == 0xFFFE {
             // Item and delimiters: tag and a 4-byte length, no VR.
             let len = u32_at(pos + 4, little);
@@ -148,7 +149,8 @@ fn check_declared_lengths(bytes: &[u8]) -> Result<(), String> {
             // dicom-rs reads an unknown VR as UN, taking the next 4 bytes as a length.
             if !VRS.split(' ').any(|v| v.as_bytes() == vr) {
                 return Err(format!(
-                    "element {tag} has no valid value representation (`{}`)",
+                    "element {} has no valid value representation (`{}`)",
+                    tag(),
                     String::from_utf8_lossy(&vr).escape_default()
                 ));
             }
@@ -171,7 +173,8 @@ fn check_declared_lengths(bytes: &[u8]) -> Result<(), String> {
         let len = len as usize;
         if len > bytes.len() - pos {
             return Err(format!(
-                "element {tag} declares {len} bytes but only {} remain",
+                "element {} declares {len} bytes but only {} remain",
+                tag(),
                 bytes.len() - pos
             ));
         }
