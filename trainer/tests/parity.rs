@@ -5,6 +5,7 @@ use burn::store::{BurnToPyTorchAdapter, ModuleSnapshot, SafetensorsStore};
 use burn::tensor::{Device, Tensor, TensorData};
 use fv_train::models::efficientnet_lite::EfficientNetLiteConfig;
 use fv_train::models::vit::{hf_key_remapping, VitConfig, VitHead};
+use fv_train::models::yolov8::{decode, ultralytics_key_remapping, YoloV8Config};
 use fv_train::weights::{load_safetensors, WeightsError};
 use std::path::{Path, PathBuf};
 
@@ -171,4 +172,41 @@ fn vit_matches_transformers() {
 fn dinov2_matches_transformers() {
     let c = VitConfig::new(14, 2, 32, 2, 4, 64, 1e-6, true, VitHead::ClsAndMeanPatch);
     vit_parity("dinov2_tiny", c, "pooled");
+}
+
+#[test]
+fn yolov8_matches_ultralytics() {
+    let device = Device::flex();
+    let model = YoloV8Config::new(0.33, 0.0625).init(&device);
+    let (model, report) = load_safetensors(
+        model,
+        &repo("trainer/tests/fixtures/yolov8_tiny/model.safetensors"),
+        &[],
+        &ultralytics_key_remapping(),
+    )
+    .unwrap();
+    // The DFL's bin indices are constants here, not parameters.
+    assert_eq!(report.unused, vec!["m22.dfl.conv.weight".to_owned()]);
+    assert!(report.kept_fresh.is_empty(), "{:?}", report.kept_fresh);
+    let fx = fixture(
+        &repo("trainer/tests/fixtures/yolov8_tiny/io.safetensors"),
+        &["input", "boxes", "scores", "decoded"],
+    );
+    let (shape, input) = &fx[0];
+    let x = Tensor::<4>::from_data(TensorData::new(input.clone(), shape.clone()), &device);
+    let raw = model.forward(x);
+    let decoded = decode(&raw, model.reg_max());
+    for (name, got, want) in [
+        ("boxes", raw.boxes, &fx[1]),
+        ("scores", raw.scores, &fx[2]),
+        ("decoded", decoded, &fx[3]),
+    ] {
+        assert_eq!(got.dims().to_vec(), want.0, "{name}");
+        let got = got.into_data().try_to_vec::<f32>().unwrap();
+        let d = max_abs_diff(&got, &want.1);
+        // Decoded boxes are in pixels (up to ~100): relative 1e-5.
+        let tol = if name == "decoded" { 1e-3 } else { 1e-4 };
+        eprintln!("yolov8 {name}: max abs diff {d:e}");
+        assert!(d <= tol, "yolov8 {name} differ by {d}");
+    }
 }

@@ -171,6 +171,21 @@ impl EfficientNetLite {
         self.avg_pool.forward(x).flatten(1, 3)
     }
 
+    /// Feature maps after the blocks at `taps` (indices into the 16 MBConv blocks, rising):
+    /// the pyramid a detector's neck reads. The head conv and classifier are not run.
+    pub fn pyramid<const N: usize>(&self, images: Tensor<4>, taps: [usize; N]) -> [Tensor<4>; N] {
+        let mut x = relu6(self.bn0.forward(self.conv_stem.forward(images)));
+        let mut out: Vec<Tensor<4>> = Vec::with_capacity(N);
+        for (i, block) in self.blocks.iter().enumerate().take(taps[N - 1] + 1) {
+            x = block.forward(x);
+            if taps.contains(&i) {
+                out.push(x.clone());
+            }
+        }
+        out.try_into()
+            .unwrap_or_else(|_| panic!("taps {taps:?} must rise and lie within 0..16"))
+    }
+
     /// Logits: `[batch, 3, h, w]` → `[batch, num_classes]`.
     pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
         self.fc.forward(self.dropout.forward(self.features(images)))

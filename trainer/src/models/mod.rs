@@ -3,6 +3,7 @@
 pub mod efficientnet_lite;
 pub mod resnet_ssl;
 pub mod vit;
+pub mod yolov8;
 
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
