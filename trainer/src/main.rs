@@ -6,6 +6,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use fv_train::data::check::DataCheckReport;
 use fv_train::data::{ClassificationSplitConfig, FracAtlas};
+use fv_train::detect::{self, DetectConfig, DetectorKind};
 use fv_train::models::ModelKind;
 use fv_train::pipeline::{classify, evaluate, summary_table, RunData};
 use fv_train::training::{RunDir, TrainConfig};
@@ -34,6 +35,9 @@ enum Command {
     },
     /// Fine-tune a fracture classifier, pick the best epoch on validation, evaluate it.
     Classify(ClassifyArgs),
+    /// Fine-tune a YOLOv8 fracture detector on the official detection split, pick the best
+    /// epoch on validation, evaluate it on validation and test.
+    Detect(DetectArgs),
     /// Export a run's best checkpoint to ONNX (fp32, fp16 or int8 QDQ) with its manifest.
     Export {
         /// The run folder written by `classify`.
@@ -150,6 +154,54 @@ struct ClassifyArgs {
     /// Non-fractured test images (the study: 200).
     #[arg(long, default_value_t = ClassificationSplitConfig::default().test_non_fractured)]
     test_non_fractured: usize,
+    /// Compute device.
+    #[arg(long, value_enum, default_value_t = DeviceArg::Flex)]
+    device: DeviceArg,
+    /// No progress bar (logs and files only).
+    #[arg(long)]
+    no_progress: bool,
+    /// The run folder: config, checkpoints, logs, metrics.
+    #[arg(long, value_name = "RUN")]
+    out: PathBuf,
+}
+
+#[derive(clap::Args)]
+struct DetectArgs {
+    /// The FracAtlas folder in its published layout.
+    #[arg(long, env = "FV_DATA", value_name = "DIR")]
+    data: PathBuf,
+    /// Architecture.
+    #[arg(long, value_enum)]
+    model: DetectorKind,
+    /// Starting weights (safetensors): an Ultralytics checkpoint converted with
+    /// trainer/scripts/yolov8_to_safetensors.py; yolov8-effl0 defaults to the committed
+    /// ImageNet EfficientNet-Lite0.
+    #[arg(long, value_name = "FILE")]
+    weights: Option<PathBuf>,
+    /// Epochs (the study: 100).
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Input side in pixels, a multiple of 32 (default 640).
+    #[arg(long)]
+    image_size: Option<u32>,
+    /// Batch size (default 16).
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Peak AdamW learning rate (default 0.002).
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Add K non-fractured images (from the classification training split) as negatives.
+    #[arg(long, value_name = "K", default_value_t = 0)]
+    negatives: usize,
+    /// Mosaic is switched off for this many final epochs (default 10).
+    #[arg(long)]
+    close_mosaic: Option<usize>,
+    /// Seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// At most N images in each split part (smoke runs).
+    #[arg(long, value_name = "N")]
+    limit: Option<usize>,
     /// Compute device.
     #[arg(long, value_enum, default_value_t = DeviceArg::Flex)]
     device: DeviceArg,
@@ -299,6 +351,49 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 summary.images_per_second
             );
             print!("{}", summary_table(&metrics));
+            println!("metrics: {}", a.out.join("metrics.json").display());
+            Ok(())
+        }
+        Command::Detect(a) => {
+            let mut config = DetectConfig::study(a.model);
+            if let Some(w) = a.weights {
+                config.weights = Some(w);
+            }
+            if config.weights.is_none() {
+                tracing::warn!(
+                    "--model {} starts from random weights: pass --weights FILE (Ultralytics' {}.pt \
+                     converted by trainer/scripts/yolov8_to_safetensors.py) to fine-tune",
+                    a.model.name(),
+                    a.model.name()
+                );
+            }
+            config.epochs = a.epochs.unwrap_or(config.epochs);
+            config.image_size = a.image_size.unwrap_or(config.image_size);
+            config.batch_size = a.batch_size.unwrap_or(config.batch_size);
+            config.lr = a.lr.unwrap_or(config.lr);
+            config.close_mosaic = a.close_mosaic.unwrap_or(config.close_mosaic);
+            config.negatives = a.negatives;
+            config.seed = a.seed;
+            config.limit = a.limit;
+            let device = a.device.device()?;
+            std::fs::create_dir_all(&a.out)?;
+            let command: Vec<String> = std::env::args().collect();
+            std::fs::write(a.out.join("command.txt"), command.join(" ") + "\n")?;
+            std::fs::write(
+                a.out.join("git_commit.txt"),
+                fv_train::export::git_commit() + "\n",
+            )?;
+            let atlas = FracAtlas::open(&a.data)
+                .with_context(|| format!("loading FracAtlas from {}", a.data.display()))?;
+            let summary = detect::train(&atlas, &config, &a.out, &device, !a.no_progress)?;
+            println!(
+                "best epoch {} of {}, {:.0} s",
+                summary.best_epoch,
+                summary.epochs.len(),
+                summary.seconds
+            );
+            let metrics = detect::evaluate_run(&atlas, &a.out, true, &device)?;
+            print!("{}", detect::summary_table(&metrics));
             println!("metrics: {}", a.out.join("metrics.json").display());
             Ok(())
         }

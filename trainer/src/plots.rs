@@ -32,7 +32,7 @@ fn scored(p: &[Prediction]) -> Vec<Scored> {
 
 const COLOURS: [RGBColor; 2] = [RGBColor(31, 119, 180), RGBColor(214, 39, 40)];
 
-fn curves(
+pub(crate) fn curves(
     path: &Path,
     title: &str,
     (xd, yd): (&str, &str),

@@ -2,6 +2,7 @@
 
 pub mod check;
 pub mod classify;
+pub mod detect;
 pub mod fracatlas;
 
 pub use fracatlas::{ClassificationSplitConfig, DatasetError, FracAtlas, ImageRecord, Split};

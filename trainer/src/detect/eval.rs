@@ -1,0 +1,313 @@
+//! Detector evaluation as Ultralytics and the study report it: mAP50 and mAP50-95
+//! (COCO-style, fv-core's pycocotools-checked code), precision and recall with the confusion
+//! matrix at conf 0.25 / IoU 0.45, a breakdown by region, a PR curve and a picture grid.
+//!
+//! Inputs are prepared as fv-edge prepares them (fv-core letterbox), and boxes are compared in
+//! the displayed image's pixels (after EXIF orientation).
+
+use super::DetectConfig;
+use crate::data::classify::LoadFailure;
+use crate::data::detect::{eval_input, DetSample};
+use crate::data::fracatlas::Region;
+use crate::models::yolov8::{decode, YoloV8};
+use burn::tensor::{Device, Tensor, TensorData};
+use fv_core::detection::{decode_yolov8, nms, NmsOptions};
+use fv_core::metrics::detection::{coco_ap, DetectionConfusion, GroundTruth, ImageBoxes};
+use fv_core::preprocess::{Geometry, InputSpec};
+use fv_core::{BoxXyxy, Detection};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// One prepared evaluation image.
+#[derive(Clone, Debug)]
+pub struct EvalInput {
+    /// The sample (ground truth, region).
+    pub sample: DetSample,
+    /// The model input, `[3, s, s]`.
+    pub tensor: Vec<f32>,
+    /// Maps model pixels back to the displayed image.
+    pub geometry: Geometry,
+}
+
+/// The input spec a detector run is served with (the manifest's `input`).
+pub fn input_spec(config: &DetectConfig) -> InputSpec {
+    let (mean, std) = config.model.mean_std();
+    InputSpec {
+        mean: mean.to_vec(),
+        std: std.to_vec(),
+        ..InputSpec::yolo(config.image_size)
+    }
+}
+
+/// Prepares `samples` in parallel; failures come back apart.
+pub fn prepare(samples: &[DetSample], config: &DetectConfig) -> (Vec<EvalInput>, Vec<LoadFailure>) {
+    let spec = input_spec(config);
+    let results: Vec<Result<EvalInput, LoadFailure>> = samples
+        .par_iter()
+        .map(|s| {
+            let p = eval_input(s, &spec)?;
+            Ok(EvalInput {
+                sample: s.clone(),
+                tensor: p.tensor.data,
+                geometry: p.geometry,
+            })
+        })
+        .collect();
+    let (mut ok, mut failed) = (Vec::new(), Vec::new());
+    for r in results {
+        match r {
+            Ok(v) => ok.push(v),
+            Err(e) => failed.push(e),
+        }
+    }
+    (ok, failed)
+}
+
+/// Ultralytics' validation settings: conf 0.001, IoU 0.7, 300 detections.
+pub fn validation_nms() -> NmsOptions {
+    NmsOptions::default()
+}
+
+/// Detections per input in displayed pixels, after NMS, in input order.
+pub fn predict(
+    model: &YoloV8,
+    inputs: &[EvalInput],
+    config: &DetectConfig,
+    device: &Device,
+) -> Vec<Vec<Detection>> {
+    let s = config.image_size as usize;
+    let classes = model.num_classes();
+    let mut out = Vec::with_capacity(inputs.len());
+    for chunk in inputs.chunks(8) {
+        let mut buf = Vec::with_capacity(chunk.len() * 3 * s * s);
+        for i in chunk {
+            buf.extend_from_slice(&i.tensor);
+        }
+        let x = Tensor::<4>::from_data(TensorData::new(buf, [chunk.len(), 3, s, s]), device);
+        let y = decode(&model.forward(x), model.reg_max());
+        let [_, _, anchors] = y.dims();
+        let v: Vec<f32> = y
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .expect("f32 data");
+        let per = (4 + classes) * anchors;
+        for (k, input) in chunk.iter().enumerate() {
+            let raw = &v[k * per..(k + 1) * per];
+            let dets = decode_yolov8(raw, classes, anchors, validation_nms().score_threshold)
+                .expect("the model's own output has its shape");
+            let kept = nms(dets, &validation_nms());
+            out.push(
+                kept.into_iter()
+                    .map(|d| Detection {
+                        bbox: input
+                            .geometry
+                            .to_original(&d.bbox)
+                            .clamp_to(input.geometry.src_width, input.geometry.src_height),
+                        ..d
+                    })
+                    .collect(),
+            );
+        }
+    }
+    out
+}
+
+fn image_boxes(inputs: &[&EvalInput], preds: &[&Vec<Detection>]) -> Vec<ImageBoxes> {
+    inputs
+        .iter()
+        .zip(preds)
+        .map(|(i, p)| ImageBoxes {
+            ground_truth: i
+                .sample
+                .boxes
+                .iter()
+                .map(|&bbox| GroundTruth { bbox, class: 0 })
+                .collect(),
+            detections: (*p).clone(),
+        })
+        .collect()
+}
+
+/// Metrics of a set of images.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BoxMetrics {
+    /// Images.
+    pub images: usize,
+    /// Ground-truth boxes.
+    pub boxes: usize,
+    /// AP at IoU 0.5.
+    pub map50: f64,
+    /// AP over IoU 0.5:0.95.
+    pub map50_95: f64,
+}
+
+impl BoxMetrics {
+    fn of(inputs: &[&EvalInput], preds: &[&Vec<Detection>]) -> Self {
+        let ib = image_boxes(inputs, preds);
+        let ap = coco_ap(&ib, 1);
+        BoxMetrics {
+            images: inputs.len(),
+            boxes: ib.iter().map(|i| i.ground_truth.len()).sum(),
+            map50: ap.as_ref().map_or(0.0, |a| a.map50),
+            map50_95: ap.as_ref().map_or(0.0, |a| a.map50_95),
+        }
+    }
+}
+
+/// One split's report.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SplitMetrics {
+    /// `valid` or `test`.
+    pub split: String,
+    /// Images.
+    pub images: usize,
+    /// Ground-truth boxes.
+    pub boxes: usize,
+    /// mAP at IoU 0.5.
+    pub map50: f64,
+    /// mAP at IoU 0.75.
+    pub map75: f64,
+    /// mAP over IoU 0.5:0.95.
+    pub map50_95: f64,
+    /// Precision at conf 0.25, IoU 0.45.
+    pub precision: Option<f64>,
+    /// Recall at conf 0.25, IoU 0.45.
+    pub recall: Option<f64>,
+    /// Confusion matrix at conf 0.25, IoU 0.45: rows predicted, columns true,
+    /// `[fracture, background]`.
+    pub confusion: Vec<Vec<u64>>,
+    /// By region (`dataset.csv`).
+    pub by_region: BTreeMap<Region, BoxMetrics>,
+}
+
+impl SplitMetrics {
+    /// Scores `preds` against `inputs`' ground truth.
+    pub fn new(split: &str, inputs: &[EvalInput], preds: &[Vec<Detection>]) -> Self {
+        let ib = image_boxes(&inputs.iter().collect::<Vec<_>>(), &preds.iter().collect::<Vec<_>>());
+        let ap = coco_ap(&ib, 1);
+        let conf = DetectionConfusion::new(&ib, 1, 0.25, 0.45);
+        let pr = conf.class_pr(0);
+        let mut regions: BTreeMap<Region, (Vec<&EvalInput>, Vec<&Vec<Detection>>)> =
+            BTreeMap::new();
+        for (i, p) in inputs.iter().zip(preds) {
+            let e = regions.entry(i.sample.region).or_default();
+            e.0.push(i);
+            e.1.push(p);
+        }
+        SplitMetrics {
+            split: split.to_owned(),
+            images: inputs.len(),
+            boxes: ib.iter().map(|i| i.ground_truth.len()).sum(),
+            map50: ap.as_ref().map_or(0.0, |a| a.map50),
+            map75: ap.as_ref().map_or(0.0, |a| a.map75),
+            map50_95: ap.as_ref().map_or(0.0, |a| a.map50_95),
+            precision: pr.precision,
+            recall: pr.recall,
+            confusion: conf.matrix,
+            by_region: regions
+                .into_iter()
+                .map(|(r, (i, p))| (r, BoxMetrics::of(&i, &p)))
+                .collect(),
+        }
+    }
+}
+
+/// Precision–recall points at IoU 0.5 over all detections, by falling score (greedy matching
+/// per image, highest score first, as COCO).
+pub fn pr_points(inputs: &[EvalInput], preds: &[Vec<Detection>]) -> Vec<(f64, f64)> {
+    let total: usize = inputs.iter().map(|i| i.sample.boxes.len()).sum();
+    let mut scored: Vec<(f64, bool)> = Vec::new();
+    for (i, p) in inputs.iter().zip(preds) {
+        let mut used = vec![false; i.sample.boxes.len()];
+        let mut dets: Vec<&Detection> = p.iter().collect();
+        dets.sort_by(|a, b| b.score.get().total_cmp(&a.score.get()));
+        for d in dets {
+            let best = i
+                .sample
+                .boxes
+                .iter()
+                .enumerate()
+                .filter(|(k, _)| !used[*k])
+                .map(|(k, g)| (k, g.iou(&d.bbox)))
+                .filter(|(_, iou)| *iou >= 0.5)
+                .max_by(|a, b| a.1.total_cmp(&b.1));
+            if let Some((k, _)) = best {
+                used[k] = true;
+            }
+            scored.push((d.score.get(), best.is_some()));
+        }
+    }
+    scored.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let (mut tp, mut fp) = (0usize, 0usize);
+    let mut pts = vec![(0.0, 1.0)];
+    for (_, hit) in scored {
+        if hit {
+            tp += 1
+        } else {
+            fp += 1
+        }
+        pts.push((tp as f64 / total.max(1) as f64, tp as f64 / (tp + fp) as f64));
+    }
+    pts
+}
+
+/// A grid of up to 8 images: ground truth (green) on the left, predictions at conf ≥ 0.25
+/// (red) on the right, each 320 pixels.
+pub fn draw_grid(
+    path: &std::path::Path,
+    inputs: &[EvalInput],
+    preds: &[Vec<Detection>],
+) -> anyhow::Result<()> {
+    const CELL: u32 = 320;
+    let n = inputs.len().min(8) as u32;
+    anyhow::ensure!(n > 0, "no images to draw");
+    let mut canvas = image::RgbImage::from_pixel(2 * CELL, n * CELL, image::Rgb([0, 0, 0]));
+    for (row, (input, p)) in inputs.iter().zip(preds).take(n as usize).enumerate() {
+        let d = fv_core::imaging::decode_file(&input.sample.path, &Default::default())
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let g = d.image.to_gray8();
+        let (w, h) = g.dimensions();
+        let r = CELL as f32 / w.max(h) as f32;
+        let small = image::imageops::resize(
+            &g,
+            ((w as f32 * r) as u32).max(1),
+            ((h as f32 * r) as u32).max(1),
+            image::imageops::FilterType::Triangle,
+        );
+        let rgb = image::DynamicImage::ImageLuma8(small).to_rgb8();
+        let y0 = row as u32 * CELL;
+        for col in 0..2u32 {
+            image::imageops::replace(&mut canvas, &rgb, (col * CELL) as i64, y0 as i64);
+        }
+        let draw = |canvas: &mut image::RgbImage, b: &BoxXyxy, x0: u32, c: [u8; 3]| {
+            let s = |v: f32| (v * r).max(0.0) as u32;
+            let (x1, y1, x2, y2) = (
+                s(b.x1),
+                s(b.y1),
+                s(b.x2).min(CELL - 1),
+                s(b.y2).min(CELL - 1),
+            );
+            for x in x1..=x2 {
+                for y in [y1, y2] {
+                    canvas.put_pixel(x0 + x, y0 + y.min(CELL - 1), image::Rgb(c));
+                }
+            }
+            for y in y1..=y2 {
+                for x in [x1, x2] {
+                    canvas.put_pixel(x0 + x.min(CELL - 1), y0 + y, image::Rgb(c));
+                }
+            }
+        };
+        for b in &input.sample.boxes {
+            draw(&mut canvas, b, 0, [0, 220, 0]);
+        }
+        for det in p.iter().filter(|d| d.score.get() >= 0.25) {
+            draw(&mut canvas, &det.bbox, CELL, [230, 30, 30]);
+        }
+    }
+    canvas
+        .save(path)
+        .map_err(|e| anyhow::anyhow!("{}: cannot write: {e}", path.display()))
+}

@@ -1,0 +1,528 @@
+//! `fv-train detect`: YOLOv8 fracture detectors on FracAtlas' official detection split
+//! (574 / 82 / 61 fractured images), optionally with non-fractured images as negatives.
+//!
+//! AdamW with a linear warm-up and a linear decay to 1 %, mosaic until the last epochs, the
+//! best epoch chosen on validation by Ultralytics' fitness (0.1 · mAP50 + 0.9 · mAP50-95),
+//! then validation and test evaluated as Ultralytics and the study report them.
+
+pub mod assign;
+pub mod eval;
+pub mod loss;
+
+use crate::data::classify::LoadFailure;
+use crate::data::detect::{load_cached, training_view, views_to_batch, DetAugment, DetSample};
+use crate::data::{ClassificationSplitConfig, FracAtlas};
+use crate::models::yolov8::{ultralytics_key_remapping, YoloV8, YoloV8Config};
+use crate::models::ModelKind;
+use crate::training::say;
+use crate::weights::load_safetensors;
+use anyhow::Context as _;
+use assign::AssignerConfig;
+use burn::module::Module;
+use burn::optim::{AdamWConfig, GradientsParams};
+use burn::store::{BurnToPyTorchAdapter, ModuleSnapshot, SafetensorsStore};
+use burn::tensor::{Device, Tensor, TensorData};
+use loss::{detection_loss, LossGains};
+use rand::seq::SliceRandom as _;
+use rand::SeedableRng as _;
+use serde::{Deserialize, Serialize};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// The detectors `fv-train detect --model` knows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum DetectorKind {
+    /// YOLOv8n (3.0 M parameters at one class). Weights: Ultralytics' yolov8n.pt, converted.
+    Yolov8n,
+    /// YOLOv8s (11.1 M). Weights: yolov8s.pt, converted.
+    Yolov8s,
+    /// YOLOv8n's neck and head on EfficientNet-Lite0 with the ImageNet weights that ship here.
+    Yolov8Effl0,
+}
+
+impl DetectorKind {
+    /// The name on the command line and in manifests.
+    pub fn name(self) -> &'static str {
+        match self {
+            DetectorKind::Yolov8n => "yolov8n",
+            DetectorKind::Yolov8s => "yolov8s",
+            DetectorKind::Yolov8Effl0 => "yolov8-effl0",
+        }
+    }
+
+    /// The architecture.
+    pub fn config(self) -> YoloV8Config {
+        match self {
+            DetectorKind::Yolov8n => YoloV8Config::n(),
+            DetectorKind::Yolov8s => YoloV8Config::s(),
+            DetectorKind::Yolov8Effl0 => YoloV8Config::effl0(),
+        }
+    }
+
+    /// Input normalization: YOLOv8 reads `[0, 1]`; the EfficientNet backbone was trained
+    /// on ImageNet statistics.
+    pub fn mean_std(self) -> ([f32; 3], [f32; 3]) {
+        match self {
+            DetectorKind::Yolov8Effl0 => ModelKind::EfficientnetLite0.mean_std(),
+            _ => ([0.0; 3], [1.0; 3]),
+        }
+    }
+
+    /// The weights used when `--weights` is not given.
+    pub fn default_weights(self) -> Option<PathBuf> {
+        match self {
+            DetectorKind::Yolov8Effl0 => ModelKind::EfficientnetLite0.default_weights(),
+            // COCO checkpoints are what users download; nothing ships here.
+            _ => None,
+        }
+    }
+}
+
+/// Everything that defines a detection run; saved as `RUN/config.json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DetectConfig {
+    /// Architecture.
+    pub model: DetectorKind,
+    /// Starting weights (safetensors), if any.
+    pub weights: Option<PathBuf>,
+    /// Input side in pixels (a multiple of 32).
+    pub image_size: u32,
+    /// Epochs.
+    pub epochs: usize,
+    /// Batch size.
+    pub batch_size: usize,
+    /// Peak AdamW learning rate (Ultralytics' automatic choice for one class: 0.002).
+    pub lr: f64,
+    /// Final learning rate as a fraction of the peak.
+    pub lr_final: f64,
+    /// AdamW decoupled weight decay.
+    pub weight_decay: f32,
+    /// Warm-up epochs (at least 100 steps, as Ultralytics).
+    pub warmup_epochs: f64,
+    /// Mosaic is switched off for this many final epochs.
+    pub close_mosaic: usize,
+    /// Non-fractured images added to training (from the classification split's training part).
+    pub negatives: usize,
+    /// Augmentation.
+    pub augment: DetAugment,
+    /// Loss gains.
+    pub gains: LossGains,
+    /// Seed.
+    pub seed: u64,
+    /// At most this many images per part (smoke runs); `None` for all.
+    pub limit: Option<usize>,
+}
+
+impl DetectConfig {
+    /// The study's recipe: 100 epochs, AdamW, 640 pixels, batch 16.
+    pub fn study(model: DetectorKind) -> Self {
+        DetectConfig {
+            model,
+            weights: model.default_weights(),
+            image_size: 640,
+            epochs: 100,
+            batch_size: 16,
+            lr: 0.002,
+            lr_final: 0.01,
+            weight_decay: 0.0005,
+            warmup_epochs: 3.0,
+            close_mosaic: 10,
+            negatives: 0,
+            augment: DetAugment::default(),
+            gains: LossGains::default(),
+            seed: 0,
+            limit: None,
+        }
+    }
+
+    /// The learning rate at `step` of `total` (`per_epoch` steps an epoch).
+    pub fn lr_at(&self, step: usize, per_epoch: usize) -> f64 {
+        let epoch = step as f64 / per_epoch.max(1) as f64;
+        let decay = (1.0 - epoch / self.epochs.max(1) as f64) * (1.0 - self.lr_final) + self.lr_final;
+        let warm = ((self.warmup_epochs * per_epoch as f64).round() as usize).max(100);
+        let ramp = if step < warm {
+            (step as f64 + 1.0) / warm as f64
+        } else {
+            1.0
+        };
+        self.lr * decay * ramp
+    }
+}
+
+/// The samples of each part of the official detection split, plus negatives in training.
+pub fn split(data: &FracAtlas, config: &DetectConfig) -> anyhow::Result<[Vec<DetSample>; 3]> {
+    let s = &data.detection_split;
+    let mut parts = [
+        DetSample::from_indices(data, &s.train),
+        DetSample::from_indices(data, &s.valid),
+        DetSample::from_indices(data, &s.test),
+    ];
+    if config.negatives > 0 {
+        // Negatives come from the classification split's training part only, so no image
+        // that any test reports on is trained on.
+        let cls = data.classification_split(&ClassificationSplitConfig::default())?;
+        let neg: Vec<usize> = cls
+            .train
+            .iter()
+            .copied()
+            .filter(|&i| !data.images[i].fractured)
+            .collect();
+        let mut neg = DetSample::from_indices(data, &neg);
+        neg.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(config.seed));
+        neg.truncate(config.negatives);
+        parts[0].extend(neg);
+    }
+    if let Some(n) = config.limit {
+        for p in &mut parts {
+            p.truncate(n);
+        }
+    }
+    Ok(parts)
+}
+
+/// Builds a detector for `config`, from `checkpoint` if given, else from its starting weights.
+pub fn build_detector(
+    config: &DetectConfig,
+    checkpoint: Option<&Path>,
+    device: &Device,
+) -> anyhow::Result<YoloV8> {
+    let model = config.model.config().init(device);
+    Ok(match (checkpoint, &config.weights) {
+        (Some(ckpt), _) => load_safetensors(model, ckpt, &[], &[])?.0,
+        (None, Some(w)) => {
+            let (m, report) = match config.model {
+                // ImageNet EfficientNet weights fill the backbone; neck and head start fresh.
+                DetectorKind::Yolov8Effl0 => {
+                    load_safetensors(model, w, &["m", "effnet.fc."], &[(r"^", "effnet.")])?
+                }
+                // A COCO (80-class) checkpoint: the class branch starts fresh.
+                _ => load_safetensors(model, w, &["m22.cv3."], &ultralytics_key_remapping())?,
+            };
+            tracing::info!(
+                "loaded {} tensors from {}; {} kept fresh",
+                report.applied,
+                w.display(),
+                report.kept_fresh.len()
+            );
+            m
+        }
+        (None, None) => model,
+    })
+}
+
+/// Saves a detector in PyTorch layout.
+pub fn save_detector(model: &YoloV8, path: &Path) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut store = SafetensorsStore::from_file(&tmp)
+        .with_to_adapter(BurnToPyTorchAdapter)
+        .skip_enum_variants(true);
+    model
+        .save_into(&mut store)
+        .map_err(|e| anyhow::anyhow!("{}: cannot save checkpoint: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("moving checkpoint to {}", path.display()))
+}
+
+/// One epoch's record.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EpochRecord {
+    /// Epoch (1-based).
+    pub epoch: usize,
+    /// Mean loss parts (box, cls, dfl).
+    pub loss: [f64; 3],
+    /// Validation mAP50.
+    pub valid_map50: f64,
+    /// Validation mAP50-95.
+    pub valid_map50_95: f64,
+    /// Training images per second.
+    pub images_per_second: f64,
+}
+
+/// What a training run reports.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DetectSummary {
+    /// Best epoch (1-based) by validation fitness.
+    pub best_epoch: usize,
+    /// Per epoch.
+    pub epochs: Vec<EpochRecord>,
+    /// Wall time in seconds.
+    pub seconds: f64,
+    /// Images that could not be loaded.
+    pub load_failures: Vec<String>,
+}
+
+fn fitness(map50: f64, map50_95: f64) -> f64 {
+    0.1 * map50 + 0.9 * map50_95
+}
+
+/// Trains a detector into `run`: `config.json`, `train_log.csv`, `last.safetensors`,
+/// `best.safetensors`, `train_summary.json`.
+pub fn train(
+    data: &FracAtlas,
+    config: &DetectConfig,
+    run: &Path,
+    device: &Device,
+    show_progress: bool,
+) -> anyhow::Result<DetectSummary> {
+    anyhow::ensure!(
+        config.image_size % 32 == 0 && config.image_size >= 64,
+        "--image-size {} must be a multiple of 32, at least 64 (YOLOv8's largest stride is 32)",
+        config.image_size
+    );
+    std::fs::create_dir_all(run).with_context(|| format!("creating {}", run.display()))?;
+    std::fs::write(run.join("config.json"), serde_json::to_string_pretty(config)?)?;
+    device.seed(config.seed);
+    let [train_s, valid_s, _] = split(data, config)?;
+    let s = config.image_size as usize;
+    let (pool, mut failures) = load_cached(&train_s, config.image_size);
+    anyhow::ensure!(!pool.is_empty(), "no training image could be loaded");
+    let (valid_inputs, vf) = eval::prepare(&valid_s, config);
+    failures.extend(vf);
+    for f in &failures {
+        tracing::warn!("skipped {}: {}", f.id, f.message);
+    }
+
+    let ad = device.clone().autodiff();
+    let mut model = build_detector(config, None, &ad)?;
+    let reg_max = model.reg_max();
+    let mut optim = AdamWConfig::new()
+        .with_beta_1(0.9)
+        .with_beta_2(0.999)
+        .with_weight_decay(config.weight_decay)
+        .init();
+    let assigner = AssignerConfig::default();
+    let (mean, std) = config.model.mean_std();
+
+    let mut log = std::fs::File::create(run.join("train_log.csv"))?;
+    writeln!(log, "epoch,step,lr,box,cls,dfl,foreground,images_per_second")?;
+    let per_epoch = pool.len().div_ceil(config.batch_size);
+    let bar = if show_progress {
+        indicatif::ProgressBar::new((per_epoch * config.epochs) as u64)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} steps  epoch {prefix}  {msg}  ETA {eta}",
+        )
+        .expect("static template"),
+    );
+    let started = Instant::now();
+    let mut records = Vec::new();
+    let (mut best, mut best_epoch) = (f64::NEG_INFINITY, 0);
+    let mut step_global = 0usize;
+    for epoch in 0..config.epochs {
+        bar.set_prefix(format!("{}/{}", epoch + 1, config.epochs));
+        let mosaic = epoch + config.close_mosaic < config.epochs;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(config.seed ^ (epoch as u64 + 1));
+        let mut order: Vec<usize> = (0..pool.len()).collect();
+        order.shuffle(&mut rng);
+        let (mut sums, mut n) = ([0.0f64; 3], 0usize);
+        let epoch_start = Instant::now();
+        let mut seen = 0usize;
+        for batch in order.chunks(config.batch_size) {
+            let views: Vec<_> = batch
+                .iter()
+                .map(|&i| training_view(&pool, i, s, &config.augment, mosaic, &mut rng))
+                .collect();
+            let b = views.len();
+            let x = Tensor::<4>::from_data(
+                TensorData::new(views_to_batch(&views, mean, std), [b, 3, s, s]),
+                &ad,
+            );
+            let gt: Vec<Vec<([f32; 4], usize)>> = views
+                .iter()
+                .map(|v| v.boxes.iter().map(|&bx| (bx, 0usize)).collect())
+                .collect();
+            let raw = model.forward(x);
+            let (loss, parts) = detection_loss(&raw, &gt, reg_max, &config.gains, &assigner);
+            let total = parts.box_ + parts.cls + parts.dfl;
+            anyhow::ensure!(
+                total.is_finite(),
+                "the loss became {total} at epoch {} step {}; lower --lr",
+                epoch + 1,
+                step_global + 1
+            );
+            let lr = config.lr_at(step_global, per_epoch);
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            model = optim.step(lr, model, grads);
+            step_global += 1;
+            sums[0] += parts.box_;
+            sums[1] += parts.cls;
+            sums[2] += parts.dfl;
+            n += 1;
+            seen += b;
+            let ips = seen as f64 / epoch_start.elapsed().as_secs_f64().max(1e-9);
+            writeln!(
+                log,
+                "{},{},{:.6},{:.5},{:.5},{:.5},{},{:.3}",
+                epoch + 1,
+                step_global,
+                lr,
+                parts.box_,
+                parts.cls,
+                parts.dfl,
+                parts.foreground,
+                ips
+            )?;
+            bar.set_message(format!(
+                "box {:.3} cls {:.3} dfl {:.3}  {:.2} img/s",
+                sums[0] / n as f64,
+                sums[1] / n as f64,
+                sums[2] / n as f64,
+                ips
+            ));
+            bar.inc(1);
+        }
+        log.flush()?;
+        let eval_model = model.valid();
+        let preds = eval::predict(&eval_model, &valid_inputs, config, device);
+        let report = eval::SplitMetrics::new("valid", &valid_inputs, &preds);
+        let rec = EpochRecord {
+            epoch: epoch + 1,
+            loss: [
+                sums[0] / n.max(1) as f64,
+                sums[1] / n.max(1) as f64,
+                sums[2] / n.max(1) as f64,
+            ],
+            valid_map50: report.map50,
+            valid_map50_95: report.map50_95,
+            images_per_second: seen as f64 / epoch_start.elapsed().as_secs_f64().max(1e-9),
+        };
+        say(
+            &bar,
+            format!(
+                "epoch {}: loss box {:.4} cls {:.4} dfl {:.4}; valid mAP50 {:.4} mAP50-95 {:.4}",
+                rec.epoch, rec.loss[0], rec.loss[1], rec.loss[2], rec.valid_map50, rec.valid_map50_95
+            ),
+        );
+        save_detector(&eval_model, &run.join("last.safetensors"))?;
+        let fit = fitness(rec.valid_map50, rec.valid_map50_95);
+        if fit > best {
+            best = fit;
+            best_epoch = epoch + 1;
+            save_detector(&eval_model, &run.join("best.safetensors"))?;
+        }
+        records.push(rec);
+        let summary = DetectSummary {
+            best_epoch,
+            epochs: records.clone(),
+            seconds: started.elapsed().as_secs_f64(),
+            load_failures: failures.iter().map(|f: &LoadFailure| f.message.clone()).collect(),
+        };
+        std::fs::write(
+            run.join("train_summary.json"),
+            serde_json::to_string_pretty(&summary)?,
+        )?;
+    }
+    bar.finish_and_clear();
+    Ok(DetectSummary {
+        best_epoch,
+        epochs: records,
+        seconds: started.elapsed().as_secs_f64(),
+        load_failures: failures.iter().map(|f| f.message.clone()).collect(),
+    })
+}
+
+/// What `RUN/metrics.json` holds.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DetectMetrics {
+    /// Architecture.
+    pub model: String,
+    /// The checkpoint evaluated.
+    pub checkpoint: String,
+    /// Input side.
+    pub image_size: u32,
+    /// Validation.
+    pub valid: eval::SplitMetrics,
+    /// Test (the official test split).
+    pub test: Option<eval::SplitMetrics>,
+    /// Images that could not be loaded.
+    pub load_failures: Vec<String>,
+}
+
+/// Evaluates `RUN/best.safetensors` on validation and, if asked, test; writes `metrics.json`,
+/// `pr.png` and `test_grid.png` (or `valid_grid.png`).
+pub fn evaluate_run(
+    data: &FracAtlas,
+    run: &Path,
+    with_test: bool,
+    device: &Device,
+) -> anyhow::Result<DetectMetrics> {
+    let config: DetectConfig = serde_json::from_str(
+        &std::fs::read_to_string(run.join("config.json"))
+            .with_context(|| format!("{}: no config.json; train with `fv-train detect`", run.display()))?,
+    )?;
+    let best = run.join("best.safetensors");
+    anyhow::ensure!(
+        best.is_file(),
+        "{}: no checkpoint; train the run with `fv-train detect` first",
+        best.display()
+    );
+    let model = build_detector(&config, Some(&best), device)?;
+    let [_, valid_s, test_s] = split(data, &config)?;
+    let (valid_in, mut failures) = eval::prepare(&valid_s, &config);
+    let valid_p = eval::predict(&model, &valid_in, &config, device);
+    let valid = eval::SplitMetrics::new("valid", &valid_in, &valid_p);
+    let mut series = vec![("valid".to_owned(), eval::pr_points(&valid_in, &valid_p))];
+    let mut grid = (valid_in, valid_p, "valid_grid.png");
+    let test = if with_test {
+        let (test_in, f) = eval::prepare(&test_s, &config);
+        failures.extend(f);
+        let test_p = eval::predict(&model, &test_in, &config, device);
+        let m = eval::SplitMetrics::new("test", &test_in, &test_p);
+        series.push(("test".to_owned(), eval::pr_points(&test_in, &test_p)));
+        grid = (test_in, test_p, "test_grid.png");
+        Some(m)
+    } else {
+        None
+    };
+    if let Err(e) = crate::plots::curves(
+        &run.join("pr.png"),
+        "Precision-recall, IoU 0.5",
+        ("recall", "precision"),
+        &series,
+        false,
+    ) {
+        tracing::warn!("{}: could not draw pr.png: {e}", run.display());
+    }
+    if let Err(e) = eval::draw_grid(&run.join(grid.2), &grid.0, &grid.1) {
+        tracing::warn!("{}: could not draw {}: {e}", run.display(), grid.2);
+    }
+    let metrics = DetectMetrics {
+        model: config.model.name().to_owned(),
+        checkpoint: best.display().to_string(),
+        image_size: config.image_size,
+        valid,
+        test,
+        load_failures: failures.into_iter().map(|f| f.message).collect(),
+    };
+    std::fs::write(
+        run.join("metrics.json"),
+        serde_json::to_string_pretty(&metrics)?,
+    )?;
+    Ok(metrics)
+}
+
+/// A short table of a run's metrics for the terminal.
+pub fn summary_table(m: &DetectMetrics) -> String {
+    let mut out = format!(
+        "{} at {} px\nsplit   images  boxes  mAP50  mAP50-95  P@0.25  R@0.25\n",
+        m.model, m.image_size
+    );
+    let f = |v: Option<f64>| v.map_or("  n/a ".to_owned(), |v| format!("{v:.3}"));
+    for s in std::iter::once(&m.valid).chain(m.test.as_ref()) {
+        out += &format!(
+            "{:<7} {:>6} {:>6}  {:.3}  {:.3}     {}   {}\n",
+            s.split,
+            s.images,
+            s.boxes,
+            s.map50,
+            s.map50_95,
+            f(s.precision),
+            f(s.recall)
+        );
+    }
+    out
+}
