@@ -47,10 +47,29 @@ def main() -> None:
     x = torch.randn(1, 3, 64, 96)
     with torch.no_grad():
         decoded, raw = model(x)
+    # The training loss (v8DetectionLoss: task-aligned assigner, BCE, CIoU, DFL) on a batch of
+    # two with boxes of several sizes, one thinner than a stride, evaluated on the eval-mode
+    # outputs so that both sides see the same predictions.
+    import types
+
+    from ultralytics.utils.loss import v8DetectionLoss
+
+    model.args = types.SimpleNamespace(box=7.5, cls=0.5, dfl=1.5)
+    xb = torch.randn(2, 3, 64, 96)
+    boxes_px = torch.tensor([[0, 10.0, 8.0, 50.0, 40.0], [0, 60.0, 30.0, 64.0, 60.0], [1, 20.0, 20.0, 44.0, 36.0]])
+    with torch.no_grad():
+        _, rawb = model(xb)
+        wh = torch.tensor([96.0, 64.0, 96.0, 64.0])
+        xyxy = boxes_px[:, 1:]
+        xywh = torch.cat([(xyxy[:, :2] + xyxy[:, 2:]) / 2, xyxy[:, 2:] - xyxy[:, :2]], 1) / wh
+        batch = {"batch_idx": boxes_px[:, 0], "cls": torch.zeros(3), "bboxes": xywh}
+        _, parts = v8DetectionLoss(model)(rawb, batch)
     os.makedirs(OUT, exist_ok=True)
     save_file(state_dict_of(model), os.path.join(OUT, "model.safetensors"))
     save_file({"input": x, "boxes": raw["boxes"].contiguous(), "scores": raw["scores"].contiguous(),
-               "decoded": decoded.contiguous()}, os.path.join(OUT, "io.safetensors"))
+               "decoded": decoded.contiguous(), "loss_input": xb, "loss_targets": boxes_px,
+               "loss_parts": torch.stack([parts[k] for k in ("box_loss", "cls_loss", "dfl_loss")]).float().contiguous()}, os.path.join(OUT, "io.safetensors"))
+    print("loss parts:", {k: float(v) for k, v in parts.items()})
     print("wrote", OUT, "decoded", tuple(decoded.shape), "ultralytics", ultralytics.__version__)
 
 

@@ -302,14 +302,7 @@ pub fn export_run(run: &RunDir, opts: &ExportOptions) -> anyhow::Result<Exported
         Precision::Fp16 => format!("{name}-fp16"),
         Precision::Int8 => format!("{name}-int8"),
     };
-    std::fs::create_dir_all(&opts.out_dir)?;
-    let onnx_path = opts.out_dir.join(format!("{stem}.onnx"));
-    std::fs::write(&onnx_path, &bytes)
-        .with_context(|| format!("writing {}", onnx_path.display()))?;
-    let onnx_sha256 = Sha256::digest(&bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let (onnx_path, onnx_sha256) = write_model(&opts.out_dir, &stem, &bytes)?;
 
     let g = proto
         .graph
@@ -368,6 +361,18 @@ pub fn export_run(run: &RunDir, opts: &ExportOptions) -> anyhow::Result<Exported
         manifest: manifest_path,
         content: manifest,
     })
+}
+
+/// Writes `<out_dir>/<stem>.onnx`; returns its path and sha256 (hex), for the manifest.
+pub fn write_model(out_dir: &Path, stem: &str, bytes: &[u8]) -> anyhow::Result<(PathBuf, String)> {
+    std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    let path = out_dir.join(format!("{stem}.onnx"));
+    std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
+    let sha = Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Ok((path, sha))
 }
 
 /// ROC-AUC of predictions (NaN without both classes).

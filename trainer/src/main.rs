@@ -38,9 +38,10 @@ enum Command {
     /// Fine-tune a YOLOv8 fracture detector on the official detection split, pick the best
     /// epoch on validation, evaluate it on validation and test.
     Detect(DetectArgs),
-    /// Export a run's best checkpoint to ONNX (fp32, fp16 or int8 QDQ) with its manifest.
+    /// Export a run's best checkpoint to ONNX (fp32, fp16 or int8 QDQ) with its manifest
+    /// (detector runs: fp32).
     Export {
-        /// The run folder written by `classify`.
+        /// The run folder written by `classify` or `detect`.
         #[arg(long, value_name = "RUN")]
         run: PathBuf,
         /// Numeric precision of the exported graph.
@@ -71,7 +72,7 @@ enum Command {
         #[arg(long, value_name = "N")]
         check_images: Option<usize>,
     },
-    /// Re-evaluate a run's best checkpoint (thresholds from validation).
+    /// Re-evaluate a run's best checkpoint (thresholds from validation), classifier or detector.
     Eval {
         /// The run folder written by `classify`.
         #[arg(long, value_name = "RUN")]
@@ -244,6 +245,12 @@ fn main() {
     }
 }
 
+/// The run's configuration if `run` holds a detection run (`fv-train detect`).
+fn detector_run(run: &std::path::Path) -> Option<DetectConfig> {
+    let text = std::fs::read_to_string(run.join("config.json")).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
 fn init_logging(verbose: u8) {
     let default = match verbose {
         0 => "warn",
@@ -410,6 +417,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let precision: fv_core::manifest::Precision =
                 serde_json::from_value(serde_json::Value::String(precision))?;
+            if detector_run(&run).is_some() {
+                let e =
+                    detect::export::export_detector_run(&run, &name, &version, &out, precision)?;
+                println!("{}\n{}", e.onnx.display(), e.manifest.display());
+                return Ok(());
+            }
             let defaults = fv_train::export::ExportOptions::new(precision, &name, &out);
             let opts = fv_train::export::ExportOptions {
                 check_limit: check_images.or(defaults.check_limit),
@@ -438,6 +451,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             split,
             device,
         } => {
+            if detector_run(&run).is_some() {
+                let atlas = FracAtlas::open(&data)
+                    .with_context(|| format!("loading FracAtlas from {}", data.display()))?;
+                let m = detect::evaluate_run(&atlas, &run, split == "test", &device.device()?)?;
+                print!("{}", detect::summary_table(&m));
+                println!("metrics: {}", run.join("metrics.json").display());
+                return Ok(());
+            }
             let splits: &[&str] = if split == "test" {
                 &["valid", "test"]
             } else {

@@ -3,6 +3,8 @@
 
 use burn::store::{BurnToPyTorchAdapter, ModuleSnapshot, SafetensorsStore};
 use burn::tensor::{Device, Tensor, TensorData};
+use fv_train::detect::assign::AssignerConfig;
+use fv_train::detect::loss::{detection_loss, LossGains};
 use fv_train::models::efficientnet_lite::EfficientNetLiteConfig;
 use fv_train::models::vit::{hf_key_remapping, VitConfig, VitHead};
 use fv_train::models::yolov8::{decode, ultralytics_key_remapping, YoloV8Config};
@@ -208,5 +210,45 @@ fn yolov8_matches_ultralytics() {
         let tol = if name == "decoded" { 1e-3 } else { 1e-4 };
         eprintln!("yolov8 {name}: max abs diff {d:e}");
         assert!(d <= tol, "yolov8 {name} differ by {d}");
+    }
+}
+
+#[test]
+fn yolov8_loss_matches_ultralytics() {
+    let device = Device::flex();
+    let (model, _) = load_safetensors(
+        YoloV8Config::new(0.33, 0.0625).init(&device),
+        &repo("trainer/tests/fixtures/yolov8_tiny/model.safetensors"),
+        &[],
+        &ultralytics_key_remapping(),
+    )
+    .unwrap();
+    let fx = fixture(
+        &repo("trainer/tests/fixtures/yolov8_tiny/io.safetensors"),
+        &["loss_input", "loss_targets", "loss_parts"],
+    );
+    let (shape, input) = &fx[0];
+    let x = Tensor::<4>::from_data(TensorData::new(input.clone(), shape.clone()), &device);
+    let mut gt = vec![Vec::new(); shape[0]];
+    for t in fx[1].1.chunks(5) {
+        gt[t[0] as usize].push(([t[1], t[2], t[3], t[4]], 0usize));
+    }
+    let raw = model.forward(x);
+    let (_, parts) = detection_loss(
+        &raw,
+        &gt,
+        model.reg_max(),
+        &LossGains::default(),
+        &AssignerConfig::default(),
+    );
+    let want = &fx[2].1;
+    for (name, got, want) in [
+        ("box", parts.box_, want[0]),
+        ("cls", parts.cls, want[1]),
+        ("dfl", parts.dfl, want[2]),
+    ] {
+        let rel = (got - want as f64).abs() / (want as f64).abs().max(1e-6);
+        eprintln!("yolov8 loss {name}: {got} vs ultralytics {want} (relative {rel:e})");
+        assert!(rel <= 1e-4, "{name} loss {got} vs ultralytics {want}");
     }
 }

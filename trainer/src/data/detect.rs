@@ -67,7 +67,10 @@ impl Cached {
 }
 
 /// Decodes and resizes `samples` in parallel. Files that fail are returned apart.
-pub fn load_cached(samples: &[DetSample], size: u32) -> (Vec<(DetSample, Cached)>, Vec<LoadFailure>) {
+pub fn load_cached(
+    samples: &[DetSample],
+    size: u32,
+) -> (Vec<(DetSample, Cached)>, Vec<LoadFailure>) {
     let results: Vec<Result<(DetSample, Cached), LoadFailure>> = samples
         .par_iter()
         .map(|s| {
@@ -220,7 +223,9 @@ fn letterbox_canvas(img: &Cached, s: usize) -> Canvas {
 /// view's centre, scaled by a random factor; boxes follow, clipped, and those mostly cut away
 /// or thinner than 2 pixels are dropped (Ultralytics' `box_candidates`).
 fn affine<R: Rng + ?Sized>(c: &Canvas, s: usize, aug: &DetAugment, rng: &mut R) -> View {
-    let scale = rng.random_range((1.0 - aug.scale)..=(1.0 + aug.scale)).max(0.05);
+    let scale = rng
+        .random_range((1.0 - aug.scale)..=(1.0 + aug.scale))
+        .max(0.05);
     let t = aug.translate;
     let tx = rng.random_range((0.5 - t)..=(0.5 + t)) * s as f32;
     let ty = rng.random_range((0.5 - t)..=(0.5 + t)) * s as f32;
@@ -376,8 +381,14 @@ mod tests {
         for _ in 0..50 {
             let v = training_view(&pool, 0, 64, &aug, true, &mut rng);
             for b in &v.boxes {
-                let (cx, cy) = (((b[0] + b[2]) / 2.0) as usize, ((b[1] + b[3]) / 2.0) as usize);
-                assert!(v.pixels[cy * 64 + cx] > 200, "box {b:?} centre is not on the square");
+                let (cx, cy) = (
+                    ((b[0] + b[2]) / 2.0) as usize,
+                    ((b[1] + b[3]) / 2.0) as usize,
+                );
+                assert!(
+                    v.pixels[cy * 64 + cx] > 200,
+                    "box {b:?} centre is not on the square"
+                );
                 checked += 1;
             }
         }

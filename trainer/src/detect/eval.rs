@@ -185,7 +185,10 @@ pub struct SplitMetrics {
 impl SplitMetrics {
     /// Scores `preds` against `inputs`' ground truth.
     pub fn new(split: &str, inputs: &[EvalInput], preds: &[Vec<Detection>]) -> Self {
-        let ib = image_boxes(&inputs.iter().collect::<Vec<_>>(), &preds.iter().collect::<Vec<_>>());
+        let ib = image_boxes(
+            &inputs.iter().collect::<Vec<_>>(),
+            &preds.iter().collect::<Vec<_>>(),
+        );
         let ap = coco_ap(&ib, 1);
         let conf = DetectionConfusion::new(&ib, 1, 0.25, 0.45);
         let pr = conf.class_pr(0);
@@ -214,9 +217,58 @@ impl SplitMetrics {
     }
 }
 
-/// Precision–recall points at IoU 0.5 over all detections, by falling score (greedy matching
-/// per image, highest score first, as COCO).
-pub fn pr_points(inputs: &[EvalInput], preds: &[Vec<Detection>]) -> Vec<(f64, f64)> {
+/// Box score thresholds chosen on validation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BoxThresholds {
+    /// Boxes at or above this are shown as suspicious.
+    pub suspicious: f64,
+    /// Boxes at or above this are shown as definite.
+    pub definite: f64,
+    /// How they were chosen.
+    pub rule: String,
+}
+
+impl BoxThresholds {
+    /// `definite`: the score that maximizes F1 at IoU 0.5 on validation (Ultralytics reports
+    /// its curves at that point). `suspicious`: the highest score at which validation recall
+    /// reaches 0.8 (or the highest recall reached above 0.05), never above `definite` and
+    /// never below 0.05, so a sensitive reading does not flood the screen.
+    pub fn choose(inputs: &[EvalInput], preds: &[Vec<Detection>]) -> Self {
+        let curve = scored_curve(inputs, preds);
+        let mut definite = (0.25, -1.0);
+        for &(score, recall, precision) in &curve {
+            let f1 = 2.0 * precision * recall / (precision + recall).max(1e-12);
+            if f1 > definite.1 {
+                definite = (score, f1);
+            }
+        }
+        let floor = 0.05;
+        let reachable = curve
+            .iter()
+            .filter(|c| c.0 >= floor)
+            .map(|c| c.1)
+            .fold(0.0, f64::max);
+        let target = reachable.min(0.8);
+        let suspicious = curve
+            .iter()
+            .find(|c| c.1 >= target && c.0 >= floor)
+            .map_or(floor, |c| c.0)
+            .min(definite.0)
+            .max(floor.min(definite.0));
+        BoxThresholds {
+            suspicious,
+            definite: definite.0,
+            rule: format!(
+                "definite: best validation F1 at IoU 0.5 ({:.3}); suspicious: validation recall {:.2} reached",
+                definite.1.max(0.0),
+                target
+            ),
+        }
+    }
+}
+
+/// `(score, recall, precision)` at IoU 0.5 for every detection, by falling score.
+fn scored_curve(inputs: &[EvalInput], preds: &[Vec<Detection>]) -> Vec<(f64, f64, f64)> {
     let total: usize = inputs.iter().map(|i| i.sample.boxes.len()).sum();
     let mut scored: Vec<(f64, bool)> = Vec::new();
     for (i, p) in inputs.iter().zip(preds) {
@@ -241,16 +293,33 @@ pub fn pr_points(inputs: &[EvalInput], preds: &[Vec<Detection>]) -> Vec<(f64, f6
     }
     scored.sort_by(|a, b| b.0.total_cmp(&a.0));
     let (mut tp, mut fp) = (0usize, 0usize);
-    let mut pts = vec![(0.0, 1.0)];
-    for (_, hit) in scored {
-        if hit {
-            tp += 1
-        } else {
-            fp += 1
-        }
-        pts.push((tp as f64 / total.max(1) as f64, tp as f64 / (tp + fp) as f64));
-    }
-    pts
+    scored
+        .into_iter()
+        .map(|(score, hit)| {
+            if hit {
+                tp += 1
+            } else {
+                fp += 1
+            }
+            (
+                score,
+                tp as f64 / total.max(1) as f64,
+                tp as f64 / (tp + fp) as f64,
+            )
+        })
+        .collect()
+}
+
+/// Precision–recall points at IoU 0.5 over all detections, by falling score (greedy matching
+/// per image, highest score first, as COCO).
+pub fn pr_points(inputs: &[EvalInput], preds: &[Vec<Detection>]) -> Vec<(f64, f64)> {
+    std::iter::once((0.0, 1.0))
+        .chain(
+            scored_curve(inputs, preds)
+                .into_iter()
+                .map(|(_, r, p)| (r, p)),
+        )
+        .collect()
 }
 
 /// A grid of up to 8 images: ground truth (green) on the left, predictions at conf ≥ 0.25

@@ -64,9 +64,10 @@ fn ciou_tensor(p: Tensor<3>, t: Tensor<3>) -> Tensor<3> {
     let cw = px2.clone().max_pair(tx2.clone()) - px1.clone().min_pair(tx1.clone());
     let ch = py2.clone().max_pair(ty2.clone()) - py1.clone().min_pair(ty1.clone());
     let c2 = cw.powi_scalar(2) + ch.powi_scalar(2) + EPS;
-    let rho2 = ((tx1 + tx2 - px1 - px2).powi_scalar(2) + (ty1 + ty2 - py1 - py2).powi_scalar(2)) / 4.0;
-    let v = ((w2 / h2).atan() - (w1 / h1).atan()).powi_scalar(2)
-        * (4.0 / std::f64::consts::PI.powi(2));
+    let rho2 =
+        ((tx1 + tx2 - px1 - px2).powi_scalar(2) + (ty1 + ty2 - py1 - py2).powi_scalar(2)) / 4.0;
+    let v =
+        ((w2 / h2).atan() - (w1 / h1).atan()).powi_scalar(2) * (4.0 / std::f64::consts::PI.powi(2));
     // α is a weight, not a path for gradients (as in the reference).
     let alpha = (v.clone() / (v.clone() - iou.clone() + (1.0 + EPS))).detach();
     iou - (rho2 / c2 + v * alpha)

@@ -7,6 +7,7 @@
 
 pub mod assign;
 pub mod eval;
+pub mod export;
 pub mod loss;
 
 use crate::data::classify::LoadFailure;
@@ -140,7 +141,8 @@ impl DetectConfig {
     /// The learning rate at `step` of `total` (`per_epoch` steps an epoch).
     pub fn lr_at(&self, step: usize, per_epoch: usize) -> f64 {
         let epoch = step as f64 / per_epoch.max(1) as f64;
-        let decay = (1.0 - epoch / self.epochs.max(1) as f64) * (1.0 - self.lr_final) + self.lr_final;
+        let decay =
+            (1.0 - epoch / self.epochs.max(1) as f64) * (1.0 - self.lr_final) + self.lr_final;
         let warm = ((self.warmup_epochs * per_epoch as f64).round() as usize).max(100);
         let ramp = if step < warm {
             (step as f64 + 1.0) / warm as f64
@@ -266,12 +268,15 @@ pub fn train(
     show_progress: bool,
 ) -> anyhow::Result<DetectSummary> {
     anyhow::ensure!(
-        config.image_size % 32 == 0 && config.image_size >= 64,
+        config.image_size.is_multiple_of(32) && config.image_size >= 64,
         "--image-size {} must be a multiple of 32, at least 64 (YOLOv8's largest stride is 32)",
         config.image_size
     );
     std::fs::create_dir_all(run).with_context(|| format!("creating {}", run.display()))?;
-    std::fs::write(run.join("config.json"), serde_json::to_string_pretty(config)?)?;
+    std::fs::write(
+        run.join("config.json"),
+        serde_json::to_string_pretty(config)?,
+    )?;
     device.seed(config.seed);
     let [train_s, valid_s, _] = split(data, config)?;
     let s = config.image_size as usize;
@@ -295,7 +300,10 @@ pub fn train(
     let (mean, std) = config.model.mean_std();
 
     let mut log = std::fs::File::create(run.join("train_log.csv"))?;
-    writeln!(log, "epoch,step,lr,box,cls,dfl,foreground,images_per_second")?;
+    writeln!(
+        log,
+        "epoch,step,lr,box,cls,dfl,foreground,images_per_second"
+    )?;
     let per_epoch = pool.len().div_ceil(config.batch_size);
     let bar = if show_progress {
         indicatif::ProgressBar::new((per_epoch * config.epochs) as u64)
@@ -394,7 +402,12 @@ pub fn train(
             &bar,
             format!(
                 "epoch {}: loss box {:.4} cls {:.4} dfl {:.4}; valid mAP50 {:.4} mAP50-95 {:.4}",
-                rec.epoch, rec.loss[0], rec.loss[1], rec.loss[2], rec.valid_map50, rec.valid_map50_95
+                rec.epoch,
+                rec.loss[0],
+                rec.loss[1],
+                rec.loss[2],
+                rec.valid_map50,
+                rec.valid_map50_95
             ),
         );
         save_detector(&eval_model, &run.join("last.safetensors"))?;
@@ -409,7 +422,10 @@ pub fn train(
             best_epoch,
             epochs: records.clone(),
             seconds: started.elapsed().as_secs_f64(),
-            load_failures: failures.iter().map(|f: &LoadFailure| f.message.clone()).collect(),
+            load_failures: failures
+                .iter()
+                .map(|f: &LoadFailure| f.message.clone())
+                .collect(),
         };
         std::fs::write(
             run.join("train_summary.json"),
@@ -434,6 +450,8 @@ pub struct DetectMetrics {
     pub checkpoint: String,
     /// Input side.
     pub image_size: u32,
+    /// Box score thresholds chosen on validation (the manifest's `suspicious`, `definite`).
+    pub thresholds: eval::BoxThresholds,
     /// Validation.
     pub valid: eval::SplitMetrics,
     /// Test (the official test split).
@@ -451,8 +469,12 @@ pub fn evaluate_run(
     device: &Device,
 ) -> anyhow::Result<DetectMetrics> {
     let config: DetectConfig = serde_json::from_str(
-        &std::fs::read_to_string(run.join("config.json"))
-            .with_context(|| format!("{}: no config.json; train with `fv-train detect`", run.display()))?,
+        &std::fs::read_to_string(run.join("config.json")).with_context(|| {
+            format!(
+                "{}: no config.json; train with `fv-train detect`",
+                run.display()
+            )
+        })?,
     )?;
     let best = run.join("best.safetensors");
     anyhow::ensure!(
@@ -465,6 +487,7 @@ pub fn evaluate_run(
     let (valid_in, mut failures) = eval::prepare(&valid_s, &config);
     let valid_p = eval::predict(&model, &valid_in, &config, device);
     let valid = eval::SplitMetrics::new("valid", &valid_in, &valid_p);
+    let thresholds = eval::BoxThresholds::choose(&valid_in, &valid_p);
     let mut series = vec![("valid".to_owned(), eval::pr_points(&valid_in, &valid_p))];
     let mut grid = (valid_in, valid_p, "valid_grid.png");
     let test = if with_test {
@@ -494,6 +517,7 @@ pub fn evaluate_run(
         model: config.model.name().to_owned(),
         checkpoint: best.display().to_string(),
         image_size: config.image_size,
+        thresholds,
         valid,
         test,
         load_failures: failures.into_iter().map(|f| f.message).collect(),
@@ -512,6 +536,10 @@ pub fn summary_table(m: &DetectMetrics) -> String {
         m.model, m.image_size
     );
     let f = |v: Option<f64>| v.map_or("  n/a ".to_owned(), |v| format!("{v:.3}"));
+    out += &format!(
+        "box thresholds (validation): suspicious {:.3}, definite {:.3}\n",
+        m.thresholds.suspicious, m.thresholds.definite
+    );
     for s in std::iter::once(&m.valid).chain(m.test.as_ref()) {
         out += &format!(
             "{:<7} {:>6} {:>6}  {:.3}  {:.3}     {}   {}\n",

@@ -142,7 +142,12 @@ impl ConvBnAct {
         ConvBnAct {
             conv: Conv2dConfig::new([cin, cout], [kernel, kernel])
                 .with_stride([stride, stride])
-                .with_padding(PaddingConfig2d::Explicit(kernel / 2, kernel / 2, kernel / 2, kernel / 2))
+                .with_padding(PaddingConfig2d::Explicit(
+                    kernel / 2,
+                    kernel / 2,
+                    kernel / 2,
+                    kernel / 2,
+                ))
                 .with_bias(false)
                 .init(device),
             // PyTorch's BatchNorm2d as Ultralytics sets it: eps 1e-3, momentum 0.03.
@@ -290,7 +295,9 @@ impl CspBackbone {
         let x = self.m2.forward(self.m1.forward(self.m0.forward(x)));
         let p3 = self.m4.forward(self.m3.forward(x));
         let p4 = self.m6.forward(self.m5.forward(p3.clone()));
-        let p5 = self.m9.forward(self.m8.forward(self.m7.forward(p4.clone())));
+        let p5 = self
+            .m9
+            .forward(self.m8.forward(self.m7.forward(p4.clone())));
         [p3, p4, p5]
     }
 }

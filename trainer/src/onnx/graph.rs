@@ -158,3 +158,43 @@ pub fn op_counts(g: &GraphProto) -> std::collections::BTreeMap<String, usize> {
     }
     m
 }
+
+/// An integer-list attribute.
+pub fn ints_attr(name: &str, ints: &[i64]) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        r#type: AttributeType::Ints as i32,
+        ints: ints.to_vec(),
+        ..Default::default()
+    }
+}
+
+/// An int64 tensor (shapes, slice bounds).
+pub fn i64_tensor(name: &str, values: &[i64]) -> TensorProto {
+    let raw = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    raw_tensor(name, &[values.len() as i64], DataType::Int64, raw)
+}
+
+/// A float32 graph input or output of fixed shape.
+pub fn float_value(name: &str, dims: &[i64]) -> ValueInfoProto {
+    use tract_onnx::pb::{tensor_shape_proto, type_proto, TensorShapeProto, TypeProto};
+    ValueInfoProto {
+        name: name.into(),
+        r#type: Some(TypeProto {
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type: DataType::Float as i32,
+                shape: Some(TensorShapeProto {
+                    dim: dims
+                        .iter()
+                        .map(|&d| tensor_shape_proto::Dimension {
+                            value: Some(tensor_shape_proto::dimension::Value::DimValue(d)),
+                            ..Default::default()
+                        })
+                        .collect(),
+                }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
