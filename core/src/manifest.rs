@@ -93,13 +93,29 @@ pub struct Conversion {
     pub calibration_images: Option<usize>,
     /// Validation images compared.
     pub valid_images: usize,
-    /// Validation ROC-AUC of the reference graph.
-    pub valid_roc_auc_reference: f64,
-    /// Validation ROC-AUC of this graph.
-    pub valid_roc_auc: f64,
+    /// Validation ROC-AUC of the reference graph (classifiers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub valid_roc_auc_reference: Option<f64>,
+    /// Validation ROC-AUC of this graph (classifiers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub valid_roc_auc: Option<f64>,
     /// `valid_roc_auc − valid_roc_auc_reference` (negative: a drop).
-    pub valid_roc_auc_change: f64,
-    /// Largest |p − p_reference| over the validation images.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub valid_roc_auc_change: Option<f64>,
+    /// Validation mAP50 of the reference graph (detectors).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub valid_map50_reference: Option<f64>,
+    /// Validation mAP50 of this graph (detectors).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub valid_map50: Option<f64>,
+    /// Validation mAP50-95 of the reference graph (detectors).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub valid_map50_95_reference: Option<f64>,
+    /// Validation mAP50-95 of this graph (detectors).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub valid_map50_95: Option<f64>,
+    /// Largest |p − p_reference| over the validation images (detectors: every anchor's box
+    /// score).
     pub valid_max_abs_probability_diff: f64,
     /// Median |p − p_reference| over the validation images.
     pub valid_median_abs_probability_diff: f64,

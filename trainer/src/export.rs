@@ -247,9 +247,13 @@ pub fn export_run(run: &RunDir, opts: &ExportOptions) -> anyhow::Result<Exported
                 calibration: calib.0,
                 calibration_images: calib.1,
                 valid_images: valid.len(),
-                valid_roc_auc_reference: auc_ref,
-                valid_roc_auc: auc_conv,
-                valid_roc_auc_change: auc_conv - auc_ref,
+                valid_roc_auc_reference: Some(auc_ref),
+                valid_roc_auc: Some(auc_conv),
+                valid_roc_auc_change: Some(auc_conv - auc_ref),
+                valid_map50_reference: None,
+                valid_map50: None,
+                valid_map50_95_reference: None,
+                valid_map50_95: None,
                 valid_max_abs_probability_diff: diffs.last().copied().unwrap_or(0.0),
                 valid_median_abs_probability_diff: diffs
                     .get(diffs.len() / 2)

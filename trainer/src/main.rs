@@ -417,12 +417,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let precision: fv_core::manifest::Precision =
                 serde_json::from_value(serde_json::Value::String(precision))?;
-            if detector_run(&run).is_some() {
-                let e =
-                    detect::export::export_detector_run(&run, &name, &version, &out, precision)?;
-                println!("{}\n{}", e.onnx.display(), e.manifest.display());
-                return Ok(());
-            }
             let defaults = fv_train::export::ExportOptions::new(precision, &name, &out);
             let opts = fv_train::export::ExportOptions {
                 check_limit: check_images.or(defaults.check_limit),
@@ -432,15 +426,33 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 calibration,
                 ..defaults
             };
-            let e = fv_train::export::export_run(&RunDir(run), &opts)?;
+            let e = if detector_run(&run).is_some() {
+                detect::export::export_detector_run(&run, &opts)?
+            } else {
+                fv_train::export::export_run(&RunDir(run), &opts)?
+            };
             if let Some(c) = &e.content.conversion {
-                println!(
-                    "validation ROC-AUC {:.4} (fp32 {:.4}, change {:+.4}); max |Δp| {:.4}",
+                if let (Some(a), Some(r), Some(d)) = (
                     c.valid_roc_auc,
                     c.valid_roc_auc_reference,
                     c.valid_roc_auc_change,
-                    c.valid_max_abs_probability_diff
-                );
+                ) {
+                    println!(
+                        "validation ROC-AUC {a:.4} (fp32 {r:.4}, change {d:+.4}); max |Δp| {:.4}",
+                        c.valid_max_abs_probability_diff
+                    );
+                }
+                if let (Some(a), Some(r), Some(b), Some(q)) = (
+                    c.valid_map50,
+                    c.valid_map50_reference,
+                    c.valid_map50_95,
+                    c.valid_map50_95_reference,
+                ) {
+                    println!(
+                        "validation mAP50 {a:.4} (fp32 {r:.4}), mAP50-95 {b:.4} (fp32 {q:.4}); max |Δscore| {:.4}",
+                        c.valid_max_abs_probability_diff
+                    );
+                }
             }
             println!("{}\n{}", e.onnx.display(), e.manifest.display());
             Ok(())

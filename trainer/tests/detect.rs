@@ -10,7 +10,9 @@ use fv_core::manifest::{Manifest, Precision, Task};
 use fv_train::data::FracAtlas;
 use fv_train::detect::export::export_detector_run;
 use fv_train::detect::{build_detector, evaluate_run, train, DetectConfig, DetectorKind};
+use fv_train::export::ExportOptions;
 use fv_train::models::yolov8::decode;
+use fv_train::onnx::graph;
 use fv_train::onnx::run::Runner;
 use sha2::{Digest, Sha256};
 
@@ -59,7 +61,7 @@ fn train_evaluate_export(kind: DetectorKind, export: bool) {
     }
 
     let out = tmp.path().join("models");
-    let e = export_detector_run(&run, "det", "0.0.1", &out, Precision::Fp32).unwrap();
+    let e = export_detector_run(&run, &ExportOptions::new(Precision::Fp32, "det", &out)).unwrap();
     let bytes = std::fs::read(&e.onnx).unwrap();
     let manifest: Manifest =
         serde_json::from_str(&std::fs::read_to_string(&e.manifest).unwrap()).unwrap();
@@ -103,11 +105,42 @@ fn train_evaluate_export(kind: DetectorKind, export: bool) {
         "{kind:?}: tract and burn differ by {worst} (relative)"
     );
 
-    let err = export_detector_run(&run, "det", "0.0.1", &out, Precision::Int8).unwrap_err();
-    assert!(err.to_string().contains("fp32 only"), "{err}");
+    // int8: calibrated on the sample's training images, scored on its validation and test.
+    let e8 = export_detector_run(
+        &run,
+        &ExportOptions {
+            data: Some(sample_dir()),
+            calib_images: 2,
+            ..ExportOptions::new(Precision::Int8, "det", &out)
+        },
+    )
+    .unwrap();
+    assert!(e8.onnx.ends_with("det-int8.onnx"));
+    let c = e8.content.conversion.as_ref().unwrap();
+    assert!(
+        c.valid_map50.is_some() && c.valid_roc_auc.is_none(),
+        "{c:?}"
+    );
+    assert_eq!(c.calibration_images, Some(2));
+    let q = graph::decode(&std::fs::read(&e8.onnx).unwrap()).unwrap();
+    let ops = graph::op_counts(q.graph.as_ref().unwrap());
+    assert!(
+        ops.get("QuantizeLinear").copied().unwrap_or(0) > 0,
+        "{ops:?}"
+    );
+
     let err =
-        export_detector_run(&tmp.path().join("none"), "d", "0", &out, Precision::Fp32).unwrap_err();
-    assert!(err.to_string().contains("none"), "{err}");
+        export_detector_run(&run, &ExportOptions::new(Precision::Int8, "det", &out)).unwrap_err();
+    assert!(err.to_string().contains("needs --data"), "{err}");
+    let err =
+        export_detector_run(&run, &ExportOptions::new(Precision::Fp16, "det", &out)).unwrap_err();
+    assert!(err.to_string().contains("fp32 or int8"), "{err}");
+    let err = export_detector_run(
+        &tmp.path().join("none"),
+        &ExportOptions::new(Precision::Fp32, "d", &out),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("no checkpoint"), "{err}");
 }
 
 #[test]

@@ -94,24 +94,51 @@ pub fn predict(
             .expect("f32 data");
         let per = (4 + classes) * anchors;
         for (k, input) in chunk.iter().enumerate() {
-            let raw = &v[k * per..(k + 1) * per];
-            let dets = decode_yolov8(raw, classes, anchors, validation_nms().score_threshold)
-                .expect("the model's own output has its shape");
-            let kept = nms(dets, &validation_nms());
-            out.push(
-                kept.into_iter()
-                    .map(|d| Detection {
-                        bbox: input
-                            .geometry
-                            .to_original(&d.bbox)
-                            .clamp_to(input.geometry.src_width, input.geometry.src_height),
-                        ..d
-                    })
-                    .collect(),
-            );
+            out.push(postprocess(&v[k * per..(k + 1) * per], classes, input));
         }
     }
     out
+}
+
+/// Decoded output `[1, 4 + classes, anchors]` of one input → detections in displayed pixels.
+pub fn postprocess(raw: &[f32], classes: usize, input: &EvalInput) -> Vec<Detection> {
+    let anchors = raw.len() / (4 + classes);
+    let dets = decode_yolov8(raw, classes, anchors, validation_nms().score_threshold)
+        .expect("the output was sliced to its shape");
+    nms(dets, &validation_nms())
+        .into_iter()
+        .map(|d| Detection {
+            bbox: input
+                .geometry
+                .to_original(&d.bbox)
+                .clamp_to(input.geometry.src_width, input.geometry.src_height),
+            ..d
+        })
+        .collect()
+}
+
+/// Runs an exported detector in tract on every input: the raw outputs, and the detections.
+pub fn predict_onnx(
+    runner: &crate::onnx::run::Runner,
+    inputs: &[EvalInput],
+    classes: usize,
+) -> anyhow::Result<(Vec<Vec<f32>>, Vec<Vec<Detection>>)> {
+    let raw: Vec<Vec<f32>> = inputs
+        .par_iter()
+        .map(|i| {
+            runner
+                .run(i.tensor.clone())?
+                .into_iter()
+                .next()
+                .ok_or_else(|| anyhow::anyhow!("the detector graph has no output"))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let dets = raw
+        .iter()
+        .zip(inputs)
+        .map(|(r, i)| postprocess(r, classes, i))
+        .collect();
+    Ok((raw, dets))
 }
 
 fn image_boxes(inputs: &[&EvalInput], preds: &[&Vec<Detection>]) -> Vec<ImageBoxes> {

@@ -6,19 +6,24 @@
 //! The DFL is written with its Softmax on the last axis (`[1, 4, anchors, 16]`): tract 0.23.9
 //! spent 88 of 100 ms of a mini-YOLOv8 in a Softmax over a middle axis.
 
-use super::{build_detector, DetectConfig, DetectMetrics};
-use crate::export::{git_commit, write_model, Exported};
+use super::{build_detector, eval, split, DetectConfig, DetectMetrics};
+use crate::data::FracAtlas;
+use crate::export::{git_commit, write_model, ExportOptions, Exported};
 use crate::models::yolov8::{anchors, YoloV8, STRIDES};
 use crate::onnx::graph::{self, float_tensor, float_value, i64_tensor, int_attr, ints_attr, node};
+use crate::onnx::quantize::quantize;
+use crate::onnx::run::Runner;
 use crate::onnx::simplify::simplify;
 use anyhow::Context as _;
 use burn::tensor::{Device, Tensor};
 use burn_onnx::export::OnnxExporter;
 use fv_core::manifest::{
-    Manifest, OutputSpec, Precision, Task, TestMetrics, Thresholds, TrainingRecord,
+    Conversion, Manifest, OutputSpec, Precision, Task, TestMetrics, Thresholds, TrainingRecord,
     MANIFEST_VERSION,
 };
 use fv_core::Probability;
+use rand::seq::SliceRandom as _;
+use rand::SeedableRng as _;
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -138,50 +143,124 @@ fn append_decode(
     g.output = vec![float_value(OUTPUT, &[1, 4 + c, a])];
 }
 
-/// Exports `RUN/best.safetensors` of a detection run (fp32) with its manifest: thresholds and
-/// test metrics from `RUN/metrics.json`.
-pub fn export_detector_run(
-    run: &Path,
-    name: &str,
-    version: &str,
-    out_dir: &Path,
-    precision: Precision,
-) -> anyhow::Result<Exported> {
+/// Exports `RUN/best.safetensors` of a detection run with its manifest. fp32 takes its
+/// thresholds and test metrics from `RUN/metrics.json`; int8 (QDQ, calibrated on training
+/// images) is scored again with tract on validation (thresholds) and test, and records its
+/// mAP change from fp32.
+pub fn export_detector_run(run: &Path, opts: &ExportOptions) -> anyhow::Result<Exported> {
     anyhow::ensure!(
-        precision == Precision::Fp32,
-        "{}: detectors export in fp32 only so far; int8 and fp16 are for classifiers",
+        opts.precision != Precision::Fp16,
+        "{}: detectors export in fp32 or int8; fp16 runs far slower than fp32 in tract on CPUs",
         run.display()
     );
     let read = |file: &str| -> anyhow::Result<String> {
         let p = run.join(file);
         std::fs::read_to_string(&p).with_context(|| format!("{}: cannot read", p.display()))
     };
-    let config: DetectConfig = serde_json::from_str(&read("config.json")?)?;
-    let metrics: DetectMetrics = serde_json::from_str(&read("metrics.json")?)
-        .context("the run has no metrics.json: `fv-train detect` writes it after training")?;
     let best = run.join("best.safetensors");
     anyhow::ensure!(
         best.is_file(),
         "{}: no checkpoint; train the run with `fv-train detect` first",
         best.display()
     );
+    let config: DetectConfig = serde_json::from_str(&read("config.json")?)?;
+    let metrics: DetectMetrics = serde_json::from_str(&read("metrics.json")?)
+        .context("the run has no metrics.json: `fv-train detect` writes it after training")?;
     let device = Device::flex();
     let model = build_detector(&config, Some(&best), &device)?;
     let size = config.image_size as usize;
-    let proto = detector_onnx(&model, size, &device)?;
-    let bytes = graph::encode(&proto);
-    let (onnx_path, onnx_sha256) = write_model(out_dir, name, &bytes)?;
+    let shape = [1, 3, size, size];
+    let classes = model.num_classes();
+    let mut proto = detector_onnx(&model, size, &device)?;
+    let fp32 = graph::encode(&proto);
+
+    let (bytes, thresholds, test, conversion) = match opts.precision {
+        Precision::Int8 => {
+            let data_dir = opts.data.as_deref().with_context(|| {
+                "--precision int8 needs --data DIR (FracAtlas): the detector is calibrated and \
+                 measured on the run's own splits"
+            })?;
+            let data = FracAtlas::open(data_dir)
+                .with_context(|| format!("loading FracAtlas from {}", data_dir.display()))?;
+            let [mut train_s, valid_s, test_s] = split(&data, &config)?;
+            train_s.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(config.seed));
+            train_s.truncate(opts.calib_images.max(1));
+            let (calib, _) = eval::prepare(&train_s, &config);
+            let images: Vec<Vec<f32>> = calib.into_iter().map(|c| c.tensor).collect();
+            let report = quantize(&mut proto, &images, &shape, opts.calibration)?;
+            tracing::info!("quantized: {report:?}");
+            let bytes = graph::encode(&proto);
+            let reference = Runner::new(&fp32, &shape)?;
+            let converted =
+                Runner::new(&bytes, &shape).context("tract cannot run the converted graph")?;
+            let (valid_in, _) = eval::prepare(&valid_s, &config);
+            let (raw_ref, pred_ref) = eval::predict_onnx(&reference, &valid_in, classes)?;
+            let (raw_conv, pred_conv) = eval::predict_onnx(&converted, &valid_in, classes)?;
+            let mut diffs: Vec<f64> = raw_ref
+                .iter()
+                .zip(&raw_conv)
+                .flat_map(|(a, b)| {
+                    let anchors = a.len() / (4 + classes);
+                    (4 * anchors..a.len()).map(move |k| (a[k] - b[k]).abs() as f64)
+                })
+                .collect();
+            diffs.sort_by(f64::total_cmp);
+            let m_ref = eval::SplitMetrics::new("valid", &valid_in, &pred_ref);
+            let m_conv = eval::SplitMetrics::new("valid", &valid_in, &pred_conv);
+            let thresholds = eval::BoxThresholds::choose(&valid_in, &pred_conv);
+            let (test_in, _) = eval::prepare(&test_s, &config);
+            let (_, pred_test) = eval::predict_onnx(&converted, &test_in, classes)?;
+            let test = eval::SplitMetrics::new("test", &test_in, &pred_test);
+            let conversion = Conversion {
+                reference: Precision::Fp32,
+                method: format!(
+                    "QDQ: int8 per-channel symmetric weights, uint8 per-tensor activations; \
+                     quantized {:?}; kept in float: {}",
+                    report.quantized,
+                    if report.kept_float.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        report.kept_float.join("; ")
+                    }
+                ),
+                calibration: Some(opts.calibration.to_string()),
+                calibration_images: Some(images.len()),
+                valid_images: valid_in.len(),
+                valid_roc_auc_reference: None,
+                valid_roc_auc: None,
+                valid_roc_auc_change: None,
+                valid_map50_reference: Some(m_ref.map50),
+                valid_map50: Some(m_conv.map50),
+                valid_map50_95_reference: Some(m_ref.map50_95),
+                valid_map50_95: Some(m_conv.map50_95),
+                valid_max_abs_probability_diff: diffs.last().copied().unwrap_or(0.0),
+                valid_median_abs_probability_diff: diffs
+                    .get(diffs.len() / 2)
+                    .copied()
+                    .unwrap_or(0.0),
+                metrics_from_reference: false,
+            };
+            (bytes, thresholds, Some(test), Some(conversion))
+        }
+        _ => (fp32, metrics.thresholds.clone(), metrics.test.clone(), None),
+    };
+    let name = &opts.name;
+    let stem = match opts.precision {
+        Precision::Int8 => format!("{name}-int8"),
+        _ => name.clone(),
+    };
+    let (onnx_path, onnx_sha256) = write_model(&opts.out_dir, &stem, &bytes)?;
     let g = proto
         .graph
         .as_ref()
         .context("the ONNX model has no graph")?;
-    let mut input = super::eval::input_spec(&config);
+    let mut input = eval::input_spec(&config);
     if let Some(i) = g.input.first() {
         input.name = i.name.clone();
     }
     let anchors: usize = STRIDES.iter().map(|s| (size / s) * (size / s)).sum();
-    let t = &metrics.thresholds;
-    let test_metrics = metrics.test.as_ref().map(|t| {
+    let t = &thresholds;
+    let test_metrics = test.as_ref().map(|t| {
         let mut values = BTreeMap::from([
             ("map50".to_owned(), t.map50),
             ("map50_95".to_owned(), t.map50_95),
@@ -204,13 +283,13 @@ pub fn export_detector_run(
     });
     let manifest = Manifest {
         manifest_version: MANIFEST_VERSION,
-        name: name.to_owned(),
-        version: version.to_owned(),
+        name: name.clone(),
+        version: opts.version.clone(),
         task: Task::Detect,
         input,
         outputs: vec![OutputSpec {
             name: OUTPUT.into(),
-            shape: vec![1, 4 + model.num_classes() as i64, anchors as i64],
+            shape: vec![1, 4 + classes as i64, anchors as i64],
             meaning: "yolov8: cx, cy, w, h in letterboxed input pixels, then one sigmoid score per label"
                 .into(),
         }],
@@ -219,7 +298,7 @@ pub fn export_detector_run(
             suspicious: Probability::saturating(t.suspicious),
             definite: Probability::saturating(t.definite),
         },
-        precision,
+        precision: opts.precision,
         metrics: test_metrics,
         training: Some(TrainingRecord {
             data: "FracAtlas (Abedeen et al. 2023, CC BY 4.0)".into(),
@@ -235,10 +314,10 @@ pub fn export_detector_run(
                 .trim()
                 .to_owned(),
         }),
-        conversion: None,
+        conversion,
         onnx_sha256,
     };
-    let manifest_path = out_dir.join(format!("{name}.json"));
+    let manifest_path = opts.out_dir.join(format!("{stem}.json"));
     std::fs::write(
         &manifest_path,
         serde_json::to_string_pretty(&manifest)? + "\n",
