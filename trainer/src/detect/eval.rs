@@ -117,12 +117,15 @@ pub fn postprocess(raw: &[f32], classes: usize, input: &EvalInput) -> Vec<Detect
         .collect()
 }
 
+/// Per input: the graph's raw output, and the detections made from it.
+pub type OnnxPredictions = (Vec<Vec<f32>>, Vec<Vec<Detection>>);
+
 /// Runs an exported detector in tract on every input: the raw outputs, and the detections.
 pub fn predict_onnx(
     runner: &crate::onnx::run::Runner,
     inputs: &[EvalInput],
     classes: usize,
-) -> anyhow::Result<(Vec<Vec<f32>>, Vec<Vec<Detection>>)> {
+) -> anyhow::Result<OnnxPredictions> {
     let raw: Vec<Vec<f32>> = inputs
         .par_iter()
         .map(|i| {
