@@ -12,7 +12,7 @@
 
 use crate::imaging::{GrayPixels, XrayImage};
 use crate::BoxXyxy;
-use image::imageops::{self, FilterType};
+use fast_image_resize as fir;
 use serde::{Deserialize, Serialize};
 
 /// How an image is fitted to the model input.
@@ -233,12 +233,13 @@ pub fn preprocess(image: &XrayImage, spec: &InputSpec) -> Preprocessed {
     };
     match image.pixels() {
         GrayPixels::U8(p) => {
-            let r = resized(p, nw, nh);
-            place(&mut r.as_raw().iter().map(|&v| v as f32));
+            let r = resized(p.width(), p.height(), p.as_raw(), nw, nh);
+            place(&mut r.iter().map(|&v| v as f32));
         }
         GrayPixels::U16(p) => {
-            let r = resized(p, nw, nh);
-            place(&mut r.as_raw().iter().map(|&v| v as f32));
+            let r: Vec<u16> =
+                bytemuck::pod_collect_to_vec(&resized(p.width(), p.height(), p.as_raw(), nw, nh));
+            place(&mut r.iter().map(|&v| v as f32));
         }
     }
 
@@ -257,19 +258,38 @@ pub fn preprocess(image: &XrayImage, spec: &InputSpec) -> Preprocessed {
     }
 }
 
-fn resized<P>(
-    img: &image::ImageBuffer<P, Vec<P::Subpixel>>,
-    w: u32,
-    h: u32,
-) -> image::ImageBuffer<P, Vec<P::Subpixel>>
-where
-    P: image::Pixel + 'static,
-{
-    if img.width() == w && img.height() == h {
-        img.clone()
-    } else {
-        imageops::resize(img, w, h, FilterType::Triangle)
+/// Antialiased (triangle-filter, support widened by the scale factor) resize of one grey
+/// plane of `u8` or `u16` samples, as little-endian-native bytes.
+fn resized<T: bytemuck::Pod + ResizePixel>(w: u32, h: u32, src: &[T], nw: u32, nh: u32) -> Vec<u8> {
+    let bytes: &[u8] = bytemuck::cast_slice(src);
+    if (w, h) == (nw, nh) {
+        return bytes.to_vec();
     }
+    let src = fir::images::ImageRef::new(w, h, bytes, T::PIXEL)
+        .expect("an image buffer holds width × height samples, aligned for its type");
+    let mut dst = fir::images::Image::new(nw, nh, T::PIXEL);
+    fir::Resizer::new()
+        .resize(
+            &src,
+            &mut dst,
+            &fir::ResizeOptions::new()
+                .resize_alg(fir::ResizeAlg::Convolution(fir::FilterType::Bilinear)),
+        )
+        .expect("source and destination have the same pixel type");
+    dst.into_vec()
+}
+
+/// The resizer's pixel type for a sample type.
+trait ResizePixel {
+    const PIXEL: fir::PixelType;
+}
+
+impl ResizePixel for u8 {
+    const PIXEL: fir::PixelType = fir::PixelType::U8;
+}
+
+impl ResizePixel for u16 {
+    const PIXEL: fir::PixelType = fir::PixelType::U16;
 }
 
 #[cfg(test)]
