@@ -1,6 +1,7 @@
 //! `fv-train`: FracAtlas loading and splits, models in burn, training, evaluation reports,
 //! and ONNX export. The binary in `main.rs` is a thin shell over this library.
 
+pub mod bench;
 pub mod data;
 pub mod detect;
 pub mod evaluate;

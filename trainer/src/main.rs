@@ -72,6 +72,28 @@ enum Command {
         #[arg(long, value_name = "N")]
         check_images: Option<usize>,
     },
+    /// Time a classifier training step (forward, loss, backward, AdamW) on random data:
+    /// images per second, as JSON (compare with trainer/scripts/bench_torch_step.py).
+    BenchStep {
+        /// Architecture.
+        #[arg(long, value_enum, default_value_t = ModelKind::EfficientnetLite0)]
+        model: ModelKind,
+        /// Batch size.
+        #[arg(long, default_value_t = 16)]
+        batch: usize,
+        /// Input side in pixels.
+        #[arg(long, default_value_t = 224)]
+        image_size: usize,
+        /// Timed steps (the median is reported).
+        #[arg(long, default_value_t = 10)]
+        steps: usize,
+        /// Untimed steps first.
+        #[arg(long, default_value_t = 2)]
+        warmup: usize,
+        /// Compute device.
+        #[arg(long, value_enum, default_value_t = DeviceArg::Flex)]
+        device: DeviceArg,
+    },
     /// Re-evaluate a run's best checkpoint (thresholds from validation), classifier or detector.
     Eval {
         /// The run folder written by `classify`.
@@ -455,6 +477,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
             println!("{}\n{}", e.onnx.display(), e.manifest.display());
+            Ok(())
+        }
+        Command::BenchStep {
+            model,
+            batch,
+            image_size,
+            steps,
+            warmup,
+            device,
+        } => {
+            let backend = format!("{device:?}").to_lowercase();
+            let r = fv_train::bench::bench_step(
+                model,
+                batch,
+                image_size,
+                steps,
+                warmup,
+                &device.device()?,
+                &backend,
+            );
+            println!("{}", serde_json::to_string(&r)?);
             Ok(())
         }
         Command::Eval {

@@ -226,7 +226,7 @@ pub fn predict(
 
 /// Per-class loss weights `[not fractured, fractured]`: inverse training frequency,
 /// normalized so that a balanced set gets 1 and 1; or 1 and 1 when not `weighted`.
-pub(crate) fn class_weights(labels: impl Iterator<Item = bool>, weighted: bool) -> [f32; 2] {
+pub fn class_weights(labels: impl Iterator<Item = bool>, weighted: bool) -> [f32; 2] {
     let (mut pos, mut neg) = (0usize, 0usize);
     for l in labels {
         if l {
@@ -245,7 +245,7 @@ pub(crate) fn class_weights(labels: impl Iterator<Item = bool>, weighted: bool) 
 
 /// Class-weighted cross-entropy of `logits` against `labels`:
 /// `Σ wᵢ·(−log pᵢ[yᵢ]) / Σ wᵢ` with `wᵢ = class_w[yᵢ]`.
-pub(crate) fn weighted_ce(logits: Tensor<2>, labels: &[bool], class_w: [f32; 2]) -> Tensor<1> {
+pub fn weighted_ce(logits: Tensor<2>, labels: &[bool], class_w: [f32; 2]) -> Tensor<1> {
     let device = logits.device();
     let b = labels.len();
     let onehot: Vec<f32> = labels

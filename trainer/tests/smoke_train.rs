@@ -128,3 +128,18 @@ fn vision_transformers_train_from_the_same_pipeline() {
         assert_eq!(metrics.model, kind.name());
     }
 }
+
+#[test]
+fn bench_step_times_real_training_steps() {
+    let r = fv_train::bench::bench_step(
+        fv_train::models::ModelKind::EfficientnetLite0,
+        2,
+        32,
+        2,
+        1,
+        &burn::tensor::Device::flex(),
+        "flex",
+    );
+    assert_eq!((r.batch, r.image_size, r.steps), (2, 32, 2));
+    assert!(r.median_step_ms > 0.0 && r.images_per_second.is_finite());
+}
