@@ -95,7 +95,15 @@ pub fn load_safetensors<M: Module>(
             message: e.to_string(),
         })?;
     let is_skipped = |name: &str| skip.iter().any(|s| name.starts_with(s));
+    // Tensors of another shape under `skip` (a COCO head in a one-class model) stay fresh.
+    let mut reshaped = Vec::new();
     for e in &result.errors {
+        if let ApplyError::ShapeMismatch { path: tensor, .. } = e {
+            if is_skipped(tensor) {
+                reshaped.push(tensor.clone());
+                continue;
+            }
+        }
         return Err(match e {
             ApplyError::ShapeMismatch {
                 path: tensor,
@@ -107,7 +115,6 @@ pub fn load_safetensors<M: Module>(
                 expected: expected.to_vec(),
                 found: found.to_vec(),
             },
-            ApplyError::ShapeMismatch { .. } => continue,
             other => WeightsError::Other {
                 path: path.to_owned(),
                 tensor: String::new(),
@@ -132,7 +139,12 @@ pub fn load_safetensors<M: Module>(
         model,
         LoadReport {
             applied: result.applied.len(),
-            kept_fresh: result.missing.iter().map(|(n, _)| n.clone()).collect(),
+            kept_fresh: result
+                .missing
+                .iter()
+                .map(|(n, _)| n.clone())
+                .chain(reshaped)
+                .collect(),
             unused: result.unused.clone(),
         },
     ))
