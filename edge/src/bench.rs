@@ -95,9 +95,11 @@ pub struct PathRow {
     pub engine: String,
     /// Classifier precision.
     pub precision: Precision,
+    /// The detector that ran on every input (name and precision), if the models have one.
+    pub detector: Option<String>,
     /// Decode → result.
     pub latency: Latency,
-    /// The same classifier alone (engine row), p50 ms.
+    /// The models alone (engine rows: the classifier, plus the detector when one runs), p50 ms.
     pub engine_p50_ms: f64,
     /// Whole path p50 / engine p50.
     pub ratio: f64,
@@ -313,10 +315,17 @@ pub fn run(o: &BenchOptions, progress: &mut dyn FnMut(&str)) -> anyhow::Result<R
         .filter(|(_, f)| f.manifest.task == Task::Classify)
     {
         let kind = *kind;
-        let detector = measured
+        // The detector of the classifier's precision where there is one, else any.
+        let detectors: Vec<&Found> = measured
             .iter()
-            .find(|(k, d)| *k == kind && d.manifest.task == Task::Detect)
-            .map(|(_, d)| d);
+            .filter(|(k, d)| *k == kind && d.manifest.task == Task::Detect)
+            .map(|(_, d)| d)
+            .collect();
+        let detector = detectors
+            .iter()
+            .find(|d| d.manifest.precision == f.manifest.precision)
+            .or(detectors.first())
+            .copied();
         let mut pipeline = Pipeline {
             models: Models {
                 classifier: load_with(f, kind, &cache)?,
@@ -331,14 +340,18 @@ pub fn run(o: &BenchOptions, progress: &mut dyn FnMut(&str)) -> anyhow::Result<R
             },
         };
         let engine_name = pipeline.models.classifier.engine.name().to_owned();
-        let engine_p50 = engines
-            .iter()
-            .find(|r| {
-                r.model == f.manifest.name
-                    && r.precision == f.manifest.precision
-                    && r.engine == engine_name
-            })
-            .map_or(f64::NAN, |r| r.latency.p50_ms);
+        let p50_of = |m: &Found| {
+            engines
+                .iter()
+                .find(|r| {
+                    r.model == m.manifest.name
+                        && r.precision == m.manifest.precision
+                        && r.engine == engine_name
+                })
+                .map_or(f64::NAN, |r| r.latency.p50_ms)
+        };
+        // The engine's share of the path: the classifier, plus the detector when it runs.
+        let engine_p50 = p50_of(f) + detector.map_or(0.0, p50_of);
         for (label, path) in &inputs {
             let options = DecodeOptions::default();
             let run_once = |p: &mut Pipeline| {
@@ -368,6 +381,8 @@ pub fn run(o: &BenchOptions, progress: &mut dyn FnMut(&str)) -> anyhow::Result<R
                 size,
                 engine: engine_name.clone(),
                 precision: f.manifest.precision,
+                detector: detector
+                    .map(|d| format!("{} {:?}", d.manifest.name, d.manifest.precision)),
                 engine_p50_ms: engine_p50,
                 ratio: round3(latency.p50_ms / engine_p50),
                 latency,
@@ -495,15 +510,16 @@ pub fn markdown(r: &Report) -> String {
             e.rss_added_mib
         );
     }
-    s += "\n| whole path: input | size | engine | precision | p50 ms | p95 ms | engine p50 ms | ratio |\n";
-    s += "| --- | --- | --- | --- | --- | --- | --- | --- |\n";
+    s += "\n| whole path: input | size | engine | precision | detector | p50 ms | p95 ms | engine p50 ms | ratio |\n";
+    s += "| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n";
     for p in &r.paths {
         s += &format!(
-            "| {} | {} | {} | {:?} | {:.1} | {:.1} | {:.2} | {:.2} |\n",
+            "| {} | {} | {} | {:?} | {} | {:.1} | {:.1} | {:.2} | {:.2} |\n",
             p.input,
             p.size,
             p.engine,
             p.precision,
+            p.detector.as_deref().unwrap_or("none"),
             p.latency.p50_ms,
             p.latency.p95_ms,
             p.engine_p50_ms,
