@@ -334,35 +334,46 @@ pub fn export_run(run: &RunDir, opts: &ExportOptions) -> anyhow::Result<Exported
         thresholds,
         precision: opts.precision,
         metrics: test_metrics,
-        training: Some(TrainingRecord {
-            data: "FracAtlas (Abedeen et al. 2023, CC BY 4.0)".into(),
-            split: "fractured: official split; non-fractured: seeded hold-out (see data.json)"
-                .into(),
-            // The commit the run was trained from, recorded by `classify`.
-            git_commit: std::fs::read_to_string(run.0.join("git_commit.txt"))
-                .map(|c| c.trim().to_owned())
-                .unwrap_or_else(|_| format!("unknown (exported at {})", git_commit())),
-            command: std::fs::read_to_string(run.0.join("command.txt"))
-                .unwrap_or_else(|_| {
-                    format!(
-                        "fv-train classify --model {} (see config.json)",
-                        config.model.name()
-                    )
-                })
-                .trim()
-                .to_owned(),
-        }),
+        training: Some(training_record(
+            &run.0,
+            "fractured: official split; non-fractured: seeded hold-out (see data.json)".into(),
+            format!(
+                "fv-train classify --model {} (see config.json)",
+                config.model.name()
+            ),
+        )),
         conversion,
         onnx_sha256,
     };
-    let manifest_path = opts.out_dir.join(format!("{stem}.json"));
-    std::fs::write(
-        &manifest_path,
-        serde_json::to_string_pretty(&manifest)? + "\n",
-    )?;
+    write_manifest(&opts.out_dir, &stem, onnx_path, manifest)
+}
+
+/// Where a run's model came from: the commit and exact command its training recorded
+/// (`git_commit.txt`, `command.txt`), or `fallback_command` and the current commit.
+pub fn training_record(run: &Path, split: String, fallback_command: String) -> TrainingRecord {
+    let read = |f: &str| std::fs::read_to_string(run.join(f)).map(|t| t.trim().to_owned());
+    TrainingRecord {
+        data: "FracAtlas (Abedeen et al. 2023, CC BY 4.0)".into(),
+        split,
+        git_commit: read("git_commit.txt")
+            .unwrap_or_else(|_| format!("unknown (exported at {})", git_commit())),
+        command: read("command.txt").unwrap_or(fallback_command),
+    }
+}
+
+/// Writes `<out_dir>/<stem>.json` beside the ONNX file.
+pub fn write_manifest(
+    out_dir: &Path,
+    stem: &str,
+    onnx: PathBuf,
+    manifest: Manifest,
+) -> anyhow::Result<Exported> {
+    let path = out_dir.join(format!("{stem}.json"));
+    std::fs::write(&path, serde_json::to_string_pretty(&manifest)? + "\n")
+        .with_context(|| format!("writing {}", path.display()))?;
     Ok(Exported {
-        onnx: onnx_path,
-        manifest: manifest_path,
+        onnx,
+        manifest: path,
         content: manifest,
     })
 }

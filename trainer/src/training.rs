@@ -153,7 +153,7 @@ struct RunState {
 }
 
 /// Saves a model in PyTorch layout, like the pretrained files, so one loader reads both.
-pub fn save_checkpoint(model: &Classifier, path: &Path) -> anyhow::Result<()> {
+pub fn save_checkpoint<M: Module>(model: &M, path: &Path) -> anyhow::Result<()> {
     let tmp = path.with_extension("tmp");
     let mut store = SafetensorsStore::from_file(&tmp)
         .with_to_adapter(BurnToPyTorchAdapter)

@@ -83,15 +83,7 @@ pub fn load_planes(samples: &[Sample], size: u32) -> (Vec<(Sample, Plane)>, Vec<
             ))
         })
         .collect();
-    let mut ok = Vec::new();
-    let mut failed = Vec::new();
-    for r in results {
-        match r {
-            Ok(v) => ok.push(v),
-            Err(e) => failed.push(e),
-        }
-    }
-    (ok, failed)
+    super::partition(results)
 }
 
 /// Training augmentation: random resized crop, horizontal flip, small rotation.

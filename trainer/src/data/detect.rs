@@ -103,14 +103,7 @@ pub fn load_cached(
             ))
         })
         .collect();
-    let (mut ok, mut failed) = (Vec::new(), Vec::new());
-    for r in results {
-        match r {
-            Ok(v) => ok.push(v),
-            Err(e) => failed.push(e),
-        }
-    }
-    (ok, failed)
+    crate::data::partition(results)
 }
 
 /// Geometric augmentation settings (Ultralytics' defaults for detection, without HSV).

@@ -54,14 +54,7 @@ pub fn prepare(samples: &[DetSample], config: &DetectConfig) -> (Vec<EvalInput>,
             })
         })
         .collect();
-    let (mut ok, mut failed) = (Vec::new(), Vec::new());
-    for r in results {
-        match r {
-            Ok(v) => ok.push(v),
-            Err(e) => failed.push(e),
-        }
-    }
-    (ok, failed)
+    crate::data::partition(results)
 }
 
 /// Ultralytics' validation settings: conf 0.001, IoU 0.7, 300 detections.

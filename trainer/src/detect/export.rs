@@ -8,7 +8,7 @@
 
 use super::{build_detector, eval, split, DetectConfig, DetectMetrics};
 use crate::data::FracAtlas;
-use crate::export::{git_commit, write_model, ExportOptions, Exported};
+use crate::export::{training_record, write_manifest, write_model, ExportOptions, Exported};
 use crate::models::yolov8::{anchors, YoloV8, STRIDES};
 use crate::onnx::graph::{self, float_tensor, float_value, i64_tensor, int_attr, ints_attr, node};
 use crate::onnx::quantize::quantize;
@@ -18,8 +18,7 @@ use anyhow::Context as _;
 use burn::tensor::{Device, Tensor};
 use burn_onnx::export::OnnxExporter;
 use fv_core::manifest::{
-    Conversion, Manifest, OutputSpec, Precision, Task, TestMetrics, Thresholds, TrainingRecord,
-    MANIFEST_VERSION,
+    Conversion, Manifest, OutputSpec, Precision, Task, TestMetrics, Thresholds, MANIFEST_VERSION,
 };
 use fv_core::Probability;
 use rand::seq::SliceRandom as _;
@@ -300,31 +299,16 @@ pub fn export_detector_run(run: &Path, opts: &ExportOptions) -> anyhow::Result<E
         },
         precision: opts.precision,
         metrics: test_metrics,
-        training: Some(TrainingRecord {
-            data: "FracAtlas (Abedeen et al. 2023, CC BY 4.0)".into(),
-            split: format!(
+        training: Some(training_record(
+            run,
+            format!(
                 "official detection split (train / valid / test), {} non-fractured negatives in training",
                 config.negatives
             ),
-            git_commit: read("git_commit.txt")
-                .map(|c| c.trim().to_owned())
-                .unwrap_or_else(|_| format!("unknown (exported at {})", git_commit())),
-            command: read("command.txt")
-                .unwrap_or_else(|_| format!("fv-train detect --model {}", config.model.name()))
-                .trim()
-                .to_owned(),
-        }),
+            format!("fv-train detect --model {}", config.model.name()),
+        )),
         conversion,
         onnx_sha256,
     };
-    let manifest_path = opts.out_dir.join(format!("{stem}.json"));
-    std::fs::write(
-        &manifest_path,
-        serde_json::to_string_pretty(&manifest)? + "\n",
-    )?;
-    Ok(Exported {
-        onnx: onnx_path,
-        manifest: manifest_path,
-        content: manifest,
-    })
+    write_manifest(&opts.out_dir, &stem, onnx_path, manifest)
 }

@@ -3,7 +3,7 @@
 //! normalized by the sum of the class targets, as Ultralytics' `v8DetectionLoss`.
 
 use super::assign::{assign, AssignerConfig, Assignment, Xyxy};
-use crate::models::yolov8::{anchors, dfl_expectation, RawPrediction};
+use crate::models::yolov8::{anchors, dfl_expectation, dist_to_xyxy, RawPrediction};
 use burn::tensor::activation::{log_softmax, relu, sigmoid};
 use burn::tensor::{Tensor, TensorData};
 
@@ -165,24 +165,7 @@ pub fn detection_loss(
     let loss_cls = bce.sum() / target_sum;
 
     // Box: 1 − CIoU on foreground anchors, weighted by their class targets.
-    let pts = |k: usize| {
-        Tensor::<1>::from_data(
-            TensorData::new(points.iter().map(|p| p[k]).collect::<Vec<_>>(), [a]),
-            &device,
-        )
-        .reshape([1, 1, a])
-    };
-    let (ax, ay) = (pts(0), pts(1));
-    let side = |k: usize| dist.clone().narrow(1, k, 1);
-    let pred = Tensor::cat(
-        vec![
-            ax.clone() - side(0),
-            ay.clone() - side(1),
-            ax + side(2),
-            ay + side(3),
-        ],
-        1,
-    );
+    let pred = Tensor::cat(dist_to_xyxy(&dist, &points).to_vec(), 1);
     let loss_box = ((-ciou_tensor(pred, t_boxes) + 1.0) * weight.clone()).sum() / target_sum;
 
     // DFL: cross-entropy of each side's bins against the two-bin target, mean over sides.

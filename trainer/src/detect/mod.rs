@@ -15,13 +15,12 @@ use crate::data::detect::{load_cached, training_view, views_to_batch, DetAugment
 use crate::data::{ClassificationSplitConfig, FracAtlas};
 use crate::models::yolov8::{ultralytics_key_remapping, YoloV8, YoloV8Config};
 use crate::models::ModelKind;
-use crate::training::say;
+use crate::training::{save_checkpoint, say};
 use crate::weights::load_safetensors;
 use anyhow::Context as _;
 use assign::AssignerConfig;
 use burn::module::Module;
 use burn::optim::{AdamWConfig, GradientsParams};
-use burn::store::{BurnToPyTorchAdapter, ModuleSnapshot, SafetensorsStore};
 use burn::tensor::{Device, Tensor, TensorData};
 use loss::{detection_loss, LossGains};
 use rand::seq::SliceRandom as _;
@@ -214,18 +213,6 @@ pub fn build_detector(
     })
 }
 
-/// Saves a detector in PyTorch layout.
-pub fn save_detector(model: &YoloV8, path: &Path) -> anyhow::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut store = SafetensorsStore::from_file(&tmp)
-        .with_to_adapter(BurnToPyTorchAdapter)
-        .skip_enum_variants(true);
-    model
-        .save_into(&mut store)
-        .map_err(|e| anyhow::anyhow!("{}: cannot save checkpoint: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("moving checkpoint to {}", path.display()))
-}
-
 /// One epoch's record.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EpochRecord {
@@ -410,12 +397,12 @@ pub fn train(
                 rec.valid_map50_95
             ),
         );
-        save_detector(&eval_model, &run.join("last.safetensors"))?;
+        save_checkpoint(&eval_model, &run.join("last.safetensors"))?;
         let fit = fitness(rec.valid_map50, rec.valid_map50_95);
         if fit > best {
             best = fit;
             best_epoch = epoch + 1;
-            save_detector(&eval_model, &run.join("best.safetensors"))?;
+            save_checkpoint(&eval_model, &run.join("best.safetensors"))?;
         }
         records.push(rec);
         let summary = DetectSummary {

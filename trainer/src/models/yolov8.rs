@@ -493,6 +493,28 @@ pub fn dfl_expectation(boxes: Tensor<3>, reg_max: usize) -> Tensor<3> {
     (p * bins).sum_dim(3).reshape([b, 4, a])
 }
 
+/// Boxes from per-side distances `[batch, 4, anchors]` (left, top, right, bottom) around the
+/// anchor `points`, in the same units: `[x1, y1, x2, y2]`, each `[batch, 1, anchors]`.
+pub fn dist_to_xyxy(dist: &Tensor<3>, points: &[[f32; 2]]) -> [Tensor<3>; 4] {
+    let device = dist.device();
+    let a = points.len();
+    let coord = |k: usize| {
+        Tensor::<1>::from_data(
+            TensorData::new(points.iter().map(|p| p[k]).collect::<Vec<_>>(), [a]),
+            &device,
+        )
+        .reshape([1, 1, a])
+    };
+    let (ax, ay) = (coord(0), coord(1));
+    let side = |k: usize| dist.clone().narrow(1, k, 1);
+    [
+        ax.clone() - side(0),
+        ay.clone() - side(1),
+        ax + side(2),
+        ay + side(3),
+    ]
+}
+
 /// Decodes a raw prediction as Ultralytics' inference output: `[batch, 4 + classes,
 /// anchors]`, boxes as centre x, centre y, width, height in input pixels, then one sigmoid
 /// score per class.
@@ -501,20 +523,8 @@ pub fn decode(raw: &RawPrediction, reg_max: usize) -> Tensor<3> {
     let dist = dfl_expectation(raw.boxes.clone(), reg_max);
     let [_, _, a] = dist.dims();
     let (points, strides) = anchors(&raw.grids);
-    let px = |k: usize| {
-        Tensor::<1>::from_data(
-            TensorData::new(points.iter().map(|p| p[k]).collect::<Vec<_>>(), [a]),
-            &device,
-        )
-        .reshape([1, 1, a])
-    };
-    let (ax, ay) = (px(0), px(1));
     let stride = Tensor::<1>::from_data(TensorData::new(strides, [a]), &device).reshape([1, 1, a]);
-    let side = |k: usize| dist.clone().narrow(1, k, 1);
-    let x1 = ax.clone() - side(0);
-    let y1 = ay.clone() - side(1);
-    let x2 = ax + side(2);
-    let y2 = ay + side(3);
+    let [x1, y1, x2, y2] = dist_to_xyxy(&dist, &points);
     let cx = (x1.clone() + x2.clone()) / 2.0;
     let cy = (y1.clone() + y2.clone()) / 2.0;
     let boxes = Tensor::cat(vec![cx, cy, x2 - x1, y2 - y1], 1) * stride;
