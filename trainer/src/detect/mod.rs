@@ -160,6 +160,12 @@ pub fn split(data: &FracAtlas, config: &DetectConfig) -> anyhow::Result<[Vec<Det
         DetSample::from_indices(data, &s.valid),
         DetSample::from_indices(data, &s.test),
     ];
+    // A smoke run's limit applies to the fractured images; negatives come on top.
+    if let Some(n) = config.limit {
+        for p in &mut parts {
+            p.truncate(n);
+        }
+    }
     if config.negatives > 0 {
         // Negatives come from the classification split's training part only, so no image
         // that any test reports on is trained on.
@@ -174,11 +180,6 @@ pub fn split(data: &FracAtlas, config: &DetectConfig) -> anyhow::Result<[Vec<Det
         neg.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(config.seed));
         neg.truncate(config.negatives);
         parts[0].extend(neg);
-    }
-    if let Some(n) = config.limit {
-        for p in &mut parts {
-            p.truncate(n);
-        }
     }
     Ok(parts)
 }
