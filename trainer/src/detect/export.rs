@@ -3,14 +3,19 @@
 //! Ultralytics' output `[1, 4 + classes, anchors]` (centre, size in letterboxed pixels, then
 //! sigmoid scores) and runs only NMS itself.
 //!
-//! The DFL is written with its Softmax on the last axis (`[1, 4, anchors, 16]`): tract 0.23.9
-//! spent 88 of 100 ms of a mini-YOLOv8 in a Softmax over a middle axis.
+//! The DFL is written without a Softmax op: max, subtract, exp, sum and divide over the bin
+//! axis of `[1, 4, 16, anchors]`. tract 0.23.9 runs its Softmax on a slow generic path
+//! unless the axis is the last of a contiguous tensor, and it moves a Transpose written to
+//! make the bins last back past the Softmax (axis propagation), so neither "Softmax on the
+//! bins" nor "Transpose, then Softmax on the last axis" is fast there. Measured on the
+//! committed yolov8-effl0 at 320 px, tract, one thread: 146 ms with Transpose + Softmax(-1),
+//! 126 ms with Softmax(axis 2), 74 ms as written here (BENCHMARKS.md).
 
 use super::{build_detector, eval, split, DetectConfig, DetectMetrics};
 use crate::data::FracAtlas;
 use crate::export::{training_record, write_manifest, write_model, ExportOptions, Exported};
 use crate::models::yolov8::{anchors, YoloV8, STRIDES};
-use crate::onnx::graph::{self, float_tensor, float_value, i64_tensor, int_attr, ints_attr, node};
+use crate::onnx::graph::{self, float_tensor, float_value, i64_tensor, int_attr, node};
 use crate::onnx::quantize::quantize;
 use crate::onnx::run::Runner;
 use crate::onnx::simplify::simplify;
@@ -72,16 +77,16 @@ fn append_decode(
     anchor_xy.extend(points.iter().map(|p| p[1]));
     g.initializer.extend([
         i64_tensor("dec_axis1", &[1]),
+        i64_tensor("dec_axis2", &[2]),
         i64_tensor("dec_0", &[0]),
         i64_tensor("dec_2", &[2]),
         i64_tensor("dec_4", &[4]),
         i64_tensor("dec_4r", &[4 * r]),
         i64_tensor("dec_4r_c", &[4 * r + c]),
         i64_tensor("dec_shape_bins", &[1, 4, r, a]),
-        i64_tensor("dec_shape_dist", &[1, 4, a]),
         float_tensor(
             "dec_bins",
-            &[r, 1],
+            &[1, 1, r, 1],
             &(0..reg_max).map(|i| i as f32).collect::<Vec<_>>(),
         ),
         float_tensor("dec_anchors", &[1, 2, a], &anchor_xy),
@@ -91,10 +96,12 @@ fn append_decode(
     let slice = |name: &str, input: &str, start: &str, end: &str, out: &str| {
         node("Slice", name, &[input, start, end, "dec_axis1"], &[out])
     };
-    let mut transpose = node("Transpose", "dec_transpose", &["dec_bins4"], &["dec_binsT"]);
-    transpose.attribute.push(ints_attr("perm", &[0, 1, 3, 2]));
-    let mut softmax = node("Softmax", "dec_softmax", &["dec_binsT"], &["dec_prob"]);
-    softmax.attribute.push(int_attr("axis", -1));
+    // Reductions over the bin axis (2), keeping it, so the division broadcasts.
+    let reduce = |op: &str, name: &str, input: &str, out: &str, keep: i64| {
+        let mut n = node(op, name, &[input, "dec_axis2"], &[out]);
+        n.attribute.push(int_attr("keepdims", keep));
+        n
+    };
     let mut cat_box = node("Concat", "dec_cat_box", &["dec_c", "dec_wh"], &["dec_xywh"]);
     cat_box.attribute.push(int_attr("axis", 1));
     let mut cat_out = node("Concat", "dec_cat_out", &["dec_box", "dec_sig"], &[OUTPUT]);
@@ -108,20 +115,24 @@ fn append_decode(
             &["dec_box_raw", "dec_shape_bins"],
             &["dec_bins4"],
         ),
-        transpose,
-        softmax,
+        // Softmax over the bins, and its expectation: Σ softmax(x)ᵢ · i.
+        reduce("ReduceMax", "dec_max", "dec_bins4", "dec_max", 1),
         node(
-            "MatMul",
-            "dec_expect",
+            "Sub",
+            "dec_shift",
+            &["dec_bins4", "dec_max"],
+            &["dec_shifted"],
+        ),
+        node("Exp", "dec_exp", &["dec_shifted"], &["dec_e"]),
+        reduce("ReduceSum", "dec_sum_e", "dec_e", "dec_den", 1),
+        node("Div", "dec_prob", &["dec_e", "dec_den"], &["dec_prob"]),
+        node(
+            "Mul",
+            "dec_weigh",
             &["dec_prob", "dec_bins"],
-            &["dec_dist4"],
+            &["dec_weighted"],
         ),
-        node(
-            "Reshape",
-            "dec_reshape_dist",
-            &["dec_dist4", "dec_shape_dist"],
-            &["dec_dist"],
-        ),
+        reduce("ReduceSum", "dec_expect", "dec_weighted", "dec_dist", 0),
         slice("dec_slice_lt", "dec_dist", "dec_0", "dec_2", "dec_lt"),
         slice("dec_slice_rb", "dec_dist", "dec_2", "dec_4", "dec_rb"),
         node("Sub", "dec_x1y1", &["dec_anchors", "dec_lt"], &["dec_p1"]),

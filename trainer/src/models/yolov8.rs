@@ -488,7 +488,7 @@ pub fn dfl_expectation(boxes: Tensor<3>, reg_max: usize) -> Tensor<3> {
         &device,
     )
     .reshape([1, 1, 1, reg_max]);
-    // Bins on the last axis, where a softmax is cheap in every runtime.
+    // Bins last for burn's softmax; the ONNX export writes its own (detect/export.rs).
     let p = softmax(boxes.reshape([b, 4, reg_max, a]).swap_dims(2, 3), 3);
     (p * bins).sum_dim(3).reshape([b, 4, a])
 }

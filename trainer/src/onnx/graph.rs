@@ -159,16 +159,6 @@ pub fn op_counts(g: &GraphProto) -> std::collections::BTreeMap<String, usize> {
     m
 }
 
-/// An integer-list attribute.
-pub fn ints_attr(name: &str, ints: &[i64]) -> AttributeProto {
-    AttributeProto {
-        name: name.into(),
-        r#type: AttributeType::Ints as i32,
-        ints: ints.to_vec(),
-        ..Default::default()
-    }
-}
-
 /// An int64 tensor (shapes, slice bounds).
 pub fn i64_tensor(name: &str, values: &[i64]) -> TensorProto {
     let raw = values.iter().flat_map(|v| v.to_le_bytes()).collect();
