@@ -4,6 +4,7 @@
 
 mod common;
 
+use fv_core::manifest::Task;
 use std::process::Command;
 
 #[test]
@@ -20,8 +21,9 @@ fn bench_json_smoke() {
     assert!(out.status.success(), "{stderr}");
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let engines = r["engines"].as_array().unwrap();
+    let found = fv_edge::models::scan(&common::models_dir()).unwrap();
     let tract: Vec<_> = engines.iter().filter(|e| e["engine"] == "tract").collect();
-    assert_eq!(tract.len(), 2, "fp32 and int8 on tract: {r}");
+    assert_eq!(tract.len(), found.len(), "every model file on tract: {r}");
     for e in engines {
         let p50 = e["latency"]["p50_ms"].as_f64().unwrap();
         assert!(p50 > 0.0 && p50.is_finite(), "{e}");
@@ -41,12 +43,24 @@ fn bench_json_smoke() {
         assert!(!r["skipped"].as_array().unwrap().is_empty());
     }
     let paths = r["paths"].as_array().unwrap();
-    let classifiers = engines.len();
+    let is_classifier = |name: &serde_json::Value| {
+        found
+            .iter()
+            .any(|f| f.manifest.name == *name && f.manifest.task == Task::Classify)
+    };
+    let classifiers = engines
+        .iter()
+        .filter(|e| is_classifier(&e["model"]))
+        .count();
     assert_eq!(
         paths.len(),
         3 * classifiers,
-        "three inputs per classifier: {r}"
+        "three inputs per classifier and engine: {r}"
     );
+    // With a detector installed, every whole path runs it.
+    if found.iter().any(|f| f.manifest.task == Task::Detect) {
+        assert!(paths.iter().all(|p| p["detector"].is_string()), "{r}");
+    }
     let sizes: Vec<&str> = paths.iter().map(|p| p["size"].as_str().unwrap()).collect();
     assert!(
         sizes.contains(&"2304×2880") && sizes.contains(&"1760×2140"),

@@ -206,16 +206,7 @@ pub fn export_run(run: &RunDir, opts: &ExportOptions) -> anyhow::Result<Exported
                     .collect();
                 let report = quantize(&mut proto, &images, &shape, opts.calibration)?;
                 tracing::info!("quantized: {report:?}");
-                method = format!(
-                    "QDQ: int8 per-channel symmetric weights, uint8 per-tensor activations; \
-                     quantized {:?}; kept in float: {}",
-                    report.quantized,
-                    if report.kept_float.is_empty() {
-                        "none".to_owned()
-                    } else {
-                        report.kept_float.join("; ")
-                    }
-                );
+                method = report.method();
                 calib = (Some(opts.calibration.to_string()), Some(images.len()));
             }
             let bytes = graph::encode(&proto);

@@ -355,17 +355,7 @@ pub fn train(
 
     let steps_per_epoch = train_set.len().div_ceil(config.batch_size);
     let total = (steps_per_epoch * config.epochs) as u64;
-    let bar = if show_progress {
-        indicatif::ProgressBar::new(total)
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{bar:30} {pos}/{len} steps  epoch {prefix}  {msg}  ETA {eta}",
-        )
-        .expect("static template"),
-    );
+    let bar = progress_bar(total, show_progress);
     bar.set_position((steps_per_epoch * state.epochs_done) as u64);
 
     let started = Instant::now();
@@ -469,6 +459,22 @@ pub fn train(
             .map(|f| format!("{}: {}", f.id, f.message))
             .collect(),
     })
+}
+
+/// The training progress bar (steps, epoch, message, ETA), or a hidden one for background runs.
+pub(crate) fn progress_bar(steps: u64, show: bool) -> indicatif::ProgressBar {
+    let bar = if show {
+        indicatif::ProgressBar::new(steps)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} steps  epoch {prefix}  {msg}  ETA {eta}",
+        )
+        .expect("static template"),
+    );
+    bar
 }
 
 /// A line for the person watching: above the progress bar, or on stderr when it is hidden

@@ -299,6 +299,72 @@ impl DetectionConfusion {
     }
 }
 
+/// One point of a precision–recall curve: after accepting every detection scoring at least
+/// `score`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PrPoint {
+    /// The detection's score.
+    pub score: f64,
+    /// Ground-truth boxes found so far / all ground-truth boxes.
+    pub recall: f64,
+    /// Detections that found a box / detections so far.
+    pub precision: f64,
+}
+
+/// The precision–recall curve of `class` at one IoU threshold, one point per detection by
+/// falling score (class-specific; for a PR figure and for choosing score thresholds). In each
+/// image, detections are matched highest score first to the unmatched box of `class`
+/// overlapping them most, at IoU ≥ `iou`, as COCO matches.
+pub fn pr_curve(images: &[ImageBoxes], class: usize, iou: f64) -> Vec<PrPoint> {
+    let total: usize = images
+        .iter()
+        .map(|i| i.ground_truth.iter().filter(|g| g.class == class).count())
+        .sum();
+    let mut scored: Vec<(f64, bool)> = Vec::new();
+    for img in images {
+        let gts: Vec<&BoxXyxy> = img
+            .ground_truth
+            .iter()
+            .filter(|g| g.class == class)
+            .map(|g| &g.bbox)
+            .collect();
+        let mut used = vec![false; gts.len()];
+        let mut dets: Vec<&Detection> =
+            img.detections.iter().filter(|d| d.class == class).collect();
+        dets.sort_by(|a, b| b.score.get().total_cmp(&a.score.get()));
+        for d in dets {
+            let best = gts
+                .iter()
+                .enumerate()
+                .filter(|(k, _)| !used[*k])
+                .map(|(k, g)| (k, iou64(g, &d.bbox)))
+                .filter(|(_, o)| *o >= iou)
+                .max_by(|a, b| a.1.total_cmp(&b.1));
+            if let Some((k, _)) = best {
+                used[k] = true;
+            }
+            scored.push((d.score.get(), best.is_some()));
+        }
+    }
+    scored.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let (mut tp, mut fp) = (0usize, 0usize);
+    scored
+        .into_iter()
+        .map(|(score, hit)| {
+            if hit {
+                tp += 1
+            } else {
+                fp += 1
+            }
+            PrPoint {
+                score,
+                recall: tp as f64 / total.max(1) as f64,
+                precision: tp as f64 / (tp + fp) as f64,
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -355,5 +421,36 @@ mod tests {
             detections: vec![det(0.0, 0.9)],
         }];
         assert!(coco_ap(&imgs, 1).is_none());
+    }
+
+    #[test]
+    fn pr_curve_walks_detections_by_score_and_matches_each_box_once() {
+        let g = |x: f32| GroundTruth {
+            bbox: BoxXyxy::new(x, 0.0, x + 10.0, 10.0),
+            class: 0,
+        };
+        let d = |x: f32, s: f64| Detection {
+            bbox: BoxXyxy::new(x, 0.0, x + 10.0, 10.0),
+            score: crate::Probability::new(s).unwrap(),
+            class: 0,
+        };
+        let images = [ImageBoxes {
+            ground_truth: vec![g(0.0), g(50.0)],
+            // A duplicate of the first box, a hit on it, a miss, then the second box.
+            detections: vec![d(1.0, 0.8), d(0.0, 0.9), d(100.0, 0.5), d(50.0, 0.3)],
+        }];
+        let c = pr_curve(&images, 0, 0.5);
+        let got: Vec<(f64, f64, f64)> =
+            c.iter().map(|p| (p.score, p.recall, p.precision)).collect();
+        assert_eq!(
+            got,
+            vec![
+                (0.9, 0.5, 1.0),
+                (0.8, 0.5, 0.5),
+                (0.5, 0.5, 1.0 / 3.0),
+                (0.3, 1.0, 0.5)
+            ]
+        );
+        assert!(pr_curve(&images, 1, 0.5).is_empty());
     }
 }

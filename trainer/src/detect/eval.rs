@@ -12,7 +12,7 @@ use crate::data::fracatlas::Region;
 use crate::models::yolov8::{decode, YoloV8};
 use burn::tensor::{Device, Tensor, TensorData};
 use fv_core::detection::{decode_yolov8, nms, NmsOptions};
-use fv_core::metrics::detection::{coco_ap, DetectionConfusion, GroundTruth, ImageBoxes};
+use fv_core::metrics::detection::{coco_ap, pr_curve, DetectionConfusion, GroundTruth, ImageBoxes};
 use fv_core::preprocess::{Geometry, InputSpec};
 use fv_core::{BoxXyxy, Detection};
 use rayon::prelude::*;
@@ -292,44 +292,13 @@ impl BoxThresholds {
 
 /// `(score, recall, precision)` at IoU 0.5 for every detection, by falling score.
 fn scored_curve(inputs: &[EvalInput], preds: &[Vec<Detection>]) -> Vec<(f64, f64, f64)> {
-    let total: usize = inputs.iter().map(|i| i.sample.boxes.len()).sum();
-    let mut scored: Vec<(f64, bool)> = Vec::new();
-    for (i, p) in inputs.iter().zip(preds) {
-        let mut used = vec![false; i.sample.boxes.len()];
-        let mut dets: Vec<&Detection> = p.iter().collect();
-        dets.sort_by(|a, b| b.score.get().total_cmp(&a.score.get()));
-        for d in dets {
-            let best = i
-                .sample
-                .boxes
-                .iter()
-                .enumerate()
-                .filter(|(k, _)| !used[*k])
-                .map(|(k, g)| (k, g.iou(&d.bbox)))
-                .filter(|(_, iou)| *iou >= 0.5)
-                .max_by(|a, b| a.1.total_cmp(&b.1));
-            if let Some((k, _)) = best {
-                used[k] = true;
-            }
-            scored.push((d.score.get(), best.is_some()));
-        }
-    }
-    scored.sort_by(|a, b| b.0.total_cmp(&a.0));
-    let (mut tp, mut fp) = (0usize, 0usize);
-    scored
+    let ib = image_boxes(
+        &inputs.iter().collect::<Vec<_>>(),
+        &preds.iter().collect::<Vec<_>>(),
+    );
+    pr_curve(&ib, 0, 0.5)
         .into_iter()
-        .map(|(score, hit)| {
-            if hit {
-                tp += 1
-            } else {
-                fp += 1
-            }
-            (
-                score,
-                tp as f64 / total.max(1) as f64,
-                tp as f64 / (tp + fp) as f64,
-            )
-        })
+        .map(|p| (p.score, p.recall, p.precision))
         .collect()
 }
 

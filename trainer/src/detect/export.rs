@@ -223,16 +223,7 @@ pub fn export_detector_run(run: &Path, opts: &ExportOptions) -> anyhow::Result<E
             let test = eval::SplitMetrics::new("test", &test_in, &pred_test);
             let conversion = Conversion {
                 reference: Precision::Fp32,
-                method: format!(
-                    "QDQ: int8 per-channel symmetric weights, uint8 per-tensor activations; \
-                     quantized {:?}; kept in float: {}",
-                    report.quantized,
-                    if report.kept_float.is_empty() {
-                        "none".to_owned()
-                    } else {
-                        report.kept_float.join("; ")
-                    }
-                ),
+                method: report.method(),
                 calibration: Some(opts.calibration.to_string()),
                 calibration_images: Some(images.len()),
                 valid_images: valid_in.len(),

@@ -15,7 +15,7 @@ use crate::data::detect::{load_cached, training_view, views_to_batch, DetAugment
 use crate::data::{ClassificationSplitConfig, FracAtlas};
 use crate::models::yolov8::{ultralytics_key_remapping, YoloV8, YoloV8Config};
 use crate::models::ModelKind;
-use crate::training::{save_checkpoint, say};
+use crate::training::{progress_bar, save_checkpoint, say};
 use crate::weights::load_safetensors;
 use anyhow::Context as _;
 use assign::AssignerConfig;
@@ -293,17 +293,7 @@ pub fn train(
         "epoch,step,lr,box,cls,dfl,foreground,images_per_second"
     )?;
     let per_epoch = pool.len().div_ceil(config.batch_size);
-    let bar = if show_progress {
-        indicatif::ProgressBar::new((per_epoch * config.epochs) as u64)
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{bar:30} {pos}/{len} steps  epoch {prefix}  {msg}  ETA {eta}",
-        )
-        .expect("static template"),
-    );
+    let bar = progress_bar((per_epoch * config.epochs) as u64, show_progress);
     let started = Instant::now();
     let mut records = Vec::new();
     let (mut best, mut best_epoch) = (f64::NEG_INFINITY, 0);

@@ -72,6 +72,22 @@ pub struct QuantizeReport {
     pub kept_float: Vec<String>,
 }
 
+impl QuantizeReport {
+    /// The manifest's `conversion.method` line for a graph quantized so.
+    pub fn method(&self) -> String {
+        format!(
+            "QDQ: int8 per-channel symmetric weights, uint8 per-tensor activations; \
+             quantized {:?}; kept in float: {}",
+            self.quantized,
+            if self.kept_float.is_empty() {
+                "none".to_owned()
+            } else {
+                self.kept_float.join("; ")
+            }
+        )
+    }
+}
+
 /// A node whose input 0 (activation) and input 1 (weight initializer) get quantized.
 struct Target {
     node: usize,
