@@ -12,7 +12,9 @@ use crate::data::fracatlas::Region;
 use crate::models::yolov8::{decode, YoloV8};
 use burn::tensor::{Device, Tensor, TensorData};
 use fv_core::detection::{decode_yolov8, nms, NmsOptions};
-use fv_core::metrics::detection::{coco_ap, pr_curve, DetectionConfusion, GroundTruth, ImageBoxes};
+use fv_core::metrics::detection::{
+    coco_ap, pr_curve, DetectionConfusion, GroundTruth, ImageBoxes, PrPoint,
+};
 use fv_core::preprocess::{Geometry, InputSpec};
 use fv_core::{BoxXyxy, Detection};
 use rayon::prelude::*;
@@ -137,10 +139,11 @@ pub fn predict_onnx(
     Ok((raw, dets))
 }
 
-fn image_boxes(inputs: &[&EvalInput], preds: &[&Vec<Detection>]) -> Vec<ImageBoxes> {
-    inputs
-        .iter()
-        .zip(preds)
+/// Ground truth (class 0, fracture) and detections of each (input, prediction) pair.
+fn image_boxes<'a>(
+    pairs: impl Iterator<Item = (&'a EvalInput, &'a Vec<Detection>)>,
+) -> Vec<ImageBoxes> {
+    pairs
         .map(|(i, p)| ImageBoxes {
             ground_truth: i
                 .sample
@@ -148,7 +151,7 @@ fn image_boxes(inputs: &[&EvalInput], preds: &[&Vec<Detection>]) -> Vec<ImageBox
                 .iter()
                 .map(|&bbox| GroundTruth { bbox, class: 0 })
                 .collect(),
-            detections: (*p).clone(),
+            detections: p.clone(),
         })
         .collect()
 }
@@ -167,11 +170,11 @@ pub struct BoxMetrics {
 }
 
 impl BoxMetrics {
-    fn of(inputs: &[&EvalInput], preds: &[&Vec<Detection>]) -> Self {
-        let ib = image_boxes(inputs, preds);
+    fn of(pairs: &[(&EvalInput, &Vec<Detection>)]) -> Self {
+        let ib = image_boxes(pairs.iter().copied());
         let ap = coco_ap(&ib, 1);
         BoxMetrics {
-            images: inputs.len(),
+            images: pairs.len(),
             boxes: ib.iter().map(|i| i.ground_truth.len()).sum(),
             map50: ap.as_ref().map_or(0.0, |a| a.map50),
             map50_95: ap.as_ref().map_or(0.0, |a| a.map50_95),
@@ -208,19 +211,13 @@ pub struct SplitMetrics {
 impl SplitMetrics {
     /// Scores `preds` against `inputs`' ground truth.
     pub fn new(split: &str, inputs: &[EvalInput], preds: &[Vec<Detection>]) -> Self {
-        let ib = image_boxes(
-            &inputs.iter().collect::<Vec<_>>(),
-            &preds.iter().collect::<Vec<_>>(),
-        );
+        let ib = image_boxes(inputs.iter().zip(preds));
         let ap = coco_ap(&ib, 1);
         let conf = DetectionConfusion::new(&ib, 1, 0.25, 0.45);
         let pr = conf.class_pr(0);
-        let mut regions: BTreeMap<Region, (Vec<&EvalInput>, Vec<&Vec<Detection>>)> =
-            BTreeMap::new();
+        let mut regions: BTreeMap<Region, Vec<(&EvalInput, &Vec<Detection>)>> = BTreeMap::new();
         for (i, p) in inputs.iter().zip(preds) {
-            let e = regions.entry(i.sample.region).or_default();
-            e.0.push(i);
-            e.1.push(p);
+            regions.entry(i.sample.region).or_default().push((i, p));
         }
         SplitMetrics {
             split: split.to_owned(),
@@ -234,7 +231,7 @@ impl SplitMetrics {
             confusion: conf.matrix,
             by_region: regions
                 .into_iter()
-                .map(|(r, (i, p))| (r, BoxMetrics::of(&i, &p)))
+                .map(|(r, pairs)| (r, BoxMetrics::of(&pairs)))
                 .collect(),
         }
     }
@@ -259,23 +256,23 @@ impl BoxThresholds {
     pub fn choose(inputs: &[EvalInput], preds: &[Vec<Detection>]) -> Self {
         let curve = scored_curve(inputs, preds);
         let mut definite = (0.25, -1.0);
-        for &(score, recall, precision) in &curve {
-            let f1 = 2.0 * precision * recall / (precision + recall).max(1e-12);
+        for c in &curve {
+            let f1 = 2.0 * c.precision * c.recall / (c.precision + c.recall).max(1e-12);
             if f1 > definite.1 {
-                definite = (score, f1);
+                definite = (c.score, f1);
             }
         }
         let floor = 0.05;
         let reachable = curve
             .iter()
-            .filter(|c| c.0 >= floor)
-            .map(|c| c.1)
+            .filter(|c| c.score >= floor)
+            .map(|c| c.recall)
             .fold(0.0, f64::max);
         let target = reachable.min(0.8);
         let suspicious = curve
             .iter()
-            .find(|c| c.1 >= target && c.0 >= floor)
-            .map_or(floor, |c| c.0)
+            .find(|c| c.recall >= target && c.score >= floor)
+            .map_or(floor, |c| c.score)
             .min(definite.0)
             .max(floor.min(definite.0));
         BoxThresholds {
@@ -290,16 +287,9 @@ impl BoxThresholds {
     }
 }
 
-/// `(score, recall, precision)` at IoU 0.5 for every detection, by falling score.
-fn scored_curve(inputs: &[EvalInput], preds: &[Vec<Detection>]) -> Vec<(f64, f64, f64)> {
-    let ib = image_boxes(
-        &inputs.iter().collect::<Vec<_>>(),
-        &preds.iter().collect::<Vec<_>>(),
-    );
-    pr_curve(&ib, 0, 0.5)
-        .into_iter()
-        .map(|p| (p.score, p.recall, p.precision))
-        .collect()
+/// The precision–recall curve at IoU 0.5, one point per detection by falling score.
+fn scored_curve(inputs: &[EvalInput], preds: &[Vec<Detection>]) -> Vec<PrPoint> {
+    pr_curve(&image_boxes(inputs.iter().zip(preds)), 0, 0.5)
 }
 
 /// Precision–recall points at IoU 0.5 over all detections, by falling score (greedy matching
@@ -309,7 +299,7 @@ pub fn pr_points(inputs: &[EvalInput], preds: &[Vec<Detection>]) -> Vec<(f64, f6
         .chain(
             scored_curve(inputs, preds)
                 .into_iter()
-                .map(|(_, r, p)| (r, p)),
+                .map(|p| (p.recall, p.precision)),
         )
         .collect()
 }
