@@ -9,7 +9,7 @@ use fv_train::data::{ClassificationSplitConfig, FracAtlas};
 use fv_train::detect::{self, DetectConfig, DetectorKind};
 use fv_train::models::ModelKind;
 use fv_train::pipeline::{classify, evaluate, summary_table, RunData};
-use fv_train::training::{RunDir, TrainConfig};
+use fv_train::training::{LrSchedule, RunDir, Sampling, TrainConfig};
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -165,9 +165,28 @@ struct ClassifyArgs {
     /// SimCLR pretraining epochs (`resnet-ssl-mlp` only; default 10).
     #[arg(long)]
     ssl_epochs: Option<usize>,
-    /// Plain cross-entropy instead of weighting classes by inverse frequency.
+    /// Plain cross-entropy instead of weighting classes by inverse frequency (implied by
+    /// `--sampling balanced`).
     #[arg(long)]
     unweighted_loss: bool,
+    /// Which images an epoch visits: `shuffle` (all, once) or `balanced` (every fractured
+    /// image and as many non-fractured ones, cycling through all of them over epochs).
+    #[arg(long, value_enum, default_value_t = Sampling::Shuffle)]
+    sampling: Sampling,
+    /// Linear warm-up over this many epochs, then cosine decay to 1 % of --lr (default: a
+    /// constant rate, the study's).
+    #[arg(long, value_name = "EPOCHS")]
+    warmup_epochs: Option<f64>,
+    /// Minutes between mid-epoch checkpoints (weights, optimizer moments, position).
+    #[arg(long, default_value_t = 10.0)]
+    checkpoint_minutes: f64,
+    /// Continue the run in --out where its last checkpoint left it.
+    #[arg(long)]
+    resume: bool,
+    /// Stop after this many training steps in this invocation (with a checkpoint), e.g. to
+    /// end before a machine is taken back; continue later with --resume.
+    #[arg(long, value_name = "N")]
+    max_steps: Option<usize>,
     /// At most N images per class in each split part (smoke runs).
     #[arg(long, value_name = "N")]
     limit_per_class: Option<usize>,
@@ -246,7 +265,7 @@ enum DataCommand {
         /// Print one JSON object instead of a table.
         #[arg(long)]
         json: bool,
-        /// Seed of the non-fractured hold-out shuffle.
+        /// Salt of the name hash that holds out non-fractured images.
         #[arg(long, default_value_t = ClassificationSplitConfig::default().seed)]
         seed: u64,
         /// Non-fractured images held out for validation (the study: 163).
@@ -305,6 +324,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 seed,
                 valid_non_fractured,
                 test_non_fractured,
+                ..ClassificationSplitConfig::default()
             };
             let split = atlas.classification_split(&config)?;
             let report = DataCheckReport::new(&atlas, config, &split);
@@ -345,12 +365,34 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             config.batch_size = a.batch_size.unwrap_or(config.batch_size);
             config.lr = a.lr.unwrap_or(config.lr);
             config.seed = a.seed.unwrap_or(config.seed);
-            config.class_weighted_loss = !a.unweighted_loss;
+            config.class_weighted_loss = !a.unweighted_loss && a.sampling != Sampling::Balanced;
+            config.sampling = a.sampling;
+            config.checkpoint_minutes = a.checkpoint_minutes;
+            config.session_step_limit = a.max_steps;
+            if let Some(w) = a.warmup_epochs {
+                config.schedule = LrSchedule::WarmupCosine {
+                    warmup_epochs: w,
+                    final_fraction: 0.01,
+                };
+            }
+            if a.out.join("state.json").exists() && !a.resume {
+                anyhow::bail!(
+                    "{} already holds a run; pass --resume to continue it (with more --epochs to extend it), or choose a new --out",
+                    a.out.display()
+                );
+            }
+            if a.resume && !a.out.join("state.json").exists() {
+                anyhow::bail!(
+                    "--resume: {} holds no run to continue (no state.json)",
+                    a.out.display()
+                );
+            }
             let run_data = RunData {
                 split: ClassificationSplitConfig {
                     seed: config.seed,
                     valid_non_fractured: a.valid_non_fractured,
                     test_non_fractured: a.test_non_fractured,
+                    ..ClassificationSplitConfig::default()
                 },
                 limit_per_class: a.limit_per_class,
             };
@@ -379,8 +421,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     .map_or("n/a".into(), |v| format!("{v:.4}")),
                 summary.images_per_second
             );
-            print!("{}", summary_table(&metrics));
-            println!("metrics: {}", a.out.join("metrics.json").display());
+            match metrics {
+                Some(metrics) => {
+                    print!("{}", summary_table(&metrics));
+                    println!("metrics: {}", a.out.join("metrics.json").display());
+                }
+                None => println!(
+                    "stopped before the last epoch; continue with the same command and --resume"
+                ),
+            }
             Ok(())
         }
         Command::Detect(a) => {

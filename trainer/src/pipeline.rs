@@ -35,7 +35,8 @@ pub fn split_samples(data: &FracAtlas, split: &Split, limit: Option<usize>) -> [
     [take(&split.train), take(&split.valid), take(&split.test)]
 }
 
-/// Trains, then evaluates the best epoch on validation (thresholds) and test.
+/// Trains, then evaluates the best epoch on validation (thresholds) and test; no metrics
+/// when training stopped at `config.session_step_limit` before its last epoch.
 pub fn classify(
     data_dir: &Path,
     run_data: &RunData,
@@ -43,17 +44,32 @@ pub fn classify(
     run: &RunDir,
     device: &Device,
     show_progress: bool,
-) -> anyhow::Result<(TrainSummary, ClassifyMetrics)> {
+) -> anyhow::Result<(TrainSummary, Option<ClassifyMetrics>)> {
     let data = FracAtlas::open(data_dir)
         .with_context(|| format!("loading FracAtlas from {}", data_dir.display()))?;
     let split = data.classification_split(&run_data.split)?;
     let [train_s, valid_s, _] = split_samples(&data, &split, run_data.limit_per_class);
     std::fs::create_dir_all(&run.0)?;
+    // A resumed run must keep the split it started with.
+    if let Ok(text) = std::fs::read_to_string(run.0.join("data.json")) {
+        let saved: RunData = serde_json::from_str(&text)
+            .with_context(|| format!("{}: data.json", run.0.display()))?;
+        anyhow::ensure!(
+            &saved == run_data,
+            "{} was trained on another split ({:?}); resume with the same split flags or use a new --out",
+            run.0.display(),
+            saved.split
+        );
+    }
     std::fs::write(
         run.0.join("data.json"),
         serde_json::to_string_pretty(run_data)?,
     )?;
     let summary = train(config, &train_s, &valid_s, run, device, show_progress)?;
+    if !summary.complete {
+        // Stopped at its step limit with a checkpoint: evaluated when it finishes.
+        return Ok((summary, None));
+    }
     std::fs::write(
         run.0.join("train_summary.json"),
         serde_json::to_string_pretty(&summary)?,
@@ -66,7 +82,7 @@ pub fn classify(
         tracing::warn!("{}: could not draw the loss figure: {e}", run.0.display());
     }
     let metrics = evaluate(data_dir, run, &["valid", "test"], device)?;
-    Ok((summary, metrics))
+    Ok((summary, Some(metrics)))
 }
 
 /// Re-evaluates a run's best checkpoint: thresholds on validation, then `splits`.

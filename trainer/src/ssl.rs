@@ -280,5 +280,6 @@ pub fn train(
             .iter()
             .map(|f| format!("{}: {}", f.id, f.message))
             .collect(),
+        complete: true,
     })
 }

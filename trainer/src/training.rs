@@ -4,13 +4,13 @@
 //! Written by hand (forward, loss, backward, step) rather than with burn's `Learner`, which
 //! keeps burn-train and its terminal UI out of the build.
 
-use crate::data::classify::{batch_tensor, load_planes, Augment, Plane, Sample};
+use crate::data::classify::{batch_tensor, load_planes, load_planes_cached, Augment, Plane, Sample};
 use crate::models::{Classifier, ModelKind};
 use crate::weights::load_safetensors;
 use anyhow::Context as _;
 use burn::module::Module;
 use burn::optim::{AdamWConfig, GradientsParams};
-use burn::store::{BurnToPyTorchAdapter, ModuleSnapshot, SafetensorsStore};
+use burn::store::{BurnToPyTorchAdapter, BurnpackStore, ModuleSnapshot, SafetensorsStore};
 use burn::tensor::activation::{log_softmax, softmax};
 use burn::tensor::{Device, Tensor, TensorData};
 use fv_core::metrics::classification::{roc_auc, Scored};
@@ -57,6 +57,116 @@ pub struct TrainConfig {
     /// The self-supervised stage (`resnet-ssl-mlp` only).
     #[serde(default)]
     pub ssl: crate::ssl::SslSettings,
+    /// How the learning rate moves over the run (`constant` for runs that do not say).
+    #[serde(default)]
+    pub schedule: LrSchedule,
+    /// Which images make up an epoch (`shuffle` for runs that do not say).
+    #[serde(default)]
+    pub sampling: Sampling,
+    /// Minutes between mid-epoch resume checkpoints (one is also written at each epoch's end).
+    #[serde(default = "default_checkpoint_minutes")]
+    pub checkpoint_minutes: f64,
+    /// Stop (after a checkpoint) once this invocation has taken this many steps: a limit of
+    /// the session, not of the run, so it is never saved.
+    #[serde(skip)]
+    pub session_step_limit: Option<usize>,
+}
+
+fn default_checkpoint_minutes() -> f64 {
+    10.0
+}
+
+/// The learning rate over a run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "kind")]
+pub enum LrSchedule {
+    /// `lr` throughout (the study's).
+    #[default]
+    Constant,
+    /// Linear warm-up from 0 over `warmup_epochs`, then a half cosine down to
+    /// `final_fraction · lr` at the last configured epoch.
+    WarmupCosine {
+        /// Warm-up length in epochs (may be fractional).
+        warmup_epochs: f64,
+        /// The rate at the end, as a fraction of `lr`.
+        final_fraction: f64,
+    },
+}
+
+impl LrSchedule {
+    /// The rate for 0-based step `step` of `total` steps.
+    pub fn lr(&self, base: f64, step: usize, steps_per_epoch: usize, total: usize) -> f64 {
+        match *self {
+            LrSchedule::Constant => base,
+            LrSchedule::WarmupCosine {
+                warmup_epochs,
+                final_fraction,
+            } => {
+                let warm = (warmup_epochs * steps_per_epoch as f64).round() as usize;
+                if step < warm {
+                    return base * (step + 1) as f64 / warm as f64;
+                }
+                let span = total.saturating_sub(warm).max(1) as f64;
+                let t = ((step - warm) as f64 / span).min(1.0);
+                let cos = 0.5 * (1.0 + (std::f64::consts::PI * t).cos());
+                base * (final_fraction + (1.0 - final_fraction) * cos)
+            }
+        }
+    }
+}
+
+/// Which training images an epoch visits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Sampling {
+    /// Every training image once, shuffled.
+    #[default]
+    Shuffle,
+    /// Every fractured image once and as many non-fractured ones, taken in turn from a
+    /// seeded stream of permutations, so that all negatives are seen over successive epochs
+    /// while each batch is balanced (the loss is then unweighted).
+    Balanced,
+}
+
+/// The images of epoch `epoch` (0-based), in order: a pure function of the seed and the
+/// epoch, so a resumed run visits exactly what an uninterrupted one would.
+pub fn epoch_order(sampling: Sampling, labels: &[bool], seed: u64, epoch: usize) -> Vec<usize> {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ (epoch as u64 + 1));
+    let mut order: Vec<usize> = match sampling {
+        Sampling::Shuffle => (0..labels.len()).collect(),
+        Sampling::Balanced => {
+            let pos: Vec<usize> = (0..labels.len()).filter(|&i| labels[i]).collect();
+            let neg: Vec<usize> = (0..labels.len()).filter(|&i| !labels[i]).collect();
+            if neg.is_empty() || pos.is_empty() {
+                (0..labels.len()).collect()
+            } else {
+                // Negatives for epoch e are items [e·P, (e+1)·P) of the stream of
+                // permutations perm_0, perm_1, … of all negatives.
+                let perm = |k: usize| {
+                    let mut p = neg.clone();
+                    p.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(
+                        seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (k as u64 + 1),
+                    ));
+                    p
+                };
+                let (start, n) = (epoch * pos.len(), pos.len());
+                let mut chosen = Vec::with_capacity(2 * n);
+                chosen.extend(&pos);
+                let mut k = start / neg.len();
+                let mut cur = perm(k);
+                for j in start..start + n {
+                    if j / neg.len() != k {
+                        k = j / neg.len();
+                        cur = perm(k);
+                    }
+                    chosen.push(cur[j % neg.len()]);
+                }
+                chosen
+            }
+        }
+    };
+    order.shuffle(&mut rng);
+    order
 }
 
 impl TrainConfig {
@@ -82,6 +192,10 @@ impl TrainConfig {
             seed: 42,
             log_every: 10,
             ssl: crate::ssl::SslSettings::default(),
+            schedule: LrSchedule::Constant,
+            sampling: Sampling::Shuffle,
+            checkpoint_minutes: default_checkpoint_minutes(),
+            session_step_limit: None,
         }
     }
 
@@ -115,6 +229,13 @@ pub struct TrainSummary {
     pub images_per_second: f64,
     /// Images that could not be loaded, with reasons.
     pub load_failures: Vec<String>,
+    /// Whether every configured epoch is done (false: stopped at the session's step limit).
+    #[serde(default = "yes")]
+    pub complete: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Where a run keeps its files.
@@ -143,6 +264,7 @@ impl RunDir {
     }
 }
 
+/// Where a run stands: written after every checkpoint, read on resume.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct RunState {
     epochs_done: usize,
@@ -150,6 +272,62 @@ struct RunState {
     best_valid_roc_auc: Option<f64>,
     epoch_loss: Vec<f64>,
     epoch_valid_roc_auc: Vec<Option<f64>>,
+    /// Steps done in the epoch under way.
+    #[serde(default)]
+    step_in_epoch: usize,
+    /// Running loss of the epoch under way, so its mean survives a resume.
+    #[serde(default)]
+    partial_loss_sum: f64,
+    #[serde(default)]
+    partial_loss_n: usize,
+    /// Training images seen over the whole run.
+    #[serde(default)]
+    images_seen: usize,
+    /// The folder (under the run) with the weights and optimizer moments of this state.
+    #[serde(default)]
+    resume_dir: Option<String>,
+}
+
+/// Writes weights (burnpack, with parameter ids) and optimizer moments into a new folder,
+/// then the state that names it, then removes older folders: a crash at any point leaves a
+/// state and the checkpoint it names.
+fn save_resume_point<M: Module>(
+    run: &RunDir,
+    model: &M,
+    optim: &burn::optim::ModuleOptimizer,
+    state: &mut RunState,
+) -> anyhow::Result<()> {
+    let name = format!("resume-e{:03}-s{:06}", state.epochs_done, state.step_in_epoch);
+    let dir = run.0.join(&name);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join("model.bpk");
+    model
+        .save_into(
+            &mut BurnpackStore::from_file(&path)
+                .auto_extension(false)
+                .overwrite(true),
+        )
+        .map_err(|e| anyhow::anyhow!("{}: cannot save: {e}", path.display()))?;
+    let path = dir.join("optim.bpk");
+    optim
+        .save(&path)
+        .map_err(|e| anyhow::anyhow!("{}: cannot save: {e}", path.display()))?;
+    for f in ["model.bpk", "optim.bpk"] {
+        std::fs::File::open(dir.join(f))?.sync_all()?;
+    }
+    state.resume_dir = Some(name.clone());
+    let tmp = run.state().with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_string_pretty(state)?)?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, run.state())
+        .with_context(|| format!("writing {}", run.state().display()))?;
+    for e in std::fs::read_dir(&run.0)?.flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        if n.starts_with("resume-") && n != name {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+    Ok(())
 }
 
 /// Saves a model in PyTorch layout, like the pretrained files, so one loader reads both.
@@ -300,9 +478,11 @@ pub fn train(
             let saved: TrainConfig = serde_json::from_str(
                 &std::fs::read_to_string(run.config()).context("resuming: reading config.json")?,
             )?;
-            // Only the epoch count may change: resuming extends a run.
+            // Only the epoch count and the checkpoint interval may change: resuming extends a run.
             let same = |c: &TrainConfig| TrainConfig {
                 epochs: 0,
+                checkpoint_minutes: 0.0,
+                session_step_limit: None,
                 ..c.clone()
             };
             anyhow::ensure!(
@@ -315,12 +495,13 @@ pub fn train(
         Err(_) => RunState::default(),
     };
     std::fs::write(run.config(), serde_json::to_string_pretty(config)?)?;
-    device.seed(config.seed);
 
-    // Cache larger than the input so random crops keep detail.
+    // Cache larger than the input so random crops keep detail; decoded once per run into
+    // RUN/cache/, so that a resumed run starts in seconds, not minutes.
     let s = config.image_size as usize;
     let cache = config.augment.cache_size(config.image_size);
-    let (train_set, mut failures) = load_planes(train_samples, cache);
+    let cache_dir = run.0.join("cache");
+    let (train_set, mut failures) = load_planes_cached(train_samples, cache, &cache_dir);
     let (valid_set, valid_failures) = load_planes(valid_samples, config.image_size);
     failures.extend(valid_failures);
     for f in &failures {
@@ -329,20 +510,42 @@ pub fn train(
     anyhow::ensure!(!train_set.is_empty(), "no training image could be loaded");
 
     let ad = device.clone().autodiff();
-    let resume = (state.epochs_done > 0).then(|| run.last());
-    let mut model = build_model(config, resume.as_deref(), &ad)?;
-    // Optimizer moments start afresh on resume: they are not checkpointed.
     let mut optim = AdamWConfig::new()
         .with_epsilon(config.eps)
         .with_beta_1(config.betas.0)
         .with_beta_2(config.betas.1)
         .with_weight_decay(config.weight_decay)
         .init();
+    let mut model = match state.resume_dir.as_ref().map(|d| run.0.join(d)) {
+        Some(dir) => {
+            // Burnpack keeps parameter ids, which the optimizer's moments are keyed by.
+            let mut model = Classifier::new(config.model, 2, &ad);
+            let path = dir.join("model.bpk");
+            model
+                .load_from(&mut BurnpackStore::from_file(&path))
+                .map_err(|e| anyhow::anyhow!("{}: cannot load the resume checkpoint: {e}", path.display()))?;
+            let path = dir.join("optim.bpk");
+            optim = optim
+                .load(&path)
+                .map_err(|e| anyhow::anyhow!("{}: cannot load the optimizer state: {e}", path.display()))?;
+            tracing::info!(
+                "resuming at epoch {} step {} from {}",
+                state.epochs_done + 1,
+                state.step_in_epoch,
+                dir.display()
+            );
+            model
+        }
+        // Runs from before resume checkpoints: weights only, optimizer moments afresh.
+        None if state.epochs_done > 0 => build_model(config, Some(&run.last()), &ad)?,
+        None => {
+            device.seed(config.seed);
+            build_model(config, None, &ad)?
+        }
+    };
 
-    let class_w = class_weights(
-        train_set.iter().map(|(s, _)| s.label),
-        config.class_weighted_loss,
-    );
+    let labels: Vec<bool> = train_set.iter().map(|(s, _)| s.label).collect();
+    let class_w = class_weights(labels.iter().copied(), config.class_weighted_loss);
 
     let new_log = !run.log().exists();
     let mut log = std::fs::OpenOptions::new()
@@ -353,25 +556,38 @@ pub fn train(
         writeln!(log, "epoch,step,images,loss,images_per_second")?;
     }
 
-    let steps_per_epoch = train_set.len().div_ceil(config.batch_size);
-    let total = (steps_per_epoch * config.epochs) as u64;
-    let bar = progress_bar(total, show_progress);
-    bar.set_position((steps_per_epoch * state.epochs_done) as u64);
+    let steps_per_epoch = epoch_order(config.sampling, &labels, config.seed, 0)
+        .len()
+        .div_ceil(config.batch_size);
+    let total = steps_per_epoch * config.epochs;
+    let bar = progress_bar(total as u64, show_progress);
+    bar.set_position((steps_per_epoch * state.epochs_done + state.step_in_epoch) as u64);
 
     let started = Instant::now();
-    let mut images_seen = 0usize;
+    let mut last_checkpoint = Instant::now();
+    let mut images_this_session = 0usize;
+    let mut steps_this_session = 0usize;
+    let mut stopped = false;
     let valid_planes: Vec<&Plane> = valid_set.iter().map(|(_, p)| p).collect();
     let (mean, std) = config.model.mean_std();
     for epoch in state.epochs_done..config.epochs {
         bar.set_prefix(format!("{}/{}", epoch + 1, config.epochs));
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(config.seed ^ (epoch as u64 + 1));
-        let mut order: Vec<usize> = (0..train_set.len()).collect();
-        order.shuffle(&mut rng);
-        let (mut loss_sum, mut loss_n) = (0.0f64, 0usize);
+        let order = epoch_order(config.sampling, &labels, config.seed, epoch);
         let mut window = Vec::new();
         let epoch_start = Instant::now();
         let mut epoch_images = 0usize;
-        for (step, batch) in order.chunks(config.batch_size).enumerate() {
+        for (step, batch) in order
+            .chunks(config.batch_size)
+            .enumerate()
+            .skip(state.step_in_epoch)
+        {
+            let global = epoch * steps_per_epoch + step;
+            // Augmentation and dropout draw from generators seeded by the step alone, so
+            // that a resumed run repeats exactly what an uninterrupted one does.
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(
+                config.seed ^ ((global as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+            );
+            ad.seed(config.seed.wrapping_add(global as u64 + 1));
             let views: Vec<Plane> = batch
                 .iter()
                 .map(|&i| config.augment.apply(&train_set[i].1, s, &mut rng))
@@ -379,8 +595,8 @@ pub fn train(
             let refs: Vec<&Plane> = views.iter().collect();
             let b = batch.len();
             let x = batch_tensor(&refs, mean, std, &ad);
-            let labels: Vec<bool> = batch.iter().map(|&i| train_set[i].0.label).collect();
-            let loss = weighted_ce(model.forward(x), &labels, class_w);
+            let batch_labels: Vec<bool> = batch.iter().map(|&i| labels[i]).collect();
+            let loss = weighted_ce(model.forward(x), &batch_labels, class_w);
             let loss_value: f64 = loss.clone().into_scalar::<f32>() as f64;
             anyhow::ensure!(
                 loss_value.is_finite(),
@@ -389,11 +605,14 @@ pub fn train(
                 step + 1
             );
             let grads = GradientsParams::from_grads(loss.backward(), &model);
-            model = optim.step(config.lr, model, grads);
+            let lr = config.schedule.lr(config.lr, global, steps_per_epoch, total);
+            model = optim.step(lr, model, grads);
 
-            loss_sum += loss_value;
-            loss_n += 1;
-            images_seen += b;
+            state.partial_loss_sum += loss_value;
+            state.partial_loss_n += 1;
+            state.images_seen += b;
+            state.step_in_epoch = step + 1;
+            images_this_session += b;
             epoch_images += b;
             window.push(loss_value);
             let ips = epoch_images as f64 / epoch_start.elapsed().as_secs_f64().max(1e-9);
@@ -404,32 +623,60 @@ pub fn train(
                     "{},{},{},{:.6},{:.2}",
                     epoch + 1,
                     step + 1,
-                    images_seen,
+                    state.images_seen,
                     mean_loss,
                     ips
                 )?;
                 window.clear();
             }
             bar.set_message(format!(
-                "loss {:.4}  {:.1} img/s",
-                loss_sum / loss_n as f64,
+                "loss {:.4}  {:.1} img/s  lr {lr:.2e}",
+                state.partial_loss_sum / state.partial_loss_n as f64,
                 ips
             ));
             bar.inc(1);
+            steps_this_session += 1;
+            let at_limit = config.session_step_limit == Some(steps_this_session);
+            if step + 1 < steps_per_epoch
+                && (at_limit
+                    || last_checkpoint.elapsed().as_secs_f64() >= config.checkpoint_minutes * 60.0)
+            {
+                log.flush()?;
+                // `valid()` folds in the batch-norm statistics of the last step, which a
+                // running state keeps apart until it is read.
+                save_resume_point(run, &model.valid(), &optim, &mut state)?;
+                last_checkpoint = Instant::now();
+            }
+            if at_limit && step + 1 < steps_per_epoch {
+                stopped = true;
+                break;
+            }
+        }
+        if stopped {
+            say(
+                &bar,
+                format!(
+                    "stopped at epoch {} step {} (session step limit); continue with --resume",
+                    epoch + 1,
+                    state.step_in_epoch
+                ),
+            );
+            break;
         }
         log.flush()?;
 
         let eval_model = model.valid();
         let probs = predict(&eval_model, &valid_planes, config, device);
         let auc = auc_of(&probs, &valid_set);
-        state.epoch_loss.push(loss_sum / loss_n.max(1) as f64);
+        let epoch_loss = state.partial_loss_sum / state.partial_loss_n.max(1) as f64;
+        state.epoch_loss.push(epoch_loss);
         state.epoch_valid_roc_auc.push(auc);
         say(
             &bar,
             format!(
                 "epoch {}: train loss {:.4}, valid ROC-AUC {}",
                 epoch + 1,
-                loss_sum / loss_n.max(1) as f64,
+                epoch_loss,
                 auc.map_or("n/a".into(), |a| format!("{a:.4}"))
             ),
         );
@@ -445,7 +692,16 @@ pub fn train(
             save_checkpoint(&eval_model, &run.best())?;
         }
         state.epochs_done = epoch + 1;
-        std::fs::write(run.state(), serde_json::to_string_pretty(&state)?)?;
+        state.step_in_epoch = 0;
+        state.partial_loss_sum = 0.0;
+        state.partial_loss_n = 0;
+        save_resume_point(run, &eval_model, &optim, &mut state)?;
+        last_checkpoint = Instant::now();
+        if config.session_step_limit.is_some_and(|l| steps_this_session >= l) && epoch + 1 < config.epochs {
+            stopped = true;
+            say(&bar, format!("stopped after epoch {} (session step limit); continue with --resume", epoch + 1));
+            break;
+        }
     }
     bar.finish_and_clear();
     Ok(TrainSummary {
@@ -453,11 +709,13 @@ pub fn train(
         best_valid_roc_auc: state.best_valid_roc_auc,
         epoch_loss: state.epoch_loss,
         epoch_valid_roc_auc: state.epoch_valid_roc_auc,
-        images_per_second: images_seen as f64 / started.elapsed().as_secs_f64().max(1e-9),
+        images_per_second: images_this_session as f64
+            / started.elapsed().as_secs_f64().max(1e-9),
         load_failures: failures
             .iter()
             .map(|f| format!("{}: {}", f.id, f.message))
             .collect(),
+        complete: !stopped,
     })
 }
 

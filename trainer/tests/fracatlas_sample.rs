@@ -168,3 +168,73 @@ fn split_naming_an_unknown_image_is_an_error() {
     assert!(err.to_string().contains("IMG0000001.jpg"), "{err}");
     assert!(err.to_string().contains("valid.csv"), "{err}");
 }
+
+/// A copy of `src` with a JPEG comment after the start-of-image marker: another file, the
+/// same picture.
+fn jpeg_variant(src: &Path, dest: &Path, tag: u16) {
+    let bytes = std::fs::read(src).unwrap();
+    let mut out = bytes[..2].to_vec();
+    out.extend_from_slice(&[0xFF, 0xFE, 0x00, 0x04]);
+    out.extend_from_slice(&tag.to_be_bytes());
+    out.extend_from_slice(&bytes[2..]);
+    std::fs::write(dest, out).unwrap();
+}
+
+#[test]
+fn adding_images_never_moves_a_training_image_into_a_hold_out() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("FracAtlas");
+    copy_dir(&sample_dir(), &root);
+    let config = ClassificationSplitConfig {
+        valid_non_fractured: 2,
+        test_non_fractured: 2,
+        ..ClassificationSplitConfig::default()
+    };
+    let non_fractured_train = |data: &FracAtlas, split: &fv_train::data::Split| -> Vec<String> {
+        split
+            .train
+            .iter()
+            .filter(|&&i| !data.images[i].fractured)
+            .map(|&i| data.images[i].id.clone())
+            .collect()
+    };
+    let neg = root.join("images/Non_fractured");
+    let mut before: Option<Vec<String>> = None;
+    let mut held_out_before: Vec<String> = Vec::new();
+    let mut moved_out_of_holdout = 0;
+    for round in 0..4u16 {
+        let data = FracAtlas::open(&root).unwrap();
+        let split = data.classification_split(&config).unwrap();
+        let counts = |p: &[usize]| p.iter().filter(|&&i| !data.images[i].fractured).count();
+        assert_eq!((counts(&split.valid), counts(&split.test)), (2, 2));
+        let train = non_fractured_train(&data, &split);
+        if let Some(before) = &before {
+            for id in before {
+                assert!(
+                    train.contains(id),
+                    "round {round}: {id} left training when images were added"
+                );
+            }
+            moved_out_of_holdout += held_out_before.iter().filter(|id| train.contains(id)).count();
+        }
+        held_out_before = [&split.valid, &split.test]
+            .into_iter()
+            .flatten()
+            .filter(|&&i| !data.images[i].fractured)
+            .map(|&i| data.images[i].id.clone())
+            .collect();
+        before = Some(train);
+        // Six more non-fractured images for the next round.
+        for k in 0..6 {
+            let tag = round * 100 + k;
+            jpeg_variant(
+                &neg.join("IMG0000002.jpg"),
+                &neg.join(format!("IMG8{tag:06}.jpg")),
+                tag,
+            );
+        }
+    }
+    // Some new images ranked into the hold-outs and pushed older ones into training: the
+    // hold-outs really were re-ranked, not frozen.
+    assert!(moved_out_of_holdout > 0);
+}

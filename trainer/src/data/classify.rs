@@ -10,7 +10,7 @@ use fv_core::imaging::{decode_file, DecodeOptions};
 use fv_core::preprocess::{preprocess, InputSpec, ResizeMode};
 use rand::{Rng, RngExt};
 use rayon::prelude::*;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// One image with its label.
 #[derive(Clone, Debug, PartialEq)]
@@ -84,6 +84,70 @@ pub fn load_planes(samples: &[Sample], size: u32) -> (Vec<(Sample, Plane)>, Vec<
         })
         .collect();
     super::partition(results)
+}
+
+/// [`load_planes`] through an on-disk cache under `dir`: a plane is decoded from its
+/// 2304×2880 JPEG once per run and read back (16 bits a pixel) on every later start.
+/// Planes are always quantized to 16 bits, fresh or cached, so that a resumed run sees
+/// exactly the pixels an uninterrupted one saw.
+pub fn load_planes_cached(
+    samples: &[Sample],
+    size: u32,
+    dir: &Path,
+) -> (Vec<(Sample, Plane)>, Vec<LoadFailure>) {
+    let dir = dir.join(size.to_string());
+    let n = size as usize * size as usize;
+    let file_of = |s: &Sample| {
+        let len = std::fs::metadata(&s.path).map(|m| m.len()).unwrap_or(0);
+        dir.join(format!("{}-{len}.u16", s.id))
+    };
+    let read = |s: &Sample| -> Option<Plane> {
+        let bytes = std::fs::read(file_of(s)).ok()?;
+        (bytes.len() == 2 * n).then(|| Plane {
+            size: size as usize,
+            data: bytes
+                .chunks_exact(2)
+                .map(|c| u16::from_le_bytes([c[0], c[1]]) as f32 / 65535.0)
+                .collect(),
+        })
+    };
+    let cached: Vec<Option<Plane>> = samples.par_iter().map(read).collect();
+    let missing: Vec<Sample> = samples
+        .iter()
+        .zip(&cached)
+        .filter(|(_, c)| c.is_none())
+        .map(|(s, _)| s.clone())
+        .collect();
+    let (fresh, failures) = load_planes(&missing, size);
+    if !fresh.is_empty() {
+        if let Err(e) = std::fs::create_dir_all(&dir) {
+            tracing::warn!("{}: cannot cache planes: {e}", dir.display());
+        }
+    }
+    let mut fresh: std::collections::HashMap<String, Plane> = fresh
+        .into_par_iter()
+        .map(|(s, p)| {
+            let q: Vec<u16> = p
+                .data
+                .iter()
+                .map(|v| (v.clamp(0.0, 1.0) * 65535.0).round() as u16)
+                .collect();
+            let bytes: Vec<u8> = q.iter().flat_map(|v| v.to_le_bytes()).collect();
+            let path = file_of(&s);
+            let tmp = path.with_extension("tmp");
+            if let Err(e) = std::fs::write(&tmp, &bytes).and_then(|()| std::fs::rename(&tmp, &path)) {
+                tracing::warn!("{}: cannot cache plane: {e}", path.display());
+            }
+            let data = q.iter().map(|&v| v as f32 / 65535.0).collect();
+            (s.id, Plane { size: p.size, data })
+        })
+        .collect();
+    let loaded = samples
+        .iter()
+        .zip(cached)
+        .filter_map(|(s, c)| c.or_else(|| fresh.remove(&s.id)).map(|p| (s.clone(), p)))
+        .collect();
+    (loaded, failures)
 }
 
 /// Training augmentation: random resized crop, horizontal flip, small rotation.

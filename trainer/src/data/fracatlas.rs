@@ -239,10 +239,29 @@ impl Split {
     }
 }
 
+/// How non-fractured images are assigned to the hold-outs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SplitMethod {
+    /// A seeded shuffle of the list (runs before 2026-12): adding images to the folder moves
+    /// images between parts, so it is kept only to re-evaluate those runs on their own split.
+    /// Split files written without a method meant this.
+    #[default]
+    Shuffle,
+    /// Ranked by a salted SHA-256 of the file name; the lowest ranks fill test, then
+    /// validation. Adding images can only push held-out images towards training, never a
+    /// training image into a hold-out, so a model trained on a smaller copy of FracAtlas stays
+    /// honestly evaluable on a larger one.
+    NameHash,
+}
+
 /// How the classification split holds out non-fractured images.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClassificationSplitConfig {
-    /// Seed of the shuffle.
+    /// How images are assigned (`shuffle` for files that do not say).
+    #[serde(default)]
+    pub method: SplitMethod,
+    /// Seed of the shuffle, or salt of the name hash.
     pub seed: u64,
     /// Non-fractured validation images.
     pub valid_non_fractured: usize,
@@ -251,14 +270,25 @@ pub struct ClassificationSplitConfig {
 }
 
 impl Default for ClassificationSplitConfig {
-    /// The study's split: 163 validation and 200 test non-fractured images.
+    /// The study's counts, 163 validation and 200 test non-fractured images, by name hash.
     fn default() -> Self {
         ClassificationSplitConfig {
+            method: SplitMethod::NameHash,
             seed: 42,
             valid_non_fractured: 163,
             test_non_fractured: 200,
         }
     }
+}
+
+/// The rank of a file name in the name-hash split: the first 8 bytes of
+/// SHA-256(salt as little-endian bytes, name). Independent of every other file.
+pub fn name_rank(salt: u64, name: &str) -> u64 {
+    let digest = Sha256::new()
+        .chain_update(salt.to_le_bytes())
+        .chain_update(name.as_bytes())
+        .finalize();
+    u64::from_be_bytes(digest[..8].try_into().expect("8 bytes"))
 }
 
 /// FracAtlas, loaded and checked.
@@ -587,9 +617,8 @@ impl FracAtlas {
     }
 
     /// The study's classification split: fractured images as the official detection split,
-    /// non-fractured usable images shuffled with `config.seed` into validation and test
-    /// hold-outs of the configured sizes, the rest to training. Byte-identical copies move
-    /// together.
+    /// non-fractured usable images into validation and test hold-outs of the configured sizes
+    /// (by `config.method`), the rest to training. Byte-identical copies move together.
     pub fn classification_split(
         &self,
         config: &ClassificationSplitConfig,
@@ -602,6 +631,9 @@ impl FracAtlas {
             }
         }
         let mut groups: Vec<Vec<usize>> = group_of.into_values().collect();
+        for g in &mut groups {
+            g.sort();
+        }
         groups.sort();
         let available: usize = groups.iter().map(Vec::len).sum();
         let wanted = config.valid_non_fractured + config.test_non_fractured;
@@ -612,8 +644,21 @@ impl FracAtlas {
                 available,
             });
         }
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(config.seed);
-        groups.shuffle(&mut rng);
+        match config.method {
+            SplitMethod::Shuffle => {
+                let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(config.seed);
+                groups.shuffle(&mut rng);
+            }
+            SplitMethod::NameHash => {
+                // A group ranks by its lowest-ranked member, so a duplicate added later can
+                // only pull its group towards the hold-outs it would have joined alone.
+                groups.sort_by_cached_key(|g| {
+                    g.iter()
+                        .map(|&i| name_rank(config.seed, &self.images[i].id))
+                        .min()
+                });
+            }
+        }
         let (mut n_test, mut n_valid) = (0, 0);
         for g in groups {
             let target = if n_test + g.len() <= config.test_non_fractured {

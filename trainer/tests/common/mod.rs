@@ -18,6 +18,7 @@ pub fn small_holdout(seed: u64) -> ClassificationSplitConfig {
         seed,
         valid_non_fractured: 1,
         test_non_fractured: 1,
+        ..ClassificationSplitConfig::default()
     }
 }
 
