@@ -47,7 +47,9 @@ function drawUnits(fleet, now) {
     tr.dataset.state = health;
     cell(tr, u.site);
     cell(tr, u.device);
-    cell(tr, health + (health === 'offline' && u.reason ? ` (${u.reason})` : ''), `state ${health}`);
+    const why = health === 'offline' && u.reason ? ` (${u.reason})`
+      : (health === 'online' && u.publisher ? ` — ${u.publisher}` : '');
+    cell(tr, health + why, `state ${health}${u.publisher ? ' waiting' : ''}`);
     cell(tr, age(u.heartbeatAt === null ? null : now - u.heartbeatAt));
     cell(tr, u.outboxDepth ?? '—', u.outboxDepth > 0 ? 'waiting' : '');
     cell(tr, u.processed ?? '—');

@@ -4,7 +4,8 @@
 // Topics (see fv-edge's edge/src/mqtt.rs): PREFIX/SITE/DEVICE/{status,heartbeat,result}.
 //   status    retained, {state: online|offline, reason, version, models, ts}; the last will
 //             says offline, so a unit that drops off the network turns offline on its own
-//   heartbeat {uptime_s, interval_s, outbox_depth, dropped, processed, failed, models, ts}
+//   heartbeat {uptime_s, interval_s, outbox_depth, dropped, oversized, processed, failed,
+//              last_error, publisher, models, ts}
 //   result    fractuvision.result/1 (core/schemas/result.schema.json), QoS 1: delivered at
 //             least once, so the same id can arrive twice and is counted once
 
@@ -38,7 +39,7 @@ export class Fleet {
     if (!u) {
       u = {
         key, site, device,
-        state: 'unknown', reason: null, version: null, models: [],
+        state: 'unknown', reason: null, publisher: null, version: null, models: [],
         heartbeatAt: null, intervalS: DEFAULT_INTERVAL_S,
         outboxDepth: null, dropped: null, processed: null, failed: null,
       };
@@ -79,6 +80,8 @@ export class Fleet {
       u.dropped = msg.dropped ?? null;
       u.processed = msg.processed ?? null;
       u.failed = msg.failed ?? null;
+      // Set while the unit's publisher cannot do its work (e.g. a read-only outbox).
+      u.publisher = typeof msg.publisher === 'string' ? msg.publisher : null;
       if (Array.isArray(msg.models)) u.models = msg.models;
       // A heartbeat means it is connected, even if its retained status was lost.
       if (u.state !== 'online') { u.state = 'online'; u.reason = null; }

@@ -148,18 +148,33 @@ pub struct DecodeOptions {
     /// Images with more pixels than this are refused from their header, before their pixels
     /// are allocated. Default: 100 megapixels.
     pub max_pixels: u64,
+    /// Files larger than this are refused from their size, before a byte is read.
+    /// Default: 1 GiB.
+    pub max_file_bytes: u64,
 }
 
 impl DecodeOptions {
     /// The default pixel limit: 100 megapixels, well above the largest detector panels
     /// (43×43 cm at 100 µm is about 18 MP) and well below what exhausts a Jetson's memory.
     pub const DEFAULT_MAX_PIXELS: u64 = 100_000_000;
+    /// The default file limit: 1 GiB, some 25 times an uncompressed 16-bit 18 MP radiograph,
+    /// and well below a Jetson's memory.
+    pub const DEFAULT_MAX_FILE_BYTES: u64 = 1 << 30;
+
+    /// The defaults with another pixel limit.
+    pub fn with_max_pixels(max_pixels: u64) -> Self {
+        DecodeOptions {
+            max_pixels,
+            ..Self::default()
+        }
+    }
 }
 
 impl Default for DecodeOptions {
     fn default() -> Self {
         DecodeOptions {
             max_pixels: Self::DEFAULT_MAX_PIXELS,
+            max_file_bytes: Self::DEFAULT_MAX_FILE_BYTES,
         }
     }
 }
@@ -242,6 +257,24 @@ pub enum DecodeError {
         /// Where it ends.
         detail: String,
     },
+    /// The file is larger than allowed.
+    #[error("{path}: a file of {bytes} bytes exceeds the limit of {max_file_bytes} bytes; raise `max_input_bytes` if this size is genuine")]
+    FileTooLarge {
+        /// The file.
+        path: PathBuf,
+        /// Its size (at least this many bytes).
+        bytes: u64,
+        /// The limit in force.
+        max_file_bytes: u64,
+    },
+    /// Not a regular file (a device, a pipe, a directory, a link where links are refused).
+    #[error("{path}: not a regular file ({what}); fv-edge reads regular files only")]
+    NotAFile {
+        /// The path.
+        path: PathBuf,
+        /// What it is.
+        what: &'static str,
+    },
     /// The image is larger than allowed.
     #[error("{path}: image of {width}×{height} pixels exceeds the limit of {max_pixels} pixels; raise `max_pixels` if this size is genuine")]
     TooLarge {
@@ -274,7 +307,8 @@ impl DecodeError {
             DecodeError::Empty { .. } => "empty",
             DecodeError::Unsupported { .. } => "unsupported_format",
             DecodeError::Truncated { .. } => "truncated",
-            DecodeError::TooLarge { .. } => "too_large",
+            DecodeError::TooLarge { .. } | DecodeError::FileTooLarge { .. } => "too_large",
+            DecodeError::NotAFile { .. } => "not_a_file",
             DecodeError::Corrupt { .. } => "corrupt",
         }
     }
@@ -287,17 +321,65 @@ impl DecodeError {
             | DecodeError::Unsupported { path, .. }
             | DecodeError::Truncated { path, .. }
             | DecodeError::TooLarge { path, .. }
+            | DecodeError::FileTooLarge { path, .. }
+            | DecodeError::NotAFile { path, .. }
             | DecodeError::Corrupt { path, .. } => path,
         }
     }
 }
 
-/// Reads and decodes an image file.
-pub fn decode_file(path: &Path, options: &DecodeOptions) -> Result<Decoded, DecodeError> {
-    let bytes = std::fs::read(path).map_err(|source| DecodeError::Io {
+/// Reads a whole file, at most `max` bytes: its size is checked on the open handle (so a
+/// sparse 3 GB file or `/dev/zero` behind the name is refused before anything is
+/// allocated), and the read itself is bounded in case the file grows meanwhile. With
+/// `follow_links` false a symbolic link is refused too.
+pub fn read_bounded(path: &Path, max: u64, follow_links: bool) -> Result<Vec<u8>, DecodeError> {
+    use std::io::Read as _;
+    let io = |source| DecodeError::Io {
         path: path.to_owned(),
         source,
-    })?;
+    };
+    if !follow_links {
+        let m = std::fs::symlink_metadata(path).map_err(io)?;
+        if m.file_type().is_symlink() {
+            return Err(DecodeError::NotAFile {
+                path: path.to_owned(),
+                what: "a symbolic link",
+            });
+        }
+    }
+    let f = std::fs::File::open(path).map_err(io)?;
+    let m = f.metadata().map_err(io)?;
+    if !m.is_file() {
+        return Err(DecodeError::NotAFile {
+            path: path.to_owned(),
+            what: if m.is_dir() {
+                "a directory"
+            } else {
+                "a device, pipe or socket"
+            },
+        });
+    }
+    let too_large = |bytes| DecodeError::FileTooLarge {
+        path: path.to_owned(),
+        bytes,
+        max_file_bytes: max,
+    };
+    if m.len() > max {
+        return Err(too_large(m.len()));
+    }
+    let mut bytes = Vec::with_capacity(m.len() as usize);
+    f.take(max.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    if bytes.len() as u64 > max {
+        return Err(too_large(bytes.len() as u64));
+    }
+    Ok(bytes)
+}
+
+/// Reads (bounded by `options.max_file_bytes`) and decodes an image file.
+pub fn decode_file(path: &Path, options: &DecodeOptions) -> Result<Decoded, DecodeError> {
+    let bytes = read_bounded(path, options.max_file_bytes, true)?;
     decode_bytes(&bytes, path, options)
 }
 
@@ -659,7 +741,7 @@ mod tests {
             DynamicImage::ImageLuma8(gradient8(20, 10)),
             ImageFormat::Png,
         );
-        let tight = DecodeOptions { max_pixels: 199 };
+        let tight = DecodeOptions::with_max_pixels(199);
         let err = decode_bytes(&small, Path::new("s.png"), &tight).unwrap_err();
         assert!(matches!(
             err,
@@ -672,7 +754,7 @@ mod tests {
         assert!(decode_bytes(
             &small,
             Path::new("s.png"),
-            &DecodeOptions { max_pixels: 200 }
+            &DecodeOptions::with_max_pixels(200)
         )
         .is_ok());
     }

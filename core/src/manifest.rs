@@ -143,8 +143,12 @@ pub struct Manifest {
     pub outputs: Vec<OutputSpec>,
     /// Class labels in output order.
     pub labels: Vec<String>,
-    /// Operating thresholds.
+    /// Operating thresholds, on the calibrated probability when `probability_calibration` is set.
     pub thresholds: Thresholds,
+    /// How the raw probability of the fracture class is calibrated (classifiers; fitted on
+    /// validation). Absent: the raw probability is reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probability_calibration: Option<crate::calibration::Calibration>,
     /// Precision of the graph.
     pub precision: Precision,
     /// Test metrics.
@@ -279,6 +283,7 @@ mod tests {
                 suspicious: Probability::new(0.2).unwrap(),
                 definite: Probability::new(0.7).unwrap(),
             },
+            probability_calibration: None,
             precision: Precision::Fp32,
             metrics: None,
             training: None,

@@ -84,9 +84,7 @@ fn full_size_radiograph_respects_the_pixel_limit() {
     let path = sample("images/Fractured/IMG0002322.jpg");
     let d = decode_file(&path, &DecodeOptions::default()).unwrap();
     assert_eq!((d.image.width(), d.image.height()), (2304, 2880));
-    let tight = DecodeOptions {
-        max_pixels: 2304 * 2880 - 1,
-    };
+    let tight = DecodeOptions::with_max_pixels(2304 * 2880 - 1);
     assert_eq!(decode_file(&path, &tight).unwrap_err().code(), "too_large");
 }
 

@@ -67,3 +67,11 @@ test('settings: query over config file over defaults', () => {
   assert.equal(settings(new URLSearchParams(''), null).prefix, 'fractuvision/v1');
   assert.equal(settings(new URLSearchParams(''), null).broker, null);
 });
+
+test('a heartbeat that says the publisher is stalled shows on the unit, and clears', () => {
+  const f = new Fleet(P);
+  f.apply(`${P}/s/d/heartbeat`, JSON.stringify({ interval_s: 30, publisher: 'publisher stalled: read-only outbox' }), 0);
+  assert.equal(f.units.get('s/d').publisher, 'publisher stalled: read-only outbox');
+  f.apply(`${P}/s/d/heartbeat`, JSON.stringify({ interval_s: 30, publisher: null }), 1000);
+  assert.equal(f.units.get('s/d').publisher, null);
+});

@@ -23,6 +23,10 @@ pub struct MqttSettings {
     pub ca_file: Option<PathBuf>,
     /// Seconds between heartbeats (default 30).
     pub heartbeat_s: Option<u64>,
+    /// Largest MQTT packet sent, in bytes (default 256 KiB; a result is a few KiB). Mosquitto
+    /// takes any size unless `message_size_limit` is set; AWS IoT takes 128 KiB. A result
+    /// that would not fit is set aside in `dropped.jsonl` with its reason, never retried.
+    pub max_packet_bytes: Option<usize>,
 }
 
 /// A V4L2 frame grabber as a source.
@@ -71,6 +75,8 @@ pub struct Layer {
     pub min_score: Option<f32>,
     /// Largest image accepted, in pixels.
     pub max_pixels: Option<u64>,
+    /// Largest input file accepted, in bytes (default 1 GiB), checked before it is read.
+    pub max_input_bytes: Option<u64>,
     /// A file is taken once its size and time are unchanged for this long.
     pub settle_ms: Option<u64>,
     /// Secret for hashing StudyInstanceUIDs (default: generated once in the state dir).
@@ -148,8 +154,26 @@ impl Layer {
     /// `over`'s values replace this layer's where set.
     pub fn merge(mut self, over: &Layer) -> Layer {
         merge!(
-            self, over, site, device_id, models, precision, classifier, detector, engine, state,
-            watch, done, quarantine, detect, min_score, max_pixels, settle_ms, uid_salt, outbox,
+            self,
+            over,
+            site,
+            device_id,
+            models,
+            precision,
+            classifier,
+            detector,
+            engine,
+            state,
+            watch,
+            done,
+            quarantine,
+            detect,
+            min_score,
+            max_pixels,
+            max_input_bytes,
+            settle_ms,
+            uid_salt,
+            outbox,
             v4l
         );
         merge!(
@@ -160,7 +184,8 @@ impl Layer {
             password,
             password_file,
             ca_file,
-            heartbeat_s
+            heartbeat_s,
+            max_packet_bytes
         );
         merge!(self.dashboard, over.dashboard, listen, broker, prefix);
         self

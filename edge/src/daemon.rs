@@ -10,8 +10,8 @@ use crate::config::{check_topic_level, hostname, Layer};
 use crate::input::{file_name, load_file};
 use crate::models::{load_dir, Selection};
 use crate::mqtt::{Publisher, Stats, Topics};
-use crate::outbox::Outbox;
-use crate::pipeline::{file_source, Pipeline, PipelineConfig};
+use crate::outbox::{Outbox, SharedOutbox};
+use crate::pipeline::{file_source, fleet_name, Pipeline, PipelineConfig};
 use anyhow::Context as _;
 use fv_core::imaging::DecodeOptions;
 use notify::Watcher as _;
@@ -56,20 +56,111 @@ fn move_file(from: &Path, to: &Path) -> std::io::Result<()> {
     }
 }
 
+/// Writes a file whole and durably: a temporary name, fsync, rename, fsync of the folder.
 fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write as _;
-    let mut f = std::fs::File::create(path)?;
+    let tmp = PathBuf::from(format!("{}.tmp", path.display()));
+    let mut f = std::fs::File::create(&tmp)?;
     f.write_all(bytes)?;
-    f.sync_all()
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    sync_parent(path)
 }
+
+fn sync_parent(path: &Path) -> std::io::Result<()> {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => std::fs::File::open(dir)?.sync_all(),
+        _ => Ok(()),
+    }
+}
+
+/// Holds an exclusive lock on `STATE/lock` for the daemon's life: two daemons on one state
+/// directory would write over each other's outbox records and journal.
+fn lock_state(state: &Path) -> anyhow::Result<std::fs::File> {
+    let p = state.join("lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&p)
+        .with_context(|| format!("{}: cannot open the state lock", p.display()))?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "{}: another fv-edge is running on this state directory; stop it, or give this one its own --state",
+            state.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("{}: cannot lock", p.display()))
+        }
+    }
+}
+
+/// What was decided for one input, kept in `STATE/journal/` from the moment its result
+/// exists until the input has been moved: a retry (after a failed move, a full disk, a
+/// restart) finishes that decision instead of reading the input again, so one input gets
+/// one result id however often it is retried.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Journal {
+    /// The local result (the real file name), id fixed at the first attempt.
+    message: fv_core::result::ResultMessage,
+    /// Where the input and its local result go.
+    dest: PathBuf,
+    /// Whether its fleet copy is in the outbox.
+    queued: bool,
+}
+
+/// `STATE/journal/<hash of the input's path, size and time>.json`.
+fn journal_path(state: &Path, input: &Path) -> std::io::Result<PathBuf> {
+    use sha2::Digest as _;
+    let m = std::fs::symlink_metadata(input)?;
+    let mtime = m
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    let digest = sha2::Sha256::new()
+        .chain_update(input.as_os_str().as_encoded_bytes())
+        .chain_update(m.len().to_le_bytes())
+        .chain_update(mtime.to_le_bytes())
+        .finalize();
+    let hex: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
+    Ok(state.join("journal").join(format!("{hex}.json")))
+}
+
+/// `STATE/inflight.json`: the input being read right now and how many daemons have started
+/// on it. A file that kills the daemon (out of memory, a decoder's abort) is then
+/// quarantined at the third start instead of being taken first again after every restart.
+#[derive(serde::Serialize, serde::Deserialize, PartialEq)]
+struct InFlight {
+    journal: PathBuf,
+    attempts: u32,
+}
+
+/// Tries an input gets before a crash while reading it sends it to quarantine.
+const MAX_ATTEMPTS: u32 = 2;
 
 /// The salt for StudyInstanceUID hashes: configured, or made once and kept in the state dir.
 fn uid_salt(configured: Option<String>, state: &Path) -> anyhow::Result<String> {
+    // An empty salt makes every pseudonym a plain hash of the name or UID: anyone can
+    // compute it, so it protects nothing.
+    const TOO_SHORT: usize = 16;
     if let Some(s) = configured {
+        anyhow::ensure!(
+            s.trim().len() >= TOO_SHORT,
+            "uid_salt (or FV_UID_SALT) is {} characters: use at least {TOO_SHORT} random ones, or leave it out and one is made in the state directory",
+            s.trim().len()
+        );
         return Ok(s);
     }
     let p = state.join("uid_salt");
     if let Ok(s) = std::fs::read_to_string(&p) {
+        anyhow::ensure!(
+            s.trim().len() >= TOO_SHORT,
+            "{}: the salt is {} characters (damaged?); restore it from a backup, or delete it to make a new one (earlier pseudonyms will then differ)",
+            p.display(),
+            s.trim().len()
+        );
         return Ok(s.trim().to_owned());
     }
     let s = format!(
@@ -135,12 +226,22 @@ pub fn run(layer: Layer) -> anyhow::Result<()> {
             max_pixels: layer
                 .max_pixels
                 .unwrap_or(DecodeOptions::DEFAULT_MAX_PIXELS),
+            max_file_bytes: layer
+                .max_input_bytes
+                .unwrap_or(DecodeOptions::DEFAULT_MAX_FILE_BYTES),
         },
         watch,
     };
-    for d in [&r.watch, &r.done, &r.quarantine, &r.state] {
+    for d in [
+        &r.watch,
+        &r.done,
+        &r.quarantine,
+        &r.state,
+        &r.state.join("journal"),
+    ] {
         std::fs::create_dir_all(d).with_context(|| format!("{}: cannot create", d.display()))?;
     }
+    let _lock = lock_state(&r.state)?;
     let models_dir = layer
         .models
         .clone()
@@ -170,8 +271,8 @@ pub fn run(layer: Layer) -> anyhow::Result<()> {
     let limits = layer.outbox.unwrap_or_default();
     let outbox_dir = r.state.join("outbox");
     // Without a broker nothing would drain the outbox: results are local files only.
-    let mut outbox = match layer.mqtt.url {
-        Some(_) => Some(Outbox::open(&outbox_dir, limits)?),
+    let outbox: Option<SharedOutbox> = match layer.mqtt.url {
+        Some(_) => Some(Arc::new(Mutex::new(Outbox::open(&outbox_dir, limits)?))),
         None => None,
     };
 
@@ -215,20 +316,22 @@ pub fn run(layer: Layer) -> anyhow::Result<()> {
                 ca_file: layer.mqtt.ca_file.clone(),
                 heartbeat: Duration::from_secs(layer.mqtt.heartbeat_s.unwrap_or(30).max(1)),
                 topics: Topics::new(&site, &device),
-                outbox: (outbox_dir.clone(), limits),
+                outbox: outbox.clone().expect("an outbox with a broker"),
+                max_packet_bytes: layer
+                    .mqtt
+                    .max_packet_bytes
+                    .unwrap_or(crate::mqtt::DEFAULT_MAX_PACKET_BYTES),
                 models: refs,
                 stats: stats.clone(),
                 shutdown: shutdown.clone(),
                 worker_done: worker_done.clone(),
             };
+            // A URL or CA file that no retry can fix stops the start, saying what to fix.
+            let options = p.options().context("the [mqtt] configuration")?;
             Some(
                 std::thread::Builder::new()
                     .name("mqtt".into())
-                    .spawn(move || {
-                        if let Err(e) = p.run() {
-                            tracing::error!("mqtt: {e:#}");
-                        }
-                    })?,
+                    .spawn(move || p.run(options))?,
             )
         }
     };
@@ -299,7 +402,7 @@ pub fn run(layer: Layer) -> anyhow::Result<()> {
         }
         seen.retain(|p, _| present.contains(p));
         while let Ok(f) = frames.try_recv() {
-            if let Err(e) = process_frame(&mut pipeline, f, &r, outbox.as_mut(), &stats) {
+            if let Err(e) = process_frame(&mut pipeline, f, &r, outbox.as_deref(), &stats) {
                 tracing::error!("frame: {e:#}");
             }
         }
@@ -313,7 +416,7 @@ pub fn run(layer: Layer) -> anyhow::Result<()> {
             }
             seen.remove(&path);
             ping();
-            match process_file(&mut pipeline, &path, &r, outbox.as_mut(), &stats) {
+            match process_file(&mut pipeline, &path, &r, outbox.as_deref(), &stats) {
                 Ok(()) => {
                     retry.remove(&path);
                 }
@@ -323,7 +426,12 @@ pub fn run(layer: Layer) -> anyhow::Result<()> {
                         (*d * 2).min(Duration::from_secs(300))
                     });
                     tracing::error!("{}: {e:#}; retrying in {delay:?}", path.display());
-                    stats.lock().expect("stats lock").last_error = Some(format!("{e:#}"));
+                    // The heartbeat goes to the fleet: the file's name there is its pseudonym.
+                    let name = file_name(&path);
+                    let text = format!("{e:#}")
+                        .replace(&name, &fleet_name(&name, &pipeline.config.uid_salt));
+                    stats.lock().expect("stats lock").last_error =
+                        Some(crate::input::bounded(&text, 500).into_owned());
                     retry.insert(path, (Instant::now() + delay, delay));
                 }
             }
@@ -397,7 +505,7 @@ fn process_frame(
     pipeline: &mut Pipeline,
     f: Frame,
     r: &Resolved,
-    outbox: Option<&mut Outbox>,
+    outbox: Option<&Mutex<Outbox>>,
     stats: &Mutex<Stats>,
 ) -> anyhow::Result<()> {
     let source = fv_core::result::Source {
@@ -418,39 +526,56 @@ fn process_frame(
     queue(&outcome.message, &pipeline.config.uid_salt, outbox, stats)?;
     let m = &outcome.message;
     let dir = r.dir_for(m);
-    write_local(&outcome, &dir.join(name.replace(['#', '/'], "-")))
+    write_local(
+        m,
+        outcome.input.as_ref().map(|i| &i.image),
+        &dir.join(name.replace(['#', '/'], "-")),
+    )
 }
 
 /// Durable first: the outbox entry (when a broker is configured), and the counters.
 fn queue(
     m: &fv_core::result::ResultMessage,
     salt: &str,
-    outbox: Option<&mut Outbox>,
+    outbox: Option<&Mutex<Outbox>>,
     stats: &Mutex<Stats>,
 ) -> anyhow::Result<()> {
     // What is published carries pseudonyms for file names (see `for_fleet`), and so do the
     // heartbeat's counters.
     let fleet = crate::pipeline::for_fleet(m, salt);
     if let Some(outbox) = outbox {
-        outbox.push(&serde_json::to_vec(&fleet)?)?;
+        outbox
+            .lock()
+            .expect("outbox lock")
+            .push(&serde_json::to_vec(&fleet)?)?;
     }
     count(stats, &fleet);
     Ok(())
 }
 
 /// The files a person sees, named `<base>.result.json` and `<base>.overlay.png`, or
-/// `<base>.error.json` for a failed input.
-fn write_local(outcome: &crate::pipeline::Outcome, base: &Path) -> anyhow::Result<()> {
-    let m = &outcome.message;
+/// `<base>.error.json` for a failed input; each written whole and fsync'd.
+fn write_local(
+    m: &fv_core::result::ResultMessage,
+    image: Option<&fv_core::imaging::XrayImage>,
+    base: &Path,
+) -> anyhow::Result<()> {
     let with = |suffix: &str| PathBuf::from(format!("{}.{suffix}", base.display()));
     let json = serde_json::to_vec_pretty(m)?;
     if m.error.is_some() {
-        return Ok(write_synced(&with("error.json"), &json)?);
+        let p = with("error.json");
+        return write_synced(&p, &json).with_context(|| format!("cannot write {}", p.display()));
     }
-    write_synced(&with("result.json"), &json)?;
-    if let Some(input) = &outcome.input {
+    let p = with("result.json");
+    write_synced(&p, &json).with_context(|| format!("cannot write {}", p.display()))?;
+    if let Some(image) = image {
         let png = with("overlay.png");
-        if let Err(e) = crate::overlay::render(&input.image, m).save(&png) {
+        let mut bytes = std::io::Cursor::new(Vec::new());
+        let written = crate::overlay::render(image, m)
+            .write_to(&mut bytes, image::ImageFormat::Png)
+            .map_err(anyhow::Error::from)
+            .and_then(|()| Ok(write_synced(&png, bytes.get_ref())?));
+        if let Err(e) = written {
             tracing::warn!("{}: cannot write the overlay: {e}", png.display());
         }
     }
@@ -472,19 +597,85 @@ fn process_file(
     pipeline: &mut Pipeline,
     path: &Path,
     r: &Resolved,
-    outbox: Option<&mut Outbox>,
+    outbox: Option<&Mutex<Outbox>>,
     stats: &Mutex<Stats>,
 ) -> anyhow::Result<()> {
-    let outcome = pipeline.process(file_source(path), || load_file(path, &r.decode));
-    queue(&outcome.message, &pipeline.config.uid_salt, outbox, stats)?;
-    let m = &outcome.message;
     let name = file_name(path);
-    let dir = r.dir_for(m);
-    let dest = free_name(dir, &name);
-    move_file(path, &dest).with_context(|| format!("cannot move to {}", dest.display()))?;
-    write_local(&outcome, &dest)?;
+    let jpath = journal_path(&r.state, path).with_context(|| format!("{}", path.display()))?;
+    let mut image = None;
+    let mut j = match std::fs::read(&jpath) {
+        Ok(bytes) => {
+            let j: Journal = serde_json::from_slice(&bytes)
+                .with_context(|| format!("{}: damaged journal entry", jpath.display()))?;
+            tracing::info!(
+                "{name}: finishing an earlier attempt (result {}), not reading it again",
+                j.message.id
+            );
+            j
+        }
+        Err(_) => {
+            let inflight_path = r.state.join("inflight.json");
+            let earlier: Option<InFlight> = std::fs::read(&inflight_path)
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .filter(|f: &InFlight| f.journal == jpath);
+            let attempts = earlier.map_or(0, |f| f.attempts);
+            let outcome = if attempts >= MAX_ATTEMPTS {
+                let e = crate::input::InputError {
+                    code: "crashed",
+                    message: format!(
+                        "{}: fv-edge stopped {attempts} times while reading this file (out of memory, or a decoder's abort); quarantined so that the inputs behind it are read",
+                        path.display()
+                    ),
+                };
+                tracing::error!("{}", e.message);
+                crate::pipeline::Outcome {
+                    message: pipeline.failed(file_source(path), &e),
+                    input: None,
+                }
+            } else {
+                write_synced(
+                    &inflight_path,
+                    &serde_json::to_vec(&InFlight {
+                        journal: jpath.clone(),
+                        attempts: attempts + 1,
+                    })?,
+                )?;
+                pipeline.process(file_source(path), || load_file(path, &r.decode))
+            };
+            let dest = free_name(r.dir_for(&outcome.message), &name);
+            let j = Journal {
+                message: outcome.message,
+                dest,
+                queued: false,
+            };
+            write_synced(&jpath, &serde_json::to_vec(&j)?)
+                .with_context(|| format!("cannot write {}", jpath.display()))?;
+            let _ = std::fs::remove_file(&inflight_path);
+            image = outcome.input.map(|i| i.image);
+            j
+        }
+    };
+    // The order RELIABILITY.md states: the outbox record, the local result, the move.
+    if !j.queued {
+        queue(&j.message, &pipeline.config.uid_salt, outbox, stats)?;
+        j.queued = true;
+        write_synced(&jpath, &serde_json::to_vec(&j)?)
+            .with_context(|| format!("cannot write {}", jpath.display()))?;
+    }
+    let overlay = PathBuf::from(format!("{}.overlay.png", j.dest.display()));
+    if image.is_none() && j.message.error.is_none() && !overlay.exists() {
+        // A retry: the overlay needs the pixels again (the result does not).
+        image = load_file(path, &r.decode).ok().map(|i| i.image);
+    }
+    write_local(&j.message, image.as_ref(), &j.dest)?;
+    move_file(path, &j.dest).with_context(|| format!("cannot move to {}", j.dest.display()))?;
+    sync_parent(&j.dest)?;
+    sync_parent(path)?;
+    std::fs::remove_file(&jpath).with_context(|| format!("cannot remove {}", jpath.display()))?;
+    let m = &j.message;
     match &m.error {
-        Some(e) => tracing::warn!("quarantined {}: {}", dest.display(), e.message),
+        Some(e) => tracing::warn!("quarantined {}: {}", j.dest.display(), e.message),
         None => tracing::info!(
             "{name}: {:?} (p = {:.3}) in {:.0} ms",
             m.finding,

@@ -40,18 +40,23 @@ fn text(obj: &DefaultDicomObject, tag: dicom_core::Tag) -> Option<String> {
 }
 
 fn err(code: &'static str, path: &Path, what: impl std::fmt::Display) -> InputError {
+    // Messages quote what the object holds; a value may be thousands of characters long.
+    let what = what.to_string();
     InputError {
         code,
-        message: format!("{}: {what}", path.display()),
+        message: format!("{}: {}", path.display(), crate::input::bounded(&what, 400)),
     }
 }
 
 /// Reads a DICOM file and decodes its first frame.
 pub fn load(path: &Path, options: &DecodeOptions) -> Result<DicomImage, InputError> {
-    let bytes = std::fs::read(path).map_err(|e| InputError {
-        code: "io",
-        message: format!("{}: cannot read the file: {e}", path.display()),
-    })?;
+    let bytes =
+        fv_core::imaging::read_bounded(path, options.max_file_bytes, false).map_err(|e| {
+            InputError {
+                code: e.code(),
+                message: e.to_string(),
+            }
+        })?;
     from_bytes(&bytes, path, options)
 }
 
@@ -234,12 +239,13 @@ fn from_object(
         .trim_end_matches('\0')
         .to_owned();
     let modality = text(&obj, tags::MODALITY).unwrap_or_default();
+    let quoted_modality = crate::input::bounded(&modality, 32);
     if obj.element_opt(tags::PIXEL_DATA).ok().flatten().is_none() {
         return Err(err(
             "not_an_image",
             path,
             format!(
-                "DICOM object without pixel data (SOP class {}, modality `{modality}`); fv-edge reads radiographs only",
+                "DICOM object without pixel data (SOP class {}, modality `{quoted_modality}`); fv-edge reads radiographs only",
                 obj.meta().media_storage_sop_class_uid().trim_end_matches('\0')
             ),
         ));
@@ -249,7 +255,7 @@ fn from_object(
             "unsupported_modality",
             path,
             format!(
-                "modality `{modality}` is not a radiograph; fv-edge reads {} only",
+                "modality `{quoted_modality}` is not a radiograph; fv-edge reads {} only",
                 MODALITIES.join(", ")
             ),
         ));

@@ -23,8 +23,15 @@ pub struct TractEngine {
 impl TractEngine {
     /// Loads `path` with the input shape `shape` (NCHW, batch 1).
     pub fn load(path: &Path, shape: [usize; 4]) -> anyhow::Result<Self> {
+        let bytes =
+            std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+        Self::from_bytes(&bytes, path, shape)
+    }
+
+    /// Builds the engine from the ONNX bytes of `path` (named in errors).
+    pub fn from_bytes(bytes: &[u8], path: &Path, shape: [usize; 4]) -> anyhow::Result<Self> {
         let plan = tract_onnx::onnx()
-            .model_for_path(path)
+            .model_for_read(&mut std::io::Cursor::new(bytes))
             .with_context(|| format!("{}: tract cannot read this ONNX file", path.display()))?
             .with_input_fact(0, f32::fact(shape).into())?
             .into_optimized()
@@ -145,6 +152,20 @@ pub mod onnxruntime {
             cache: &Path,
             sha256: &str,
         ) -> anyhow::Result<Self> {
+            let bytes = std::fs::read(path)
+                .map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", path.display()))?;
+            Self::from_bytes(&bytes, path, shape, want, cache, sha256)
+        }
+
+        /// [`OrtEngine::load`] from the ONNX bytes of `path` (named in errors).
+        pub fn from_bytes(
+            bytes: &[u8],
+            path: &Path,
+            shape: [usize; 4],
+            want: Provider,
+            cache: &Path,
+            sha256: &str,
+        ) -> anyhow::Result<Self> {
             let env = environment(None)?;
             let chain: &[Provider] = match want {
                 Provider::TensorRt => &[Provider::TensorRt, Provider::Cuda, Provider::Cpu],
@@ -193,10 +214,18 @@ pub mod onnxruntime {
                     );
                     continue;
                 }
-                let session = b.commit_from_file(path).map_err(|e| {
+                #[cfg(feature = "tensorrt")]
+                if p == Provider::TensorRt {
+                    check_engine_cache(&cache.join(sha256));
+                }
+                let session = b.commit_from_memory(bytes).map_err(|e| {
                     anyhow::anyhow!("{}: ONNX Runtime cannot load it: {e}", path.display())
                 })?;
                 tracing::info!("{}: ONNX Runtime on {p:?}", path.display());
+                #[cfg(feature = "tensorrt")]
+                if p == Provider::TensorRt {
+                    record_engine_cache(&cache.join(sha256));
+                }
                 return Ok(OrtEngine {
                     session,
                     shape: shape.iter().map(|&d| d as i64).collect(),
@@ -208,6 +237,70 @@ pub mod onnxruntime {
                 path.display()
             )
         }
+    }
+
+    /// `SHA256SUMS` in a TensorRT engine cache: the hash of every file ONNX Runtime wrote
+    /// there, recorded after the session that built them came up.
+    #[cfg(any(feature = "tensorrt", test))]
+    const SUMS: &str = "SHA256SUMS";
+
+    #[cfg(any(feature = "tensorrt", test))]
+    fn cache_files(dir: &Path) -> Vec<std::path::PathBuf> {
+        let mut v: Vec<_> = std::fs::read_dir(dir)
+            .map(|r| {
+                r.flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.is_file() && p.file_name().is_some_and(|n| n != SUMS))
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    #[cfg(any(feature = "tensorrt", test))]
+    fn sums_of(dir: &Path) -> String {
+        cache_files(dir)
+            .iter()
+            .filter_map(|p| {
+                let bytes = std::fs::read(p).ok()?;
+                Some(format!(
+                    "{}  {}\n",
+                    crate::models::sha256_hex(&bytes),
+                    p.file_name()?.to_string_lossy()
+                ))
+            })
+            .collect()
+    }
+
+    /// Records the hashes of the engines in `dir`.
+    #[cfg(any(feature = "tensorrt", test))]
+    pub(crate) fn record_engine_cache(dir: &Path) {
+        if let Err(e) = std::fs::write(dir.join(SUMS), sums_of(dir)) {
+            tracing::warn!("{}: cannot record the engine hashes: {e}", dir.display());
+        }
+    }
+
+    /// Before ONNX Runtime deserializes an engine from `dir`, checks every file against the
+    /// recorded hashes; a cache that does not match them (an engine altered or put there by
+    /// someone else, or never recorded) is removed, so that TensorRT builds it again from
+    /// the checked model instead of running bytes nobody checked.
+    #[cfg(any(feature = "tensorrt", test))]
+    pub(crate) fn check_engine_cache(dir: &Path) -> bool {
+        if cache_files(dir).is_empty() {
+            return true;
+        }
+        let recorded = std::fs::read_to_string(dir.join(SUMS)).unwrap_or_default();
+        if recorded == sums_of(dir) {
+            return true;
+        }
+        tracing::warn!(
+            "{}: the TensorRT engine cache does not match its recorded hashes; removing it (the engine is built again)",
+            dir.display()
+        );
+        let _ = std::fs::remove_dir_all(dir);
+        let _ = std::fs::create_dir_all(dir);
+        false
     }
 
     impl Engine for OrtEngine {
@@ -235,5 +328,27 @@ pub mod onnxruntime {
             }
             Ok(v)
         }
+    }
+}
+
+#[cfg(all(test, feature = "ort"))]
+mod tests {
+    use super::onnxruntime::{check_engine_cache, record_engine_cache};
+
+    #[test]
+    fn an_engine_cache_that_does_not_match_its_hashes_is_removed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("abc");
+        std::fs::create_dir_all(&dir).unwrap();
+        assert!(check_engine_cache(&dir), "an empty cache is fine");
+        std::fs::write(dir.join("model.engine"), b"engine bytes").unwrap();
+        assert!(!check_engine_cache(&dir), "an unrecorded engine is not run");
+        assert!(!dir.join("model.engine").exists());
+        std::fs::write(dir.join("model.engine"), b"engine bytes").unwrap();
+        record_engine_cache(&dir);
+        assert!(check_engine_cache(&dir), "the recorded engine is kept");
+        std::fs::write(dir.join("model.engine"), b"other bytes!").unwrap();
+        assert!(!check_engine_cache(&dir), "an altered engine is removed");
+        assert!(!dir.join("model.engine").exists());
     }
 }

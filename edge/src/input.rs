@@ -2,7 +2,7 @@
 //! what the result message may say about it (never a patient identifier).
 
 use crate::dicom;
-use fv_core::imaging::{decode_file, DecodeOptions, XrayImage};
+use fv_core::imaging::{decode_bytes, read_bounded, DecodeOptions, XrayImage};
 use fv_core::result::{ErrorInfo, SourceKind};
 use std::path::Path;
 
@@ -36,7 +36,8 @@ impl InputError {
     pub fn info(&self) -> ErrorInfo {
         ErrorInfo {
             code: self.code.into(),
-            message: self.message.clone(),
+            // Bounded: every result must fit one MQTT packet, whatever an input quoted.
+            message: bounded(&self.message, 1000).into_owned(),
         }
     }
 }
@@ -84,31 +85,16 @@ pub fn load_file(path: &Path, options: &DecodeOptions) -> Result<Input, InputErr
 }
 
 fn load_file_inner(path: &Path, options: &DecodeOptions) -> Result<Input, InputError> {
-    let mut head = [0u8; 132];
-    let n = {
-        use std::io::Read as _;
-        let mut f = std::fs::File::open(path).map_err(|e| InputError {
-            code: "io",
-            message: format!("{}: cannot read the file: {e}", path.display()),
-        })?;
-        let mut n = 0;
-        while n < head.len() {
-            match f.read(&mut head[n..]) {
-                Ok(0) => break,
-                Ok(k) => n += k,
-                Err(e) => {
-                    return Err(InputError {
-                        code: "io",
-                        message: format!("{}: cannot read the file: {e}", path.display()),
-                    })
-                }
-            }
-        }
-        n
-    };
+    // Bounded before it is read, and never through a link: a sparse 3 GB file with `DICM`
+    // at byte 128 was read whole, the daemon was killed for memory, and systemd's restart
+    // took the same file first again.
+    let bytes = read_bounded(path, options.max_file_bytes, false).map_err(|e| InputError {
+        code: e.code(),
+        message: e.to_string(),
+    })?;
     let captured_at = modified_rfc3339(path);
-    if is_dicom(&head[..n]) {
-        let d = dicom::load(path, options)?;
+    if is_dicom(&bytes) {
+        let d = dicom::from_bytes(&bytes, path, options)?;
         return Ok(Input {
             image: d.image,
             kind: SourceKind::Dicom,
@@ -117,7 +103,7 @@ fn load_file_inner(path: &Path, options: &DecodeOptions) -> Result<Input, InputE
             captured_at,
         });
     }
-    let decoded = decode_file(path, options).map_err(|e| InputError {
+    let decoded = decode_bytes(&bytes, path, options).map_err(|e| InputError {
         code: e.code(),
         message: e.to_string(),
     })?;
@@ -128,4 +114,14 @@ fn load_file_inner(path: &Path, options: &DecodeOptions) -> Result<Input, InputE
         study_uid: None,
         captured_at,
     })
+}
+
+/// `s` cut to at most `max` characters, saying how much was cut: for error messages that
+/// quote what an input holds (a 12 000-character Modality once made a result too large to
+/// publish, and stopped delivery).
+pub fn bounded(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    match s.char_indices().nth(max) {
+        None => s.into(),
+        Some((cut, _)) => format!("{}… ({} characters)", &s[..cut], s.chars().count()).into(),
+    }
 }

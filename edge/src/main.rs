@@ -203,7 +203,7 @@ fn emit(out: &mut impl std::io::Write, line: &str) -> anyhow::Result<bool> {
 fn run(cli: Cli) -> anyhow::Result<bool> {
     match cli.command {
         Command::Inspect { files, max_pixels } => {
-            let options = DecodeOptions { max_pixels };
+            let options = DecodeOptions::with_max_pixels(max_pixels);
             let mut out = std::io::stdout().lock();
             let mut all_ok = true;
             for f in files {
@@ -246,7 +246,7 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
                     min_score,
                 },
             };
-            let options = DecodeOptions { max_pixels };
+            let options = DecodeOptions::with_max_pixels(max_pixels);
             let mut out = std::io::stdout().lock();
             let mut all_ok = true;
             for f in files {

@@ -87,10 +87,15 @@ pub fn scan(dir: &Path) -> anyhow::Result<Vec<Found>> {
 /// Hex SHA-256 of a file.
 pub fn sha256_file(path: &Path) -> anyhow::Result<String> {
     let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
-    Ok(Sha256::digest(&bytes)
+    Ok(sha256_hex(&bytes))
+}
+
+/// Hex SHA-256 of bytes.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
         .iter()
         .map(|b| format!("{b:02x}"))
-        .collect())
+        .collect()
 }
 
 fn choose(
@@ -144,7 +149,11 @@ pub fn load(found: &Found) -> anyhow::Result<Model> {
 
 /// Loads one model with `engine` after checking its hash; `cache` holds TensorRT engines.
 pub fn load_with(found: &Found, engine: EngineKind, cache: &Path) -> anyhow::Result<Model> {
-    let sha = sha256_file(&found.onnx)?;
+    // Read once: the engine is built from these very bytes, so a file swapped after the
+    // check can never run under the manifest's hash.
+    let bytes = std::fs::read(&found.onnx)
+        .with_context(|| format!("{}: cannot read", found.onnx.display()))?;
+    let sha = sha256_hex(&bytes);
     anyhow::ensure!(
         sha == found.manifest.onnx_sha256,
         "{}: sha256 {sha} does not match its manifest {} ({}); the file was changed or \
@@ -159,7 +168,7 @@ pub fn load_with(found: &Found, engine: EngineKind, cache: &Path) -> anyhow::Res
     #[cfg(not(feature = "ort"))]
     let _ = cache;
     let engine: Box<dyn Engine> = match engine {
-        EngineKind::Tract => Box::new(TractEngine::load(&found.onnx, shape)?),
+        EngineKind::Tract => Box::new(TractEngine::from_bytes(&bytes, &found.onnx, shape)?),
         #[cfg(feature = "ort")]
         EngineKind::OrtCpu | EngineKind::Tensorrt => {
             use crate::engine::onnxruntime::{OrtEngine, Provider};
@@ -168,7 +177,8 @@ pub fn load_with(found: &Found, engine: EngineKind, cache: &Path) -> anyhow::Res
             } else {
                 Provider::Cpu
             };
-            Box::new(OrtEngine::load(
+            Box::new(OrtEngine::from_bytes(
+                &bytes,
                 &found.onnx,
                 shape,
                 want,

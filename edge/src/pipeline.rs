@@ -78,18 +78,12 @@ pub fn uid_hash(salt: &str, uid: &str) -> String {
 /// repeats apart and a technician at the unit can match them (`fv-edge` logs both at debug).
 pub fn for_fleet(m: &ResultMessage, salt: &str) -> ResultMessage {
     let mut out = m.clone();
+    // The acquisition time, to the hour: enough for a fleet's day and shift counts, too coarse
+    // to pick an examination out of a clinic's list.
+    out.captured_at = m.captured_at.as_deref().and_then(to_the_hour);
     if matches!(m.source.kind, SourceKind::File | SourceKind::Dicom) && !m.source.name.is_empty() {
         let name = &m.source.name;
-        let ext = std::path::Path::new(name)
-            .extension()
-            .and_then(|e| e.to_str())
-            .filter(|e| e.len() <= 5 && e.chars().all(|c| c.is_ascii_alphanumeric()))
-            .map(|e| format!(".{}", e.to_ascii_lowercase()))
-            .unwrap_or_default();
-        let pseudonym = format!(
-            "file-{}{ext}",
-            &uid_hash(salt, &format!("name:{name}"))[..12]
-        );
+        let pseudonym = fleet_name(name, salt);
         if let Some(e) = &mut out.error {
             e.message = e.message.replace(name.as_str(), &pseudonym);
         }
@@ -97,6 +91,28 @@ pub fn for_fleet(m: &ResultMessage, salt: &str) -> ResultMessage {
         out.source.name = pseudonym;
     }
     out
+}
+
+/// The pseudonym the fleet sees for a file name: `file-<12 hex of a salted hash>.<ext>`.
+pub fn fleet_name(name: &str, salt: &str) -> String {
+    let ext = std::path::Path::new(name)
+        .extension()
+        .and_then(|e| e.to_str())
+        .filter(|e| e.len() <= 5 && e.chars().all(|c| c.is_ascii_alphanumeric()))
+        .map(|e| format!(".{}", e.to_ascii_lowercase()))
+        .unwrap_or_default();
+    format!(
+        "file-{}{ext}",
+        &uid_hash(salt, &format!("name:{name}"))[..12]
+    )
+}
+
+/// `2026-12-02T09:41:17.123Z` → `2026-12-02T09:00:00Z`; `None` for what is not RFC 3339.
+pub fn to_the_hour(t: &str) -> Option<String> {
+    let parsed = humantime::parse_rfc3339_weak(t.trim_end_matches('Z')).ok()?;
+    let secs = parsed.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs();
+    let hour = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs - secs % 3600);
+    Some(humantime::format_rfc3339_seconds(hour).to_string())
 }
 
 /// The current time, RFC 3339 UTC with milliseconds.
@@ -271,7 +287,11 @@ pub fn fracture_probability(
         }
         _ => out[k],
     };
-    Ok(Probability::saturating(p as f64))
+    let raw = Probability::saturating(p as f64);
+    // The manifest's thresholds are on the calibrated scale when it has a calibration.
+    Ok(manifest
+        .probability_calibration
+        .map_or(raw, |c| c.apply(raw)))
 }
 
 /// The source record for a file path.
@@ -293,6 +313,19 @@ pub fn file_source(path: &std::path::Path) -> Source {
 mod tests {
     use super::*;
     use fv_core::result::ErrorInfo;
+
+    #[test]
+    fn the_fleet_gets_the_acquisition_hour_only() {
+        assert_eq!(
+            to_the_hour("2026-12-02T09:41:17.123Z").as_deref(),
+            Some("2026-12-02T09:00:00Z")
+        );
+        assert_eq!(
+            to_the_hour("2026-12-02T23:59:59Z").as_deref(),
+            Some("2026-12-02T23:00:00Z")
+        );
+        assert_eq!(to_the_hour("yesterday"), None);
+    }
 
     #[test]
     fn fleet_copy_hides_file_names() {

@@ -208,6 +208,13 @@ pub fn capture(
     let base = device
         .file_name()
         .map_or_else(|| "video".into(), |n| n.to_string_lossy().into_owned());
+    // Frame numbers restart with each capture: the start time (and a random tag, for two
+    // starts in one second) keeps names, and so local result files, unique across restarts.
+    let started = humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+        .to_string()
+        .replace([':', '-'], "");
+    let tag = &uuid::Uuid::new_v4().simple().to_string()[..4];
+    let base = format!("{base}-{}-{tag}", started.trim_end_matches('Z'));
     let mut state = TriggerState::new(trigger);
     let mut n = 0u64;
     while !stop.load(std::sync::atomic::Ordering::SeqCst) {

@@ -94,6 +94,7 @@ fn write_detector(dir: &Path) {
             suspicious: Probability::new(0.3).unwrap(),
             definite: Probability::new(0.8).unwrap(),
         },
+        probability_calibration: None,
         precision: Precision::Fp32,
         metrics: None,
         training: None,

@@ -20,9 +20,7 @@ fn inputs(target: &str) -> Vec<PathBuf> {
 }
 
 fn options() -> DecodeOptions {
-    DecodeOptions {
-        max_pixels: 1 << 22,
-    }
+    DecodeOptions::with_max_pixels(1 << 22)
 }
 
 #[test]

@@ -7,8 +7,6 @@ use libfuzzer_sys::fuzz_target;
 use std::path::Path;
 
 fuzz_target!(|data: &[u8]| {
-    let options = DecodeOptions {
-        max_pixels: 1 << 22,
-    };
+    let options = DecodeOptions::with_max_pixels(1 << 22);
     let _ = fv_edge::dicom::from_bytes(data, Path::new("fuzz-input.dcm"), &options);
 });

@@ -108,6 +108,22 @@ fn data_check_on_the_full_dataset() {
     );
     assert_eq!(j["classification_split"]["valid"]["non_fractured"], 163);
     assert_eq!(j["classification_split"]["test"]["non_fractured"], 200);
+    // Every usable non-fractured image is used, split by the name hash.
+    assert_eq!(j["classification_split_config"]["method"], "name-hash");
+    let used: u64 = ["train", "valid", "test"]
+        .iter()
+        .map(|p| {
+            j["classification_split"][p]["non_fractured"]
+                .as_u64()
+                .unwrap()
+        })
+        .sum();
+    let truncated = j["problems"]["truncated"].as_array().unwrap().len() as u64;
+    let all = j["images"]["non_fractured"].as_u64().unwrap();
+    assert!(
+        used + truncated >= all && used <= all,
+        "{used} of {all} used"
+    );
     assert_eq!(
         j["problems"]["label_conflicts"],
         serde_json::json!(["IMG0003298.jpg"])

@@ -4,8 +4,10 @@
 use crate::data::classify::{load_planes, Plane, Sample};
 use crate::models::Classifier;
 use crate::training::{predict, TrainConfig};
+use fv_core::calibration::Calibration;
 use fv_core::metrics::classification::{
-    threshold_for_sensitivity, threshold_for_specificity, BinaryReport, OperatingPoint, Scored,
+    expected_calibration_error, threshold_for_sensitivity, threshold_for_specificity, BinaryReport,
+    OperatingPoint, Scored,
 };
 use fv_core::Probability;
 use serde::{Deserialize, Serialize};
@@ -49,6 +51,31 @@ pub fn score(
             .map(|f| format!("{}: {}", f.id, f.message))
             .collect(),
     )
+}
+
+/// Fits Platt scaling on the validation predictions (raw probabilities) and applies it to
+/// them and to `others`, in place, through fv-core's [`Calibration::apply`], the function
+/// the edge calls. Returns the calibration (none when it cannot be fitted) and the ECE of
+/// each list before it, validation first.
+pub fn calibrate(
+    valid: &mut [Prediction],
+    others: &mut [&mut Vec<Prediction>],
+) -> (Option<Calibration>, Vec<Option<f64>>) {
+    let ece = |p: &[Prediction]| expected_calibration_error(&scored(p), 10);
+    let mut before = vec![ece(valid)];
+    before.extend(others.iter().map(|o| ece(o)));
+    let raw: Vec<Probability> = valid.iter().map(|p| p.probability).collect();
+    let labels: Vec<bool> = valid.iter().map(|p| p.fractured).collect();
+    let c = Calibration::fit_platt(&raw, &labels);
+    if let Some(c) = c {
+        for p in valid
+            .iter_mut()
+            .chain(others.iter_mut().flat_map(|o| o.iter_mut()))
+        {
+            p.probability = c.apply(p.probability);
+        }
+    }
+    (c, before)
 }
 
 fn scored(preds: &[Prediction]) -> Vec<Scored> {
@@ -135,6 +162,13 @@ pub struct ClassifyMetrics {
     pub test: Option<SplitReport>,
     /// Images that could not be scored.
     pub load_failures: Vec<String>,
+    /// The calibration fitted on validation and applied to every probability above (and
+    /// written into the manifest); `None` for runs evaluated before calibration existed.
+    #[serde(default)]
+    pub calibration: Option<Calibration>,
+    /// ECE of the raw probabilities, validation and test, for comparison.
+    #[serde(default)]
+    pub uncalibrated_ece: Vec<Option<f64>>,
 }
 
 /// Writes predictions as CSV: `split,id,fractured,probability`.

@@ -167,7 +167,7 @@ pub fn export_run(run: &RunDir, opts: &ExportOptions) -> anyhow::Result<Exported
     tracing::info!("simplified the graph: {simplified:?}");
     let fp32 = graph::encode(&proto);
 
-    let (bytes, thresholds, test_metrics, conversion) = match opts.precision {
+    let (bytes, thresholds, test_metrics, conversion, calibration) = match opts.precision {
         Precision::Fp32 => (
             fp32,
             Thresholds {
@@ -176,6 +176,7 @@ pub fn export_run(run: &RunDir, opts: &ExportOptions) -> anyhow::Result<Exported
             },
             metric_values(&metrics),
             None,
+            metrics.calibration,
         ),
         Precision::Fp16 | Precision::Int8 => {
             let data_dir = opts.data.as_deref().with_context(|| {
@@ -261,11 +262,16 @@ pub fn export_run(run: &RunDir, opts: &ExportOptions) -> anyhow::Result<Exported
                     },
                     metric_values(&metrics),
                     Some(conversion),
+                    metrics.calibration,
                 )
             } else {
                 let (test_planes, f) = load_planes(&test_s, config.image_size);
                 failures.extend(f);
-                let test = onnx_scores(&converted, &test_planes, mean, std)?;
+                let mut test = onnx_scores(&converted, &test_planes, mean, std)?;
+                // The converted graph gets its own calibration, as it gets its own thresholds.
+                let mut valid = valid;
+                let (calibration, uncalibrated_ece) =
+                    crate::evaluate::calibrate(&mut valid, &mut [&mut test]);
                 let chosen = ChosenThresholds::choose(&valid)
                     .context("the validation split needs both classes to choose thresholds")?;
                 let converted_metrics = ClassifyMetrics {
@@ -275,6 +281,8 @@ pub fn export_run(run: &RunDir, opts: &ExportOptions) -> anyhow::Result<Exported
                     test: Some(SplitReport::new("test", &test, &chosen)),
                     thresholds: chosen,
                     load_failures: failures.into_iter().map(|f| f.message).collect(),
+                    calibration,
+                    uncalibrated_ece,
                 };
                 (
                     bytes,
@@ -284,6 +292,7 @@ pub fn export_run(run: &RunDir, opts: &ExportOptions) -> anyhow::Result<Exported
                     },
                     metric_values(&converted_metrics),
                     Some(conversion),
+                    converted_metrics.calibration,
                 )
             }
         }
@@ -323,6 +332,7 @@ pub fn export_run(run: &RunDir, opts: &ExportOptions) -> anyhow::Result<Exported
         }],
         labels: vec!["not_fractured".into(), "fractured".into()],
         thresholds,
+        probability_calibration: calibration,
         precision: opts.precision,
         metrics: test_metrics,
         training: Some(training_record(

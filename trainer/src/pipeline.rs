@@ -3,7 +3,9 @@
 
 use crate::data::classify::Sample;
 use crate::data::{ClassificationSplitConfig, FracAtlas, Split};
-use crate::evaluate::{score, write_predictions, ChosenThresholds, ClassifyMetrics, SplitReport};
+use crate::evaluate::{
+    calibrate, score, write_predictions, ChosenThresholds, ClassifyMetrics, SplitReport,
+};
 use crate::training::{build_model, train, RunDir, TrainConfig, TrainSummary};
 use anyhow::Context as _;
 use burn::tensor::Device;
@@ -111,17 +113,23 @@ pub fn evaluate(
     let [_, valid_s, test_s] = split_samples(&data, &split, run_data.limit_per_class);
     let model = build_model(&config, Some(&run.best()), device)?;
 
-    let (valid, mut failures) = score(&model, &valid_s, &config, device);
+    let (mut valid, mut failures) = score(&model, &valid_s, &config, device);
+    let mut test_preds = Vec::new();
+    if splits.contains(&"test") {
+        let (preds, f) = score(&model, &test_s, &config, device);
+        failures.extend(f);
+        test_preds = preds;
+    }
+    // Calibrated on validation; thresholds and every figure below are on that scale.
+    let (calibration, uncalibrated_ece) = calibrate(&mut valid, &mut [&mut test_preds]);
     let thresholds = ChosenThresholds::choose(&valid).context(
         "the validation split needs both fractured and non-fractured images to choose thresholds",
     )?;
     let mut test = None;
     let mut parts: Vec<(&str, Vec<_>)> = vec![("valid", valid.clone())];
     if splits.contains(&"test") {
-        let (preds, f) = score(&model, &test_s, &config, device);
-        failures.extend(f);
-        test = Some(SplitReport::new("test", &preds, &thresholds));
-        parts.push(("test", preds));
+        test = Some(SplitReport::new("test", &test_preds, &thresholds));
+        parts.push(("test", test_preds));
     }
     let metrics = ClassifyMetrics {
         model: config.model.name().into(),
@@ -130,6 +138,12 @@ pub fn evaluate(
         thresholds,
         test,
         load_failures: failures,
+        calibration,
+        uncalibrated_ece: if splits.contains(&"test") {
+            uncalibrated_ece
+        } else {
+            uncalibrated_ece[..1].to_vec()
+        },
     };
     std::fs::write(
         run.0.join("metrics.json"),

@@ -4,7 +4,9 @@
 //! Written by hand (forward, loss, backward, step) rather than with burn's `Learner`, which
 //! keeps burn-train and its terminal UI out of the build.
 
-use crate::data::classify::{batch_tensor, load_planes, load_planes_cached, Augment, Plane, Sample};
+use crate::data::classify::{
+    batch_tensor, load_planes, load_planes_cached, Augment, Plane, Sample,
+};
 use crate::models::{Classifier, ModelKind};
 use crate::weights::load_safetensors;
 use anyhow::Context as _;
@@ -297,7 +299,10 @@ fn save_resume_point<M: Module>(
     optim: &burn::optim::ModuleOptimizer,
     state: &mut RunState,
 ) -> anyhow::Result<()> {
-    let name = format!("resume-e{:03}-s{:06}", state.epochs_done, state.step_in_epoch);
+    let name = format!(
+        "resume-e{:03}-s{:06}",
+        state.epochs_done, state.step_in_epoch
+    );
     let dir = run.0.join(&name);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let path = dir.join("model.bpk");
@@ -523,11 +528,13 @@ pub fn train(
             let path = dir.join("model.bpk");
             model
                 .load_from(&mut BurnpackStore::from_file(&path))
-                .map_err(|e| anyhow::anyhow!("{}: cannot load the resume checkpoint: {e}", path.display()))?;
+                .map_err(|e| {
+                    anyhow::anyhow!("{}: cannot load the resume checkpoint: {e}", path.display())
+                })?;
             let path = dir.join("optim.bpk");
-            optim = optim
-                .load(&path)
-                .map_err(|e| anyhow::anyhow!("{}: cannot load the optimizer state: {e}", path.display()))?;
+            optim = optim.load(&path).map_err(|e| {
+                anyhow::anyhow!("{}: cannot load the optimizer state: {e}", path.display())
+            })?;
             tracing::info!(
                 "resuming at epoch {} step {} from {}",
                 state.epochs_done + 1,
@@ -605,7 +612,9 @@ pub fn train(
                 step + 1
             );
             let grads = GradientsParams::from_grads(loss.backward(), &model);
-            let lr = config.schedule.lr(config.lr, global, steps_per_epoch, total);
+            let lr = config
+                .schedule
+                .lr(config.lr, global, steps_per_epoch, total);
             model = optim.step(lr, model, grads);
 
             state.partial_loss_sum += loss_value;
@@ -697,9 +706,19 @@ pub fn train(
         state.partial_loss_n = 0;
         save_resume_point(run, &eval_model, &optim, &mut state)?;
         last_checkpoint = Instant::now();
-        if config.session_step_limit.is_some_and(|l| steps_this_session >= l) && epoch + 1 < config.epochs {
+        if config
+            .session_step_limit
+            .is_some_and(|l| steps_this_session >= l)
+            && epoch + 1 < config.epochs
+        {
             stopped = true;
-            say(&bar, format!("stopped after epoch {} (session step limit); continue with --resume", epoch + 1));
+            say(
+                &bar,
+                format!(
+                    "stopped after epoch {} (session step limit); continue with --resume",
+                    epoch + 1
+                ),
+            );
             break;
         }
     }
@@ -709,8 +728,7 @@ pub fn train(
         best_valid_roc_auc: state.best_valid_roc_auc,
         epoch_loss: state.epoch_loss,
         epoch_valid_roc_auc: state.epoch_valid_roc_auc,
-        images_per_second: images_this_session as f64
-            / started.elapsed().as_secs_f64().max(1e-9),
+        images_per_second: images_this_session as f64 / started.elapsed().as_secs_f64().max(1e-9),
         load_failures: failures
             .iter()
             .map(|f| format!("{}: {}", f.id, f.message))

@@ -215,7 +215,10 @@ fn adding_images_never_moves_a_training_image_into_a_hold_out() {
                     "round {round}: {id} left training when images were added"
                 );
             }
-            moved_out_of_holdout += held_out_before.iter().filter(|id| train.contains(id)).count();
+            moved_out_of_holdout += held_out_before
+                .iter()
+                .filter(|id| train.contains(id))
+                .count();
         }
         held_out_before = [&split.valid, &split.test]
             .into_iter()

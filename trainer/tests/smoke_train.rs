@@ -5,8 +5,8 @@ mod common;
 
 use burn::tensor::Device;
 use common::{sample_dir, sample_run_data};
-use fv_train::models::ModelKind;
 use fv_train::data::FracAtlas;
+use fv_train::models::ModelKind;
 use fv_train::pipeline::{classify, evaluate, split_samples};
 use fv_train::training::{train, LrSchedule, RunDir, Sampling, TrainConfig};
 use std::collections::BTreeMap;
@@ -96,7 +96,7 @@ fn resnet_ssl_mlp_smoke_run_pretrains_then_fits_the_head() {
         false,
     )
     .unwrap();
-let metrics = metrics.expect("a complete run is evaluated");
+    let metrics = metrics.expect("a complete run is evaluated");
     assert_eq!(summary.epoch_loss.len(), 10);
     let ssl: Vec<f64> =
         serde_json::from_str(&std::fs::read_to_string(run.0.join("ssl_loss.json")).unwrap())
@@ -164,7 +164,10 @@ fn read_tensors(path: &Path) -> BTreeMap<String, Vec<f32>> {
         }
         assert_eq!(t["dtype"], "F32", "{name}");
         let r = &t["data_offsets"];
-        let (a, b) = (r[0].as_u64().unwrap() as usize, r[1].as_u64().unwrap() as usize);
+        let (a, b) = (
+            r[0].as_u64().unwrap() as usize,
+            r[1].as_u64().unwrap() as usize,
+        );
         let v = data[a..b]
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
@@ -232,9 +235,15 @@ fn resumed_runs_end_with_the_weights_of_an_uninterrupted_one() {
     let _ = first;
 
     let d = max_difference(&straight.last(), &by_epoch.last());
-    assert!(d < 1e-4, "1 + resume + 1 epochs differ from 2 straight by {d}");
+    assert!(
+        d < 1e-4,
+        "1 + resume + 1 epochs differ from 2 straight by {d}"
+    );
     let d = max_difference(&straight.last(), &mid.last());
-    assert!(d < 1e-4, "a resume mid-epoch differs from 2 straight by {d}");
+    assert!(
+        d < 1e-4,
+        "a resume mid-epoch differs from 2 straight by {d}"
+    );
 
     // The loss log and the epoch means come out the same too.
     let a: serde_json::Value =

@@ -450,3 +450,120 @@ pub fn write_dicom(elements: Vec<DataElement<InMemDicomObject>>, ts: &str, out: 
         .unwrap();
     file.write_to_file(out).unwrap();
 }
+
+/// A TCP proxy on 127.0.0.1 that holds every chunk for `delay` in each direction (a slow
+/// uplink: 150 ms each way is a poor cellular link, 300 ms a satellite one), and optionally
+/// cuts every open connection every `reset_every` (a link that drops). It counts the
+/// connections it accepted. Stops when dropped.
+pub struct DelayProxy {
+    pub port: u16,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    pub connections: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl DelayProxy {
+    pub fn start(upstream: u16, delay: Duration, reset_every: Option<Duration>) -> DelayProxy {
+        use std::io::{Read, Write};
+        use std::net::{Shutdown, TcpStream};
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let connections = Arc::new(AtomicUsize::new(0));
+        let open: Arc<Mutex<Vec<TcpStream>>> = Arc::new(Mutex::new(Vec::new()));
+        if let Some(every) = reset_every {
+            let (stop, open) = (stop.clone(), open.clone());
+            std::thread::spawn(move || {
+                let mut last = Instant::now();
+                while !stop.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(20));
+                    if last.elapsed() >= every {
+                        for s in open.lock().unwrap().drain(..) {
+                            let _ = s.shutdown(Shutdown::Both);
+                        }
+                        last = Instant::now();
+                    }
+                }
+            });
+        }
+        // One direction: read chunks as they come, deliver each `delay` after it was read,
+        // in order (a link's latency, not its bandwidth).
+        fn pump(mut from: TcpStream, mut to: TcpStream, delay: Duration) {
+            let (tx, rx) = std::sync::mpsc::channel::<(Instant, Vec<u8>)>();
+            let writer = std::thread::spawn(move || {
+                for (due, chunk) in rx {
+                    let now = Instant::now();
+                    if due > now {
+                        std::thread::sleep(due - now);
+                    }
+                    if to.write_all(&chunk).is_err() {
+                        break;
+                    }
+                }
+                let _ = to.shutdown(Shutdown::Write);
+            });
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                match from.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if tx
+                            .send((Instant::now() + delay, buf[..n].to_vec()))
+                            .is_err()
+                        {
+                            break;
+                        }
+                    }
+                }
+            }
+            drop(tx);
+            let _ = writer.join();
+        }
+        {
+            let (stop, connections) = (stop.clone(), connections.clone());
+            std::thread::spawn(move || {
+                for client in listener.incoming() {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let Ok(client) = client else { continue };
+                    let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                        continue;
+                    };
+                    connections.fetch_add(1, Ordering::SeqCst);
+                    let _ = client.set_nodelay(true);
+                    let _ = server.set_nodelay(true);
+                    {
+                        let mut o = open.lock().unwrap();
+                        o.push(client.try_clone().unwrap());
+                        o.push(server.try_clone().unwrap());
+                    }
+                    let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                    std::thread::spawn(move || pump(client, server, delay));
+                    std::thread::spawn(move || pump(s2, c2, delay));
+                }
+            });
+        }
+        DelayProxy {
+            port,
+            stop,
+            connections,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for DelayProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        // Wake the accept loop so that it sees the flag.
+        let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
+    }
+}

@@ -137,7 +137,11 @@ impl DataCheckReport {
         let _ = writeln!(
             s,
             "  classify: non-fract.   {:>5}  {:>5}  {:>5}   ({:?}, seed {})",
-            c.train.non_fractured, c.valid.non_fractured, c.test.non_fractured, cfg.method, cfg.seed
+            c.train.non_fractured,
+            c.valid.non_fractured,
+            c.test.non_fractured,
+            cfg.method,
+            cfg.seed
         );
         let _ = writeln!(s);
         let p = &self.problems;

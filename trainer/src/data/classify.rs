@@ -135,7 +135,8 @@ pub fn load_planes_cached(
             let bytes: Vec<u8> = q.iter().flat_map(|v| v.to_le_bytes()).collect();
             let path = file_of(&s);
             let tmp = path.with_extension("tmp");
-            if let Err(e) = std::fs::write(&tmp, &bytes).and_then(|()| std::fs::rename(&tmp, &path)) {
+            if let Err(e) = std::fs::write(&tmp, &bytes).and_then(|()| std::fs::rename(&tmp, &path))
+            {
                 tracing::warn!("{}: cannot cache plane: {e}", path.display());
             }
             let data = q.iter().map(|&v| v as f32 / 65535.0).collect();

@@ -299,6 +299,7 @@ pub fn export_detector_run(run: &Path, opts: &ExportOptions) -> anyhow::Result<E
             suspicious: Probability::saturating(t.suspicious),
             definite: Probability::saturating(t.definite),
         },
+        probability_calibration: None,
         precision: opts.precision,
         metrics: test_metrics,
         training: Some(training_record(
