@@ -78,7 +78,20 @@ fn soak_with_broker_restarts_and_kills_loses_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let mut broker = Broker::start(&tmp.path().join("broker"), free_port());
     let sub = Subscriber::start(broker.port, "soak-sub");
-    let mut daemon = Daemon::start(tmp.path(), Some(&broker.url()), &[]);
+    // Over a slow, dropping link when asked: FV_SOAK_DELAY_MS each way, the connection cut
+    // every FV_SOAK_CUT_S seconds (0: never), through a proxy on loopback.
+    let delay_ms = env_or("FV_SOAK_DELAY_MS", 0);
+    let cut_s = env_or("FV_SOAK_CUT_S", 0);
+    let proxy = (delay_ms > 0 || cut_s > 0).then(|| {
+        DelayProxy::start(
+            broker.port,
+            Duration::from_millis(delay_ms),
+            (cut_s > 0).then(|| Duration::from_secs(cut_s)),
+        )
+    });
+    let url = proxy.as_ref().map_or_else(|| broker.url(), |p| p.url());
+    eprintln!("soak: link {delay_ms} ms each way, cut every {cut_s} s (0: never)");
+    let mut daemon = Daemon::start(tmp.path(), Some(&url), &[]);
 
     // Faults fall at random input counts; sorted, they are taken in order as inputs go in.
     let mut faults: Vec<(usize, &str)> = Vec::new();
@@ -109,7 +122,7 @@ fn soak_with_broker_restarts_and_kills_loses_nothing() {
                     // Mid-work: let it pick up what is waiting, then kill it at a random moment.
                     std::thread::sleep(Duration::from_millis(rng.below(800)));
                     let _ = daemon.stop("KILL");
-                    daemon = Daemon::start(tmp.path(), Some(&broker.url()), &[]);
+                    daemon = Daemon::start(tmp.path(), Some(&url), &[]);
                     lifetime_start = i;
                     rss_samples.clear();
                 }
