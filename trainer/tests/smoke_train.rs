@@ -5,12 +5,9 @@ mod common;
 
 use burn::tensor::Device;
 use common::{sample_dir, sample_run_data};
-use fv_train::data::FracAtlas;
 use fv_train::models::ModelKind;
-use fv_train::pipeline::{classify, evaluate, split_samples};
-use fv_train::training::{train, LrSchedule, RunDir, Sampling, TrainConfig};
-use std::collections::BTreeMap;
-use std::path::Path;
+use fv_train::pipeline::{classify, evaluate};
+use fv_train::training::{RunDir, TrainConfig};
 
 #[test]
 fn efficientnet_smoke_run_learns_resumes_and_evaluates() {
