@@ -1,6 +1,44 @@
 //! Postprocessing for detectors: decoding YOLOv8's raw output and non-maximum suppression.
 
 use crate::{BoxXyxy, Detection, Probability};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// How a detector's boxes are suppressed, as its manifest says: the trainer evaluates, and
+/// chooses the box thresholds, under exactly the suppression the edge then applies (before
+/// this, the trainer used IoU 0.7 and 300 boxes per class, the edge 0.45 and 100 across
+/// classes, so thresholds chosen on validation were applied to other boxes).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NmsSettings {
+    /// A box overlapping a kept, higher-scoring one by more than this is suppressed.
+    pub iou_threshold: f32,
+    /// At most this many boxes per image.
+    pub max_detections: usize,
+    /// Suppress across classes, not only within one.
+    pub class_agnostic: bool,
+}
+
+impl NmsSettings {
+    /// IoU 0.45, 100 boxes, across classes: what fv-edge applied before manifests carried
+    /// the settings (so still what a manifest without them means), and what the trainer
+    /// evaluates and exports with.
+    pub const EDGE: NmsSettings = NmsSettings {
+        iou_threshold: 0.45,
+        max_detections: 100,
+        class_agnostic: true,
+    };
+
+    /// The options for one use: these settings and a score floor.
+    pub fn with_floor(self, score_threshold: f32) -> NmsOptions {
+        NmsOptions {
+            score_threshold,
+            iou_threshold: self.iou_threshold,
+            max_detections: self.max_detections,
+            class_agnostic: self.class_agnostic,
+        }
+    }
+}
 
 /// Settings for turning raw detector output into detections.
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -149,6 +149,9 @@ pub struct Manifest {
     /// validation). Absent: the raw probability is reported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probability_calibration: Option<crate::calibration::Calibration>,
+    /// How boxes are suppressed (detectors). Absent: [`crate::detection::NmsSettings::EDGE`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nms: Option<crate::detection::NmsSettings>,
     /// Precision of the graph.
     pub precision: Precision,
     /// Test metrics.
@@ -284,6 +287,7 @@ mod tests {
                 definite: Probability::new(0.7).unwrap(),
             },
             probability_calibration: None,
+            nms: None,
             precision: Precision::Fp32,
             metrics: None,
             training: None,

@@ -111,7 +111,7 @@ struct Journal {
 }
 
 /// `STATE/journal/<hash of the input's path, size and time>.json`.
-fn journal_path(state: &Path, input: &Path) -> std::io::Result<PathBuf> {
+pub fn journal_path(state: &Path, input: &Path) -> std::io::Result<PathBuf> {
     use sha2::Digest as _;
     let m = std::fs::symlink_metadata(input)?;
     let mtime = m

@@ -4,7 +4,7 @@
 
 use crate::input::{Input, InputError};
 use crate::models::{Model, Models};
-use fv_core::detection::{decode_yolov8, nms, NmsOptions};
+use fv_core::detection::{decode_yolov8, nms, NmsSettings};
 use fv_core::preprocess::preprocess;
 use fv_core::result::{
     Finding, Level, ResultBox, ResultMessage, Source, SourceKind, Study, Timing, RESULT_SCHEMA,
@@ -229,15 +229,9 @@ impl Pipeline {
             let dt = d.manifest.thresholds;
             let floor = (dt.suspicious.get() as f32).max(self.config.min_score);
             let dets = decode_yolov8(raw, classes, anchors, floor)?;
-            let kept = nms(
-                dets,
-                &NmsOptions {
-                    score_threshold: floor,
-                    iou_threshold: 0.45,
-                    max_detections: 100,
-                    class_agnostic: true,
-                },
-            );
+            // The suppression the trainer evaluated with, from the manifest.
+            let settings = d.manifest.nms.unwrap_or(NmsSettings::EDGE);
+            let kept = nms(dets, &settings.with_floor(floor));
             m.boxes = kept
                 .iter()
                 .map(|k| {
@@ -313,6 +307,27 @@ pub fn file_source(path: &std::path::Path) -> Source {
 mod tests {
     use super::*;
     use fv_core::result::ErrorInfo;
+
+    #[test]
+    fn the_classifier_probability_is_calibrated_as_its_manifest_says() {
+        let mut m: fv_core::manifest::Manifest = serde_json::from_str(
+            &std::fs::read_to_string(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../models/efficientnet-lite0-fracatlas.json"
+            ))
+            .unwrap(),
+        )
+        .unwrap();
+        // The committed classifier outputs probabilities: 0.75 for a fracture here.
+        let out = [0.25f32, 0.75];
+        let raw = fracture_probability(&m, &out).unwrap().get();
+        let c = fv_core::calibration::Calibration::Platt { a: 0.5, b: -1.0 };
+        m.probability_calibration = Some(c);
+        let calibrated = fracture_probability(&m, &out).unwrap();
+        assert!((raw - 0.75).abs() < 1e-6);
+        assert_eq!(calibrated, c.apply(Probability::saturating(raw)));
+        assert!(calibrated.get() < raw);
+    }
 
     #[test]
     fn the_fleet_gets_the_acquisition_hour_only() {

@@ -11,6 +11,18 @@ use std::time::Duration;
 
 const T: Duration = Duration::from_secs(120);
 
+/// Usable images of the committed sample, fractured and not, each dropped under a new name.
+const IMAGES: [&str; 8] = [
+    "IMG0002588.jpg",
+    "IMG0000002.jpg",
+    "IMG0002322.jpg",
+    "IMG0000429.jpg",
+    "IMG0002628.jpg",
+    "IMG0003297.jpg",
+    "IMG0002296.jpg",
+    "IMG0003733.jpg",
+];
+
 fn new_client_lines(broker: &Broker) -> usize {
     broker
         .log()
@@ -127,16 +139,7 @@ fn a_slow_link_that_drops_every_few_seconds_loses_nothing() {
         Some(Duration::from_secs(5)),
     );
     let mut d = Daemon::start(tmp.path(), Some(&proxy.url()), &[]);
-    let names = [
-        "IMG0002588.jpg",
-        "IMG0000002.jpg",
-        "IMG0002322.jpg",
-        "IMG0000429.jpg",
-        "IMG0002628.jpg",
-        "IMG0003297.jpg",
-        "IMG0002296.jpg",
-        "IMG0003733.jpg",
-    ];
+    let names = IMAGES;
     for (i, name) in names.iter().enumerate() {
         d.drop_file(&sample(name), &format!("{i}.jpg"));
         // Over some 12 s: the link is cut at least twice while images arrive.
@@ -208,14 +211,7 @@ fn records_leave_the_outbox_only_on_their_own_puback_across_a_reset() {
     });
     // The daemon starts offline so that the results queue and go out as one burst.
     let mut d = Daemon::start(tmp.path(), Some("mqtt://127.0.0.1:1"), &[]);
-    let names = [
-        "IMG0002588.jpg",
-        "IMG0000002.jpg",
-        "IMG0002322.jpg",
-        "IMG0000429.jpg",
-        "IMG0002628.jpg",
-        "IMG0003297.jpg",
-    ];
+    let names = &IMAGES[..6];
     for (i, n) in names.iter().enumerate() {
         d.drop_file(&sample(n), &format!("{i}.jpg"));
     }
@@ -405,7 +401,6 @@ fn an_empty_uid_salt_is_refused() {
 /// of being read a third time; the inputs behind it are read as usual.
 #[test]
 fn an_input_that_killed_the_daemon_twice_is_quarantined() {
-    use sha2::Digest as _;
     let tmp = tempfile::tempdir().unwrap();
     let watch = tmp.path().join("watch");
     let state = tmp.path().join("state");
@@ -413,21 +408,8 @@ fn an_input_that_killed_the_daemon_twice_is_quarantined() {
     std::fs::create_dir_all(state.join("journal")).unwrap();
     let input = watch.join("deadly.jpg");
     std::fs::copy(sample("IMG0002588.jpg"), &input).unwrap();
-    // The journal key of the input, as the daemon computes it (path, size, time).
-    let m = std::fs::symlink_metadata(&input).unwrap();
-    let mtime = m
-        .modified()
-        .unwrap()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let digest = sha2::Sha256::new()
-        .chain_update(input.as_os_str().as_encoded_bytes())
-        .chain_update(m.len().to_le_bytes())
-        .chain_update(mtime.to_le_bytes())
-        .finalize();
-    let hex: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
-    let journal = state.join("journal").join(format!("{hex}.json"));
+    // The journal entry of the input, named as the daemon names it (path, size, time).
+    let journal = fv_edge::daemon::journal_path(&state, &input).unwrap();
     std::fs::write(
         state.join("inflight.json"),
         serde_json::to_vec(&serde_json::json!({"journal": journal, "attempts": 2})).unwrap(),

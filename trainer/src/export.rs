@@ -333,6 +333,7 @@ pub fn export_run(run: &RunDir, opts: &ExportOptions) -> anyhow::Result<Exported
         labels: vec!["not_fractured".into(), "fractured".into()],
         thresholds,
         probability_calibration: calibration,
+        nms: None,
         precision: opts.precision,
         metrics: test_metrics,
         training: Some(training_record(

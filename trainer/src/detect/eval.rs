@@ -11,7 +11,7 @@ use crate::data::detect::{eval_input, DetSample};
 use crate::data::fracatlas::Region;
 use crate::models::yolov8::{decode, YoloV8};
 use burn::tensor::{Device, Tensor, TensorData};
-use fv_core::detection::{decode_yolov8, nms, NmsOptions};
+use fv_core::detection::{decode_yolov8, nms, NmsOptions, NmsSettings};
 use fv_core::metrics::detection::{
     coco_ap, pr_curve, DetectionConfusion, GroundTruth, ImageBoxes, PrPoint,
 };
@@ -59,9 +59,11 @@ pub fn prepare(samples: &[DetSample], config: &DetectConfig) -> (Vec<EvalInput>,
     crate::data::partition(results)
 }
 
-/// Ultralytics' validation settings: conf 0.001, IoU 0.7, 300 detections.
+/// Evaluation keeps every box down to conf 0.001 (as Ultralytics' validation does, for mAP),
+/// suppressed exactly as the edge suppresses them ([`NmsSettings::EDGE`], written into the
+/// exported manifest), so that the box thresholds chosen on validation hold at the edge.
 pub fn validation_nms() -> NmsOptions {
-    NmsOptions::default()
+    NmsSettings::EDGE.with_floor(0.001)
 }
 
 /// Detections per input in displayed pixels, after NMS, in input order.
