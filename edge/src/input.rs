@@ -68,11 +68,7 @@ pub fn load_file(path: &Path, options: &DecodeOptions) -> Result<Input, InputErr
         load_file_inner(path, options)
     }))
     .unwrap_or_else(|panic| {
-        let what = panic
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "unknown".into());
+        let what = panic_message(panic.as_ref());
         tracing::error!("{}: a decoder panicked: {what}", path.display());
         Err(InputError {
             code: "corrupt",
@@ -114,6 +110,15 @@ fn load_file_inner(path: &Path, options: &DecodeOptions) -> Result<Input, InputE
         study_uid: None,
         captured_at,
     })
+}
+
+/// What a caught panic said (its `&str` or `String` payload), for a log line.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown".into())
 }
 
 /// `s` cut to at most `max` characters, saying how much was cut: for error messages that

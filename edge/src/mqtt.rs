@@ -249,11 +249,7 @@ impl Publisher {
             match r {
                 Ok(()) => return,
                 Err(panic) => {
-                    let what = panic
-                        .downcast_ref::<&str>()
-                        .map(|s| s.to_string())
-                        .or_else(|| panic.downcast_ref::<String>().cloned())
-                        .unwrap_or_else(|| "unknown".into());
+                    let what = crate::input::panic_message(panic.as_ref());
                     tracing::error!("mqtt: the publisher panicked: {what}; restarting it in 5 s");
                     self.stall(Some(format!("publisher restarted after a panic: {what}")));
                     std::thread::sleep(Duration::from_secs(5));
