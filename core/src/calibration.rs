@@ -31,10 +31,6 @@ pub fn logit(p: Probability) -> f64 {
     (p / (1.0 - p)).ln().clamp(-30.0, 30.0)
 }
 
-fn sigmoid(z: f64) -> f64 {
-    1.0 / (1.0 + (-z).exp())
-}
-
 impl Calibration {
     /// The calibrated probability of a raw one.
     pub fn apply(&self, raw: Probability) -> Probability {
@@ -43,83 +39,146 @@ impl Calibration {
         }
     }
 
-    /// Fits Platt scaling to raw probabilities and their labels by Newton's method on the
-    /// log loss (with Platt's smoothed targets, so that a separable validation split does not
-    /// drive the slope to infinity). `None` without both classes, or when the fitted slope
-    /// is not positive.
+    /// Fits Platt scaling to raw probabilities and their labels (a logistic regression on
+    /// the raw logit, [`fit_logistic`]). `None` without both classes, or when the fitted
+    /// slope is not positive.
     pub fn fit_platt(raw: &[Probability], positive: &[bool]) -> Option<Self> {
-        let n_pos = positive.iter().filter(|&&y| y).count() as f64;
-        let n_neg = positive.len() as f64 - n_pos;
-        if n_pos == 0.0 || n_neg == 0.0 {
-            return None;
-        }
-        let (t_pos, t_neg) = ((n_pos + 1.0) / (n_pos + 2.0), 1.0 / (n_neg + 2.0));
-        let z: Vec<f64> = raw.iter().map(|&p| logit(p)).collect();
-        let t: Vec<f64> = positive
-            .iter()
-            .map(|&y| if y { t_pos } else { t_neg })
-            .collect();
-        let loss = |a: f64, b: f64| -> f64 {
-            z.iter()
-                .zip(&t)
-                .map(|(&zi, &ti)| {
-                    // log(1 + e^u) computed without overflow.
-                    let u = a * zi + b;
-                    let softplus = if u > 0.0 {
-                        u + (-u).exp().ln_1p()
-                    } else {
-                        u.exp().ln_1p()
-                    };
-                    softplus - ti * u
-                })
-                .sum()
-        };
-        let (mut a, mut b) = (1.0f64, 0.0f64);
-        let mut current = loss(a, b);
-        for _ in 0..100 {
-            // Gradient and Hessian of Σ −[t log p + (1 − t) log(1 − p)], p = σ(a z + b).
-            let (mut ga, mut gb, mut haa, mut hab, mut hbb) = (0.0, 0.0, 0.0, 0.0, 0.0);
-            for (&zi, &ti) in z.iter().zip(&t) {
-                let p = sigmoid(a * zi + b);
-                let d = p - ti;
-                let w = (p * (1.0 - p)).max(1e-12);
-                ga += d * zi;
-                gb += d;
-                haa += w * zi * zi;
-                hab += w * zi;
-                hbb += w;
-            }
-            // A touch of ridge keeps the step defined when every logit is equal.
-            haa += 1e-9;
-            hbb += 1e-9;
-            let det = haa * hbb - hab * hab;
-            if det.abs() < 1e-18 {
-                break;
-            }
-            let da = (hbb * ga - hab * gb) / det;
-            let db = (haa * gb - hab * ga) / det;
-            // Newton's step, halved until the loss falls (saturated logits make the plain
-            // step overshoot).
-            let mut step = 1.0;
-            let mut moved = false;
-            while step > 1e-6 {
-                let (na, nb) = (a - step * da, b - step * db);
-                let l = loss(na, nb);
-                if l <= current {
-                    (a, b, current) = (na, nb, l);
-                    moved = true;
-                    break;
-                }
-                step /= 2.0;
-            }
-            if !moved || (step * da).abs() < 1e-10 && (step * db).abs() < 1e-10 {
-                break;
-            }
-        }
+        let x: Vec<Vec<f64>> = raw.iter().map(|&p| vec![logit(p)]).collect();
+        let w = fit_logistic(&x, positive)?;
+        let (a, b) = (w[0], w[1]);
         // A slope at or below zero would reverse the model's ranking: such a model is not
         // calibrated, it is broken, and is left as it is.
-        (a.is_finite() && b.is_finite() && a > 0.0).then_some(Calibration::Platt { a, b })
+        (a > 0.0).then_some(Calibration::Platt { a, b })
     }
+}
+
+/// The logistic function.
+pub fn sigmoid(z: f64) -> f64 {
+    1.0 / (1.0 + (-z).exp())
+}
+
+/// Mean log loss of `p = σ(w · x + bias)` against 0/1 `targets` (`w` holds the weights then
+/// the bias, as [`fit_logistic`] returns them).
+pub fn log_loss(w: &[f64], x: &[Vec<f64>], targets: &[f64]) -> f64 {
+    let n = x.len().max(1) as f64;
+    x.iter()
+        .zip(targets)
+        .map(|(xi, &ti)| {
+            let u = linear(w, xi);
+            // log(1 + e^u) without overflow.
+            let softplus = if u > 0.0 {
+                u + (-u).exp().ln_1p()
+            } else {
+                u.exp().ln_1p()
+            };
+            softplus - ti * u
+        })
+        .sum::<f64>()
+        / n
+}
+
+fn linear(w: &[f64], x: &[f64]) -> f64 {
+    x.iter().zip(w).map(|(a, b)| a * b).sum::<f64>() + w[x.len()]
+}
+
+/// Logistic regression of `positive` on the features `x` (each row the same length `k`), by
+/// Newton's method with a halving line search on the log loss, with Platt's smoothed targets
+/// so that a separable validation split does not drive the weights to infinity. Returns `k`
+/// weights then the bias; `None` without both classes, with ragged rows, or when the fit
+/// does not converge to finite values.
+pub fn fit_logistic(x: &[Vec<f64>], positive: &[bool]) -> Option<Vec<f64>> {
+    let k = x.first()?.len();
+    if x.len() != positive.len() || x.iter().any(|r| r.len() != k) {
+        return None;
+    }
+    let n_pos = positive.iter().filter(|&&y| y).count() as f64;
+    let n_neg = positive.len() as f64 - n_pos;
+    if n_pos == 0.0 || n_neg == 0.0 {
+        return None;
+    }
+    let (t_pos, t_neg) = ((n_pos + 1.0) / (n_pos + 2.0), 1.0 / (n_neg + 2.0));
+    let t: Vec<f64> = positive
+        .iter()
+        .map(|&y| if y { t_pos } else { t_neg })
+        .collect();
+    // Start from slope 1 on the first feature (for Platt: the identity map).
+    let mut w = vec![0.0; k + 1];
+    w[0] = 1.0;
+    let mut current = log_loss(&w, x, &t);
+    for _ in 0..100 {
+        // Gradient and Hessian of the mean log loss, in the augmented features (x, 1).
+        let m = k + 1;
+        let mut g = vec![0.0; m];
+        let mut h = vec![vec![0.0; m]; m];
+        for (xi, &ti) in x.iter().zip(&t) {
+            let p = sigmoid(linear(&w, xi));
+            let d = p - ti;
+            let s = (p * (1.0 - p)).max(1e-12);
+            let feat = |j: usize| if j < k { xi[j] } else { 1.0 };
+            for (a, (ga, row)) in g.iter_mut().zip(h.iter_mut()).enumerate() {
+                *ga += d * feat(a);
+                for (b, hab) in row.iter_mut().enumerate() {
+                    *hab += s * feat(a) * feat(b);
+                }
+            }
+        }
+        // A touch of ridge keeps the step defined when a feature is constant.
+        for (a, row) in h.iter_mut().enumerate() {
+            row[a] += 1e-9;
+        }
+        let Some(step_dir) = solve(h, g) else { break };
+        // Newton's step, halved until the loss falls (saturated logits make the plain step
+        // overshoot).
+        let mut step = 1.0;
+        let mut moved = false;
+        while step > 1e-6 {
+            let trial: Vec<f64> = w
+                .iter()
+                .zip(&step_dir)
+                .map(|(wi, di)| wi - step * di)
+                .collect();
+            let l = log_loss(&trial, x, &t);
+            if l <= current {
+                w = trial;
+                current = l;
+                moved = true;
+                break;
+            }
+            step /= 2.0;
+        }
+        if !moved || step_dir.iter().all(|d| (step * d).abs() < 1e-10) {
+            break;
+        }
+    }
+    w.iter().all(|v| v.is_finite()).then_some(w)
+}
+
+/// Solves `a · x = b` by Gaussian elimination with partial pivoting (tiny systems only).
+fn solve(mut a: Vec<Vec<f64>>, mut b: Vec<f64>) -> Option<Vec<f64>> {
+    let n = b.len();
+    for col in 0..n {
+        let pivot = (col..n).max_by(|&i, &j| a[i][col].abs().total_cmp(&a[j][col].abs()))?;
+        if a[pivot][col].abs() < 1e-18 {
+            return None;
+        }
+        a.swap(col, pivot);
+        b.swap(col, pivot);
+        let (upper, lower) = a.split_at_mut(col + 1);
+        let pivot_row = &upper[col];
+        for (k, r) in lower.iter_mut().enumerate() {
+            let f = r[col] / pivot_row[col];
+            for (x, p) in r[col..].iter_mut().zip(&pivot_row[col..]) {
+                *x -= f * p;
+            }
+            b[col + 1 + k] -= f * b[col];
+        }
+    }
+    let mut x = vec![0.0; n];
+    for row in (0..n).rev() {
+        let s: f64 = (row + 1..n).map(|c| a[row][c] * x[c]).sum();
+        x[row] = (b[row] - s) / a[row][row];
+    }
+    Some(x)
 }
 
 #[cfg(test)]

@@ -30,6 +30,7 @@ pub mod imaging;
 pub mod manifest;
 pub mod metrics;
 pub mod preprocess;
+pub mod reading;
 pub mod result;
 pub mod types;
 

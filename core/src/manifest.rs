@@ -149,6 +149,11 @@ pub struct Manifest {
     /// validation). Absent: the raw probability is reported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probability_calibration: Option<crate::calibration::Calibration>,
+    /// The fusion of this classifier with one detector, and the thresholds on the fused
+    /// probability (classifiers; fitted on validation by `fv-train fuse`). Applies only with
+    /// that detector installed ([`crate::reading::image_reading`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fusion: Option<crate::reading::Fusion>,
     /// How boxes are suppressed (detectors). Absent: [`crate::detection::NmsSettings::EDGE`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nms: Option<crate::detection::NmsSettings>,
@@ -256,12 +261,35 @@ impl Manifest {
                 self.thresholds.suspicious, self.thresholds.definite
             ));
         }
-        if self.onnx_sha256.len() != 64 || !self.onnx_sha256.bytes().all(|b| b.is_ascii_hexdigit())
-        {
+        if !is_sha256(&self.onnx_sha256) {
             return Err("`onnx_sha256` is not 64 hex digits".into());
+        }
+        if let Some(f) = &self.fusion {
+            if self.task != Task::Classify {
+                return Err("`fusion` belongs in a classifier's manifest".into());
+            }
+            if !is_sha256(&f.detector_sha256) {
+                return Err("`fusion.detector_sha256` is not 64 hex digits".into());
+            }
+            if f.thresholds.suspicious > f.thresholds.definite {
+                return Err(format!(
+                    "fusion threshold `suspicious` ({}) is above `definite` ({})",
+                    f.thresholds.suspicious, f.thresholds.definite
+                ));
+            }
+            if ![f.classifier_weight, f.detector_weight, f.bias]
+                .iter()
+                .all(|w| w.is_finite())
+            {
+                return Err("`fusion` has a weight that is not a finite number".into());
+            }
         }
         Ok(())
     }
+}
+
+fn is_sha256(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 #[cfg(test)]
@@ -287,6 +315,7 @@ mod tests {
                 definite: Probability::new(0.7).unwrap(),
             },
             probability_calibration: None,
+            fusion: None,
             nms: None,
             precision: Precision::Fp32,
             metrics: None,

@@ -240,6 +240,23 @@ pub fn load_dir(dir: &Path, sel: &Selection) -> anyhow::Result<Models> {
         .engine_cache
         .clone()
         .unwrap_or_else(|| PathBuf::from("state/engine-cache"));
+    if let Some(f) = &classifier.manifest.fusion {
+        let with = detector.as_ref().map(|d| &d.manifest);
+        if fv_core::reading::fusion_with(&classifier.manifest, with).is_some() {
+            tracing::info!(
+                "{}: fused with detector {}: the detector runs on every image",
+                classifier.manifest.name,
+                f.detector
+            );
+        } else {
+            tracing::warn!(
+                "{}: its fusion was fitted with detector {} (ONNX sha256 {}), which is not the one installed; the classifier is read alone",
+                classifier.manifest.name,
+                f.detector,
+                &f.detector_sha256[..12]
+            );
+        }
+    }
     Ok(Models {
         classifier: load_with(&classifier, sel.engine, &cache)?,
         detector: detector

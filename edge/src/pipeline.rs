@@ -6,10 +6,10 @@ use crate::input::{Input, InputError};
 use crate::models::{Model, Models};
 use fv_core::detection::{decode_yolov8, nms, NmsSettings};
 use fv_core::preprocess::preprocess;
+use fv_core::reading::{fusion_with, image_reading};
 use fv_core::result::{
     Finding, Level, ResultBox, ResultMessage, Source, SourceKind, Study, Timing, RESULT_SCHEMA,
 };
-use fv_core::Probability;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::time::Instant;
@@ -210,25 +210,32 @@ impl Pipeline {
         let t = Instant::now();
         let out = c.engine.run(&pre.tensor)?;
         timing.classify = ms(t);
-        let p = fracture_probability(&c.manifest, out.first().map(Vec::as_slice).unwrap_or(&[]))?;
-        let th = c.manifest.thresholds;
-        m.fracture_probability = Some(p);
-        m.finding = Some(Finding::at(p, th.suspicious, th.definite));
-        let run_detector = match self.config.detect {
-            DetectPolicy::Always => true,
-            DetectPolicy::Suspicious => p >= th.suspicious,
-            DetectPolicy::Never => false,
-        };
+        let cls_out = out.into_iter().next().unwrap_or_default();
+        let c = &self.models.classifier;
+        // A fused reading needs the detector's score on every image.
+        let fused = fusion_with(
+            &c.manifest,
+            self.models.detector.as_ref().map(|d| &d.manifest),
+        )
+        .is_some();
+        let alone = image_reading(&c.manifest, &cls_out, None)?;
+        let run_detector = fused
+            || match self.config.detect {
+                DetectPolicy::Always => true,
+                DetectPolicy::Suspicious => alone.probability >= alone.thresholds.suspicious,
+                DetectPolicy::Never => false,
+            };
+        let mut det_out = None;
         if let (true, Some(d)) = (run_detector, self.models.detector.as_mut()) {
             let t = Instant::now();
             let pre = preprocess(&input.image, &d.manifest.input);
             let out = d.engine.run(&pre.tensor)?;
-            let raw = out.first().map(Vec::as_slice).unwrap_or(&[]);
+            let raw = out.into_iter().next().unwrap_or_default();
             let classes = d.manifest.labels.len().max(1);
             let anchors = raw.len() / (4 + classes);
             let dt = d.manifest.thresholds;
             let floor = (dt.suspicious.get() as f32).max(self.config.min_score);
-            let dets = decode_yolov8(raw, classes, anchors, floor)?;
+            let dets = decode_yolov8(&raw, classes, anchors, floor)?;
             // The suppression the trainer evaluated with, from the manifest.
             let settings = d.manifest.nms.unwrap_or(NmsSettings::EDGE);
             let kept = nms(dets, &settings.with_floor(floor));
@@ -251,41 +258,24 @@ impl Pipeline {
                 })
                 .collect();
             timing.detect = Some(ms(t));
+            det_out = Some(raw);
         }
+        let reading = match (&det_out, &self.models.detector) {
+            (Some(raw), Some(d)) => image_reading(
+                &self.models.classifier.manifest,
+                &cls_out,
+                Some((&d.manifest, raw)),
+            )?,
+            _ => alone,
+        };
+        m.fracture_probability = Some(reading.probability);
+        m.finding = Some(Finding::at(
+            reading.probability,
+            reading.thresholds.suspicious,
+            reading.thresholds.definite,
+        ));
         Ok(timing)
     }
-}
-
-/// The fracture probability from the classifier's first output, read as its manifest says.
-pub fn fracture_probability(
-    manifest: &fv_core::manifest::Manifest,
-    out: &[f32],
-) -> anyhow::Result<Probability> {
-    let k = manifest
-        .labels
-        .iter()
-        .position(|l| l == "fractured")
-        .unwrap_or(manifest.labels.len().saturating_sub(1));
-    anyhow::ensure!(
-        out.len() == manifest.labels.len(),
-        "the classifier returned {} values for {} labels",
-        out.len(),
-        manifest.labels.len()
-    );
-    let meaning = manifest.outputs.first().map(|o| o.meaning.as_str());
-    let p = match meaning {
-        Some("logits") => {
-            let max = out.iter().copied().fold(f32::MIN, f32::max);
-            let sum: f32 = out.iter().map(|v| (v - max).exp()).sum();
-            (out[k] - max).exp() / sum
-        }
-        _ => out[k],
-    };
-    let raw = Probability::saturating(p as f64);
-    // The manifest's thresholds are on the calibrated scale when it has a calibration.
-    Ok(manifest
-        .probability_calibration
-        .map_or(raw, |c| c.apply(raw)))
 }
 
 /// The source record for a file path.
@@ -307,26 +297,61 @@ pub fn file_source(path: &std::path::Path) -> Source {
 mod tests {
     use super::*;
     use fv_core::result::ErrorInfo;
+    use fv_core::Probability;
+
+    fn manifest(name: &str) -> fv_core::manifest::Manifest {
+        let path = format!("{}/../models/{name}.json", env!("CARGO_MANIFEST_DIR"));
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
 
     #[test]
     fn the_classifier_probability_is_calibrated_as_its_manifest_says() {
-        let mut m: fv_core::manifest::Manifest = serde_json::from_str(
-            &std::fs::read_to_string(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../models/efficientnet-lite0-fracatlas.json"
-            ))
-            .unwrap(),
-        )
-        .unwrap();
+        let mut m = manifest("efficientnet-lite0-fracatlas");
         // The committed classifier outputs probabilities: 0.75 for a fracture here.
         let out = [0.25f32, 0.75];
-        let raw = fracture_probability(&m, &out).unwrap().get();
+        m.probability_calibration = None;
+        let raw = image_reading(&m, &out, None).unwrap().probability.get();
         let c = fv_core::calibration::Calibration::Platt { a: 0.5, b: -1.0 };
         m.probability_calibration = Some(c);
-        let calibrated = fracture_probability(&m, &out).unwrap();
+        let calibrated = image_reading(&m, &out, None).unwrap().probability;
         assert!((raw - 0.75).abs() < 1e-6);
         assert_eq!(calibrated, c.apply(Probability::saturating(raw)));
         assert!(calibrated.get() < raw);
+    }
+
+    #[test]
+    fn the_fusion_applies_only_with_its_own_detector() {
+        let mut m = manifest("efficientnet-lite0-fracatlas");
+        let mut d = manifest("yolov8-effl0-fracatlas");
+        let fusion = fv_core::reading::Fusion {
+            detector_sha256: d.onnx_sha256.clone(),
+            detector: d.name.clone(),
+            classifier_weight: 1.0,
+            detector_weight: 1.0,
+            bias: 0.0,
+            thresholds: fv_core::manifest::Thresholds {
+                suspicious: Probability::new(0.1).unwrap(),
+                definite: Probability::new(0.9).unwrap(),
+            },
+            metrics: None,
+        };
+        m.fusion = Some(fusion.clone());
+        let cls = [0.5f32, 0.5];
+        // One anchor, one class: the top score is 0.9, so the fused logit is logit(0.9).
+        let det = [0.0f32, 0.0, 1.0, 1.0, 0.9];
+        let r = image_reading(&m, &cls, Some((&d, &det))).unwrap();
+        assert_eq!(r.source, fv_core::reading::ReadingSource::Fusion);
+        assert!(
+            (r.probability.get() - 0.9).abs() < 1e-6,
+            "{}",
+            r.probability
+        );
+        assert_eq!(r.thresholds, fusion.thresholds);
+        // Another detector: the classifier alone, on its own thresholds.
+        d.onnx_sha256 = "0".repeat(64);
+        let r = image_reading(&m, &cls, Some((&d, &det))).unwrap();
+        assert_eq!(r.source, fv_core::reading::ReadingSource::Classifier);
+        assert_eq!(r.thresholds, m.thresholds);
     }
 
     #[test]

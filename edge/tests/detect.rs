@@ -95,6 +95,7 @@ fn write_detector(dir: &Path) {
             definite: Probability::new(0.8).unwrap(),
         },
         probability_calibration: None,
+        fusion: None,
         nms: None,
         precision: Precision::Fp32,
         metrics: None,

@@ -29,7 +29,6 @@ use rand::seq::SliceRandom as _;
 use rand::SeedableRng as _;
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// What an export wrote.
@@ -44,33 +43,7 @@ pub struct Exported {
 }
 
 fn metric_values(m: &ClassifyMetrics) -> Option<TestMetrics> {
-    let t = m.test.as_ref()?;
-    let mut values = BTreeMap::new();
-    let mut put = |k: &str, v: Option<f64>| {
-        if let Some(v) = v {
-            values.insert(k.to_owned(), v);
-        }
-    };
-    put("roc_auc", t.at_0_5.roc_auc);
-    put("pr_auc", t.at_0_5.pr_auc);
-    put("ece", t.at_0_5.ece);
-    put("sensitivity@suspicious", t.at_suspicious.sensitivity);
-    put("specificity@suspicious", t.at_suspicious.specificity);
-    put("sensitivity@definite", t.at_definite.sensitivity);
-    put("specificity@definite", t.at_definite.specificity);
-    put("precision@definite", t.at_definite.precision);
-    put(
-        "balanced_accuracy@definite",
-        t.at_definite.balanced_accuracy,
-    );
-    Some(TestMetrics {
-        split: t.split.clone(),
-        n_per_class: BTreeMap::from([
-            ("fractured".to_owned(), t.n_fractured),
-            ("not_fractured".to_owned(), t.n_non_fractured),
-        ]),
-        values,
-    })
+    m.test.as_ref().map(crate::fuse::test_metric_values)
 }
 
 /// The checked-out commit, or `unknown` outside a git work tree.
@@ -333,6 +306,7 @@ pub fn export_run(run: &RunDir, opts: &ExportOptions) -> anyhow::Result<Exported
         labels: vec!["not_fractured".into(), "fractured".into()],
         thresholds,
         probability_calibration: calibration,
+        fusion: None,
         nms: None,
         precision: opts.precision,
         metrics: test_metrics,

@@ -6,6 +6,7 @@ pub mod data;
 pub mod detect;
 pub mod evaluate;
 pub mod export;
+pub mod fuse;
 pub mod models;
 pub mod onnx;
 pub mod pipeline;

@@ -94,6 +94,30 @@ enum Command {
         #[arg(long, value_enum, default_value_t = DeviceArg::Flex)]
         device: DeviceArg,
     },
+    /// One decision from both models: read the classifier run's validation and test images
+    /// with both exported models as fv-edge does, fit the fusion on validation, report
+    /// classifier, detector and fusion on test, and (with --write) put the fusion into the
+    /// classifier's manifest when validation prefers it.
+    Fuse {
+        /// The classifier's manifest (the ONNX file beside it).
+        #[arg(long, value_name = "JSON")]
+        classifier: PathBuf,
+        /// The detector's manifest.
+        #[arg(long, value_name = "JSON")]
+        detector: PathBuf,
+        /// The classifier's run folder (its data.json names the split).
+        #[arg(long, value_name = "RUN")]
+        run: PathBuf,
+        /// The FracAtlas folder.
+        #[arg(long, env = "FV_DATA", value_name = "DIR")]
+        data: PathBuf,
+        /// Where fusion.json, predictions.csv and the figures go.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Write the fusion into the classifier's manifest (or remove it when not kept).
+        #[arg(long)]
+        write: bool,
+    },
     /// Re-evaluate a run's best checkpoint (thresholds from validation), classifier or detector.
     Eval {
         /// The run folder written by `classify`.
@@ -547,6 +571,26 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 &backend,
             );
             println!("{}", serde_json::to_string(&r)?);
+            Ok(())
+        }
+        Command::Fuse {
+            classifier,
+            detector,
+            run,
+            data,
+            out,
+            write,
+        } => {
+            let report = fv_train::fuse::fuse(&fv_train::fuse::FuseOptions {
+                classifier,
+                detector,
+                run,
+                data,
+                out: out.clone(),
+                write,
+            })?;
+            print!("{}", fv_train::fuse::summary_table(&report));
+            println!("report: {}", out.join("fusion.json").display());
             Ok(())
         }
         Command::Eval {

@@ -8,11 +8,13 @@ use burn::tensor::{Device, Tensor, TensorData};
 use common::{sample_dir, sample_run_data};
 use fv_core::manifest::{Manifest, Precision};
 use fv_train::export::{export_run, ExportOptions};
+use fv_train::fuse::{fuse, FuseOptions};
 use fv_train::models::ModelKind;
 use fv_train::onnx::{graph, run::Runner};
 use fv_train::pipeline::classify;
 use fv_train::training::{build_model, RunDir, TrainConfig};
 use sha2::{Digest, Sha256};
+use std::path::Path;
 
 #[test]
 fn fp32_export_matches_burn_in_tract() {
@@ -68,6 +70,40 @@ fn fp32_export_matches_burn_in_tract() {
     let ops = graph::op_counts(graph::decode(&bytes).unwrap().graph.as_ref().unwrap());
     assert!(!ops.contains_key("BatchNormalization"), "{ops:?}");
     assert_eq!(ops.get("Clip"), Some(&33), "{ops:?}");
+
+    // The fusion with the committed detector, each image read as the edge reads it.
+    let detector =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/yolov8-effl0-fracatlas.json");
+    let fused_dir = tmp.path().join("fusion");
+    let report = fuse(&FuseOptions {
+        classifier: e.manifest.clone(),
+        detector,
+        run: run.0.clone(),
+        data: sample_dir(),
+        out: fused_dir.clone(),
+        write: true,
+    })
+    .unwrap();
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    let n: usize = ["valid", "test"]
+        .iter()
+        .enumerate()
+        .map(|(i, _)| {
+            let r = &report.reports["classifier"][i];
+            r.n_fractured + r.n_non_fractured
+        })
+        .sum();
+    let csv = std::fs::read_to_string(fused_dir.join("predictions.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 1 + 3 * n, "{csv}");
+    assert!(fused_dir.join("calibration.png").is_file());
+    // The classifier alone keeps its manifest's thresholds.
+    assert_eq!(
+        report.thresholds["classifier"].definite.threshold,
+        manifest.thresholds.definite
+    );
+    // Written or not, the manifest still reads, and says what the report says.
+    let written = Manifest::from_path(&e.manifest).unwrap();
+    assert_eq!(written.fusion.is_some(), report.kept);
 
     // fp16 and int8 from the same run, checked against burn on the same input.
     // Stated tolerances in probability: fp16 ≤ 0.01; int8 ≤ 0.1 (a 64-pixel model

@@ -300,6 +300,7 @@ pub fn export_detector_run(run: &Path, opts: &ExportOptions) -> anyhow::Result<E
             definite: Probability::saturating(t.definite),
         },
         probability_calibration: None,
+        fusion: None,
         nms: Some(fv_core::detection::NmsSettings::EDGE),
         precision: opts.precision,
         metrics: test_metrics,
