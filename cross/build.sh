@@ -52,7 +52,7 @@ if ! rustup target list --installed | grep -qx "$target"; then
 fi
 
 cargo --config cross/config.toml build --locked -p fv-edge --bin fv-edge \
-  --target "$target" --profile "$profile" --features tensorrt
+  --target "$target" --profile "$profile" --features tensorrt,v4l
 
 dir=$profile; [ "$profile" = dev ] && dir=debug
 bin="${CARGO_TARGET_DIR:-target}/$target/$dir/fv-edge"

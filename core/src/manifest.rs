@@ -119,6 +119,10 @@ pub struct Conversion {
     pub valid_max_abs_probability_diff: f64,
     /// Median |p − p_reference| over the validation images.
     pub valid_median_abs_probability_diff: f64,
+    /// Mean |p − p_reference| over the validation images (the bound int8 is shipped under:
+    /// 0.03); absent in manifests written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub valid_mean_abs_probability_diff: Option<f64>,
     /// `true` when the thresholds and test metrics are the reference graph's, because the
     /// converted graph was compared on a subset of validation only (fp16 runs ~270× slower
     /// than fp32 in tract on x86); `false` when they were measured on this graph.

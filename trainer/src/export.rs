@@ -220,6 +220,8 @@ pub fn export_run(run: &RunDir, opts: &ExportOptions) -> anyhow::Result<Exported
                 valid_map50_95_reference: None,
                 valid_map50_95: None,
                 valid_max_abs_probability_diff: diffs.last().copied().unwrap_or(0.0),
+                valid_mean_abs_probability_diff: (!diffs.is_empty())
+                    .then(|| diffs.iter().sum::<f64>() / diffs.len() as f64),
                 valid_median_abs_probability_diff: diffs
                     .get(diffs.len() / 2)
                     .copied()

@@ -141,6 +141,9 @@ enum DeviceArg {
     Flex,
     /// NVIDIA GPU 0 (build with `--features cuda`).
     Cuda,
+    /// A GPU through wgpu, over Vulkan where the machine has it (build with `--features
+    /// wgpu`): no LLVM or CUDA toolkit needed to build, so it builds offline.
+    Wgpu,
 }
 
 impl DeviceArg {
@@ -152,6 +155,14 @@ impl DeviceArg {
             #[cfg(not(feature = "cuda"))]
             DeviceArg::Cuda => anyhow::bail!(
                 "this fv-train was built without CUDA; rebuild with `--features cuda`"
+            ),
+            #[cfg(feature = "wgpu")]
+            DeviceArg::Wgpu => Ok(burn::tensor::Device::wgpu(
+                burn::tensor::DeviceKind::DefaultDevice,
+            )),
+            #[cfg(not(feature = "wgpu"))]
+            DeviceArg::Wgpu => anyhow::bail!(
+                "this fv-train was built without wgpu; rebuild with `--features wgpu`"
             ),
         }
     }

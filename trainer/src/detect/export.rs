@@ -235,6 +235,8 @@ pub fn export_detector_run(run: &Path, opts: &ExportOptions) -> anyhow::Result<E
                 valid_map50_95_reference: Some(m_ref.map50_95),
                 valid_map50_95: Some(m_conv.map50_95),
                 valid_max_abs_probability_diff: diffs.last().copied().unwrap_or(0.0),
+                valid_mean_abs_probability_diff: (!diffs.is_empty())
+                    .then(|| diffs.iter().sum::<f64>() / diffs.len() as f64),
                 valid_median_abs_probability_diff: diffs
                     .get(diffs.len() / 2)
                     .copied()
