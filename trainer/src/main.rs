@@ -93,6 +93,11 @@ enum Command {
         /// Compute device.
         #[arg(long, value_enum, default_value_t = DeviceArg::Flex)]
         device: DeviceArg,
+        /// Convolutions in training on flex: `direct` (fv-train's depthwise backward and 1×1
+        /// convolutions as matrix products, the default in training) or `burn` (burn's generic
+        /// convolution backward), to compare the two.
+        #[arg(long, default_value = "direct", value_parser = ["direct", "burn"])]
+        convolutions: String,
     },
     /// One decision from both models: read the classifier run's validation and test images
     /// with both exported models as fv-edge does, fit the fusion on validation, report
@@ -570,8 +575,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             steps,
             warmup,
             device,
+            convolutions,
         } => {
-            let backend = format!("{device:?}").to_lowercase();
+            fv_train::models::flex_conv::set_enabled(convolutions == "direct");
+            let backend = format!("{device:?}, convolutions: {convolutions}").to_lowercase();
             let r = fv_train::bench::bench_step(
                 model,
                 batch,

@@ -111,10 +111,15 @@ impl MbConv {
     pub fn forward(&self, input: Tensor<4>) -> Tensor<4> {
         let mut x = input.clone();
         if let (Some(conv), Some(bn)) = (&self.expand_conv, &self.bn0) {
-            x = relu6(bn.forward(conv.forward(x)));
+            x = relu6(bn.forward(super::flex_conv::pointwise(conv, x)));
         }
-        x = relu6(self.bn1.forward(self.depthwise_conv.forward(x)));
-        x = self.bn2.forward(self.project_conv.forward(x));
+        x = relu6(
+            self.bn1
+                .forward(super::flex_conv::depthwise(&self.depthwise_conv, x)),
+        );
+        x = self
+            .bn2
+            .forward(super::flex_conv::pointwise(&self.project_conv, x));
         if self.residual {
             x = x + input;
         }
@@ -167,7 +172,10 @@ impl EfficientNetLite {
         for block in &self.blocks {
             x = block.forward(x);
         }
-        x = relu6(self.bn1.forward(self.conv_head.forward(x)));
+        x = relu6(
+            self.bn1
+                .forward(super::flex_conv::pointwise(&self.conv_head, x)),
+        );
         self.avg_pool.forward(x).flatten(1, 3)
     }
 
