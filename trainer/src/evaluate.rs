@@ -103,9 +103,18 @@ impl ChosenThresholds {
     /// Chooses the thresholds on validation predictions. `None` without both classes.
     pub fn choose(valid: &[Prediction]) -> Option<Self> {
         let s = scored(valid);
+        let mut suspicious = threshold_for_sensitivity(&s, 0.95)?;
+        let definite = threshold_for_specificity(&s, 0.95)?;
+        // A model that separates validation well can reach sensitivity 0.95 above the
+        // threshold that first gives specificity 0.95; `suspicious` then comes down to
+        // `definite` (a lower threshold only adds sensitivity), so that the pair keeps its
+        // order, which the edge requires.
+        if suspicious.threshold > definite.threshold {
+            suspicious = definite;
+        }
         Some(ChosenThresholds {
-            suspicious: threshold_for_sensitivity(&s, 0.95)?,
-            definite: threshold_for_specificity(&s, 0.95)?,
+            suspicious,
+            definite,
             specificity_90: threshold_for_specificity(&s, 0.90)?,
         })
     }
@@ -187,4 +196,28 @@ pub fn write_predictions(path: &Path, parts: &[(&str, &[Prediction])]) -> std::i
         }
     }
     f.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thresholds_keep_their_order_on_a_separated_validation_split() {
+        // Every fracture scores above every normal image: sensitivity 0.95 is reached at
+        // the lowest fracture's score, above the first threshold with specificity 0.95.
+        let preds: Vec<Prediction> = (0..40)
+            .map(|i| Prediction {
+                id: i.to_string(),
+                fractured: i >= 20,
+                probability: Probability::new(i as f64 / 40.0).unwrap(),
+            })
+            .collect();
+        let t = ChosenThresholds::choose(&preds).unwrap();
+        assert!(t.suspicious.threshold <= t.definite.threshold, "{t:?}");
+        assert!(
+            t.suspicious.sensitivity >= 0.95 && t.definite.specificity >= 0.95,
+            "{t:?}"
+        );
+    }
 }

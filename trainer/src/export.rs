@@ -347,8 +347,11 @@ pub fn write_manifest(
     manifest: Manifest,
 ) -> anyhow::Result<Exported> {
     let path = out_dir.join(format!("{stem}.json"));
-    std::fs::write(&path, serde_json::to_string_pretty(&manifest)? + "\n")
-        .with_context(|| format!("writing {}", path.display()))?;
+    let text = serde_json::to_string_pretty(&manifest)? + "\n";
+    // Written only if the edge will accept it: the checks fv-edge runs at start-up.
+    Manifest::from_json(&text, &path)
+        .context("the exporter made a manifest the edge would refuse")?;
+    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     Ok(Exported {
         onnx,
         manifest: path,

@@ -49,7 +49,7 @@ fn efficientnet_smoke_run_learns_resumes_and_evaluates() {
     let test = metrics.test.as_ref().unwrap();
     assert_eq!((test.n_fractured, test.n_non_fractured), (2, 1));
     let t = &metrics.thresholds;
-    assert!(t.suspicious.threshold <= t.definite.threshold || t.suspicious.sensitivity >= 0.95);
+    assert!(t.suspicious.threshold <= t.definite.threshold, "{t:?}");
 
     // Re-evaluation from the files alone gives the same figures.
     let again = evaluate(&sample_dir(), &run, &["valid", "test"], &device).unwrap();
