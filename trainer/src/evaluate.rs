@@ -78,7 +78,8 @@ pub fn calibrate(
     (c, before)
 }
 
-fn scored(preds: &[Prediction]) -> Vec<Scored> {
+/// The predictions as fv-core's metrics take them.
+pub fn scored(preds: &[Prediction]) -> Vec<Scored> {
     preds
         .iter()
         .map(|p| Scored {

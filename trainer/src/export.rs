@@ -23,7 +23,7 @@ use fv_core::manifest::{
     Conversion, Manifest, OutputSpec, Precision, Task, TestMetrics, Thresholds, TrainingRecord,
     MANIFEST_VERSION,
 };
-use fv_core::metrics::classification::{roc_auc, Scored};
+use fv_core::metrics::classification::roc_auc;
 use fv_core::Probability;
 use rand::seq::SliceRandom as _;
 use rand::SeedableRng as _;
@@ -373,14 +373,7 @@ pub fn write_model(out_dir: &Path, stem: &str, bytes: &[u8]) -> anyhow::Result<(
 
 /// ROC-AUC of predictions (NaN without both classes).
 fn auc(p: &[Prediction]) -> f64 {
-    let s: Vec<Scored> = p
-        .iter()
-        .map(|p| Scored {
-            score: p.probability,
-            positive: p.fractured,
-        })
-        .collect();
-    roc_auc(&s).unwrap_or(f64::NAN)
+    roc_auc(&crate::evaluate::scored(p)).unwrap_or(f64::NAN)
 }
 
 /// Scores preprocessed images with an ONNX graph in tract (output 0, column 1: fracture).

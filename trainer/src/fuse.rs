@@ -10,13 +10,15 @@
 
 use crate::data::classify::Sample;
 use crate::data::FracAtlas;
-use crate::evaluate::{calibrate, write_predictions, ChosenThresholds, Prediction, SplitReport};
+use crate::evaluate::{
+    calibrate, scored, write_predictions, ChosenThresholds, Prediction, SplitReport,
+};
 use crate::onnx::run::Runner;
 use crate::pipeline::{split_samples, RunData};
 use anyhow::Context as _;
 use fv_core::imaging::{decode_file, DecodeOptions};
 use fv_core::manifest::{Manifest, TestMetrics, Thresholds};
-use fv_core::metrics::classification::{BinaryReport, OperatingPoint, Scored};
+use fv_core::metrics::classification::{BinaryReport, OperatingPoint};
 use fv_core::preprocess::preprocess;
 use fv_core::reading::{classifier_raw, detector_top_score, image_reading, Fusion};
 use fv_core::Probability;
@@ -246,13 +248,7 @@ pub fn fuse(o: &FuseOptions) -> anyhow::Result<FuseReport> {
     let manifest_points = {
         let vp = preds(&valid, |b| b.classifier);
         let mut t = ChosenThresholds::choose(&vp).context("validation needs both classes")?;
-        let scored: Vec<Scored> = vp
-            .iter()
-            .map(|p| Scored {
-                score: p.probability,
-                positive: p.fractured,
-            })
-            .collect();
+        let scored = scored(&vp);
         for (point, threshold) in [
             (&mut t.suspicious, c.manifest.thresholds.suspicious),
             (&mut t.definite, c.manifest.thresholds.definite),

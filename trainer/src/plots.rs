@@ -1,8 +1,8 @@
 //! The PNG figures beside `metrics.json`: ROC and precision-recall curves, the reliability
 //! diagram, loss curves and the confusion matrix at the `definite` threshold.
 
-use crate::evaluate::Prediction;
-use fv_core::metrics::classification::{calibration_bins, pr_curve, roc_curve, Confusion, Scored};
+use crate::evaluate::{scored, Prediction};
+use fv_core::metrics::classification::{calibration_bins, pr_curve, roc_curve, Confusion};
 use fv_core::Probability;
 use plotters::prelude::*;
 use std::path::Path;
@@ -20,15 +20,6 @@ fn fonts() {
 }
 
 type PlotResult = Result<(), Box<dyn std::error::Error>>;
-
-fn scored(p: &[Prediction]) -> Vec<Scored> {
-    p.iter()
-        .map(|p| Scored {
-            score: p.probability,
-            positive: p.fractured,
-        })
-        .collect()
-}
 
 const COLOURS: [RGBColor; 2] = [RGBColor(31, 119, 180), RGBColor(214, 39, 40)];
 
