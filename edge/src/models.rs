@@ -244,7 +244,7 @@ pub fn load_dir(dir: &Path, sel: &Selection) -> anyhow::Result<Models> {
         let with = detector.as_ref().map(|d| &d.manifest);
         if fv_core::reading::fusion_with(&classifier.manifest, with).is_some() {
             tracing::info!(
-                "{}: fused with detector {}: the detector runs on every image",
+                "{}: fused with detector {}: the detector runs on every image (unless detect = never)",
                 classifier.manifest.name,
                 f.detector
             );

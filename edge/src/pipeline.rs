@@ -20,7 +20,9 @@ use std::time::Instant;
 pub enum DetectPolicy {
     /// On every image.
     Always,
-    /// Only when the fracture probability is at or above the classifier's `suspicious`.
+    /// Only when the fracture probability is at or above the classifier's `suspicious`; on
+    /// every image when the classifier is fused with the installed detector (the fused
+    /// reading needs its score).
     #[default]
     Suspicious,
     /// Never.
@@ -219,12 +221,13 @@ impl Pipeline {
         )
         .is_some();
         let alone = image_reading(&c.manifest, &cls_out, None)?;
-        let run_detector = fused
-            || match self.config.detect {
-                DetectPolicy::Always => true,
-                DetectPolicy::Suspicious => alone.probability >= alone.thresholds.suspicious,
-                DetectPolicy::Never => false,
-            };
+        // `never` is the operator's word (the detector costs time): the classifier is then
+        // read alone, fused or not.
+        let run_detector = match self.config.detect {
+            DetectPolicy::Always => true,
+            DetectPolicy::Suspicious => fused || alone.probability >= alone.thresholds.suspicious,
+            DetectPolicy::Never => false,
+        };
         let mut det_out = None;
         if let (true, Some(d)) = (run_detector, self.models.detector.as_mut()) {
             let t = Instant::now();
