@@ -130,9 +130,10 @@ fn choose(
     match pick {
         Some(f) => Ok(Some((*f).clone())),
         None => anyhow::bail!(
-            "{}: model `{}` has no {want:?} file (found: {}); pass --precision",
+            "{}: model `{}` has no {} file (found: {}); pass --precision with one of those",
             dir.display(),
             names[0],
+            format!("{want:?}").to_lowercase(),
             of_task
                 .iter()
                 .map(|f| format!("{:?}", f.manifest.precision).to_lowercase())

@@ -21,7 +21,11 @@ fn fonts() {
 
 type PlotResult = Result<(), Box<dyn std::error::Error>>;
 
-const COLOURS: [RGBColor; 2] = [RGBColor(31, 119, 180), RGBColor(214, 39, 40)];
+const COLOURS: [RGBColor; 3] = [
+    RGBColor(31, 119, 180),
+    RGBColor(214, 39, 40),
+    RGBColor(44, 160, 44),
+];
 
 pub(crate) fn curves(
     path: &Path,
