@@ -157,6 +157,23 @@ impl SplitReport {
     }
 }
 
+impl SplitReport {
+    /// The headline figures, as text with three decimals (`missing` where undefined): ROC-AUC,
+    /// PR-AUC, ECE, then sensitivity and specificity at `suspicious` and at `definite`.
+    pub fn headline(&self, missing: &str) -> [String; 7] {
+        [
+            self.at_0_5.roc_auc,
+            self.at_0_5.pr_auc,
+            self.at_0_5.ece,
+            self.at_suspicious.sensitivity,
+            self.at_suspicious.specificity,
+            self.at_definite.sensitivity,
+            self.at_definite.specificity,
+        ]
+        .map(|v| v.map_or(missing.to_owned(), |v| format!("{v:.3}")))
+    }
+}
+
 /// `RUN/metrics.json`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ClassifyMetrics {

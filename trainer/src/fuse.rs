@@ -362,21 +362,14 @@ pub fn fuse(o: &FuseOptions) -> anyhow::Result<FuseReport> {
 
 /// A table for the terminal and RESULTS.md.
 pub fn summary_table(r: &FuseReport) -> String {
-    let f = |v: Option<f64>| v.map_or("–".into(), |v| format!("{v:.3}"));
     let mut s = String::from(
         "| reading (test) | ROC-AUC | PR-AUC | sens / spec at suspicious | sens / spec at definite | ECE |\n| --- | --- | --- | --- | --- | --- |\n",
     );
     for name in ["classifier", "detector", "fusion"] {
-        let t = &r.reports[name][1];
+        let [auc, ap, ece, sus_sens, sus_spec, def_sens, def_spec] =
+            r.reports[name][1].headline("–");
         s += &format!(
-            "| {name} | {} | {} | {} / {} | {} / {} | {} |\n",
-            f(t.at_0_5.roc_auc),
-            f(t.at_0_5.pr_auc),
-            f(t.at_suspicious.sensitivity),
-            f(t.at_suspicious.specificity),
-            f(t.at_definite.sensitivity),
-            f(t.at_definite.specificity),
-            f(t.at_0_5.ece),
+            "| {name} | {auc} | {ap} | {sus_sens} / {sus_spec} | {def_sens} / {def_spec} | {ece} |\n"
         );
     }
     s += &format!(

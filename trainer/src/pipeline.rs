@@ -165,7 +165,6 @@ pub fn evaluate(
 
 /// A short text summary of metrics for the terminal.
 pub fn summary_table(m: &ClassifyMetrics) -> String {
-    let f = |v: Option<f64>| v.map_or("  n/a".to_owned(), |v| format!("{v:.3}"));
     let mut s = format!(
         "{}: thresholds chosen on validation: suspicious {:.4}, definite {:.4}\n",
         m.model,
@@ -174,18 +173,10 @@ pub fn summary_table(m: &ClassifyMetrics) -> String {
     );
     s += "split  n(frac/non)  ROC-AUC  PR-AUC   ECE   | suspicious: sens  spec | definite: sens  spec\n";
     for r in std::iter::once(&m.valid).chain(m.test.as_ref()) {
+        let [auc, ap, ece, sus_sens, sus_spec, def_sens, def_spec] = r.headline("  n/a");
         s += &format!(
-            "{:<6} {:>4}/{:<6}  {}    {}   {} |             {}  {} |           {}  {}\n",
-            r.split,
-            r.n_fractured,
-            r.n_non_fractured,
-            f(r.at_0_5.roc_auc),
-            f(r.at_0_5.pr_auc),
-            f(r.at_0_5.ece),
-            f(r.at_suspicious.sensitivity),
-            f(r.at_suspicious.specificity),
-            f(r.at_definite.sensitivity),
-            f(r.at_definite.specificity),
+            "{:<6} {:>4}/{:<6}  {auc}    {ap}   {ece} |             {sus_sens}  {sus_spec} |           {def_sens}  {def_spec}\n",
+            r.split, r.n_fractured, r.n_non_fractured,
         );
     }
     s
