@@ -54,6 +54,19 @@ pub struct Thresholds {
     pub definite: Probability,
 }
 
+impl Thresholds {
+    /// `suspicious` must not be above `definite`; `what` names the pair in the error.
+    fn check_order(&self, what: &str) -> Result<(), String> {
+        if self.suspicious > self.definite {
+            return Err(format!(
+                "{what} `suspicious` ({}) is above `definite` ({})",
+                self.suspicious, self.definite
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Test-split metrics, with what they were measured on.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct TestMetrics {
@@ -259,12 +272,7 @@ impl Manifest {
         if self.outputs.is_empty() {
             return Err("`outputs` is empty".into());
         }
-        if self.thresholds.suspicious > self.thresholds.definite {
-            return Err(format!(
-                "threshold `suspicious` ({}) is above `definite` ({})",
-                self.thresholds.suspicious, self.thresholds.definite
-            ));
-        }
+        self.thresholds.check_order("threshold")?;
         if !is_sha256(&self.onnx_sha256) {
             return Err("`onnx_sha256` is not 64 hex digits".into());
         }
@@ -275,12 +283,7 @@ impl Manifest {
             if !is_sha256(&f.detector_sha256) {
                 return Err("`fusion.detector_sha256` is not 64 hex digits".into());
             }
-            if f.thresholds.suspicious > f.thresholds.definite {
-                return Err(format!(
-                    "fusion threshold `suspicious` ({}) is above `definite` ({})",
-                    f.thresholds.suspicious, f.thresholds.definite
-                ));
-            }
+            f.thresholds.check_order("fusion threshold")?;
             if ![f.classifier_weight, f.detector_weight, f.bias]
                 .iter()
                 .all(|w| w.is_finite())
@@ -290,6 +293,16 @@ impl Manifest {
         }
         Ok(())
     }
+}
+
+/// Lowercase hex SHA-256 of a model file's bytes: what `onnx_sha256` (and a fusion's
+/// `detector_sha256`) record, and what a runtime checks before it loads the file.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn is_sha256(s: &str) -> bool {

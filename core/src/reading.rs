@@ -151,9 +151,10 @@ impl Fusion {
         let x2 = features(classifier_raw, detector_top);
         let x1: Vec<Vec<f64>> = x2.iter().map(|r| vec![r[0]]).collect();
         let y: Vec<f64> = positive.iter().map(|&p| f64::from(u8::from(p))).collect();
+        let folds = folds.max(2);
         let mut totals = (0.0, 0.0);
-        for f in 0..folds.max(2) {
-            let held = |i: usize| i % folds.max(2) == f;
+        for f in 0..folds {
+            let held = |i: usize| i % folds == f;
             let pick = |x: &[Vec<f64>], keep_held: bool| -> (Vec<Vec<f64>>, Vec<bool>, Vec<f64>) {
                 let idx: Vec<usize> = (0..x.len()).filter(|&i| held(i) == keep_held).collect();
                 (

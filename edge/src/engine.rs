@@ -266,7 +266,7 @@ pub mod onnxruntime {
                 let bytes = std::fs::read(p).ok()?;
                 Some(format!(
                     "{}  {}\n",
-                    crate::models::sha256_hex(&bytes),
+                    fv_core::manifest::sha256_hex(&bytes),
                     p.file_name()?.to_string_lossy()
                 ))
             })

@@ -5,7 +5,6 @@ use crate::engine::{Engine, EngineKind, TractEngine};
 use anyhow::Context as _;
 use fv_core::manifest::{Manifest, Precision, Task};
 use fv_core::result::ModelRef;
-use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
 /// The precision chosen when a directory holds several and none is asked for: fp32, exact
@@ -84,20 +83,6 @@ pub fn scan(dir: &Path) -> anyhow::Result<Vec<Found>> {
     Ok(found)
 }
 
-/// Hex SHA-256 of a file.
-pub fn sha256_file(path: &Path) -> anyhow::Result<String> {
-    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
-    Ok(sha256_hex(&bytes))
-}
-
-/// Hex SHA-256 of bytes.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 fn choose(
     found: &[Found],
     task: Task,
@@ -154,7 +139,7 @@ pub fn load_with(found: &Found, engine: EngineKind, cache: &Path) -> anyhow::Res
     // check can never run under the manifest's hash.
     let bytes = std::fs::read(&found.onnx)
         .with_context(|| format!("{}: cannot read", found.onnx.display()))?;
-    let sha = sha256_hex(&bytes);
+    let sha = fv_core::manifest::sha256_hex(&bytes);
     anyhow::ensure!(
         sha == found.manifest.onnx_sha256,
         "{}: sha256 {sha} does not match its manifest {} ({}); the file was changed or \

@@ -5,12 +5,14 @@ use crate::data::classify::{load_planes, Plane, Sample};
 use crate::models::Classifier;
 use crate::training::{predict, TrainConfig};
 use fv_core::calibration::Calibration;
+use fv_core::manifest::TestMetrics;
 use fv_core::metrics::classification::{
     expected_calibration_error, threshold_for_sensitivity, threshold_for_specificity, BinaryReport,
     OperatingPoint, Scored,
 };
 use fv_core::Probability;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::Path;
 
@@ -155,9 +157,7 @@ impl SplitReport {
             at_0_5: BinaryReport::new(&s, Probability::new(0.5).expect("0.5 is a probability")),
         }
     }
-}
 
-impl SplitReport {
     /// The headline figures, as text with three decimals (`missing` where undefined): ROC-AUC,
     /// PR-AUC, ECE, then sensitivity and specificity at `suspicious` and at `definite`.
     pub fn headline(&self, missing: &str) -> [String; 7] {
@@ -171,6 +171,36 @@ impl SplitReport {
             self.at_definite.specificity,
         ]
         .map(|v| v.map_or(missing.to_owned(), |v| format!("{v:.3}")))
+    }
+
+    /// The metrics a manifest carries for this split.
+    pub fn test_metrics(&self) -> TestMetrics {
+        let mut values = BTreeMap::new();
+        let mut put = |k: &str, v: Option<f64>| {
+            if let Some(v) = v {
+                values.insert(k.to_owned(), v);
+            }
+        };
+        put("roc_auc", self.at_0_5.roc_auc);
+        put("pr_auc", self.at_0_5.pr_auc);
+        put("ece", self.at_0_5.ece);
+        put("sensitivity@suspicious", self.at_suspicious.sensitivity);
+        put("specificity@suspicious", self.at_suspicious.specificity);
+        put("sensitivity@definite", self.at_definite.sensitivity);
+        put("specificity@definite", self.at_definite.specificity);
+        put("precision@definite", self.at_definite.precision);
+        put(
+            "balanced_accuracy@definite",
+            self.at_definite.balanced_accuracy,
+        );
+        TestMetrics {
+            split: self.split.clone(),
+            n_per_class: BTreeMap::from([
+                ("fractured".to_owned(), self.n_fractured),
+                ("not_fractured".to_owned(), self.n_non_fractured),
+            ]),
+            values,
+        }
     }
 }
 

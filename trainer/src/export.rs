@@ -28,7 +28,6 @@ use fv_core::Probability;
 use rand::seq::SliceRandom as _;
 use rand::SeedableRng as _;
 use rayon::prelude::*;
-use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
 /// What an export wrote.
@@ -43,7 +42,25 @@ pub struct Exported {
 }
 
 fn metric_values(m: &ClassifyMetrics) -> Option<TestMetrics> {
-    m.test.as_ref().map(crate::fuse::test_metric_values)
+    m.test.as_ref().map(SplitReport::test_metrics)
+}
+
+/// |p − p_reference| over validation, summarized as a [`Conversion`] records it.
+pub(crate) struct AbsDiffs {
+    pub max: f64,
+    pub median: f64,
+    pub mean: Option<f64>,
+}
+
+impl AbsDiffs {
+    pub fn of(mut diffs: Vec<f64>) -> Self {
+        diffs.sort_by(f64::total_cmp);
+        AbsDiffs {
+            max: diffs.last().copied().unwrap_or(0.0),
+            median: diffs.get(diffs.len() / 2).copied().unwrap_or(0.0),
+            mean: (!diffs.is_empty()).then(|| diffs.iter().sum::<f64>() / diffs.len() as f64),
+        }
+    }
 }
 
 /// The checked-out commit, or `unknown` outside a git work tree.
@@ -200,12 +217,12 @@ pub fn export_run(run: &RunDir, opts: &ExportOptions) -> anyhow::Result<Exported
             let valid_ref = onnx_scores(&reference, &valid_planes, mean, std)?;
             let valid = onnx_scores(&converted, &valid_planes, mean, std)?;
             let (auc_ref, auc_conv) = (auc(&valid_ref), auc(&valid));
-            let mut diffs: Vec<f64> = valid_ref
+            let diffs: Vec<f64> = valid_ref
                 .iter()
                 .zip(&valid)
                 .map(|(a, b)| (a.probability.get() - b.probability.get()).abs())
                 .collect();
-            diffs.sort_by(f64::total_cmp);
+            let diffs = AbsDiffs::of(diffs);
             let conversion = Conversion {
                 reference: Precision::Fp32,
                 method,
@@ -219,13 +236,9 @@ pub fn export_run(run: &RunDir, opts: &ExportOptions) -> anyhow::Result<Exported
                 valid_map50: None,
                 valid_map50_95_reference: None,
                 valid_map50_95: None,
-                valid_max_abs_probability_diff: diffs.last().copied().unwrap_or(0.0),
-                valid_mean_abs_probability_diff: (!diffs.is_empty())
-                    .then(|| diffs.iter().sum::<f64>() / diffs.len() as f64),
-                valid_median_abs_probability_diff: diffs
-                    .get(diffs.len() / 2)
-                    .copied()
-                    .unwrap_or(0.0),
+                valid_max_abs_probability_diff: diffs.max,
+                valid_mean_abs_probability_diff: diffs.mean,
+                valid_median_abs_probability_diff: diffs.median,
                 metrics_from_reference: opts.check_limit.is_some(),
             };
             if opts.check_limit.is_some() {
@@ -364,11 +377,7 @@ pub fn write_model(out_dir: &Path, stem: &str, bytes: &[u8]) -> anyhow::Result<(
     std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     let path = out_dir.join(format!("{stem}.onnx"));
     std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
-    let sha = Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    Ok((path, sha))
+    Ok((path, fv_core::manifest::sha256_hex(bytes)))
 }
 
 /// ROC-AUC of predictions (NaN without both classes).

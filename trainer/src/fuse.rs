@@ -17,14 +17,13 @@ use crate::onnx::run::Runner;
 use crate::pipeline::{split_samples, RunData};
 use anyhow::Context as _;
 use fv_core::imaging::{decode_file, DecodeOptions};
-use fv_core::manifest::{Manifest, TestMetrics, Thresholds};
+use fv_core::manifest::{Manifest, Thresholds};
 use fv_core::metrics::classification::{BinaryReport, OperatingPoint};
 use fv_core::preprocess::preprocess;
 use fv_core::reading::{classifier_raw, detector_top_score, image_reading, Fusion};
 use fv_core::Probability;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -93,10 +92,7 @@ fn load(json: &Path) -> anyhow::Result<Loaded> {
     let manifest = Manifest::from_path(json)?;
     let onnx = json.with_extension("onnx");
     let bytes = std::fs::read(&onnx).with_context(|| format!("{}: cannot read", onnx.display()))?;
-    let sha: String = Sha256::digest(&bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let sha = fv_core::manifest::sha256_hex(&bytes);
     anyhow::ensure!(
         sha == manifest.onnx_sha256,
         "{}: SHA-256 {sha} is not the manifest's {}; the ONNX file and {} do not belong together",
@@ -141,36 +137,6 @@ fn preds(r: &[BothReadings], score: impl Fn(&BothReadings) -> Probability) -> Ve
             probability: score(b),
         })
         .collect()
-}
-
-/// The metrics the manifest carries for a reading on test.
-pub fn test_metric_values(r: &SplitReport) -> TestMetrics {
-    let mut values = BTreeMap::new();
-    let mut put = |k: &str, v: Option<f64>| {
-        if let Some(v) = v {
-            values.insert(k.to_owned(), v);
-        }
-    };
-    put("roc_auc", r.at_0_5.roc_auc);
-    put("pr_auc", r.at_0_5.pr_auc);
-    put("ece", r.at_0_5.ece);
-    put("sensitivity@suspicious", r.at_suspicious.sensitivity);
-    put("specificity@suspicious", r.at_suspicious.specificity);
-    put("sensitivity@definite", r.at_definite.sensitivity);
-    put("specificity@definite", r.at_definite.specificity);
-    put("precision@definite", r.at_definite.precision);
-    put(
-        "balanced_accuracy@definite",
-        r.at_definite.balanced_accuracy,
-    );
-    TestMetrics {
-        split: r.split.clone(),
-        n_per_class: BTreeMap::from([
-            ("fractured".to_owned(), r.n_fractured),
-            ("not_fractured".to_owned(), r.n_non_fractured),
-        ]),
-        values,
-    }
 }
 
 /// Runs the whole comparison; see the module doc.
@@ -346,7 +312,7 @@ pub fn fuse(o: &FuseOptions) -> anyhow::Result<FuseReport> {
                 suspicious: t.suspicious.threshold,
                 definite: t.definite.threshold,
             });
-            f.metrics = Some(test_metric_values(&report.reports["fusion"][1]));
+            f.metrics = Some(report.reports["fusion"][1].test_metrics());
             m.fusion = Some(f);
         } else {
             m.fusion = None;

@@ -13,7 +13,9 @@
 
 use super::{build_detector, eval, split, DetectConfig, DetectMetrics};
 use crate::data::FracAtlas;
-use crate::export::{training_record, write_manifest, write_model, ExportOptions, Exported};
+use crate::export::{
+    training_record, write_manifest, write_model, AbsDiffs, ExportOptions, Exported,
+};
 use crate::models::yolov8::{anchors, YoloV8, STRIDES};
 use crate::onnx::graph::{self, float_tensor, float_value, i64_tensor, int_attr, node};
 use crate::onnx::quantize::quantize;
@@ -206,7 +208,7 @@ pub fn export_detector_run(run: &Path, opts: &ExportOptions) -> anyhow::Result<E
             let (valid_in, _) = eval::prepare(&valid_s, &config);
             let (raw_ref, pred_ref) = eval::predict_onnx(&reference, &valid_in, classes)?;
             let (raw_conv, pred_conv) = eval::predict_onnx(&converted, &valid_in, classes)?;
-            let mut diffs: Vec<f64> = raw_ref
+            let diffs: Vec<f64> = raw_ref
                 .iter()
                 .zip(&raw_conv)
                 .flat_map(|(a, b)| {
@@ -214,7 +216,7 @@ pub fn export_detector_run(run: &Path, opts: &ExportOptions) -> anyhow::Result<E
                     (4 * anchors..a.len()).map(move |k| (a[k] - b[k]).abs() as f64)
                 })
                 .collect();
-            diffs.sort_by(f64::total_cmp);
+            let diffs = AbsDiffs::of(diffs);
             let m_ref = eval::SplitMetrics::new("valid", &valid_in, &pred_ref);
             let m_conv = eval::SplitMetrics::new("valid", &valid_in, &pred_conv);
             let thresholds = eval::BoxThresholds::choose(&valid_in, &pred_conv);
@@ -234,13 +236,9 @@ pub fn export_detector_run(run: &Path, opts: &ExportOptions) -> anyhow::Result<E
                 valid_map50: Some(m_conv.map50),
                 valid_map50_95_reference: Some(m_ref.map50_95),
                 valid_map50_95: Some(m_conv.map50_95),
-                valid_max_abs_probability_diff: diffs.last().copied().unwrap_or(0.0),
-                valid_mean_abs_probability_diff: (!diffs.is_empty())
-                    .then(|| diffs.iter().sum::<f64>() / diffs.len() as f64),
-                valid_median_abs_probability_diff: diffs
-                    .get(diffs.len() / 2)
-                    .copied()
-                    .unwrap_or(0.0),
+                valid_max_abs_probability_diff: diffs.max,
+                valid_mean_abs_probability_diff: diffs.mean,
+                valid_median_abs_probability_diff: diffs.median,
                 metrics_from_reference: false,
             };
             (bytes, thresholds, Some(test), Some(conversion))
