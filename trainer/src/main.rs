@@ -173,6 +173,41 @@ impl DeviceArg {
     }
 }
 
+/// Checkpoints and resume, the same for every training command.
+#[derive(clap::Args)]
+struct ResumeArgs {
+    /// Minutes between mid-epoch checkpoints (weights, optimizer moments, position).
+    #[arg(long, default_value_t = 10.0)]
+    checkpoint_minutes: f64,
+    /// Continue the run in --out where its last checkpoint left it.
+    #[arg(long)]
+    resume: bool,
+    /// Stop after this many training steps in this invocation (with a checkpoint), e.g. to
+    /// end before a machine is taken back; continue later with --resume.
+    #[arg(long, value_name = "N")]
+    max_steps: Option<usize>,
+}
+
+impl ResumeArgs {
+    /// Refuses to overwrite a run without --resume, and --resume without a run.
+    fn check(&self, out: &std::path::Path) -> anyhow::Result<()> {
+        let has_run = out.join("state.json").exists();
+        if has_run && !self.resume {
+            anyhow::bail!(
+                "{} already holds a run; pass --resume to continue it (with more --epochs to extend it), or choose a new --out",
+                out.display()
+            );
+        }
+        if self.resume && !has_run {
+            anyhow::bail!(
+                "--resume: {} holds no run to continue (no state.json)",
+                out.display()
+            );
+        }
+        Ok(())
+    }
+}
+
 #[derive(clap::Args)]
 struct ClassifyArgs {
     /// The FracAtlas folder in its published layout.
@@ -217,16 +252,8 @@ struct ClassifyArgs {
     /// constant rate, the study's).
     #[arg(long, value_name = "EPOCHS")]
     warmup_epochs: Option<f64>,
-    /// Minutes between mid-epoch checkpoints (weights, optimizer moments, position).
-    #[arg(long, default_value_t = 10.0)]
-    checkpoint_minutes: f64,
-    /// Continue the run in --out where its last checkpoint left it.
-    #[arg(long)]
-    resume: bool,
-    /// Stop after this many training steps in this invocation (with a checkpoint), e.g. to
-    /// end before a machine is taken back; continue later with --resume.
-    #[arg(long, value_name = "N")]
-    max_steps: Option<usize>,
+    #[command(flatten)]
+    resume: ResumeArgs,
     /// At most N images per class in each split part (smoke runs).
     #[arg(long, value_name = "N")]
     limit_per_class: Option<usize>,
@@ -287,6 +314,8 @@ struct DetectArgs {
     /// Compute device.
     #[arg(long, value_enum, default_value_t = DeviceArg::Flex)]
     device: DeviceArg,
+    #[command(flatten)]
+    resume: ResumeArgs,
     /// No progress bar (logs and files only).
     #[arg(long)]
     no_progress: bool,
@@ -407,26 +436,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             config.seed = a.seed.unwrap_or(config.seed);
             config.class_weighted_loss = !a.unweighted_loss && a.sampling != Sampling::Balanced;
             config.sampling = a.sampling;
-            config.checkpoint_minutes = a.checkpoint_minutes;
-            config.session_step_limit = a.max_steps;
+            config.checkpoint_minutes = a.resume.checkpoint_minutes;
+            config.session_step_limit = a.resume.max_steps;
             if let Some(w) = a.warmup_epochs {
                 config.schedule = LrSchedule::WarmupCosine {
                     warmup_epochs: w,
                     final_fraction: 0.01,
                 };
             }
-            if a.out.join("state.json").exists() && !a.resume {
-                anyhow::bail!(
-                    "{} already holds a run; pass --resume to continue it (with more --epochs to extend it), or choose a new --out",
-                    a.out.display()
-                );
-            }
-            if a.resume && !a.out.join("state.json").exists() {
-                anyhow::bail!(
-                    "--resume: {} holds no run to continue (no state.json)",
-                    a.out.display()
-                );
-            }
+            a.resume.check(&a.out)?;
             let run_data = RunData {
                 split: ClassificationSplitConfig {
                     seed: config.seed,
@@ -493,6 +511,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             config.negatives = a.negatives;
             config.seed = a.seed;
             config.limit = a.limit;
+            config.checkpoint_minutes = a.resume.checkpoint_minutes;
+            config.session_step_limit = a.resume.max_steps;
+            a.resume.check(&a.out)?;
             let device = a.device.device()?;
             std::fs::create_dir_all(&a.out)?;
             let command: Vec<String> = std::env::args().collect();
@@ -510,6 +531,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 summary.epochs.len(),
                 summary.seconds
             );
+            if !summary.complete {
+                println!(
+                    "stopped before the last epoch; continue with the same command and --resume"
+                );
+                return Ok(());
+            }
             let metrics = detect::evaluate_run(&atlas, &a.out, true, &device)?;
             print!("{}", detect::summary_table(&metrics));
             println!("metrics: {}", a.out.join("metrics.json").display());

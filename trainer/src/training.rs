@@ -290,20 +290,34 @@ struct RunState {
     resume_dir: Option<String>,
 }
 
+/// A run's progress record (`RUN/state.json`), which names the resume checkpoint it goes with.
+pub(crate) trait ResumeState: Serialize {
+    /// The folder name for a checkpoint of this state (`resume-e…-s…`).
+    fn point_name(&self) -> String;
+    /// Records that `name` now holds this state's weights and optimizer moments.
+    fn set_resume_dir(&mut self, name: String);
+}
+
+impl ResumeState for RunState {
+    fn point_name(&self) -> String {
+        format!("resume-e{:03}-s{:06}", self.epochs_done, self.step_in_epoch)
+    }
+    fn set_resume_dir(&mut self, name: String) {
+        self.resume_dir = Some(name);
+    }
+}
+
 /// Writes weights (burnpack, with parameter ids) and optimizer moments into a new folder,
 /// then the state that names it, then removes older folders: a crash at any point leaves a
 /// state and the checkpoint it names.
-fn save_resume_point<M: Module>(
-    run: &RunDir,
+pub(crate) fn save_resume_point<M: Module, S: ResumeState>(
+    run: &Path,
     model: &M,
     optim: &burn::optim::ModuleOptimizer,
-    state: &mut RunState,
+    state: &mut S,
 ) -> anyhow::Result<()> {
-    let name = format!(
-        "resume-e{:03}-s{:06}",
-        state.epochs_done, state.step_in_epoch
-    );
-    let dir = run.0.join(&name);
+    let name = state.point_name();
+    let dir = run.join(&name);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let path = dir.join("model.bpk");
     model
@@ -320,19 +334,40 @@ fn save_resume_point<M: Module>(
     for f in ["model.bpk", "optim.bpk"] {
         std::fs::File::open(dir.join(f))?.sync_all()?;
     }
-    state.resume_dir = Some(name.clone());
-    let tmp = run.state().with_extension("tmp");
+    state.set_resume_dir(name.clone());
+    let state_path = run.join("state.json");
+    let tmp = state_path.with_extension("tmp");
     std::fs::write(&tmp, serde_json::to_string_pretty(state)?)?;
     std::fs::File::open(&tmp)?.sync_all()?;
-    std::fs::rename(&tmp, run.state())
-        .with_context(|| format!("writing {}", run.state().display()))?;
-    for e in std::fs::read_dir(&run.0)?.flatten() {
+    std::fs::rename(&tmp, &state_path)
+        .with_context(|| format!("writing {}", state_path.display()))?;
+    for e in std::fs::read_dir(run)?.flatten() {
         let n = e.file_name().to_string_lossy().into_owned();
         if n.starts_with("resume-") && n != name {
             let _ = std::fs::remove_dir_all(e.path());
         }
     }
     Ok(())
+}
+
+/// Loads what [`save_resume_point`] wrote in `dir` into a freshly built `model` and `optim`.
+pub(crate) fn load_resume_point<M: Module>(
+    dir: &Path,
+    mut model: M,
+    optim: burn::optim::ModuleOptimizer,
+) -> anyhow::Result<(M, burn::optim::ModuleOptimizer)> {
+    // Burnpack keeps parameter ids, which the optimizer's moments are keyed by.
+    let path = dir.join("model.bpk");
+    model
+        .load_from(&mut BurnpackStore::from_file(&path))
+        .map_err(|e| {
+            anyhow::anyhow!("{}: cannot load the resume checkpoint: {e}", path.display())
+        })?;
+    let path = dir.join("optim.bpk");
+    let optim = optim
+        .load(&path)
+        .map_err(|e| anyhow::anyhow!("{}: cannot load the optimizer state: {e}", path.display()))?;
+    Ok((model, optim))
 }
 
 /// Saves a model in PyTorch layout, like the pretrained files, so one loader reads both.
@@ -523,18 +558,9 @@ pub fn train(
         .init();
     let mut model = match state.resume_dir.as_ref().map(|d| run.0.join(d)) {
         Some(dir) => {
-            // Burnpack keeps parameter ids, which the optimizer's moments are keyed by.
-            let mut model = Classifier::new(config.model, 2, &ad);
-            let path = dir.join("model.bpk");
-            model
-                .load_from(&mut BurnpackStore::from_file(&path))
-                .map_err(|e| {
-                    anyhow::anyhow!("{}: cannot load the resume checkpoint: {e}", path.display())
-                })?;
-            let path = dir.join("optim.bpk");
-            optim = optim.load(&path).map_err(|e| {
-                anyhow::anyhow!("{}: cannot load the optimizer state: {e}", path.display())
-            })?;
+            let (model, loaded) =
+                load_resume_point(&dir, Classifier::new(config.model, 2, &ad), optim)?;
+            optim = loaded;
             tracing::info!(
                 "resuming at epoch {} step {} from {}",
                 state.epochs_done + 1,
@@ -653,7 +679,7 @@ pub fn train(
                 log.flush()?;
                 // `valid()` folds in the batch-norm statistics of the last step, which a
                 // running state keeps apart until it is read.
-                save_resume_point(run, &model.valid(), &optim, &mut state)?;
+                save_resume_point(&run.0, &model.valid(), &optim, &mut state)?;
                 last_checkpoint = Instant::now();
             }
             if at_limit && step + 1 < steps_per_epoch {
@@ -704,7 +730,7 @@ pub fn train(
         state.step_in_epoch = 0;
         state.partial_loss_sum = 0.0;
         state.partial_loss_n = 0;
-        save_resume_point(run, &eval_model, &optim, &mut state)?;
+        save_resume_point(&run.0, &eval_model, &optim, &mut state)?;
         last_checkpoint = Instant::now();
         if config
             .session_step_limit

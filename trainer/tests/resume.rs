@@ -2,7 +2,8 @@
 //! resumed, ends with the weights of an uninterrupted run.
 //!
 //! Its own test binary, so its own process: burn's random generator is global, and tests
-//! running beside it in one process would draw from it between this test's steps.
+//! running beside it in one process would draw from it between this test's steps; the two
+//! tests here take turns through `RNG`.
 
 mod common;
 
@@ -14,6 +15,10 @@ use fv_train::pipeline::split_samples;
 use fv_train::training::{train, LrSchedule, RunDir, Sampling, TrainConfig};
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Mutex;
+
+/// Held by each test for its whole run: burn's generator is global.
+static RNG: Mutex<()> = Mutex::new(());
 
 /// The f32 tensors of a safetensors file, by name (the format: an 8-byte header length, a
 /// JSON header of names, dtypes and byte ranges, then the data).
@@ -63,6 +68,7 @@ fn max_difference(a: &Path, b: &Path) -> f32 {
 /// by the step.
 #[test]
 fn resumed_runs_end_with_the_weights_of_an_uninterrupted_one() {
+    let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
     let data = FracAtlas::open(&sample_dir()).unwrap();
     let split = data
         .classification_split(&common::small_holdout(42))
@@ -135,4 +141,79 @@ fn resumed_runs_end_with_the_weights_of_an_uninterrupted_one() {
         .find(|e| e.file_name().to_string_lossy().starts_with("resume-"))
         .expect("a resume checkpoint");
     assert!(moments.path().join("optim.bpk").is_file());
+}
+
+/// The same for `fv-train detect`: two epochs straight (mosaic, then without), a stop after
+/// the first epoch then a resume, and a stop after one step then a resume end with the same
+/// weights and the same epoch records.
+#[test]
+fn resumed_detection_runs_end_with_the_weights_of_an_uninterrupted_one() {
+    use fv_train::detect::{train, DetectConfig, DetectorKind};
+    let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let data = FracAtlas::open(&sample_dir()).unwrap();
+    let device = Device::flex();
+    let config = DetectConfig {
+        image_size: 64,
+        epochs: 2,
+        batch_size: 2,
+        close_mosaic: 1,
+        ..DetectConfig::study(DetectorKind::Yolov8Effl0)
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let run_with = |name: &str, steps: &[(usize, Option<usize>)]| {
+        let run = tmp.path().join(name);
+        let mut last = None;
+        for &(epochs, limit) in steps {
+            let c = DetectConfig {
+                epochs,
+                session_step_limit: limit,
+                ..config.clone()
+            };
+            last = Some(train(&data, &c, &run, &device, false).unwrap());
+        }
+        (run, last.unwrap())
+    };
+    let (straight, a) = run_with("straight", &[(2, None)]);
+    assert!(a.complete);
+    assert_eq!(a.epochs.len(), 2);
+    // The schedule depends on the epoch count, so "1 + resume + 1" stops the 2-epoch run at
+    // its first epoch's last step.
+    let per_epoch = fv_train::detect::split(&data, &config).unwrap()[0]
+        .len()
+        .div_ceil(config.batch_size);
+    assert!(
+        per_epoch >= 2,
+        "the sample needs 2 steps an epoch for a mid-epoch stop"
+    );
+    let (by_epoch, b) = run_with("by-epoch", &[(2, Some(per_epoch)), (2, None)]);
+    let (mid, c) = run_with("mid-epoch", &[(2, Some(1)), (2, None)]);
+    for (name, run) in [("1 + resume + 1", &by_epoch), ("a mid-epoch resume", &mid)] {
+        let d = max_difference(
+            &straight.join("last.safetensors"),
+            &run.join("last.safetensors"),
+        );
+        assert!(d < 1e-4, "{name} differs from 2 epochs straight by {d}");
+    }
+    for other in [&b, &c] {
+        assert_eq!(other.epochs.len(), 2);
+        for (x, y) in a.epochs.iter().zip(&other.epochs) {
+            for (p, q) in x.loss.iter().zip(&y.loss) {
+                assert!((p - q).abs() < 1e-4, "{:?} vs {:?}", x.loss, y.loss);
+            }
+            assert!((x.valid_map50_95 - y.valid_map50_95).abs() < 1e-6);
+        }
+    }
+    // The step log has each step once, whether or not the run was resumed.
+    let lines = |run: &Path| std::fs::read_to_string(run.join("train_log.csv")).unwrap();
+    assert_eq!(
+        lines(&straight).lines().count(),
+        lines(&mid).lines().count()
+    );
+    // Another configuration is refused, not silently mixed in.
+    let other = DetectConfig {
+        lr: 0.01,
+        ..config.clone()
+    };
+    let e = train(&data, &other, &straight, &device, false).unwrap_err();
+    assert!(e.to_string().contains("another configuration"), "{e}");
 }

@@ -15,7 +15,7 @@ use crate::data::detect::{load_cached, training_view, views_to_batch, DetAugment
 use crate::data::{ClassificationSplitConfig, FracAtlas};
 use crate::models::yolov8::{ultralytics_key_remapping, YoloV8, YoloV8Config};
 use crate::models::ModelKind;
-use crate::training::{progress_bar, save_checkpoint, say};
+use crate::training::{progress_bar, save_checkpoint, save_resume_point, say};
 use crate::weights::load_safetensors;
 use anyhow::Context as _;
 use assign::AssignerConfig;
@@ -113,6 +113,16 @@ pub struct DetectConfig {
     pub seed: u64,
     /// At most this many images per part (smoke runs); `None` for all.
     pub limit: Option<usize>,
+    /// Minutes between mid-epoch resume checkpoints (one is also written at each epoch's end).
+    #[serde(default = "default_checkpoint_minutes")]
+    pub checkpoint_minutes: f64,
+    /// Stop after this many steps in this invocation, with a checkpoint; `--resume` goes on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_step_limit: Option<usize>,
+}
+
+fn default_checkpoint_minutes() -> f64 {
+    10.0
 }
 
 impl DetectConfig {
@@ -134,6 +144,19 @@ impl DetectConfig {
             gains: LossGains::default(),
             seed: 0,
             limit: None,
+            checkpoint_minutes: default_checkpoint_minutes(),
+            session_step_limit: None,
+        }
+    }
+
+    /// What must match for `--resume` to continue a run: all but the epoch count (a resume
+    /// may extend a run), the checkpoint interval and this invocation's step limit.
+    fn resumable_part(&self) -> DetectConfig {
+        DetectConfig {
+            epochs: 0,
+            checkpoint_minutes: 0.0,
+            session_step_limit: None,
+            ..self.clone()
         }
     }
 
@@ -240,6 +263,43 @@ pub struct DetectSummary {
     pub seconds: f64,
     /// Images that could not be loaded.
     pub load_failures: Vec<String>,
+    /// False when the run stopped at `session_step_limit` before its last epoch.
+    #[serde(default = "yes")]
+    pub complete: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Where a run stands (`RUN/state.json`), written with every resume checkpoint.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct DetectState {
+    epochs_done: usize,
+    best_epoch: usize,
+    best_fitness: Option<f64>,
+    epochs: Vec<EpochRecord>,
+    /// Steps done in the epoch under way.
+    step_in_epoch: usize,
+    /// Loss sums and steps of the epoch under way, so its means survive a resume.
+    partial_loss: [f64; 3],
+    partial_n: usize,
+    /// Images and training seconds of the epoch under way (its images per second).
+    partial_images: usize,
+    partial_seconds: f64,
+    /// Wall time of the run over all sessions, up to this state.
+    seconds: f64,
+    /// The folder (under the run) with the weights and optimizer moments of this state.
+    resume_dir: Option<String>,
+}
+
+impl crate::training::ResumeState for DetectState {
+    fn point_name(&self) -> String {
+        format!("resume-e{:03}-s{:06}", self.epochs_done, self.step_in_epoch)
+    }
+    fn set_resume_dir(&mut self, name: String) {
+        self.resume_dir = Some(name);
+    }
 }
 
 fn fitness(map50: f64, map50_95: f64) -> f64 {
@@ -247,7 +307,8 @@ fn fitness(map50: f64, map50_95: f64) -> f64 {
 }
 
 /// Trains a detector into `run`: `config.json`, `train_log.csv`, `last.safetensors`,
-/// `best.safetensors`, `train_summary.json`.
+/// `best.safetensors`, `train_summary.json`, and `state.json` with a resume checkpoint every
+/// `checkpoint_minutes` and at each epoch's end; continues from `state.json` if present.
 pub fn train(
     data: &FracAtlas,
     config: &DetectConfig,
@@ -261,11 +322,27 @@ pub fn train(
         config.image_size
     );
     std::fs::create_dir_all(run).with_context(|| format!("creating {}", run.display()))?;
+    let state_path = run.join("state.json");
+    let mut state: DetectState = match std::fs::read_to_string(&state_path) {
+        Ok(text) => {
+            let saved: DetectConfig = serde_json::from_str(
+                &std::fs::read_to_string(run.join("config.json"))
+                    .context("resuming: reading config.json")?,
+            )?;
+            anyhow::ensure!(
+                saved.resumable_part() == config.resumable_part(),
+                "{} holds a detection run with another configuration; resume with the same flags or use a new --out",
+                run.display()
+            );
+            serde_json::from_str(&text)
+                .with_context(|| format!("resuming: reading {}", state_path.display()))?
+        }
+        Err(_) => DetectState::default(),
+    };
     std::fs::write(
         run.join("config.json"),
         serde_json::to_string_pretty(config)?,
     )?;
-    device.seed(config.seed);
     let [train_s, valid_s, _] = split(data, config)?;
     let s = config.image_size as usize;
     let (pool, mut failures) = load_cached(&train_s, config.image_size);
@@ -277,37 +354,85 @@ pub fn train(
     }
 
     let ad = device.clone().autodiff();
-    let mut model = build_detector(config, None, &ad)?;
-    let reg_max = model.reg_max();
     let mut optim = AdamWConfig::new()
         .with_beta_1(0.9)
         .with_beta_2(0.999)
         .with_weight_decay(config.weight_decay)
         .init();
+    let mut model = match state.resume_dir.as_ref().map(|d| run.join(d)) {
+        Some(dir) => {
+            let (model, loaded) =
+                crate::training::load_resume_point(&dir, config.model.config().init(&ad), optim)?;
+            optim = loaded;
+            tracing::info!(
+                "resuming at epoch {} step {} from {}",
+                state.epochs_done + 1,
+                state.step_in_epoch,
+                dir.display()
+            );
+            model
+        }
+        None => {
+            device.seed(config.seed);
+            build_detector(config, None, &ad)?
+        }
+    };
+    let reg_max = model.reg_max();
     let assigner = AssignerConfig::default();
     let (mean, std) = config.model.mean_std();
 
-    let mut log = std::fs::File::create(run.join("train_log.csv"))?;
-    writeln!(
-        log,
-        "epoch,step,lr,box,cls,dfl,foreground,images_per_second"
-    )?;
+    let log_path = run.join("train_log.csv");
+    let new_log = state.resume_dir.is_none() || !log_path.exists();
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .append(!new_log)
+        .truncate(new_log)
+        .open(&log_path)?;
+    if new_log {
+        writeln!(
+            log,
+            "epoch,step,lr,box,cls,dfl,foreground,images_per_second"
+        )?;
+    }
     let per_epoch = pool.len().div_ceil(config.batch_size);
     let bar = progress_bar((per_epoch * config.epochs) as u64, show_progress);
+    bar.set_position((per_epoch * state.epochs_done + state.step_in_epoch) as u64);
     let started = Instant::now();
-    let mut records = Vec::new();
-    let (mut best, mut best_epoch) = (f64::NEG_INFINITY, 0);
-    let mut step_global = 0usize;
-    for epoch in 0..config.epochs {
+    let seconds_before = state.seconds;
+    let mut last_checkpoint = Instant::now();
+    let mut steps_this_session = 0usize;
+    let mut stopped = false;
+    let failure_messages = || -> Vec<String> {
+        failures
+            .iter()
+            .map(|f: &LoadFailure| format!("{}: {}", f.id, f.message))
+            .collect()
+    };
+    for epoch in state.epochs_done..config.epochs {
         bar.set_prefix(format!("{}/{}", epoch + 1, config.epochs));
         let mosaic = epoch + config.close_mosaic < config.epochs;
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(config.seed ^ (epoch as u64 + 1));
         let mut order: Vec<usize> = (0..pool.len()).collect();
-        order.shuffle(&mut rng);
-        let (mut sums, mut n) = ([0.0f64; 3], 0usize);
-        let epoch_start = Instant::now();
-        let mut seen = 0usize;
-        for batch in order.chunks(config.batch_size) {
+        order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(
+            config.seed ^ (epoch as u64 + 1),
+        ));
+        let session_epoch_start = Instant::now();
+        let seconds_before_epoch = state.partial_seconds;
+        let ips = |state: &DetectState| {
+            state.partial_images as f64
+                / (seconds_before_epoch + session_epoch_start.elapsed().as_secs_f64()).max(1e-9)
+        };
+        for (step, batch) in order
+            .chunks(config.batch_size)
+            .enumerate()
+            .skip(state.step_in_epoch)
+        {
+            let global = epoch * per_epoch + step;
+            // Augmentation draws from a generator seeded by the step alone, so that a resumed
+            // run repeats exactly what an uninterrupted one does.
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(
+                config.seed ^ ((global as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+            );
             let views: Vec<_> = batch
                 .iter()
                 .map(|&i| training_view(&pool, i, s, &config.augment, mosaic, &mut rng))
@@ -328,53 +453,79 @@ pub fn train(
                 total.is_finite(),
                 "the loss became {total} at epoch {} step {}; lower --lr",
                 epoch + 1,
-                step_global + 1
+                step + 1
             );
-            let lr = config.lr_at(step_global, per_epoch);
+            let lr = config.lr_at(global, per_epoch);
             let grads = GradientsParams::from_grads(loss.backward(), &model);
             model = optim.step(lr, model, grads);
-            step_global += 1;
-            sums[0] += parts.box_;
-            sums[1] += parts.cls;
-            sums[2] += parts.dfl;
-            n += 1;
-            seen += b;
-            let ips = seen as f64 / epoch_start.elapsed().as_secs_f64().max(1e-9);
+            state.partial_loss[0] += parts.box_;
+            state.partial_loss[1] += parts.cls;
+            state.partial_loss[2] += parts.dfl;
+            state.partial_n += 1;
+            state.partial_images += b;
+            state.step_in_epoch = step + 1;
+            steps_this_session += 1;
+            let n = state.partial_n as f64;
             writeln!(
                 log,
                 "{},{},{:.6},{:.5},{:.5},{:.5},{},{:.3}",
                 epoch + 1,
-                step_global,
+                global + 1,
                 lr,
                 parts.box_,
                 parts.cls,
                 parts.dfl,
                 parts.foreground,
-                ips
+                ips(&state)
             )?;
             bar.set_message(format!(
                 "box {:.3} cls {:.3} dfl {:.3}  {:.2} img/s",
-                sums[0] / n as f64,
-                sums[1] / n as f64,
-                sums[2] / n as f64,
-                ips
+                state.partial_loss[0] / n,
+                state.partial_loss[1] / n,
+                state.partial_loss[2] / n,
+                ips(&state)
             ));
             bar.inc(1);
+            let at_limit = config.session_step_limit == Some(steps_this_session);
+            if step + 1 < per_epoch
+                && (at_limit
+                    || last_checkpoint.elapsed().as_secs_f64() >= config.checkpoint_minutes * 60.0)
+            {
+                log.flush()?;
+                state.partial_seconds =
+                    seconds_before_epoch + session_epoch_start.elapsed().as_secs_f64();
+                state.seconds = seconds_before + started.elapsed().as_secs_f64();
+                // `valid()` folds in the batch-norm statistics of the last step.
+                save_resume_point(run, &model.valid(), &optim, &mut state)?;
+                last_checkpoint = Instant::now();
+            }
+            if at_limit && step + 1 < per_epoch {
+                stopped = true;
+                break;
+            }
+        }
+        if stopped {
+            say(
+                &bar,
+                format!(
+                    "stopped at epoch {} step {} (session step limit); continue with --resume",
+                    epoch + 1,
+                    state.step_in_epoch
+                ),
+            );
+            break;
         }
         log.flush()?;
         let eval_model = model.valid();
         let preds = eval::predict(&eval_model, &valid_inputs, config, device);
         let report = eval::SplitMetrics::new("valid", &valid_inputs, &preds);
+        let n = state.partial_n.max(1) as f64;
         let rec = EpochRecord {
             epoch: epoch + 1,
-            loss: [
-                sums[0] / n.max(1) as f64,
-                sums[1] / n.max(1) as f64,
-                sums[2] / n.max(1) as f64,
-            ],
+            loss: state.partial_loss.map(|l| l / n),
             valid_map50: report.map50,
             valid_map50_95: report.map50_95,
-            images_per_second: seen as f64 / epoch_start.elapsed().as_secs_f64().max(1e-9),
+            images_per_second: ips(&state),
         };
         say(
             &bar,
@@ -390,32 +541,55 @@ pub fn train(
         );
         save_checkpoint(&eval_model, &run.join("last.safetensors"))?;
         let fit = fitness(rec.valid_map50, rec.valid_map50_95);
-        if fit > best {
-            best = fit;
-            best_epoch = epoch + 1;
+        if state.best_fitness.is_none_or(|b| fit > b) {
+            state.best_fitness = Some(fit);
+            state.best_epoch = epoch + 1;
             save_checkpoint(&eval_model, &run.join("best.safetensors"))?;
         }
-        records.push(rec);
+        state.epochs.push(rec);
+        state.epochs_done = epoch + 1;
+        state.step_in_epoch = 0;
+        state.partial_loss = [0.0; 3];
+        state.partial_n = 0;
+        state.partial_images = 0;
+        state.partial_seconds = 0.0;
+        state.seconds = seconds_before + started.elapsed().as_secs_f64();
+        save_resume_point(run, &eval_model, &optim, &mut state)?;
+        last_checkpoint = Instant::now();
         let summary = DetectSummary {
-            best_epoch,
-            epochs: records.clone(),
-            seconds: started.elapsed().as_secs_f64(),
-            load_failures: failures
-                .iter()
-                .map(|f: &LoadFailure| f.message.clone())
-                .collect(),
+            best_epoch: state.best_epoch,
+            epochs: state.epochs.clone(),
+            seconds: state.seconds,
+            load_failures: failure_messages(),
+            complete: epoch + 1 == config.epochs,
         };
         std::fs::write(
             run.join("train_summary.json"),
             serde_json::to_string_pretty(&summary)?,
         )?;
+        if config
+            .session_step_limit
+            .is_some_and(|l| steps_this_session >= l)
+            && epoch + 1 < config.epochs
+        {
+            stopped = true;
+            say(
+                &bar,
+                format!(
+                    "stopped after epoch {} (session step limit); continue with --resume",
+                    epoch + 1
+                ),
+            );
+            break;
+        }
     }
     bar.finish_and_clear();
     Ok(DetectSummary {
-        best_epoch,
-        epochs: records,
-        seconds: started.elapsed().as_secs_f64(),
-        load_failures: failures.iter().map(|f| f.message.clone()).collect(),
+        best_epoch: state.best_epoch,
+        epochs: state.epochs,
+        seconds: seconds_before + started.elapsed().as_secs_f64(),
+        load_failures: failure_messages(),
+        complete: !stopped,
     })
 }
 
