@@ -52,6 +52,7 @@ function drawUnits(fleet, now) {
     cell(tr, health + why, `state ${health}${u.publisher ? ' waiting' : ''}`);
     cell(tr, age(u.heartbeatAt === null ? null : now - u.heartbeatAt));
     cell(tr, u.outboxDepth ?? '—', u.outboxDepth > 0 ? 'waiting' : '');
+    cell(tr, u.pacsDepth ?? '—', u.pacsDepth > 0 || u.pacs ? 'waiting' : '');
     cell(tr, u.processed ?? '—');
     cell(tr, u.failed ?? '—', u.failed > 0 ? 'waiting' : '');
     cell(tr, modelsText(u.models));

@@ -41,7 +41,7 @@ export class Fleet {
         key, site, device,
         state: 'unknown', reason: null, publisher: null, version: null, models: [],
         heartbeatAt: null, intervalS: DEFAULT_INTERVAL_S,
-        outboxDepth: null, dropped: null, processed: null, failed: null,
+        outboxDepth: null, pacsDepth: null, pacs: null, dropped: null, processed: null, failed: null,
       };
       this.units.set(key, u);
     }
@@ -77,6 +77,9 @@ export class Fleet {
       u.heartbeatAt = now;
       if (Number.isFinite(msg.interval_s) && msg.interval_s > 0) u.intervalS = msg.interval_s;
       u.outboxDepth = msg.outbox_depth ?? null;
+      // Structured Reports waiting for the PACS (null: the unit has no PACS configured).
+      u.pacsDepth = Number.isFinite(msg.pacs_outbox_depth) ? msg.pacs_outbox_depth : null;
+      u.pacs = typeof msg.pacs === 'string' ? msg.pacs : null;
       u.dropped = msg.dropped ?? null;
       u.processed = msg.processed ?? null;
       u.failed = msg.failed ?? null;

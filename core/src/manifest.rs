@@ -33,6 +33,17 @@ pub enum Precision {
     Int8,
 }
 
+impl std::fmt::Display for Precision {
+    /// The manifest's spelling: `fp32`, `fp16`, `int8`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Precision::Fp32 => "fp32",
+            Precision::Fp16 => "fp16",
+            Precision::Int8 => "int8",
+        })
+    }
+}
+
 /// One output of the graph and how to read it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct OutputSpec {

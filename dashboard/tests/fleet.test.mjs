@@ -27,6 +27,18 @@ test('status, heartbeat and last will make a unit online, stale, offline', () =>
   assert.equal(f.units.size, 0);
 });
 
+test('the PACS outbox depth is shown where the unit has a PACS, and its stall reason', () => {
+  const f = new Fleet(P);
+  const t0 = Date.parse('2026-11-29T10:00:00Z');
+  f.apply(`${P}/clinic-a/unit-1/heartbeat`, JSON.stringify({ outbox_depth: 0 }), t0);
+  const u = f.units.get('clinic-a/unit-1');
+  assert.equal(u.pacsDepth, null);
+  f.apply(`${P}/clinic-a/unit-1/heartbeat`,
+    JSON.stringify({ outbox_depth: 0, pacs_outbox_depth: 4, pacs: 'cannot associate' }), t0);
+  assert.equal(u.pacsDepth, 4);
+  assert.equal(u.pacs, 'cannot associate');
+});
+
 test('a redelivered result (QoS 1, same id) is listed and counted once', () => {
   const f = new Fleet(P);
   const now = Date.now();

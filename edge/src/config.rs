@@ -43,6 +43,42 @@ pub struct V4lSettings {
     pub trigger: crate::v4l::Trigger,
 }
 
+/// The DICOM node: the storage SCP and where reports go (`[dicom]`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DicomSettings {
+    /// `PORT` or `ADDR:PORT` to accept C-STORE and C-ECHO on (off when unset).
+    pub listen: Option<String>,
+    /// Our AE title, the called AE title peers use (default `FVEDGE`); also the calling AE
+    /// title towards the PACS.
+    pub ae_title: Option<String>,
+    /// Calling AE titles accepted (default: any).
+    pub allowed_calling_ae_titles: Option<Vec<String>>,
+    /// Source IP addresses accepted (default: any).
+    pub allowed_addresses: Option<Vec<std::net::IpAddr>>,
+    /// Associations open at once (default 4).
+    pub max_associations: Option<usize>,
+    /// Largest PDU we accept, in bytes (default 64 KiB).
+    pub max_pdu_bytes: Option<u32>,
+    /// Largest object accepted, in bytes (default: `max_input_bytes`).
+    pub max_object_bytes: Option<u64>,
+    /// Seconds an association may stay silent (default 60).
+    pub idle_timeout_s: Option<u64>,
+    /// Where Structured Reports go.
+    #[serde(default)]
+    pub pacs: PacsSettings,
+}
+
+/// The PACS that receives a Structured Report for every DICOM image read (`[dicom.pacs]`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PacsSettings {
+    /// `TITLE@HOST:PORT` (off when unset).
+    pub address: Option<String>,
+    /// Longest wait between attempts while the PACS is unreachable, in seconds (default 60).
+    pub max_retry_s: Option<u64>,
+}
+
 /// The configuration as read from one layer; every field optional so layers merge.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -91,6 +127,9 @@ pub struct Layer {
     /// The fleet dashboard's web server (off unless `listen` is set).
     #[serde(default)]
     pub dashboard: crate::dashboard::DashboardSettings,
+    /// The DICOM node (storage SCP, reports to the PACS).
+    #[serde(default)]
+    pub dicom: DicomSettings,
 }
 
 macro_rules! merge {
@@ -147,6 +186,15 @@ impl Layer {
                 broker: get("FV_DASHBOARD_BROKER"),
                 prefix: None,
             },
+            dicom: DicomSettings {
+                listen: get("FV_DICOM_LISTEN"),
+                ae_title: get("FV_DICOM_AE"),
+                pacs: PacsSettings {
+                    address: get("FV_PACS"),
+                    max_retry_s: None,
+                },
+                ..Default::default()
+            },
             ..Default::default()
         })
     }
@@ -188,6 +236,19 @@ impl Layer {
             max_packet_bytes
         );
         merge!(self.dashboard, over.dashboard, listen, broker, prefix);
+        merge!(
+            self.dicom,
+            over.dicom,
+            listen,
+            ae_title,
+            allowed_calling_ae_titles,
+            allowed_addresses,
+            max_associations,
+            max_pdu_bytes,
+            max_object_bytes,
+            idle_timeout_s
+        );
+        merge!(self.dicom.pacs, over.dicom.pacs, address, max_retry_s);
         self
     }
 }

@@ -108,6 +108,9 @@ struct Journal {
     dest: PathBuf,
     /// Whether its fleet copy is in the outbox.
     queued: bool,
+    /// Whether its Structured Report is in the PACS outbox (or none is due).
+    #[serde(default)]
+    reported: bool,
 }
 
 /// `STATE/journal/<hash of the input's path, size and time>.json`.
@@ -180,6 +183,8 @@ struct Resolved {
     state: PathBuf,
     settle: Duration,
     decode: DecodeOptions,
+    /// Reports for the PACS, when one is configured.
+    pacs: Option<SharedOutbox>,
 }
 
 impl Resolved {
@@ -231,7 +236,9 @@ pub fn run(layer: Layer) -> anyhow::Result<()> {
                 .unwrap_or(DecodeOptions::DEFAULT_MAX_FILE_BYTES),
         },
         watch,
+        pacs: None,
     };
+    let mut r = r;
     for d in [
         &r.watch,
         &r.done,
@@ -276,17 +283,72 @@ pub fn run(layer: Layer) -> anyhow::Result<()> {
         None => None,
     };
 
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let stats = Arc::new(Mutex::new(Stats::default()));
+    // Reports to the PACS: their own durable outbox, drained by their own thread.
+    let pacs_sender = match &layer.dicom.pacs.address {
+        None => None,
+        Some(address) => {
+            let pacs: crate::pacs::PacsAddress = address.parse().context("[dicom.pacs] address")?;
+            let calling_ae = layer
+                .dicom
+                .ae_title
+                .clone()
+                .unwrap_or_else(|| "FVEDGE".into());
+            let o: SharedOutbox = Arc::new(Mutex::new(Outbox::open(
+                &r.state.join("pacs-outbox"),
+                limits,
+            )?));
+            stats.lock().expect("stats lock").pacs_outbox_depth =
+                Some(o.lock().expect("outbox lock").depth());
+            r.pacs = Some(o.clone());
+            tracing::info!(
+                "Structured Reports go to {}@{} as {calling_ae}",
+                pacs.ae_title,
+                pacs.host_port
+            );
+            let sender = crate::pacs::PacsSender {
+                pacs,
+                calling_ae,
+                outbox: o,
+                max_retry: Duration::from_secs(layer.dicom.pacs.max_retry_s.unwrap_or(60).max(1)),
+                stats: stats.clone(),
+                shutdown: shutdown.clone(),
+            };
+            Some(
+                std::thread::Builder::new()
+                    .name("pacs".into())
+                    .spawn(move || sender.run())?,
+            )
+        }
+    };
+    // The storage SCP writes complete objects into the watch folder.
+    let scp = match &layer.dicom.listen {
+        None => None,
+        Some(listen) => {
+            let scp = crate::scp::Scp::from_settings(
+                &layer.dicom,
+                &r.watch,
+                &r.state,
+                r.decode.max_file_bytes,
+                &pipeline.config.uid_salt,
+            )?;
+            let (addr, handle) = scp.start(listen, shutdown.clone())?;
+            // Printed so that a script (and the tests) can find a port-0 listener.
+            println!("dicom on {addr}");
+            Some(handle)
+        }
+    };
+
     // The fleet page, when asked for: static files only, so it cannot slow the readings.
     let _dashboard = match layer.dashboard.listen {
         Some(_) => Some(crate::dashboard::serve(&layer.dashboard)?),
         None => None,
     };
 
-    let shutdown = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, shutdown.clone())?;
     }
-    let stats = Arc::new(Mutex::new(Stats::default()));
     let worker_done = Arc::new(AtomicBool::new(false));
     let publisher = match &layer.mqtt.url {
         None => {
@@ -448,6 +510,9 @@ pub fn run(layer: Layer) -> anyhow::Result<()> {
     if let Some(h) = publisher {
         let _ = h.join();
     }
+    for h in [scp, pacs_sender].into_iter().flatten() {
+        let _ = h.join();
+    }
     Ok(())
 }
 
@@ -593,6 +658,30 @@ fn count(stats: &Mutex<Stats>, m: &fv_core::result::ResultMessage) {
     }
 }
 
+/// A DICOM image's reading as a Structured Report: into the PACS outbox, and a copy beside
+/// the local result (`<name>.sr.dcm`). A report that cannot be made (the source lacks a UID
+/// it must reference) is logged; the reading itself stands.
+fn report(j: &Journal, path: &Path, pacs: &Mutex<Outbox>) -> anyhow::Result<()> {
+    let m = &j.message;
+    if m.error.is_some() || m.source.kind != fv_core::result::SourceKind::Dicom {
+        return Ok(());
+    }
+    let sr = match crate::sr::report(path, m) {
+        Ok(sr) => sr,
+        Err(e) => {
+            tracing::warn!("no report for the PACS: {e}");
+            return Ok(());
+        }
+    };
+    pacs.lock().expect("outbox lock").push(&sr.bytes)?;
+    let copy = PathBuf::from(format!("{}.sr.dcm", j.dest.display()));
+    if let Err(e) = write_synced(&copy, &sr.bytes) {
+        tracing::warn!("{}: cannot write the report's copy: {e}", copy.display());
+    }
+    tracing::info!("result {}: report queued for the PACS", m.id);
+    Ok(())
+}
+
 fn process_file(
     pipeline: &mut Pipeline,
     path: &Path,
@@ -648,6 +737,7 @@ fn process_file(
                 message: outcome.message,
                 dest,
                 queued: false,
+                reported: false,
             };
             write_synced(&jpath, &serde_json::to_vec(&j)?)
                 .with_context(|| format!("cannot write {}", jpath.display()))?;
@@ -660,6 +750,14 @@ fn process_file(
     if !j.queued {
         queue(&j.message, &pipeline.config.uid_salt, outbox, stats)?;
         j.queued = true;
+        write_synced(&jpath, &serde_json::to_vec(&j)?)
+            .with_context(|| format!("cannot write {}", jpath.display()))?;
+    }
+    if !j.reported {
+        if let Some(pacs) = &r.pacs {
+            report(&j, path, pacs)?;
+        }
+        j.reported = true;
         write_synced(&jpath, &serde_json::to_vec(&j)?)
             .with_context(|| format!("cannot write {}", jpath.display()))?;
     }

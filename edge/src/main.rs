@@ -74,7 +74,7 @@ enum Command {
         engine: EngineKind,
     },
     /// The daemon: watch a folder, read each image, write local results, publish over MQTT.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Time each model on each engine and the whole path, side by side (see BENCHMARKS.md).
     Bench {
         /// Models directory.
@@ -163,6 +163,16 @@ struct RunArgs {
     /// The broker's WebSockets URL that the dashboard page connects to.
     #[arg(long, value_name = "URL")]
     dashboard_broker: Option<String>,
+    /// Accept images by DICOM C-STORE (and answer C-ECHO) on PORT or ADDR:PORT.
+    #[arg(long, value_name = "[ADDR:]PORT")]
+    dicom_listen: Option<String>,
+    /// Our DICOM AE title (default FVEDGE): the called AE title the X-ray unit uses, and the
+    /// calling one towards the PACS.
+    #[arg(long, value_name = "TITLE")]
+    dicom_ae: Option<String>,
+    /// Send a DICOM Structured Report for every DICOM image read to this PACS.
+    #[arg(long, value_name = "TITLE@HOST:PORT")]
+    pacs: Option<String>,
 }
 
 fn main() {
@@ -283,6 +293,15 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
                     listen: a.dashboard,
                     broker: a.dashboard_broker,
                     prefix: None,
+                },
+                dicom: fv_edge::config::DicomSettings {
+                    listen: a.dicom_listen,
+                    ae_title: a.dicom_ae,
+                    pacs: fv_edge::config::PacsSettings {
+                        address: a.pacs,
+                        max_retry_s: None,
+                    },
+                    ..Default::default()
                 },
                 ..Default::default()
             };

@@ -42,6 +42,12 @@ pub struct Stats {
     pub oversized: u64,
     /// Why the publisher cannot do its work right now (`None` when it can).
     pub publisher_stalled: Option<String>,
+    /// Structured Reports waiting for the PACS (`None`: no PACS configured).
+    pub pacs_outbox_depth: Option<usize>,
+    /// Reports the PACS has stored since start.
+    pub pacs_sent: u64,
+    /// Why the PACS sender cannot deliver right now.
+    pub pacs_stalled: Option<String>,
 }
 
 /// `fractuvision/v1/{site}/{device}/…`.
@@ -577,6 +583,9 @@ impl Publisher {
             "failed": stats.failed,
             "last_error": stats.last_error,
             "publisher": stats.publisher_stalled,
+            "pacs_outbox_depth": stats.pacs_outbox_depth,
+            "pacs_sent": stats.pacs_sent,
+            "pacs": stats.pacs_stalled,
             "models": self.models,
             "ts": crate::pipeline::now_rfc3339(),
         })

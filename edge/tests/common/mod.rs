@@ -275,7 +275,8 @@ impl Daemon {
         Daemon::spawn(dir, mqtt, extra_env, None)
     }
 
-    fn spawn(
+    /// Runs with all of: a broker, extra environment, a config file.
+    pub fn spawn(
         dir: &Path,
         mqtt: Option<&str>,
         extra_env: &[(&str, &str)],
@@ -391,10 +392,32 @@ pub const STUDY_UID: &str = "1.2.826.0.1.3680043.8.498.424242";
 pub const SOP_UID: &str = "1.2.826.0.1.3680043.8.498.1";
 pub const PHI: [&str; 6] = ["DOE", "JOHN", "PID-777", "19700101", STUDY_UID, SOP_UID];
 
+/// The series of the test DICOMs.
+pub const SERIES_UID: &str = "1.2.826.0.1.3680043.8.498.77";
+
 /// A DX radiograph from a sample JPEG: 12 bits stored, MONOCHROME1 (inverted), rescaled by
 /// slope 2 and intercept −100, windowed exactly over the rescaled range; read back right it
 /// shows the JPEG's grey levels.
 pub fn dicom_from_jpeg(jpeg: &Path, out: &Path, modality: &str, with_pixels: bool) {
+    dicom_from_jpeg_as(
+        jpeg,
+        out,
+        modality,
+        with_pixels,
+        uids::DIGITAL_X_RAY_IMAGE_STORAGE_FOR_PRESENTATION,
+        SOP_UID,
+    );
+}
+
+/// The same with another SOP class and instance UID.
+pub fn dicom_from_jpeg_as(
+    jpeg: &Path,
+    out: &Path,
+    modality: &str,
+    with_pixels: bool,
+    sop_class: &str,
+    sop_uid: &str,
+) {
     let g = image::open(jpeg).unwrap().to_luma8();
     let stored: Vec<u16> = g
         .as_raw()
@@ -404,13 +427,10 @@ pub fn dicom_from_jpeg(jpeg: &Path, out: &Path, modality: &str, with_pixels: boo
     let us = |t, v: u16| DataElement::new(t, VR::US, PrimitiveValue::from(v));
     let s = |t, vr, v: &str| DataElement::new(t, vr, PrimitiveValue::from(v));
     let mut elements = vec![
-        s(
-            tags::SOP_CLASS_UID,
-            VR::UI,
-            uids::DIGITAL_X_RAY_IMAGE_STORAGE_FOR_PRESENTATION,
-        ),
-        s(tags::SOP_INSTANCE_UID, VR::UI, SOP_UID),
+        s(tags::SOP_CLASS_UID, VR::UI, sop_class),
+        s(tags::SOP_INSTANCE_UID, VR::UI, sop_uid),
         s(tags::STUDY_INSTANCE_UID, VR::UI, STUDY_UID),
+        s(tags::SERIES_INSTANCE_UID, VR::UI, SERIES_UID),
         s(tags::PATIENT_NAME, VR::PN, "DOE^JOHN"),
         s(tags::PATIENT_ID, VR::LO, "PID-777"),
         s(tags::PATIENT_BIRTH_DATE, VR::DA, "19700101"),
@@ -438,14 +458,24 @@ pub fn dicom_from_jpeg(jpeg: &Path, out: &Path, modality: &str, with_pixels: boo
     write_dicom(elements, uids::EXPLICIT_VR_LITTLE_ENDIAN, out);
 }
 
+/// A Part 10 file of `elements` in transfer syntax `ts`; the file meta names the SOP class
+/// and instance the elements hold.
 pub fn write_dicom(elements: Vec<DataElement<InMemDicomObject>>, ts: &str, out: &Path) {
     let obj = InMemDicomObject::from_element_iter(elements);
+    let uid = |t| {
+        obj.element_opt(t)
+            .unwrap()
+            .map(|e| e.to_str().unwrap().into_owned())
+    };
+    let class = uid(tags::SOP_CLASS_UID)
+        .unwrap_or_else(|| uids::DIGITAL_X_RAY_IMAGE_STORAGE_FOR_PRESENTATION.into());
+    let instance = uid(tags::SOP_INSTANCE_UID).unwrap_or_else(|| SOP_UID.into());
     let file = obj
         .with_meta(
             FileMetaTableBuilder::new()
                 .transfer_syntax(ts)
-                .media_storage_sop_class_uid(uids::DIGITAL_X_RAY_IMAGE_STORAGE_FOR_PRESENTATION)
-                .media_storage_sop_instance_uid(SOP_UID),
+                .media_storage_sop_class_uid(class)
+                .media_storage_sop_instance_uid(instance),
         )
         .unwrap();
     file.write_to_file(out).unwrap();

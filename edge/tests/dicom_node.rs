@@ -1,0 +1,443 @@
+//! fv-edge as a DICOM node, against peers no one here wrote: DCMTK's `storescu` and `echoscu`
+//! play the X-ray unit, its `storescp` the PACS, and dicom3tools' `dciodvfy` checks the
+//! Structured Report. Bad peers too: a wrong called AE title, a calling AE title not allowed,
+//! an unsupported SOP class, an object over the limit, an association dropped mid-object.
+//!
+//! Without DCMTK (or dicom3tools for `dciodvfy`) the tests say so and pass, unless
+//! FV_REQUIRE_DCMTK=1 (CI), which makes that a failure.
+
+mod common;
+
+use common::*;
+use dicom_dictionary_std::{tags, uids};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(90);
+
+/// `tool` on the PATH, or `None` after saying why the test does nothing.
+fn tool(name: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        let what = format!("{name} not found (Debian: apt-get install dcmtk dicom3tools)");
+        assert!(
+            std::env::var("FV_REQUIRE_DCMTK").as_deref() != Ok("1"),
+            "FV_REQUIRE_DCMTK=1 but {what}"
+        );
+        eprintln!("skipped: {what}");
+    }
+    found
+}
+
+fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap();
+    eprintln!(
+        "{:?}: {}\n{}{}",
+        cmd,
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// DCMTK's `storescp` as the PACS: AE `PACS` on `port`, writing what it receives to `dir`.
+struct Pacs {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Pacs {
+    fn start(storescp: &Path, dir: &Path, port: u16) -> Pacs {
+        std::fs::create_dir_all(dir).unwrap();
+        let child = Command::new(storescp)
+            .args(["--aetitle", "PACS", "--output-directory"])
+            .arg(dir)
+            .arg(port.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_until("storescp to listen", T, || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        Pacs {
+            child,
+            dir: dir.to_owned(),
+        }
+    }
+
+    fn received(&self) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(&self.dir)
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+}
+
+impl Drop for Pacs {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A daemon that listens for DICOM on `port` as `FVEDGE` and reports to `pacs_port`.
+fn node(dir: &Path, port: u16, pacs_port: u16, config: Option<&str>) -> Daemon {
+    let listen = format!("127.0.0.1:{port}");
+    let pacs = format!("PACS@127.0.0.1:{pacs_port}");
+    let env = [
+        ("FV_DICOM_LISTEN", listen.as_str()),
+        ("FV_DICOM_AE", "FVEDGE"),
+        ("FV_PACS", pacs.as_str()),
+    ];
+    match config {
+        None => Daemon::start(dir, None, &env),
+        Some(toml) => {
+            let path = dir.join("fv-edge.toml");
+            std::fs::write(&path, toml).unwrap();
+            Daemon::spawn(dir, None, &env, Some(&path))
+        }
+    }
+}
+
+fn echo(echoscu: &Path, called: &str, port: u16) -> bool {
+    run(Command::new(echoscu)
+        .args(["-aet", "XRAY1", "-aec", called, "127.0.0.1"])
+        .arg(port.to_string()))
+    .status
+    .success()
+}
+
+fn wait_listening(echoscu: &Path, port: u16) {
+    wait_until("fv-edge to answer C-ECHO", T, || {
+        echo(echoscu, "FVEDGE", port)
+    });
+}
+
+fn store(storescu: &Path, calling: &str, port: u16, file: &Path) -> Output {
+    run(Command::new(storescu)
+        .args(["-aet", calling, "-aec", "FVEDGE", "127.0.0.1"])
+        .arg(port.to_string())
+        .arg(file))
+}
+
+/// The attribute `tag` of a DICOM file, as text.
+fn attr(file: &Path, tag: dicom_core::Tag) -> Option<String> {
+    let obj = dicom_object::open_file(file).ok()?;
+    obj.element_opt(tag)
+        .ok()
+        .flatten()
+        .and_then(|e| e.to_str().ok())
+        .map(|s| s.trim_end_matches(['\0', ' ']).to_owned())
+}
+
+/// Every value of `tag` anywhere in the file (sequences included), from dcmdump.
+fn all_values(dcmdump: &Path, file: &Path, tag: &str) -> Vec<String> {
+    let out = Command::new(dcmdump)
+        .args(["+P", tag])
+        .arg(file)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let a = l.find('[')?;
+            let b = l[a..].find(']')? + a;
+            Some(l[a + 1..b].to_owned())
+        })
+        .collect()
+}
+
+#[test]
+fn an_image_stored_by_storescu_brings_a_valid_report_to_the_pacs() {
+    let (Some(storescu), Some(storescp), Some(echoscu), Some(dcmdump), Some(dciodvfy)) = (
+        tool("storescu"),
+        tool("storescp"),
+        tool("echoscu"),
+        tool("dcmdump"),
+        tool("dciodvfy"),
+    ) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let (port, pacs_port) = (free_port(), free_port());
+    let pacs = Pacs::start(&storescp, &tmp.path().join("pacs"), pacs_port);
+    let mut d = node(tmp.path(), port, pacs_port, None);
+    wait_listening(&echoscu, port);
+
+    // A fractured sample, so that the report has boxes.
+    let dcm = tmp.path().join("image.dcm");
+    dicom_from_jpeg(&sample("IMG0002322.jpg"), &dcm, "DX", true);
+    assert!(store(&storescu, "XRAY1", port, &dcm).status.success());
+    wait_until("a report at the PACS", T, || !pacs.received().is_empty());
+    let sr = pacs.received()[0].clone();
+
+    // What a PACS needs to file it: the source's patient and study, a new series, the image.
+    assert_eq!(
+        attr(&sr, tags::SOP_CLASS_UID).as_deref(),
+        Some(uids::COMPREHENSIVE_SR_STORAGE)
+    );
+    assert_eq!(attr(&sr, tags::MODALITY).as_deref(), Some("SR"));
+    assert_eq!(attr(&sr, tags::PATIENT_ID).as_deref(), Some("PID-777"));
+    assert_eq!(attr(&sr, tags::PATIENT_NAME).as_deref(), Some("DOE^JOHN"));
+    assert_eq!(
+        attr(&sr, tags::STUDY_INSTANCE_UID).as_deref(),
+        Some(STUDY_UID)
+    );
+    assert_ne!(
+        attr(&sr, tags::SERIES_INSTANCE_UID).as_deref(),
+        Some(SERIES_UID)
+    );
+    let refs = all_values(&dcmdump, &sr, "0008,1155");
+    assert!(
+        !refs.is_empty() && refs.iter().all(|r| r == SOP_UID),
+        "the report references the image: {refs:?}"
+    );
+
+    // The reading inside matches the local result.
+    let results = d.done_results();
+    assert_eq!(results.len(), 1, "{results:?}");
+    let p = results[0]["fracture_probability"].as_f64().unwrap();
+    let nums = all_values(&dcmdump, &sr, "0040,a30a");
+    let reported: f64 = nums[0].trim().parse().unwrap();
+    assert!((reported - p).abs() < 1e-5, "{reported} vs {p}");
+    let boxes = results[0]["boxes"].as_array().unwrap().len();
+    assert_eq!(
+        all_values(&dcmdump, &sr, "0070,0023").len(),
+        boxes,
+        "one image region per box"
+    );
+    assert_eq!(
+        nums.len(),
+        1 + boxes,
+        "the probability and each box's score"
+    );
+
+    // dciodvfy: no error in the IOD.
+    let v = run(Command::new(&dciodvfy).arg(&sr));
+    let text =
+        String::from_utf8_lossy(&v.stderr).into_owned() + &String::from_utf8_lossy(&v.stdout);
+    let errors: Vec<&str> = text.lines().filter(|l| l.starts_with("Error")).collect();
+    assert!(errors.is_empty(), "dciodvfy: {errors:#?}");
+
+    // The same image again: acknowledged, not read twice, no second report.
+    assert!(store(&storescu, "XRAY1", port, &dcm).status.success());
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(d.done_results().len(), 1);
+    assert_eq!(pacs.received().len(), 1);
+    assert!(echo(&echoscu, "FVEDGE", port));
+    assert!(d.stop("TERM").success());
+
+    // The log keeps no patient data, though the network path handled all of it.
+    let log = std::fs::read_to_string(tmp.path().join("fv-edge.log")).unwrap();
+    for secret in PHI {
+        assert!(!log.contains(secret), "{secret} in the log:\n{log}");
+    }
+}
+
+#[test]
+fn reports_wait_for_a_pacs_that_is_down_across_a_kill_9() {
+    let (Some(storescu), Some(storescp), Some(echoscu)) =
+        (tool("storescu"), tool("storescp"), tool("echoscu"))
+    else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let (port, pacs_port) = (free_port(), free_port());
+    let mut d = node(tmp.path(), port, pacs_port, None);
+    wait_listening(&echoscu, port);
+    let uids_sent = [
+        "1.2.826.0.1.3680043.8.498.11",
+        "1.2.826.0.1.3680043.8.498.12",
+    ];
+    for (i, uid) in uids_sent.iter().enumerate() {
+        let f = tmp.path().join(format!("{i}.dcm"));
+        dicom_from_jpeg_as(
+            &sample("IMG0002322.jpg"),
+            &f,
+            "DX",
+            true,
+            uids::DIGITAL_X_RAY_IMAGE_STORAGE_FOR_PRESENTATION,
+            uid,
+        );
+        assert!(store(&storescu, "XRAY1", port, &f).status.success());
+    }
+    let queued = |d: &Daemon| {
+        std::fs::read_dir(d.state.join("pacs-outbox"))
+            .map(|r| {
+                r.flatten()
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "rec"))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    wait_until("two reports queued for the PACS", T, || queued(&d) == 2);
+    d.stop("KILL");
+
+    let pacs = Pacs::start(&storescp, &tmp.path().join("pacs"), pacs_port);
+    let d = node(tmp.path(), port, pacs_port, None);
+    wait_until("both reports at the PACS", T, || pacs.received().len() == 2);
+    let mut referenced: Vec<String> = pacs
+        .received()
+        .iter()
+        .map(|f| {
+            let obj = dicom_object::open_file(f).unwrap();
+            let ev = obj
+                .element(tags::CURRENT_REQUESTED_PROCEDURE_EVIDENCE_SEQUENCE)
+                .unwrap()
+                .items()
+                .unwrap()[0]
+                .element(tags::REFERENCED_SERIES_SEQUENCE)
+                .unwrap()
+                .items()
+                .unwrap()[0]
+                .element(tags::REFERENCED_SOP_SEQUENCE)
+                .unwrap()
+                .items()
+                .unwrap()[0]
+                .element(tags::REFERENCED_SOP_INSTANCE_UID)
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .trim_end_matches('\0')
+                .to_owned();
+            ev
+        })
+        .collect();
+    referenced.sort();
+    assert_eq!(referenced, uids_sent);
+    wait_until("the PACS outbox to empty", T, || queued(&d) == 0);
+}
+
+#[test]
+fn bad_peers_are_refused_and_the_daemon_keeps_going() {
+    let (Some(storescu), Some(echoscu)) = (tool("storescu"), tool("echoscu")) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let (port, pacs_port) = (free_port(), free_port());
+    let d = node(
+        tmp.path(),
+        port,
+        pacs_port,
+        Some(
+            "[dicom]\nallowed_calling_ae_titles = [\"XRAY1\"]\nmax_object_bytes = 2000000\nidle_timeout_s = 5\n",
+        ),
+    );
+    wait_listening(&echoscu, port);
+    let incoming = d.state.join("dicom/incoming");
+    let watched = || {
+        std::fs::read_dir(&d.watch)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.path().is_file())
+            .count()
+    };
+
+    // A wrong called AE title, and a calling AE title not allowed: associations refused.
+    assert!(!echo(&echoscu, "NOT-FVEDGE", port));
+    let small = tmp.path().join("small.dcm");
+    dicom_from_jpeg(&sample("IMG0002322.jpg"), &small, "DX", true);
+    assert!(!store(&storescu, "STRANGER", port, &small).status.success());
+
+    // An unsupported SOP class (CT): no presentation context for it.
+    let ct = tmp.path().join("ct.dcm");
+    dicom_from_jpeg_as(
+        &sample("IMG0002322.jpg"),
+        &ct,
+        "CT",
+        true,
+        uids::CT_IMAGE_STORAGE,
+        "1.2.826.0.1.3680043.8.498.21",
+    );
+    assert!(!store(&storescu, "XRAY1", port, &ct).status.success());
+
+    // An object over max_object_bytes: refused with "out of resources".
+    let big = tmp.path().join("big.dcm");
+    dicom_from_jpeg_as(
+        &sample("IMG0002322.jpg"),
+        &big,
+        "DX",
+        true,
+        uids::DIGITAL_X_RAY_IMAGE_STORAGE_FOR_PRESENTATION,
+        "1.2.826.0.1.3680043.8.498.22",
+    );
+    assert!(std::fs::metadata(&big).unwrap().len() > 2_000_000);
+    let out = run(Command::new(&storescu)
+        .args(["-v", "-aet", "XRAY1", "-aec", "FVEDGE", "127.0.0.1"])
+        .arg(port.to_string())
+        .arg(&big));
+    let said =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !out.status.success() && said.contains("Refused: OutOfResources"),
+        "storescu should report status A700 (out of resources): {said}"
+    );
+
+    // An association dropped in the middle of an object.
+    drop_mid_object(port);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        std::fs::read_dir(&incoming).unwrap().count(),
+        0,
+        "nothing half-received is kept"
+    );
+
+    // None of it reached the watch folder; the daemon still answers and still stores.
+    assert_eq!(watched(), 0);
+    assert!(echo(&echoscu, "FVEDGE", port));
+    let ok = tmp.path().join("ok.dcm");
+    dicom_from_jpeg_as(
+        &sample("IMG0002322.jpg"),
+        &ok,
+        "DX",
+        false,
+        uids::DIGITAL_X_RAY_IMAGE_STORAGE_FOR_PRESENTATION,
+        "1.2.826.0.1.3680043.8.498.23",
+    );
+    assert!(store(&storescu, "XRAY1", port, &ok).status.success());
+    wait_until("the stored object to be read", T, || {
+        d.quarantined().len() + d.done_results().len() == 1
+    });
+}
+
+/// A client that opens an association, sends a C-STORE-RQ and half a data set, then drops
+/// the connection.
+fn drop_mid_object(port: u16) {
+    use dicom_ul::pdu::{PDataValue, PDataValueType, Pdu};
+    let mut a = dicom_ul::ClientAssociationOptions::new()
+        .calling_ae_title("XRAY1")
+        .called_ae_title("FVEDGE")
+        .with_presentation_context(
+            uids::DIGITAL_X_RAY_IMAGE_STORAGE_FOR_PRESENTATION,
+            vec![uids::EXPLICIT_VR_LITTLE_ENDIAN],
+        )
+        .establish(("127.0.0.1", port))
+        .unwrap();
+    let pc = a.presentation_contexts()[0].id;
+    let rq = fv_edge::dimse::Command::store_rq(
+        1,
+        uids::DIGITAL_X_RAY_IMAGE_STORAGE_FOR_PRESENTATION,
+        "1.2.826.0.1.3680043.8.498.24",
+    );
+    a.send(&rq.pdu(pc)).unwrap();
+    a.send(&Pdu::PData {
+        data: vec![PDataValue {
+            presentation_context_id: pc,
+            value_type: PDataValueType::Data,
+            is_last: false,
+            data: vec![0x08, 0x00, 0x16, 0x00, b'U', b'I', 4, 0],
+        }],
+    })
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    // Dropped without release or abort: the TCP connection closes under the SCP.
+    drop(a);
+}
