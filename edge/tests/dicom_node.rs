@@ -390,6 +390,24 @@ fn bad_peers_are_refused_and_the_daemon_keeps_going() {
         "nothing half-received is kept"
     );
 
+    // A peer that connects and says nothing is closed after idle_timeout_s (5 here).
+    {
+        use std::io::Read as _;
+        let mut silent = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        silent
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let started = std::time::Instant::now();
+        let mut buf = [0u8; 16];
+        let n = silent.read(&mut buf).unwrap_or(0);
+        assert_eq!(n, 0, "closed without a word");
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "closed after {:?}",
+            started.elapsed()
+        );
+    }
+
     // None of it reached the watch folder; the daemon still answers and still stores.
     assert_eq!(watched(), 0);
     assert!(echo(&echoscu, "FVEDGE", port));
