@@ -134,21 +134,7 @@ fn image_ref(rel: &str, src: &Source) -> Item {
         rel,
         "IMAGE",
         None,
-        vec![seq(
-            tags::REFERENCED_SOP_SEQUENCE,
-            vec![Item::from_element_iter([
-                el(
-                    tags::REFERENCED_SOP_CLASS_UID,
-                    VR::UI,
-                    src.sop_class.as_str(),
-                ),
-                el(
-                    tags::REFERENCED_SOP_INSTANCE_UID,
-                    VR::UI,
-                    src.sop_instance.as_str(),
-                ),
-            ])],
-        )],
+        vec![seq(tags::REFERENCED_SOP_SEQUENCE, vec![src.sop_ref()])],
     )
 }
 
@@ -160,6 +146,25 @@ struct Source {
     series: String,
     /// Patient and study identification, copied as they are (values, VRs, character set).
     copied: Vec<DataElement<Item>>,
+}
+
+impl Source {
+    /// The source image as a Referenced SOP Sequence item (the content tree's IMAGE item and the
+    /// evidence sequence name it the same way).
+    fn sop_ref(&self) -> Item {
+        Item::from_element_iter([
+            el(
+                tags::REFERENCED_SOP_CLASS_UID,
+                VR::UI,
+                self.sop_class.as_str(),
+            ),
+            el(
+                tags::REFERENCED_SOP_INSTANCE_UID,
+                VR::UI,
+                self.sop_instance.as_str(),
+            ),
+        ])
+    }
 }
 
 /// Patient and study attributes the SR's Patient and General Study modules need (type 2:
@@ -406,21 +411,7 @@ pub fn report(path: &Path, m: &ResultMessage) -> Result<Report, ReportError> {
             tags::REFERENCED_SERIES_SEQUENCE,
             vec![Item::from_element_iter([
                 el(tags::SERIES_INSTANCE_UID, VR::UI, src.series.as_str()),
-                seq(
-                    tags::REFERENCED_SOP_SEQUENCE,
-                    vec![Item::from_element_iter([
-                        el(
-                            tags::REFERENCED_SOP_CLASS_UID,
-                            VR::UI,
-                            src.sop_class.as_str(),
-                        ),
-                        el(
-                            tags::REFERENCED_SOP_INSTANCE_UID,
-                            VR::UI,
-                            src.sop_instance.as_str(),
-                        ),
-                    ])],
-                ),
+                seq(tags::REFERENCED_SOP_SEQUENCE, vec![src.sop_ref()]),
             ])],
         ),
     ]);
