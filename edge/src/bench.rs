@@ -24,7 +24,7 @@ pub struct BenchOptions {
     pub warmup: usize,
     /// Engines to compare (ONNX Runtime is skipped with a note when it cannot load).
     pub engines: Vec<EngineKind>,
-    /// Intra-op threads for ONNX Runtime (tract runs on one).
+    /// Threads each engine may use for one inference (tract's and ONNX Runtime's alike).
     pub threads: usize,
     /// The committed FracAtlas sample: the whole-path inputs come from it.
     pub samples: PathBuf,
@@ -219,9 +219,7 @@ pub fn write_dicom_16(image: &image::GrayImage, out: &Path) -> anyhow::Result<()
 
 /// Runs every measurement. `progress` gets one line per step, for a person watching.
 pub fn run(o: &BenchOptions, progress: &mut dyn FnMut(&str)) -> anyhow::Result<Report> {
-    #[cfg(feature = "ort")]
-    crate::engine::onnxruntime::INTRA_THREADS
-        .store(o.threads, std::sync::atomic::Ordering::Relaxed);
+    crate::engine::set_threads(Some(o.threads));
     let found = scan(&o.models)?;
     anyhow::ensure!(
         !found.is_empty(),
@@ -269,11 +267,7 @@ pub fn run(o: &BenchOptions, progress: &mut dyn FnMut(&str)) -> anyhow::Result<R
                 model: f.manifest.name.clone(),
                 precision: f.manifest.precision,
                 engine: model.engine.name().to_owned(),
-                threads: if *kind == EngineKind::Tract {
-                    1
-                } else {
-                    o.threads
-                },
+                threads: o.threads,
                 latency: Latency::of(ms),
                 rss_added_mib: round3((after - before).max(0.0) / 1024.0),
                 load_ms: round3(load_ms),
@@ -427,7 +421,7 @@ fn ratios(engines: &[EngineRow], paths: &[PathRow]) -> Vec<Ratio> {
             let value = round3(r.latency.p50_ms / o.latency.p50_ms);
             v.push(Ratio {
                 what: format!(
-                    "{} {:?}: tract / ONNX Runtime ({} thread)",
+                    "{} {:?}: tract / ONNX Runtime ({} threads each)",
                     r.model, r.precision, o.threads
                 ),
                 value,

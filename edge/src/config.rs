@@ -97,6 +97,8 @@ pub struct Layer {
     pub detector: Option<String>,
     /// Engine: `tract` (default), `ort-cpu`, `tensorrt`.
     pub engine: Option<crate::engine::EngineKind>,
+    /// Threads for one inference (default: the cores available).
+    pub threads: Option<usize>,
     /// State directory (outbox, salt).
     pub state: Option<PathBuf>,
     /// Watch folder.
@@ -170,6 +172,7 @@ impl Layer {
             models: get("FV_MODELS").map(PathBuf::from),
             precision,
             engine,
+            threads: parse("FV_THREADS")?.map(|n| n as usize),
             state: get("FV_STATE").map(PathBuf::from),
             watch: get("FV_WATCH").map(PathBuf::from),
             detect,
@@ -211,6 +214,7 @@ impl Layer {
             classifier,
             detector,
             engine,
+            threads,
             state,
             watch,
             done,

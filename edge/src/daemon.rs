@@ -253,6 +253,8 @@ pub fn run(layer: Layer) -> anyhow::Result<()> {
         .models
         .clone()
         .unwrap_or_else(|| PathBuf::from("models"));
+    let threads = crate::engine::set_threads(layer.threads);
+    tracing::info!("{threads} inference threads");
     let models = load_dir(
         &models_dir,
         &Selection {

@@ -7,6 +7,25 @@ use std::path::Path;
 use std::sync::Arc;
 use tract_onnx::prelude::*;
 
+/// Sets the threads every engine may use for one inference, for the whole process: tract's
+/// matrix kernels (a rayon pool of that size; without one tract runs on a single core) and the
+/// intra-op threads of ONNX Runtime sessions made after this call. `None` means the cores this
+/// process may use. Returns the count applied.
+pub fn set_threads(threads: Option<usize>) -> usize {
+    let n = threads
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let executor = if n > 1 {
+        tract_linalg::multithread::Executor::multithread_with_name(n, "fv-tract")
+    } else {
+        tract_linalg::multithread::Executor::SingleThread
+    };
+    tract_linalg::multithread::set_default_executor(executor);
+    #[cfg(feature = "ort")]
+    onnxruntime::INTRA_THREADS.store(n, std::sync::atomic::Ordering::Relaxed);
+    n
+}
+
 /// Runs one model on one input tensor.
 pub trait Engine: Send {
     /// Engine name for logs and results (`tract`).
@@ -108,8 +127,8 @@ pub mod onnxruntime {
 
     static ENV: OnceLock<Result<ort::environment::Environment, String>> = OnceLock::new();
 
-    /// Intra-op threads of new sessions (0: ONNX Runtime's default, one per core). `fv-edge
-    /// bench` sets it to tract's count so that the two are compared on equal terms.
+    /// Intra-op threads of new sessions (0: ONNX Runtime's default, one per core); set with
+    /// tract's by [`super::set_threads`], so that the two run on equal terms.
     pub static INTRA_THREADS: std::sync::atomic::AtomicUsize =
         std::sync::atomic::AtomicUsize::new(0);
 

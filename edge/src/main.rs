@@ -72,6 +72,9 @@ enum Command {
         /// Inference engine.
         #[arg(long, value_enum, default_value_t = EngineKind::Tract)]
         engine: EngineKind,
+        /// Threads for one inference (default: the cores available).
+        #[arg(long, env = "FV_THREADS", value_name = "N")]
+        threads: Option<usize>,
     },
     /// The daemon: watch a folder, read each image, write local results, publish over MQTT.
     Run(Box<RunArgs>),
@@ -89,8 +92,8 @@ enum Command {
         /// Engines (ONNX Runtime is skipped with a note when ORT_DYLIB_PATH cannot load).
         #[arg(long, value_enum, value_delimiter = ',', default_values_t = [EngineKind::Tract, EngineKind::OrtCpu])]
         engines: Vec<EngineKind>,
-        /// ONNX Runtime intra-op threads (tract runs on one; the same count compares them
-        /// fairly).
+        /// Threads each engine may use for one inference (the same count for tract and ONNX
+        /// Runtime compares them fairly).
         #[arg(long, value_name = "N", default_value_t = 1)]
         threads: usize,
         /// The FracAtlas sample the whole-path inputs come from.
@@ -151,6 +154,9 @@ struct RunArgs {
     /// Inference engine (default tract).
     #[arg(long, value_enum)]
     engine: Option<EngineKind>,
+    /// Threads for one inference (default: the cores available).
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
     /// Seconds between heartbeats (default 30).
     #[arg(long, value_name = "S")]
     heartbeat: Option<u64>,
@@ -233,7 +239,9 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             detect,
             max_pixels,
             engine,
+            threads,
         } => {
+            fv_edge::engine::set_threads(threads);
             let models = fv_edge::models::load_dir(
                 &models,
                 &fv_edge::models::Selection {
@@ -283,6 +291,7 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
                 watch: a.watch,
                 detect: a.detect,
                 engine: a.engine,
+                threads: a.threads,
                 settle_ms: a.settle_ms,
                 mqtt: MqttSettings {
                     url: a.mqtt,

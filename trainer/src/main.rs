@@ -305,6 +305,10 @@ struct DetectArgs {
     /// Mosaic is switched off for this many final epochs (default 10).
     #[arg(long)]
     close_mosaic: Option<usize>,
+    /// Linear warm-up over this many epochs, at least 100 steps (default 3, Ultralytics').
+    /// A run that must end within a session's time wants a shorter one.
+    #[arg(long, value_name = "EPOCHS")]
+    warmup_epochs: Option<f64>,
     /// Seed.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -508,6 +512,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             config.batch_size = a.batch_size.unwrap_or(config.batch_size);
             config.lr = a.lr.unwrap_or(config.lr);
             config.close_mosaic = a.close_mosaic.unwrap_or(config.close_mosaic);
+            config.warmup_epochs = a.warmup_epochs.unwrap_or(config.warmup_epochs);
             config.negatives = a.negatives;
             config.seed = a.seed;
             config.limit = a.limit;
