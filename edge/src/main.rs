@@ -92,8 +92,8 @@ enum Command {
         /// Engines (ONNX Runtime is skipped with a note when ORT_DYLIB_PATH cannot load).
         #[arg(long, value_enum, value_delimiter = ',', default_values_t = [EngineKind::Tract, EngineKind::OrtCpu])]
         engines: Vec<EngineKind>,
-        /// Threads each engine may use for one inference (the same count for tract and ONNX
-        /// Runtime compares them fairly).
+        /// ONNX Runtime intra-op threads (tract runs on one; the same count compares them
+        /// fairly).
         #[arg(long, value_name = "N", default_value_t = 1)]
         threads: usize,
         /// The FracAtlas sample the whole-path inputs come from.
