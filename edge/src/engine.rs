@@ -7,9 +7,9 @@ use std::path::Path;
 use std::sync::Arc;
 use tract_onnx::prelude::*;
 
-/// Sets the threads every engine may use for one inference, for the whole process: the
-/// intra-op threads of ONNX Runtime sessions made after this call. `None` means the cores this
-/// process may use. Returns the count applied. tract still runs on one core: its
+/// Resolves the process's inference thread count (`None`: the cores this process may use) and
+/// gives it to ONNX Runtime sessions made after this call. Returns the count. tract runs on
+/// one core whatever the count: its
 /// `multithread-mm` executor moved the int8 detector's reading 0.16 away from ONNX Runtime's on
 /// a sample in CI, beyond the parity test's 0.05, so it stays off until that is understood.
 pub fn set_threads(threads: Option<usize>) -> usize {
@@ -122,8 +122,8 @@ pub mod onnxruntime {
 
     static ENV: OnceLock<Result<ort::environment::Environment, String>> = OnceLock::new();
 
-    /// Intra-op threads of new sessions (0: ONNX Runtime's default, one per core); set with
-    /// tract's by [`super::set_threads`], so that the two run on equal terms.
+    /// Intra-op threads of new sessions (0: ONNX Runtime's default, one per core); set by
+    /// [`super::set_threads`].
     pub static INTRA_THREADS: std::sync::atomic::AtomicUsize =
         std::sync::atomic::AtomicUsize::new(0);
 
