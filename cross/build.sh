@@ -2,7 +2,7 @@
 # Builds fv-edge for the Jetson (aarch64-unknown-linux-gnu), checks the result, and, where
 # qemu-user is installed, runs `fv-edge infer` on a committed sample under emulation.
 #
-#   cross/build.sh [--profile release|dist|dev] [--install-deps] [--no-run]
+#   cross/build.sh [--profile release|dist|dev|ci-cross] [--install-deps] [--no-run]
 #
 # Output: target/aarch64-unknown-linux-gnu/<profile dir>/fv-edge. Copy it with models/ to the
 # board (see cross/README.md). Features: the default ones (V4L2 grabber, ONNX Runtime CPU)
