@@ -1,5 +1,5 @@
-//! Inference engines behind one trait. tract (pure Rust, CPU) is always built and is the
-//! default; TensorRT on the Jetson comes behind a cargo feature.
+//! Inference engines behind one trait. tract (pure Rust, CPU) is always built; ONNX Runtime
+//! (CPU, and TensorRT on the Jetson) is loaded at run time and preferred when it loads.
 
 use anyhow::Context as _;
 use fv_core::preprocess::InputTensor;
@@ -7,15 +7,20 @@ use std::path::Path;
 use std::sync::Arc;
 use tract_onnx::prelude::*;
 
-/// Resolves the process's inference thread count (`None`: the cores this process may use) and
-/// gives it to ONNX Runtime sessions made after this call. Returns the count. tract runs on
-/// one core whatever the count: its
-/// `multithread-mm` executor moved the int8 detector's reading 0.16 away from ONNX Runtime's on
-/// a sample in CI, beyond the parity test's 0.05, so it stays off until that is understood.
+/// Sets the threads every engine may use for one inference, for the whole process: tract's
+/// matrix kernels (a rayon pool of that size; without one tract runs on a single core) and the
+/// intra-op threads of ONNX Runtime sessions made after this call. `None` means the cores this
+/// process may use. Returns the count applied.
 pub fn set_threads(threads: Option<usize>) -> usize {
     let n = threads
         .filter(|&n| n > 0)
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let executor = if n > 1 {
+        tract_linalg::multithread::Executor::multithread_with_name(n, "fv-tract")
+    } else {
+        tract_linalg::multithread::Executor::SingleThread
+    };
+    tract_linalg::multithread::set_default_executor(executor);
     #[cfg(feature = "ort")]
     onnxruntime::INTRA_THREADS.store(n, std::sync::atomic::Ordering::Relaxed);
     n
@@ -86,8 +91,12 @@ impl Engine for TractEngine {
 )]
 #[serde(rename_all = "kebab-case")]
 pub enum EngineKind {
-    /// tract, pure Rust on the CPU (always built).
+    /// The fastest that works here: ONNX Runtime when its library loads and takes the model
+    /// (TensorRT, then CUDA, first in a `tensorrt` build), else tract. Which one ran is logged
+    /// at start and named in every result, status and heartbeat.
     #[default]
+    Auto,
+    /// tract, pure Rust on the CPU (always built).
     Tract,
     /// ONNX Runtime, CPU provider (feature `ort`).
     OrtCpu,
@@ -122,8 +131,8 @@ pub mod onnxruntime {
 
     static ENV: OnceLock<Result<ort::environment::Environment, String>> = OnceLock::new();
 
-    /// Intra-op threads of new sessions (0: ONNX Runtime's default, one per core); set by
-    /// [`super::set_threads`].
+    /// Intra-op threads of new sessions (0: ONNX Runtime's default, one per core); set with
+    /// tract's by [`super::set_threads`], so that the two run on equal terms.
     pub static INTRA_THREADS: std::sync::atomic::AtomicUsize =
         std::sync::atomic::AtomicUsize::new(0);
 
