@@ -95,6 +95,10 @@ pub struct ModelRef {
     pub sha256: String,
     /// Precision of the graph.
     pub precision: Precision,
+    /// The engine that ran it (`tract`, `onnxruntime-cpu`, `onnxruntime-tensorrt`, ...);
+    /// absent in results made before fv-edge chose its engine itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine: Option<String>,
 }
 
 /// Milliseconds spent per stage.

@@ -161,7 +161,7 @@ impl Layer {
         let engine = get("FV_ENGINE")
             .map(|v| serde_json::from_value(serde_json::Value::String(v.clone())))
             .transpose()
-            .map_err(|e| anyhow::anyhow!("FV_ENGINE: {e}; use tract, ort-cpu or tensorrt"))?;
+            .map_err(|e| anyhow::anyhow!("FV_ENGINE: {e}; use auto, tract, ort-cpu or tensorrt"))?;
         let detect = get("FV_DETECT")
             .map(|v| serde_json::from_value(serde_json::Value::String(v.clone())))
             .transpose()

@@ -69,8 +69,8 @@ enum Command {
         /// Refuse images with more pixels than this.
         #[arg(long, default_value_t = DecodeOptions::DEFAULT_MAX_PIXELS)]
         max_pixels: u64,
-        /// Inference engine.
-        #[arg(long, value_enum, default_value_t = EngineKind::Tract)]
+        /// Inference engine: auto takes ONNX Runtime when its library loads, else tract.
+        #[arg(long, value_enum, default_value_t = EngineKind::Auto)]
         engine: EngineKind,
         /// Threads for one inference (default: the cores available).
         #[arg(long, env = "FV_THREADS", value_name = "N")]
@@ -92,8 +92,8 @@ enum Command {
         /// Engines (ONNX Runtime is skipped with a note when ORT_DYLIB_PATH cannot load).
         #[arg(long, value_enum, value_delimiter = ',', default_values_t = [EngineKind::Tract, EngineKind::OrtCpu])]
         engines: Vec<EngineKind>,
-        /// ONNX Runtime intra-op threads (tract runs on one; the same count compares them
-        /// fairly).
+        /// Threads each engine may use for one inference (the same count for tract and ONNX
+        /// Runtime compares them fairly).
         #[arg(long, value_name = "N", default_value_t = 1)]
         threads: usize,
         /// The FracAtlas sample the whole-path inputs come from.
@@ -151,7 +151,7 @@ struct RunArgs {
     /// When the detector (if any) runs (default suspicious).
     #[arg(long, value_enum)]
     detect: Option<DetectPolicy>,
-    /// Inference engine (default tract).
+    /// Inference engine (default auto: ONNX Runtime when its library loads, else tract).
     #[arg(long, value_enum)]
     engine: Option<EngineKind>,
     /// Threads for one inference (default: the cores available).

@@ -29,6 +29,7 @@ impl Model {
             version: self.manifest.version.clone(),
             sha256: self.manifest.onnx_sha256.clone(),
             precision: self.manifest.precision,
+            engine: Some(self.engine.name().to_owned()),
         }
     }
 }
@@ -154,6 +155,7 @@ pub fn load_with(found: &Found, engine: EngineKind, cache: &Path) -> anyhow::Res
     #[cfg(not(feature = "ort"))]
     let _ = cache;
     let engine: Box<dyn Engine> = match engine {
+        EngineKind::Auto => auto(&bytes, found, shape, cache)?,
         EngineKind::Tract => Box::new(TractEngine::from_bytes(&bytes, &found.onnx, shape)?),
         #[cfg(feature = "ort")]
         EngineKind::OrtCpu | EngineKind::Tensorrt => {
@@ -177,11 +179,48 @@ pub fn load_with(found: &Found, engine: EngineKind, cache: &Path) -> anyhow::Res
             "engine {other:?} needs ONNX Runtime support: rebuild fv-edge with `--features ort` (or `tensorrt`)"
         ),
     };
+    tracing::info!("{}: runs on {}", found.onnx.display(), engine.name());
     Ok(Model {
         manifest: found.manifest.clone(),
         path: found.onnx.clone(),
         engine,
     })
+}
+
+/// [`EngineKind::Auto`]: ONNX Runtime (8.7× tract's speed on the classifier, BENCHMARKS.md)
+/// when its library loads and it takes the model, else tract, saying why.
+fn auto(
+    bytes: &[u8],
+    found: &Found,
+    shape: [usize; 4],
+    cache: &Path,
+) -> anyhow::Result<Box<dyn Engine>> {
+    #[cfg(feature = "ort")]
+    {
+        use crate::engine::onnxruntime::{environment, OrtEngine, Provider};
+        let want = if cfg!(feature = "tensorrt") {
+            Provider::TensorRt
+        } else {
+            Provider::Cpu
+        };
+        let sha = &found.manifest.onnx_sha256;
+        match environment(None)
+            .and_then(|_| OrtEngine::from_bytes(bytes, &found.onnx, shape, want, cache, sha))
+        {
+            Ok(e) => return Ok(Box::new(e)),
+            Err(e) => tracing::info!(
+                "{}: engine auto: ONNX Runtime is not used ({e:#}); tract runs it",
+                found.onnx.display()
+            ),
+        }
+    }
+    #[cfg(not(feature = "ort"))]
+    let _ = cache;
+    Ok(Box::new(TractEngine::from_bytes(
+        bytes,
+        &found.onnx,
+        shape,
+    )?))
 }
 
 /// What to load from a models directory.
@@ -193,7 +232,7 @@ pub struct Selection {
     pub classifier: Option<String>,
     /// Detector name, when the directory has several.
     pub detector: Option<String>,
-    /// Engine (default tract).
+    /// Engine (default auto).
     pub engine: EngineKind,
     /// Where TensorRT engines are cached (the state dir's `engine-cache`).
     pub engine_cache: Option<PathBuf>,

@@ -123,6 +123,40 @@ fn ort_cpu_agrees_with_tract_on_the_committed_models() {
     }
 }
 
+/// `--engine auto` (the default) runs ONNX Runtime when its library loads and tract when it
+/// does not, and each result names the engine of each model.
+#[test]
+fn engine_auto_takes_onnx_runtime_when_it_loads_and_tract_otherwise() {
+    if !have_ort() {
+        return;
+    }
+    let engines_of = |with_ort: bool| -> Vec<String> {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_fv-edge"));
+        cmd.args(["infer", "--detect", "always", "--models"])
+            .arg(models_dir())
+            .arg(sample("IMG0002322.jpg"));
+        if !with_ort {
+            cmd.env_remove("ORT_DYLIB_PATH");
+        }
+        let out = cmd.output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let r: serde_json::Value = serde_json::from_str(stdout.lines().next().unwrap()).unwrap();
+        let models = r["models"].as_array().unwrap();
+        assert_eq!(models.len(), 2, "classifier and detector: {r}");
+        models
+            .iter()
+            .map(|m| m["engine"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(engines_of(true), ["onnxruntime-cpu", "onnxruntime-cpu"]);
+    assert_eq!(engines_of(false), ["tract", "tract"]);
+}
+
 /// Built with `--features tensorrt` (`.ci/run` runs it so).
 #[cfg(feature = "tensorrt")]
 #[test]
