@@ -245,16 +245,22 @@ pub fn preprocess(image: &XrayImage, spec: &InputSpec) -> Preprocessed {
 
     let c = spec.channels as usize;
     let mut data = Vec::with_capacity(c * w * h);
-    for ch in 0..c {
-        let (m, s) = (spec.mean[ch], spec.std[ch]);
-        data.extend(plane.iter().map(|v| (v - m) / s));
-    }
+    normalize_into(&plane, &spec.mean, &spec.std, &mut data);
     Preprocessed {
         tensor: InputTensor {
             shape: [1, c, h, w],
             data,
         },
         geometry,
+    }
+}
+
+/// Appends one grey plane of `[0, 1]` intensities as one channel per `mean` / `std` pair,
+/// each `(v - mean[c]) / std[c]` (grey replicated to every channel). The one normalization
+/// of model inputs: [`preprocess`] and the trainer's batch builders both call it.
+pub fn normalize_into(plane: &[f32], mean: &[f32], std: &[f32], out: &mut Vec<f32>) {
+    for (m, s) in mean.iter().zip(std) {
+        out.extend(plane.iter().map(|v| (v - m) / s));
     }
 }
 

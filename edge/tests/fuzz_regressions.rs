@@ -68,20 +68,34 @@ fn dicom() {
 
 #[test]
 fn manifest() {
-    for f in inputs("manifest") {
-        if let Ok(text) = std::fs::read_to_string(&f) {
-            let _ = fv_core::manifest::Manifest::from_json(&text, Path::new("x.json"));
+    let files = inputs("manifest");
+    assert!(!files.is_empty(), "no seeds in fuzz/seeds/manifest");
+    for f in &files {
+        let Ok(text) = std::fs::read_to_string(f) else {
+            continue;
+        };
+        let r = fv_core::manifest::Manifest::from_json(&text, Path::new("x.json"));
+        // The seeds are valid manifests: the target starts from inputs that get past parsing.
+        if f.to_string_lossy().contains("/seeds/") {
+            r.unwrap_or_else(|e| panic!("seed {}: {e}", f.display()));
         }
     }
 }
 
 #[test]
 fn config() {
-    for f in inputs("config") {
-        if let Ok(text) = std::fs::read_to_string(&f) {
-            if let Ok(l) = toml::from_str::<fv_edge::config::Layer>(&text) {
-                let _ = toml::to_string(&fv_edge::config::Layer::default().merge(&l));
-            }
+    let files = inputs("config");
+    assert!(!files.is_empty(), "no seeds in fuzz/seeds/config");
+    for f in &files {
+        let Ok(text) = std::fs::read_to_string(f) else {
+            continue;
+        };
+        let parsed = toml::from_str::<fv_edge::config::Layer>(&text);
+        if f.to_string_lossy().contains("/seeds/") {
+            assert!(parsed.is_ok(), "seed {}: {parsed:?}", f.display());
+        }
+        if let Ok(l) = parsed {
+            let _ = toml::to_string(&fv_edge::config::Layer::default().merge(&l));
         }
     }
 }

@@ -230,13 +230,11 @@ fn bilinear(p: &Plane, x: f32, y: f32) -> f32 {
 }
 
 /// Writes `planes` as a normalized `[batch, 3, size, size]` buffer: gray replicated to the
-/// three channels, each normalized with its mean and std, as `fv_core::preprocess` does.
+/// three channels, each normalized with its mean and std by `fv_core::preprocess`'s function.
 pub fn to_batch(planes: &[&Plane], mean: [f32; 3], std: [f32; 3]) -> Vec<f32> {
     let mut out = Vec::with_capacity(planes.iter().map(|p| 3 * p.data.len()).sum());
     for p in planes {
-        for c in 0..3 {
-            out.extend(p.data.iter().map(|v| (v - mean[c]) / std[c]));
-        }
+        fv_core::preprocess::normalize_into(&p.data, &mean, &std, &mut out);
     }
     out
 }
@@ -282,12 +280,22 @@ mod tests {
 
     #[test]
     fn batch_matches_core_normalization() {
+        // The edge's path: an 8-bit grey pixel through fv-core's preprocess.
+        use fv_core::imaging::{Gray8, XrayImage};
+        use fv_core::preprocess::{preprocess, InputSpec, ResizeMode};
+        let spec = InputSpec::imagenet(2, 2, ResizeMode::Stretch);
+        let img = XrayImage::from_gray8(Gray8::from_pixel(2, 2, image::Luma([77])));
+        let edge = preprocess(&img, &spec).tensor.data;
         let p = Plane {
-            size: 1,
-            data: vec![0.5],
+            size: 2,
+            data: vec![77.0 / 255.0; 4],
         };
-        let b = to_batch(&[&p], [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]);
-        assert!((b[0] - (0.5 - 0.485) / 0.229).abs() < 1e-6);
-        assert!((b[2] - (0.5 - 0.406) / 0.225).abs() < 1e-6);
+        let mean: [f32; 3] = spec.mean.clone().try_into().unwrap();
+        let std: [f32; 3] = spec.std.clone().try_into().unwrap();
+        let b = to_batch(&[&p], mean, std);
+        assert_eq!(b.len(), edge.len());
+        for (x, y) in b.iter().zip(&edge) {
+            assert!((x - y).abs() < 1e-6, "{b:?} vs {edge:?}");
+        }
     }
 }

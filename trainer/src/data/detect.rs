@@ -306,17 +306,12 @@ pub fn training_view<R: Rng + ?Sized>(
 }
 
 /// Views as a `[batch, 3, s, s]` buffer: grey to three channels, scaled to `[0, 1]`, then
-/// normalized with `mean` and `std` as `fv_core::preprocess` does.
+/// normalized with `mean` and `std` by `fv_core::preprocess`'s function.
 pub fn views_to_batch(views: &[View], mean: [f32; 3], std: [f32; 3]) -> Vec<f32> {
     let mut out = Vec::with_capacity(views.iter().map(|v| 3 * v.pixels.len()).sum());
     for v in views {
-        for c in 0..3 {
-            out.extend(
-                v.pixels
-                    .iter()
-                    .map(|&p| (p as f32 / 255.0 - mean[c]) / std[c]),
-            );
-        }
+        let plane: Vec<f32> = v.pixels.iter().map(|&p| p as f32 / 255.0).collect();
+        fv_core::preprocess::normalize_into(&plane, &mean, &std, &mut out);
     }
     out
 }
