@@ -245,7 +245,7 @@ pub fn preprocess(image: &XrayImage, spec: &InputSpec) -> Preprocessed {
 
     let c = spec.channels as usize;
     let mut data = Vec::with_capacity(c * w * h);
-    normalize_into(&plane, &spec.mean, &spec.std, &mut data);
+    normalize_into(plane.iter().copied(), &spec.mean, &spec.std, &mut data);
     Preprocessed {
         tensor: InputTensor {
             shape: [1, c, h, w],
@@ -257,10 +257,14 @@ pub fn preprocess(image: &XrayImage, spec: &InputSpec) -> Preprocessed {
 
 /// Appends one grey plane of `[0, 1]` intensities as one channel per `mean` / `std` pair,
 /// each `(v - mean[c]) / std[c]` (grey replicated to every channel). The one normalization
-/// of model inputs: [`preprocess`] and the trainer's batch builders both call it.
-pub fn normalize_into(plane: &[f32], mean: &[f32], std: &[f32], out: &mut Vec<f32>) {
+/// of model inputs: [`preprocess`] and the trainer's batch builders both call it. The plane
+/// is an iterator, read once per channel, so that 8-bit sources need no `f32` copy.
+pub fn normalize_into<I>(plane: I, mean: &[f32], std: &[f32], out: &mut Vec<f32>)
+where
+    I: Iterator<Item = f32> + Clone,
+{
     for (m, s) in mean.iter().zip(std) {
-        out.extend(plane.iter().map(|v| (v - m) / s));
+        out.extend(plane.clone().map(|v| (v - m) / s));
     }
 }
 

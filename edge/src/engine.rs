@@ -251,7 +251,6 @@ pub mod onnxruntime {
                 let session = b.commit_from_memory(bytes).map_err(|e| {
                     anyhow::anyhow!("{}: ONNX Runtime cannot load it: {e}", path.display())
                 })?;
-                tracing::info!("{}: ONNX Runtime on {p:?}", path.display());
                 #[cfg(feature = "tensorrt")]
                 if p == Provider::TensorRt {
                     record_engine_cache(&cache.join(sha256));

@@ -151,22 +151,57 @@ pub fn load_with(found: &Found, engine: EngineKind, cache: &Path) -> anyhow::Res
     );
     let i = &found.manifest.input;
     let shape = [1, i.channels as usize, i.height as usize, i.width as usize];
+    let engine = build(engine, &bytes, found, shape, cache)?;
+    tracing::info!("{}: runs on {}", found.onnx.display(), engine.name());
+    Ok(Model {
+        manifest: found.manifest.clone(),
+        path: found.onnx.clone(),
+        engine,
+    })
+}
+
+/// The engine `kind` for the checked ONNX `bytes` of `found`. [`EngineKind::Auto`] tries
+/// ONNX Runtime (8.7× tract's speed on the classifier, BENCHMARKS.md; TensorRT first in a
+/// `tensorrt` build) and falls back to tract, saying why.
+fn build(
+    kind: EngineKind,
+    bytes: &[u8],
+    found: &Found,
+    shape: [usize; 4],
+    cache: &Path,
+) -> anyhow::Result<Box<dyn Engine>> {
     // Only ONNX Runtime's TensorRT provider caches engines.
     #[cfg(not(feature = "ort"))]
     let _ = cache;
-    let engine: Box<dyn Engine> = match engine {
-        EngineKind::Auto => auto(&bytes, found, shape, cache)?,
-        EngineKind::Tract => Box::new(TractEngine::from_bytes(&bytes, &found.onnx, shape)?),
+    Ok(match kind {
+        EngineKind::Auto => {
+            let ort = if cfg!(feature = "tensorrt") {
+                EngineKind::Tensorrt
+            } else {
+                EngineKind::OrtCpu
+            };
+            match build(ort, bytes, found, shape, cache) {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::info!(
+                        "{}: engine auto: ONNX Runtime is not used ({e:#}); tract runs it",
+                        found.onnx.display()
+                    );
+                    build(EngineKind::Tract, bytes, found, shape, cache)?
+                }
+            }
+        }
+        EngineKind::Tract => Box::new(TractEngine::from_bytes(bytes, &found.onnx, shape)?),
         #[cfg(feature = "ort")]
         EngineKind::OrtCpu | EngineKind::Tensorrt => {
             use crate::engine::onnxruntime::{OrtEngine, Provider};
-            let want = if engine == EngineKind::Tensorrt {
+            let want = if kind == EngineKind::Tensorrt {
                 Provider::TensorRt
             } else {
                 Provider::Cpu
             };
             Box::new(OrtEngine::from_bytes(
-                &bytes,
+                bytes,
                 &found.onnx,
                 shape,
                 want,
@@ -178,49 +213,7 @@ pub fn load_with(found: &Found, engine: EngineKind, cache: &Path) -> anyhow::Res
         other => anyhow::bail!(
             "engine {other:?} needs ONNX Runtime support: rebuild fv-edge with `--features ort` (or `tensorrt`)"
         ),
-    };
-    tracing::info!("{}: runs on {}", found.onnx.display(), engine.name());
-    Ok(Model {
-        manifest: found.manifest.clone(),
-        path: found.onnx.clone(),
-        engine,
     })
-}
-
-/// [`EngineKind::Auto`]: ONNX Runtime (8.7× tract's speed on the classifier, BENCHMARKS.md)
-/// when its library loads and it takes the model, else tract, saying why.
-fn auto(
-    bytes: &[u8],
-    found: &Found,
-    shape: [usize; 4],
-    cache: &Path,
-) -> anyhow::Result<Box<dyn Engine>> {
-    #[cfg(feature = "ort")]
-    {
-        use crate::engine::onnxruntime::{environment, OrtEngine, Provider};
-        let want = if cfg!(feature = "tensorrt") {
-            Provider::TensorRt
-        } else {
-            Provider::Cpu
-        };
-        let sha = &found.manifest.onnx_sha256;
-        match environment(None)
-            .and_then(|_| OrtEngine::from_bytes(bytes, &found.onnx, shape, want, cache, sha))
-        {
-            Ok(e) => return Ok(Box::new(e)),
-            Err(e) => tracing::info!(
-                "{}: engine auto: ONNX Runtime is not used ({e:#}); tract runs it",
-                found.onnx.display()
-            ),
-        }
-    }
-    #[cfg(not(feature = "ort"))]
-    let _ = cache;
-    Ok(Box::new(TractEngine::from_bytes(
-        bytes,
-        &found.onnx,
-        shape,
-    )?))
 }
 
 /// What to load from a models directory.

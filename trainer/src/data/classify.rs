@@ -234,7 +234,7 @@ fn bilinear(p: &Plane, x: f32, y: f32) -> f32 {
 pub fn to_batch(planes: &[&Plane], mean: [f32; 3], std: [f32; 3]) -> Vec<f32> {
     let mut out = Vec::with_capacity(planes.iter().map(|p| 3 * p.data.len()).sum());
     for p in planes {
-        fv_core::preprocess::normalize_into(&p.data, &mean, &std, &mut out);
+        fv_core::preprocess::normalize_into(p.data.iter().copied(), &mean, &std, &mut out);
     }
     out
 }

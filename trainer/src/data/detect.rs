@@ -310,8 +310,8 @@ pub fn training_view<R: Rng + ?Sized>(
 pub fn views_to_batch(views: &[View], mean: [f32; 3], std: [f32; 3]) -> Vec<f32> {
     let mut out = Vec::with_capacity(views.iter().map(|v| 3 * v.pixels.len()).sum());
     for v in views {
-        let plane: Vec<f32> = v.pixels.iter().map(|&p| p as f32 / 255.0).collect();
-        fv_core::preprocess::normalize_into(&plane, &mean, &std, &mut out);
+        let plane = v.pixels.iter().map(|&p| p as f32 / 255.0);
+        fv_core::preprocess::normalize_into(plane, &mean, &std, &mut out);
     }
     out
 }
