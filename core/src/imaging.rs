@@ -33,6 +33,9 @@ pub enum GrayPixels {
 pub struct XrayImage {
     pixels: GrayPixels,
     significant_bits: u8,
+    /// The size as stored (in display orientation), where the pixels were decoded at a
+    /// reduced scale ([`DecodeOptions::reduce_to`]); `None` when they are the full image.
+    full_size: Option<(u32, u32)>,
 }
 
 impl XrayImage {
@@ -41,6 +44,7 @@ impl XrayImage {
         XrayImage {
             pixels: GrayPixels::U8(pixels),
             significant_bits: 8,
+            full_size: None,
         }
     }
 
@@ -51,6 +55,7 @@ impl XrayImage {
         XrayImage {
             pixels: GrayPixels::U16(pixels),
             significant_bits: significant_bits.clamp(1, 16),
+            full_size: None,
         }
     }
 
@@ -73,6 +78,23 @@ impl XrayImage {
             GrayPixels::U8(p) => p.height(),
             GrayPixels::U16(p) => p.height(),
         }
+    }
+
+    /// Width of the full image: [`XrayImage::width`] unless decoded at a reduced scale.
+    /// Boxes and geometry are in these pixels.
+    pub fn full_width(&self) -> u32 {
+        self.full_size.map_or_else(|| self.width(), |(w, _)| w)
+    }
+
+    /// Height of the full image: [`XrayImage::height`] unless decoded at a reduced scale.
+    pub fn full_height(&self) -> u32 {
+        self.full_size.map_or_else(|| self.height(), |(_, h)| h)
+    }
+
+    /// Whether these pixels are a reduced-scale decode (enough for a model, not for an
+    /// overlay a person looks at).
+    pub fn is_reduced(&self) -> bool {
+        self.full_size.is_some()
     }
 
     /// Bits per stored sample: 8 or 16.
@@ -151,6 +173,31 @@ pub struct DecodeOptions {
     /// Files larger than this are refused from their size, before a byte is read.
     /// Default: 1 GiB.
     pub max_file_bytes: u64,
+    /// Where set, a JPEG is decoded at 1/2, 1/4 or 1/8 scale in the DCT, the smallest scale
+    /// that keeps the sides the models need, so that a 2304×2880 radiograph is not decoded
+    /// whole to be averaged down to 224 pixels. `None` (the default): full size, as
+    /// training and overlays need.
+    pub reduce_to: Option<MinSides>,
+}
+
+/// The smallest decoded image the models can take without upsampling: a stretched input
+/// needs both sides, a letterboxed one its longer side.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MinSides {
+    /// The decoded image's shorter side is at least this.
+    pub shorter: u32,
+    /// The decoded image's longer side is at least this.
+    pub longer: u32,
+}
+
+impl MinSides {
+    /// Both constraints: the larger of each.
+    pub fn max(self, other: MinSides) -> MinSides {
+        MinSides {
+            shorter: self.shorter.max(other.shorter),
+            longer: self.longer.max(other.longer),
+        }
+    }
 }
 
 impl DecodeOptions {
@@ -175,8 +222,21 @@ impl Default for DecodeOptions {
         DecodeOptions {
             max_pixels: Self::DEFAULT_MAX_PIXELS,
             max_file_bytes: Self::DEFAULT_MAX_FILE_BYTES,
+            reduce_to: None,
         }
     }
+}
+
+/// The DCT scale denominator (1, 2, 4 or 8) for a `width`×`height` image that must keep
+/// `need`.
+pub fn jpeg_scale(width: u32, height: u32, need: MinSides) -> u32 {
+    let (short, long) = (width.min(height), width.max(height));
+    [8, 4, 2]
+        .into_iter()
+        .find(|&k| {
+            short.div_ceil(k) >= need.shorter.max(1) && long.div_ceil(k) >= need.longer.max(1)
+        })
+        .unwrap_or(1)
 }
 
 /// What the header of an image file says, read without decoding the pixels.
@@ -412,17 +472,89 @@ pub fn decode_bytes(
         format,
         source,
     };
-    let mut dynamic = DynamicImage::from_decoder(decoder).map_err(corrupt)?;
+    let scale = match options.reduce_to {
+        Some(need) if format == SourceFormat::Jpeg => {
+            jpeg_scale(header.stored_width, header.stored_height, need)
+        }
+        _ => 1,
+    };
+    let mut dynamic = if scale > 1 {
+        drop(decoder);
+        jpeg_scaled(bytes, path, &header, scale)?
+    } else {
+        DynamicImage::from_decoder(decoder).map_err(corrupt)?
+    };
     if let Some(orientation) = Orientation::from_exif(header.exif_orientation) {
         dynamic.apply_orientation(orientation);
     }
-    let image = match dynamic {
+    let mut image = match dynamic {
         DynamicImage::ImageLuma8(p) => XrayImage::from_gray8(p),
         DynamicImage::ImageLuma16(p) => XrayImage::from_gray16(p, 16),
         ref d if is_16_bit(d) => XrayImage::from_gray16(d.to_luma16(), 16),
         d => XrayImage::from_gray8(d.to_luma8()),
     };
+    if scale > 1 {
+        image.full_size = Some(header.display_size());
+    }
     Ok(Decoded { image, header })
+}
+
+/// A JPEG decoded at 1/`scale` by jpeg-decoder's reduced inverse DCT: each 8×8 block
+/// becomes 8/`scale` pixels a side, so the entropy decoding is all that is done at full
+/// size. The stream was checked for truncation by [`open_decoder`].
+fn jpeg_scaled(
+    bytes: &[u8],
+    path: &Path,
+    header: &ImageHeader,
+    scale: u32,
+) -> Result<DynamicImage, DecodeError> {
+    let corrupt = |detail: String| DecodeError::Corrupt {
+        path: path.to_owned(),
+        format: SourceFormat::Jpeg,
+        source: image::ImageError::Decoding(image::error::DecodingError::new(
+            ImageFormat::Jpeg.into(),
+            detail,
+        )),
+    };
+    let mut d = jpeg_decoder::Decoder::new(Cursor::new(bytes));
+    d.read_info().map_err(|e| corrupt(e.to_string()))?;
+    let (w, h) = (
+        header.stored_width.div_ceil(scale),
+        header.stored_height.div_ceil(scale),
+    );
+    // jpeg-decoder takes the smallest scale that reaches the request on one axis: asked
+    // for exactly 1/scale of both, that is 1/scale.
+    let (dw, dh) = d
+        .scale(w as u16, h as u16)
+        .map_err(|e| corrupt(e.to_string()))?;
+    let pixels = d.decode().map_err(|e| corrupt(e.to_string()))?;
+    let info = d
+        .info()
+        .ok_or_else(|| corrupt("no frame header after decoding".into()))?;
+    let (dw, dh) = (dw as u32, dh as u32);
+    let n = pixels.len();
+    let short = || corrupt(format!("{n} bytes of pixels for {dw}×{dh}"));
+    use jpeg_decoder::PixelFormat as P;
+    Ok(match info.pixel_format {
+        P::L8 => DynamicImage::ImageLuma8(ImageBuffer::from_raw(dw, dh, pixels).ok_or_else(short)?),
+        P::L16 => {
+            // jpeg-decoder gives 16-bit samples big-endian.
+            let v = pixels
+                .chunks_exact(2)
+                .map(|b| u16::from_be_bytes([b[0], b[1]]))
+                .collect();
+            DynamicImage::ImageLuma16(ImageBuffer::from_raw(dw, dh, v).ok_or_else(short)?)
+        }
+        P::RGB24 => {
+            DynamicImage::ImageRgb8(ImageBuffer::from_raw(dw, dh, pixels).ok_or_else(short)?)
+        }
+        P::CMYK32 => {
+            return Err(DecodeError::Unsupported {
+                path: path.to_owned(),
+                detail: "CMYK JPEG".into(),
+            })
+        }
+    })
 }
 
 fn is_16_bit(d: &DynamicImage) -> bool {
@@ -670,6 +802,20 @@ mod tests {
             panic!("expected 8-bit")
         };
         assert_eq!(p.get_pixel(2, 0)[0], 100);
+    }
+
+    #[test]
+    fn jpeg_scale_keeps_what_the_models_need() {
+        let need = |shorter, longer| MinSides { shorter, longer };
+        // A 224 classifier (stretched) and a 320 detector (letterboxed).
+        assert_eq!(jpeg_scale(2304, 2880, need(224, 320)), 8);
+        assert_eq!(jpeg_scale(2880, 2304, need(224, 320)), 8);
+        assert_eq!(jpeg_scale(2304, 2880, need(320, 320)), 4);
+        assert_eq!(jpeg_scale(2304, 2880, need(0, 640)), 4);
+        assert_eq!(jpeg_scale(2304, 2880, need(1152, 0)), 2);
+        assert_eq!(jpeg_scale(2304, 2880, need(1153, 0)), 1);
+        assert_eq!(jpeg_scale(373, 454, need(224, 320)), 1);
+        assert_eq!(jpeg_scale(100, 100, need(0, 0)), 8);
     }
 
     #[test]

@@ -218,7 +218,9 @@ pub struct Preprocessed {
 ///
 /// The spec is assumed valid ([`InputSpec::validate`]); manifests are validated on load.
 pub fn preprocess(image: &XrayImage, spec: &InputSpec) -> Preprocessed {
-    let (geometry, nw, nh) = Geometry::fit(image.width(), image.height(), spec);
+    // Geometry is in the full image's pixels, also when these are a reduced-scale decode:
+    // boxes map back to what the radiograph is, not to what was decoded.
+    let (geometry, nw, nh) = Geometry::fit(image.full_width(), image.full_height(), spec);
     let (w, h) = (spec.width as usize, spec.height as usize);
     let inv_max = 1.0 / image.max_value();
 

@@ -1,7 +1,7 @@
 //! Decoding and preprocessing real FracAtlas images from the committed sample
 //! (`tests/data/fracatlas-sample`, CC BY 4.0, see ATTRIBUTION.md there).
 
-use fv_core::imaging::{decode_file, inspect_file, DecodeOptions, GrayPixels};
+use fv_core::imaging::{decode_file, inspect_file, DecodeOptions, GrayPixels, MinSides};
 use fv_core::preprocess::{preprocess, InputSpec, ResizeMode};
 use fv_core::BoxXyxy;
 use serde_json::Value;
@@ -180,5 +180,81 @@ fn preprocessing_matches_golden_values() {
     assert_eq!(
         want.as_object().unwrap().len(),
         got.as_object().unwrap().len()
+    );
+}
+
+/// A radiograph many times the model input is decoded at a DCT scale (the daemon's default):
+/// what the models are given stays within a few grey levels of the full decode, and the
+/// geometry is the full image's, so boxes land where they are on the radiograph.
+#[test]
+fn a_large_jpeg_is_decoded_at_the_scale_the_models_need() {
+    let path = sample("images/Fractured/IMG0002322.jpg");
+    let full = decode_file(&path, &DecodeOptions::default()).unwrap();
+    let at = |shorter, longer| {
+        decode_file(
+            &path,
+            &DecodeOptions {
+                reduce_to: Some(MinSides { shorter, longer }),
+                ..Default::default()
+            },
+        )
+        .unwrap()
+        .image
+    };
+    // The shipped pair: a 224 classifier (stretched) and a 320 detector (letterboxed).
+    let eighth = at(224, 320);
+    assert_eq!((eighth.width(), eighth.height()), (288, 360));
+    assert_eq!((eighth.full_width(), eighth.full_height()), (2304, 2880));
+    assert!(eighth.is_reduced() && !full.image.is_reduced());
+    // 1/8 would leave the longer side under 400: 1/4.
+    let quarter = at(0, 400);
+    assert_eq!((quarter.width(), quarter.height()), (576, 720));
+    // More than half the image: decoded whole.
+    assert!(!at(1200, 0).is_reduced());
+
+    for spec in [
+        InputSpec::imagenet(224, 224, ResizeMode::Stretch),
+        InputSpec::yolo(320),
+    ] {
+        let a = preprocess(&full.image, &spec);
+        let b = preprocess(&eighth, &spec);
+        assert_eq!(a.geometry, b.geometry);
+        // In [0, 1] intensities (the normalized values divided back by std).
+        let std = spec.std[0] as f64;
+        let n = a.tensor.data.len() as f64;
+        let mean_abs = a
+            .tensor
+            .data
+            .iter()
+            .zip(&b.tensor.data)
+            .map(|(x, y)| (x - y).abs() as f64 * std)
+            .sum::<f64>()
+            / n;
+        assert!(
+            mean_abs < 2.0 / 255.0,
+            "{}: mean |Δ| {mean_abs}",
+            spec.width
+        );
+    }
+
+    // A small image is decoded whole whatever is asked.
+    let small = sample("images/Fractured/IMG0002628.jpg");
+    let d = decode_file(
+        &small,
+        &DecodeOptions {
+            reduce_to: Some(MinSides {
+                shorter: 224,
+                longer: 320,
+            }),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(!d.image.is_reduced());
+    assert_eq!(
+        d.image,
+        decode_file(&small, &DecodeOptions::default())
+            .unwrap()
+            .image
     );
 }

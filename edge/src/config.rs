@@ -115,6 +115,10 @@ pub struct Layer {
     pub max_pixels: Option<u64>,
     /// Largest input file accepted, in bytes (default 1 GiB), checked before it is read.
     pub max_input_bytes: Option<u64>,
+    /// Decode a large JPEG at 1/2, 1/4 or 1/8 scale in the DCT, keeping twice the largest
+    /// model input (default false: decoded whole, as the models were validated). The
+    /// overlay is drawn on the full image either way.
+    pub reduced_decode: Option<bool>,
     /// A file is taken once its size and time are unchanged for this long.
     pub settle_ms: Option<u64>,
     /// Secret for hashing StudyInstanceUIDs (default: generated once in the state dir).
@@ -223,6 +227,7 @@ impl Layer {
             min_score,
             max_pixels,
             max_input_bytes,
+            reduced_decode,
             settle_ms,
             uid_salt,
             outbox,

@@ -234,6 +234,8 @@ pub fn run(layer: Layer) -> anyhow::Result<()> {
             max_file_bytes: layer
                 .max_input_bytes
                 .unwrap_or(DecodeOptions::DEFAULT_MAX_FILE_BYTES),
+            // Set from the models once they are loaded.
+            reduce_to: None,
         },
         watch,
         pacs: None,
@@ -265,6 +267,7 @@ pub fn run(layer: Layer) -> anyhow::Result<()> {
             engine_cache: Some(r.state.join("engine-cache")),
         },
     )?;
+    r.decode = models.decode_options(&r.decode, layer.reduced_decode.unwrap_or(false));
     let mut refs = vec![models.classifier.reference()];
     refs.extend(models.detector.as_ref().map(|d| d.reference()));
     let mut pipeline = Pipeline {
@@ -764,9 +767,16 @@ fn process_file(
             .with_context(|| format!("cannot write {}", jpath.display()))?;
     }
     let overlay = PathBuf::from(format!("{}.overlay.png", j.dest.display()));
-    if image.is_none() && j.message.error.is_none() && !overlay.exists() {
-        // A retry: the overlay needs the pixels again (the result does not).
-        image = load_file(path, &r.decode).ok().map(|i| i.image);
+    let reduced = image.as_ref().is_some_and(|i| i.is_reduced());
+    if (image.is_none() || reduced) && j.message.error.is_none() && !overlay.exists() {
+        // A retry needs the pixels again (the result does not), and a reading made from a
+        // reduced-scale decode needs the full image: the radiographer's overlay is decoded
+        // whole, after the result is queued for delivery.
+        let full = DecodeOptions {
+            reduce_to: None,
+            ..r.decode.clone()
+        };
+        image = load_file(path, &full).ok().map(|i| i.image);
     }
     write_local(&j.message, image.as_ref(), &j.dest)?;
     move_file(path, &j.dest).with_context(|| format!("cannot move to {}", j.dest.display()))?;

@@ -75,6 +75,9 @@ enum Command {
         /// Threads for one inference (default: the cores available).
         #[arg(long, env = "FV_THREADS", value_name = "N")]
         threads: Option<usize>,
+        /// Decode large JPEGs at the DCT scale the models need (twice their input), not whole.
+        #[arg(long)]
+        reduced_decode: bool,
     },
     /// The daemon: watch a folder, read each image, write local results, publish over MQTT.
     Run(Box<RunArgs>),
@@ -240,6 +243,7 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             max_pixels,
             engine,
             threads,
+            reduced_decode,
         } => {
             fv_edge::engine::set_threads(threads);
             let models = fv_edge::models::load_dir(
@@ -264,7 +268,9 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
                     min_score,
                 },
             };
-            let options = DecodeOptions::with_max_pixels(max_pixels);
+            let options = pipeline
+                .models
+                .decode_options(&DecodeOptions::with_max_pixels(max_pixels), reduced_decode);
             let mut out = std::io::stdout().lock();
             let mut all_ok = true;
             for f in files {

@@ -13,7 +13,10 @@ fn results_arrive_validate_and_shutdown_is_clean() {
     let tmp = tempfile::tempdir().unwrap();
     let broker = Broker::start(&tmp.path().join("broker"), free_port());
     let sub = Subscriber::start(broker.port, "test-sub-1");
-    let mut d = Daemon::start(tmp.path(), Some(&broker.url()), &[]);
+    // Large JPEGs decoded at the scale the models need: the overlay must still be whole.
+    let config = tmp.path().join("fv-edge.toml");
+    std::fs::write(&config, "reduced_decode = true\n").unwrap();
+    let mut d = Daemon::spawn(tmp.path(), Some(&broker.url()), &[], Some(&config));
     d.drop_file(&sample("IMG0002588.jpg"), "a.jpg");
     d.drop_file(&sample("IMG0000002.jpg"), "b.jpg");
     // Truncated: quarantined, and its failure still reported.
@@ -63,12 +66,17 @@ fn results_arrive_validate_and_shutdown_is_clean() {
     assert_eq!(done.len(), 2);
     assert!(d.watch.join("done/a.jpg").is_file());
     assert!(d.watch.join("done/a.jpg.overlay.png").is_file());
-    let overlay = image::open(d.watch.join("done/a.jpg.overlay.png")).unwrap();
-    let original = image::open(d.watch.join("done/a.jpg")).unwrap();
-    assert_eq!(
-        (overlay.width(), overlay.height()),
-        (original.width(), original.height())
-    );
+    // b.jpg (1760×2140) was read from a half-scale decode (`reduced_decode`): its overlay
+    // is still the whole radiograph.
+    for name in ["a.jpg", "b.jpg"] {
+        let overlay = image::open(d.watch.join(format!("done/{name}.overlay.png"))).unwrap();
+        let original = image::open(d.watch.join(format!("done/{name}"))).unwrap();
+        assert_eq!(
+            (overlay.width(), overlay.height()),
+            (original.width(), original.height()),
+            "{name}"
+        );
+    }
     assert!(d.watch.join("quarantine/broken.jpg").is_file());
     assert_eq!(d.quarantined().len(), 1);
     let mut local = ids(&done);

@@ -105,6 +105,32 @@ fn infers_jpeg_and_dicom_alike_and_reports_failures() {
     // All good: exit 0.
     let (code, lines, _) = infer(&[jpeg.as_path()], &[]);
     assert_eq!(code, 0);
+    // With --reduced-decode this 2304×2880 JPEG is decoded at 1/4 scale in the DCT (the
+    // models take 224 and 320 pixels; twice that is kept); the reading stays within 0.01.
+    let (code, full, _) = infer(&[jpeg.as_path()], &["--detect", "always"]);
+    assert_eq!(code, 0);
+    let (_, reduced, _) = infer(
+        &[jpeg.as_path()],
+        &["--reduced-decode", "--detect", "always"],
+    );
+    let p = |l: &serde_json::Value| l["fracture_probability"].as_f64().unwrap();
+    assert!(
+        (p(&full[0]) - p(&reduced[0])).abs() < 0.01,
+        "full {} vs model-scale {}",
+        full[0],
+        reduced[0]
+    );
+    // Boxes are in the radiograph's pixels either way.
+    for b in reduced[0]["boxes"].as_array().unwrap() {
+        assert!(b["x2"].as_f64().unwrap() <= 2304.0 && b["y2"].as_f64().unwrap() <= 2880.0);
+    }
+    assert_eq!(
+        full[0]["boxes"].as_array().unwrap().len(),
+        reduced[0]["boxes"].as_array().unwrap().len(),
+        "full {}\nmodel-scale {}",
+        full[0],
+        reduced[0]
+    );
     assert_eq!(lines[0]["models"][0]["precision"], "fp32");
     // The classifier ships in fp32 only (its int8 strays from fp32 by more than the bound):
     // asking for int8 names what there is.
