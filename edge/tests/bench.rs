@@ -54,8 +54,8 @@ fn bench_json_smoke() {
         .count();
     assert_eq!(
         paths.len(),
-        3 * classifiers,
-        "three inputs per classifier and engine: {r}"
+        6 * classifiers,
+        "three inputs, each decoded whole and at model scale, per classifier and engine: {r}"
     );
     // With a detector installed, every whole path runs it.
     if found.iter().any(|f| f.manifest.task == Task::Detect) {
@@ -66,5 +66,11 @@ fn bench_json_smoke() {
         sizes.contains(&"2304×2880") && sizes.contains(&"1760×2140"),
         "{sizes:?}"
     );
+    // At model scale the 2304×2880 JPEG is decoded at 1/4 (twice the 224 and 320 inputs
+    // kept); the DICOM is decoded whole either way.
+    if found.iter().any(|f| f.manifest.input.width == 320) {
+        assert!(sizes.contains(&"576×720"), "{sizes:?}");
+    }
+    assert!(paths.iter().any(|p| p["decode"] == "model scale"), "{r}");
     assert!(r["peak_rss_mib"].as_f64().unwrap() > 0.0);
 }
