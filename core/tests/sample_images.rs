@@ -183,7 +183,7 @@ fn preprocessing_matches_golden_values() {
     );
 }
 
-/// A radiograph many times the model input is decoded at a DCT scale (the daemon's default):
+/// A radiograph many times the model input is decoded at a DCT scale (`reduced_decode`):
 /// what the models are given stays within a few grey levels of the full decode, and the
 /// geometry is the full image's, so boxes land where they are on the radiograph.
 #[test]
@@ -201,7 +201,7 @@ fn a_large_jpeg_is_decoded_at_the_scale_the_models_need() {
         .unwrap()
         .image
     };
-    // The shipped pair: a 224 classifier (stretched) and a 320 detector (letterboxed).
+    // A 224-px classifier (stretched) and a 320-px detector (letterboxed), kept at 1×.
     let eighth = at(224, 320);
     assert_eq!((eighth.width(), eighth.height()), (288, 360));
     assert_eq!((eighth.full_width(), eighth.full_height()), (2304, 2880));

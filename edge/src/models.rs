@@ -47,9 +47,9 @@ pub struct Models {
 impl Models {
     /// The smallest decoded image a JPEG may be reduced to for these models: twice every
     /// model's input side, so that the resize after the DCT scale still averages. At once
-    /// the input side (1/8 for a 2304×2880 radiograph), the readings of 200 large FracAtlas
-    /// images moved by 0.011 on average and 9 findings changed
-    /// (`results/decode-scale/`).
+    /// the input side (1/4 for a 2304×2880 radiograph and a 384-px classifier), the readings
+    /// of 200 large FracAtlas images moved by 0.011 on average and 9 findings changed; at
+    /// twice, by 0.010 and 7 (`results/decode-scale/`, BENCHMARKS.md).
     pub fn min_sides(&self) -> MinSides {
         std::iter::once(&self.classifier)
             .chain(&self.detector)

@@ -105,8 +105,8 @@ fn infers_jpeg_and_dicom_alike_and_reports_failures() {
     // All good: exit 0.
     let (code, lines, _) = infer(&[jpeg.as_path()], &[]);
     assert_eq!(code, 0);
-    // With --reduced-decode this 2304×2880 JPEG is decoded at 1/4 scale in the DCT (the
-    // models take 224 and 320 pixels; twice that is kept); the reading stays within 0.01.
+    // With --reduced-decode this 2304×2880 JPEG is decoded at half scale in the DCT (the
+    // models take 384 and 320 pixels; twice that is kept); the reading stays within 0.01.
     let (code, full, _) = infer(&[jpeg.as_path()], &["--detect", "always"]);
     assert_eq!(code, 0);
     let (_, reduced, _) = infer(

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Readings from a JPEG decoded at the DCT scale the models need (`--reduced-decode`) against
 the same JPEG decoded whole (the default), on FracAtlas images large enough to be
-reduced (shorter side >= 896 for the shipped 224 classifier and 320 detector).
+reduced: twice every model input side is kept, so with the shipped 384-px classifier
+(stretched) a JPEG is reduced (to 1/2) only where its shorter side is >= 1536.
 
     python3 results/decode-scale/measure.py FRACATLAS_DIR FV_EDGE_BIN [N]
 
@@ -22,7 +23,7 @@ for cls in ("Fractured", "Non_fractured"):
             w, h = Image.open(p).size
         except Exception:
             continue
-        if min(w, h) >= 896:
+        if min(w, h) >= 1536:
             files.append(p)
 random.Random(7).shuffle(files)
 files = files[:n]
