@@ -154,6 +154,14 @@ impl std::fmt::Display for SourceFormat {
 }
 
 impl SourceFormat {
+    fn image_format(self) -> ImageFormat {
+        match self {
+            SourceFormat::Jpeg => ImageFormat::Jpeg,
+            SourceFormat::Png => ImageFormat::Png,
+            SourceFormat::Tiff => ImageFormat::Tiff,
+        }
+    }
+
     fn from_image(format: ImageFormat) -> Option<Self> {
         match format {
             ImageFormat::Jpeg => Some(SourceFormat::Jpeg),
@@ -373,6 +381,18 @@ impl DecodeError {
         }
     }
 
+    /// A stream a decoder refused, in our words rather than a decoder's error type.
+    fn corrupt(path: &Path, format: SourceFormat, detail: impl Into<String>) -> Self {
+        DecodeError::Corrupt {
+            path: path.to_owned(),
+            format,
+            source: image::ImageError::Decoding(image::error::DecodingError::new(
+                format.image_format().into(),
+                detail.into(),
+            )),
+        }
+    }
+
     /// The file the error is about.
     pub fn path(&self) -> &Path {
         match self {
@@ -479,7 +499,6 @@ pub fn decode_bytes(
         _ => 1,
     };
     let mut dynamic = if scale > 1 {
-        drop(decoder);
         jpeg_scaled(bytes, path, &header, scale)?
     } else {
         DynamicImage::from_decoder(decoder).map_err(corrupt)?
@@ -508,14 +527,7 @@ fn jpeg_scaled(
     header: &ImageHeader,
     scale: u32,
 ) -> Result<DynamicImage, DecodeError> {
-    let corrupt = |detail: String| DecodeError::Corrupt {
-        path: path.to_owned(),
-        format: SourceFormat::Jpeg,
-        source: image::ImageError::Decoding(image::error::DecodingError::new(
-            ImageFormat::Jpeg.into(),
-            detail,
-        )),
-    };
+    let corrupt = |detail: String| DecodeError::corrupt(path, SourceFormat::Jpeg, detail);
     let mut d = jpeg_decoder::Decoder::new(Cursor::new(bytes));
     d.read_info().map_err(|e| corrupt(e.to_string()))?;
     let (w, h) = (
@@ -646,14 +658,11 @@ fn open_decoder<'a>(
         });
     }
     if stored_width == 0 || stored_height == 0 {
-        return Err(DecodeError::Corrupt {
-            path: path.to_owned(),
+        return Err(DecodeError::corrupt(
+            path,
             format,
-            source: image::ImageError::Decoding(image::error::DecodingError::new(
-                image_format.into(),
-                "the header gives a zero width or height",
-            )),
-        });
+            "the header gives a zero width or height",
+        ));
     }
     // A broken EXIF block must not cost the image: the orientation falls back to none.
     let exif_orientation = decoder

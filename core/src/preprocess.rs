@@ -10,7 +10,7 @@
 //! [`Geometry`] records the mapping so that boxes predicted in model pixels are mapped back
 //! to the original image's pixels (after EXIF orientation).
 
-use crate::imaging::{GrayPixels, XrayImage};
+use crate::imaging::{GrayPixels, MinSides, XrayImage};
 use crate::BoxXyxy;
 use fast_image_resize as fir;
 use serde::{Deserialize, Serialize};
@@ -95,6 +95,29 @@ impl InputSpec {
             pad_value: default_pad(),
             mean: vec![0.0; 3],
             std: vec![1.0; 3],
+        }
+    }
+
+    /// The smallest image this input can be given by a reduced-scale JPEG decode
+    /// ([`DecodeOptions::reduce_to`]): twice the input side, on both sides when stretched
+    /// and on the longer side when letterboxed, so that the resize after the DCT scale still
+    /// averages. At once the input side (1/4 for a 2304×2880 radiograph and a 384-px
+    /// classifier), the readings of 200 large FracAtlas images moved by 0.011 on average and
+    /// 9 findings changed; at twice, by 0.010 and 7 (`results/decode-scale/`,
+    /// BENCHMARKS.md).
+    ///
+    /// [`DecodeOptions::reduce_to`]: crate::imaging::DecodeOptions::reduce_to
+    pub fn min_decoded_sides(&self) -> MinSides {
+        let side = 2 * self.width.max(self.height);
+        match self.resize {
+            ResizeMode::Stretch => MinSides {
+                shorter: side,
+                longer: side,
+            },
+            ResizeMode::Letterbox => MinSides {
+                shorter: 0,
+                longer: side,
+            },
         }
     }
 
@@ -320,6 +343,14 @@ mod tests {
 
     fn close(a: f32, b: f32) -> bool {
         (a - b).abs() < 1e-5
+    }
+
+    #[test]
+    fn a_reduced_decode_keeps_twice_the_side_the_input_needs() {
+        let stretch = InputSpec::imagenet(384, 384, ResizeMode::Stretch).min_decoded_sides();
+        assert_eq!((stretch.shorter, stretch.longer), (768, 768));
+        let letterbox = InputSpec::yolo(320).min_decoded_sides();
+        assert_eq!((letterbox.shorter, letterbox.longer), (0, 640));
     }
 
     #[test]

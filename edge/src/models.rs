@@ -5,7 +5,6 @@ use crate::engine::{Engine, EngineKind, TractEngine};
 use anyhow::Context as _;
 use fv_core::imaging::{DecodeOptions, MinSides};
 use fv_core::manifest::{Manifest, Precision, Task};
-use fv_core::preprocess::ResizeMode;
 use fv_core::result::ModelRef;
 use std::path::{Path, PathBuf};
 
@@ -45,28 +44,12 @@ pub struct Models {
 }
 
 impl Models {
-    /// The smallest decoded image a JPEG may be reduced to for these models: twice every
-    /// model's input side, so that the resize after the DCT scale still averages. At once
-    /// the input side (1/4 for a 2304×2880 radiograph and a 384-px classifier), the readings
-    /// of 200 large FracAtlas images moved by 0.011 on average and 9 findings changed; at
-    /// twice, by 0.010 and 7 (`results/decode-scale/`, BENCHMARKS.md).
+    /// The smallest decoded image a JPEG may be reduced to for these models: what each
+    /// model's input needs ([`fv_core::preprocess::InputSpec::min_decoded_sides`]).
     pub fn min_sides(&self) -> MinSides {
         std::iter::once(&self.classifier)
             .chain(&self.detector)
-            .map(|m| {
-                let i = &m.manifest.input;
-                let side = 2 * i.width.max(i.height);
-                match i.resize {
-                    ResizeMode::Stretch => MinSides {
-                        shorter: side,
-                        longer: side,
-                    },
-                    ResizeMode::Letterbox => MinSides {
-                        shorter: 0,
-                        longer: side,
-                    },
-                }
-            })
+            .map(|m| m.manifest.input.min_decoded_sides())
             .fold(MinSides::default(), MinSides::max)
     }
 
