@@ -2,7 +2,7 @@
 //! (decode → preprocess → classify → detect → result) adds, measured side by side in one run
 //! so that ratios mean something on a shared machine.
 
-use crate::engine::EngineKind;
+use crate::engine::{EngineKind, OpTime};
 use crate::models::{load_with, scan, Found, Model, Models};
 use crate::pipeline::{file_source, DetectPolicy, Pipeline, PipelineConfig};
 use anyhow::Context as _;
@@ -121,6 +121,20 @@ pub struct Ratio {
     pub met: bool,
 }
 
+/// Where one model's time goes on one engine, by operator.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProfileRow {
+    /// Manifest name.
+    pub model: String,
+    /// fp32 / fp16 / int8.
+    pub precision: Precision,
+    /// The engine that says it (tract).
+    pub engine: String,
+    /// Operators, slowest first. Timing each node adds a little to each; the shares are
+    /// what counts.
+    pub ops: Vec<OpTime>,
+}
+
 /// Everything one run measured.
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
@@ -130,6 +144,8 @@ pub struct Report {
     pub versions: Vec<String>,
     /// Engines alone.
     pub engines: Vec<EngineRow>,
+    /// Engines alone, by operator, where the engine can say.
+    pub profiles: Vec<ProfileRow>,
     /// Whole path.
     pub paths: Vec<PathRow>,
     /// Side-by-side ratios.
@@ -231,6 +247,7 @@ pub fn run(o: &BenchOptions, progress: &mut dyn FnMut(&str)) -> anyhow::Result<R
     );
     let cache = std::env::temp_dir().join("fv-edge-bench-engine-cache");
     let mut engines = Vec::new();
+    let mut profiles = Vec::new();
     let mut skipped = Vec::new();
     let mut loaded: Vec<(EngineKind, Found, Model)> = Vec::new();
     for kind in &o.engines {
@@ -266,6 +283,14 @@ pub fn run(o: &BenchOptions, progress: &mut dyn FnMut(&str)) -> anyhow::Result<R
                 ms.push(t);
             }
             let after = proc_status_kib("VmRSS:").unwrap_or(0.0);
+            if let Some(ops) = model.engine.profile(&tensor, o.iterations)? {
+                profiles.push(ProfileRow {
+                    model: f.manifest.name.clone(),
+                    precision: f.manifest.precision,
+                    engine: model.engine.name().to_owned(),
+                    ops,
+                });
+            }
             let row = EngineRow {
                 model: f.manifest.name.clone(),
                 precision: f.manifest.precision,
@@ -413,6 +438,7 @@ pub fn run(o: &BenchOptions, progress: &mut dyn FnMut(&str)) -> anyhow::Result<R
         machine: machine(),
         versions,
         engines,
+        profiles,
         paths,
         ratios,
         skipped,
@@ -514,6 +540,22 @@ pub fn markdown(r: &Report) -> String {
             e.load_ms,
             e.rss_added_mib
         );
+    }
+    for p in &r.profiles {
+        s += &format!(
+            "\n{} {:?} on {}, by operator (slowest first, those over 1 %):\n\n",
+            p.model, p.precision, p.engine
+        );
+        s += "| operator | nodes | ms per run | share |\n| --- | --- | --- | --- |\n";
+        for op in p.ops.iter().filter(|op| op.share >= 0.01) {
+            s += &format!(
+                "| {} | {} | {:.2} | {:.1} % |\n",
+                op.op,
+                op.nodes,
+                op.ms,
+                100.0 * op.share
+            );
+        }
     }
     s += "\n| whole path: input | decode | decoded size | engine | precision | detector | p50 ms | p95 ms | engine p50 ms | ratio |\n";
     s += "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n";

@@ -32,6 +32,28 @@ pub trait Engine: Send {
     fn name(&self) -> &'static str;
     /// Every output of the graph, flattened, as f32.
     fn run(&mut self, input: &InputTensor) -> anyhow::Result<Vec<Vec<f32>>>;
+    /// Where one inference's time goes, by operator, over `runs` runs; `None` where the
+    /// engine cannot say (ONNX Runtime has its own profiler, which writes a file).
+    fn profile(
+        &mut self,
+        _input: &InputTensor,
+        _runs: usize,
+    ) -> anyhow::Result<Option<Vec<OpTime>>> {
+        Ok(None)
+    }
+}
+
+/// The time one kind of operator took in one inference, on average.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct OpTime {
+    /// The engine's name for the operator as it runs (tract: `DepthWise`, `OptMatMul`, …).
+    pub op: String,
+    /// Nodes of this kind in the graph as it runs.
+    pub nodes: usize,
+    /// Milliseconds per inference, all nodes of this kind together.
+    pub ms: f64,
+    /// Share of the inference, 0–1.
+    pub share: f64,
 }
 
 /// tract: loads the ONNX file, fixes the input shape, optimizes once.
@@ -74,6 +96,47 @@ impl Engine for TractEngine {
                 Ok(t.to_plain_array_view::<f32>()?.iter().copied().collect())
             })
             .collect()
+    }
+
+    /// Times every node of the optimised plan through tract's own evaluation hook, and sums
+    /// the nodes by operator: what tract's `--profile` shows, without its CLI.
+    fn profile(&mut self, input: &InputTensor, runs: usize) -> anyhow::Result<Option<Vec<OpTime>>> {
+        use std::collections::BTreeMap;
+        use std::time::Instant;
+        let x: TValue = Tensor::from_shape(&input.shape, &input.data)?.into();
+        let mut state = self.plan.spawn()?;
+        let mut by_node: BTreeMap<usize, (String, f64)> = BTreeMap::new();
+        let runs = runs.max(1);
+        for _ in 0..runs {
+            state.run_plan_with_eval(tvec!(x.clone()), |ctx, op_state, node, inputs| {
+                let t = Instant::now();
+                let out = tract_onnx::tract_core::plan::eval(ctx, op_state, node, inputs);
+                let ms = t.elapsed().as_secs_f64() * 1e3;
+                by_node
+                    .entry(node.id)
+                    .or_insert_with(|| (node.op().name().into_owned(), 0.0))
+                    .1 += ms;
+                out
+            })?;
+        }
+        let mut by_op: BTreeMap<String, (usize, f64)> = BTreeMap::new();
+        for (op, ms) in by_node.into_values() {
+            let e = by_op.entry(op).or_default();
+            e.0 += 1;
+            e.1 += ms / runs as f64;
+        }
+        let total: f64 = by_op.values().map(|(_, ms)| ms).sum();
+        let mut ops: Vec<OpTime> = by_op
+            .into_iter()
+            .map(|(op, (nodes, ms))| OpTime {
+                op,
+                nodes,
+                ms,
+                share: if total > 0.0 { ms / total } else { 0.0 },
+            })
+            .collect();
+        ops.sort_by(|a, b| b.ms.total_cmp(&a.ms));
+        Ok(Some(ops))
     }
 }
 

@@ -28,6 +28,26 @@ fn bench_json_smoke() {
         let p50 = e["latency"]["p50_ms"].as_f64().unwrap();
         assert!(p50 > 0.0 && p50.is_finite(), "{e}");
     }
+    // tract says where each model's time goes: one profile per model, operators whose
+    // times add up, with the shares summing to one.
+    let profiles = r["profiles"].as_array().unwrap();
+    assert_eq!(
+        profiles.len(),
+        found.len(),
+        "a tract profile per model: {r}"
+    );
+    for p in profiles {
+        let ops = p["ops"].as_array().unwrap();
+        assert!(!ops.is_empty(), "{p}");
+        let share: f64 = ops.iter().map(|o| o["share"].as_f64().unwrap()).sum();
+        assert!((share - 1.0).abs() < 1e-6, "shares sum to {share}: {p}");
+        assert!(ops.iter().all(|o| o["nodes"].as_u64().unwrap() >= 1), "{p}");
+        assert!(
+            ops.iter()
+                .any(|o| o["op"].as_str().unwrap().contains("DepthWise")),
+            "EfficientNet-Lite0 backbones run depthwise convolutions: {p}"
+        );
+    }
     let ort = engines.iter().any(|e| e["engine"] == "onnxruntime-cpu");
     if std::env::var_os("ORT_DYLIB_PATH").is_some() {
         assert!(
