@@ -1,6 +1,7 @@
-// The page: reads its settings, connects to the broker over WebSockets with MQTT.js, feeds
-// messages to the Fleet and draws it. Drawing builds text nodes only (no innerHTML), so a
-// payload can never inject markup.
+// The page: reads its settings, loads the fleet's history from fv-fleet's API when the page
+// came from fv-fleet, connects to the broker over WebSockets with MQTT.js for live updates,
+// feeds both to the Fleet and draws it. Drawing builds text and SVG nodes only (no innerHTML),
+// so a payload can never inject markup.
 import mqtt from './vendor/mqtt.esm.js';
 import { Fleet, settings } from './fleet.js';
 
@@ -40,9 +41,11 @@ function drawUnits(fleet, now) {
   const body = $('#units tbody');
   body.replaceChildren();
   const units = [...fleet.units.values()].sort((a, b) => a.key.localeCompare(b.key));
+  const hideGone = $('#hide-gone').checked;
   for (const u of units) {
     const tr = document.createElement('tr');
     const health = fleet.health(u, now);
+    if (health === 'gone' && hideGone) continue;
     tr.dataset.unit = u.key;
     tr.dataset.state = health;
     cell(tr, u.site);
@@ -56,6 +59,7 @@ function drawUnits(fleet, now) {
     cell(tr, u.processed ?? '—');
     cell(tr, u.failed ?? '—', u.failed > 0 ? 'waiting' : '');
     cell(tr, modelsText(u.models));
+    cell(tr, u.online24h == null ? '—' : `${Math.round(u.online24h * 100)} %`);
     body.appendChild(tr);
   }
 }
@@ -76,6 +80,52 @@ function drawToday(fleet, now) {
   }
 }
 
+const SVG = 'http://www.w3.org/2000/svg';
+const DAYS = 30;
+
+/** One small bar chart per site: results per day over the last 30 site-local days. */
+function drawDays(fleet, now) {
+  const box = $('#days');
+  box.replaceChildren();
+  for (const site of fleet.sites()) {
+    const series = fleet.series(site, DAYS, now);
+    const totals = series.map((d) => d.fracture + d.suspicious + d.no_fracture + d.failed);
+    const max = Math.max(1, ...totals);
+    const fig = document.createElement('figure');
+    fig.dataset.site = site;
+    const svg = document.createElementNS(SVG, 'svg');
+    svg.setAttribute('viewBox', `0 0 ${DAYS * 6} 40`);
+    svg.setAttribute('role', 'img');
+    svg.setAttribute('aria-label', `${site}: results per day, last ${DAYS} days`);
+    series.forEach((d, i) => {
+      // Stacked: fractures and suspicious at the bottom, where the eye starts.
+      let y = 40;
+      for (const [k, cls] of [['fracture', 'fracture'], ['suspicious', 'suspicious'],
+        ['no_fracture', 'no_fracture'], ['failed', 'failed']]) {
+        if (!d[k]) continue;
+        const h = (d[k] / max) * 38;
+        const r = document.createElementNS(SVG, 'rect');
+        r.setAttribute('x', i * 6);
+        r.setAttribute('y', y - h);
+        r.setAttribute('width', 5);
+        r.setAttribute('height', h);
+        r.setAttribute('class', cls);
+        const t = document.createElementNS(SVG, 'title');
+        t.textContent = `${d.day}: ${d[k]} ${k.replace('_', ' ')}`;
+        r.appendChild(t);
+        svg.appendChild(r);
+        y -= h;
+      }
+    });
+    const cap = document.createElement('figcaption');
+    const sum = totals.reduce((a, b) => a + b, 0);
+    const fr = series.reduce((a, d) => a + d.fracture, 0);
+    cap.textContent = `${site}: ${sum} results, ${fr} fracture, in ${DAYS} days`;
+    fig.append(svg, cap);
+    box.appendChild(fig);
+  }
+}
+
 function drawResults(fleet) {
   const body = $('#results tbody');
   body.replaceChildren();
@@ -83,7 +133,8 @@ function drawResults(fleet) {
     const tr = document.createElement('tr');
     tr.dataset.result = r.id ?? '';
     tr.dataset.finding = r.finding;
-    cell(tr, r.time ? new Date(r.time).toLocaleTimeString() : '—');
+    // The viewer's zone; the date too once the list reaches back past today.
+    cell(tr, r.time ? new Date(r.time).toLocaleString() : '—');
     cell(tr, r.site);
     cell(tr, r.device);
     cell(tr, r.finding.replace('_', ' ') + (r.error ? ` (${r.error})` : ''), `finding ${r.finding}`);
@@ -99,8 +150,40 @@ function setConnection(state, text) {
   el.textContent = text;
 }
 
-function connect(cfg) {
-  const fleet = new Fleet(cfg.prefix);
+function drawAll(fleet, now) {
+  drawUnits(fleet, now);
+  drawToday(fleet, now);
+  drawDays(fleet, now);
+  drawResults(fleet);
+}
+
+async function api(cfg, path) {
+  const headers = cfg.token ? { Authorization: `Bearer ${cfg.token}` } : {};
+  const r = await fetch(`${cfg.history}${path}`, { headers, cache: 'no-store' });
+  if (r.status === 401) throw new Error('the history needs a token: open the page with ?token=…');
+  if (!r.ok) throw new Error(`${path}: HTTP ${r.status}`);
+  return r.json();
+}
+
+/** Loads fv-fleet's history into the fleet; says on the page what it could not. */
+async function loadHistory(fleet, cfg) {
+  const note = $('#history');
+  try {
+    const [sites, counts, results, units] = await Promise.all([
+      api(cfg, 'sites'), api(cfg, `counts?days=${DAYS + 1}`), api(cfg, 'results?limit=50'), api(cfg, 'units'),
+    ]);
+    fleet.loadHistory({ sites, counts, results, units });
+    note.dataset.state = 'loaded';
+    note.textContent = `History from fv-fleet: ${results.length} recent results, ${units.length} units, `
+      + `counts by each site's day (${sites.map((s) => `${s.site}: ${s.zone}`).join(', ') || 'no sites yet'}).`;
+  } catch (e) {
+    note.dataset.state = 'error';
+    note.textContent = `History unavailable: ${e.message}`;
+  }
+  drawAll(fleet, Date.now());
+}
+
+function connect(cfg, fleet) {
   const client = mqtt.connect(cfg.broker, {
     username: cfg.username,
     password: cfg.password,
@@ -126,22 +209,38 @@ function connect(cfg) {
       return;
     }
     if (changed === 'unit') drawUnits(fleet, now);
-    if (changed === 'result') {
-      drawUnits(fleet, now);
-      drawToday(fleet, now);
-      drawResults(fleet);
-    }
+    if (changed === 'result') drawAll(fleet, now);
   });
+}
+
+async function start(cfg) {
+  const fleet = new Fleet(cfg.prefix);
+  window.fleet = fleet; // for the browser console
+  $('#hide-gone').addEventListener('change', () => drawUnits(fleet, Date.now()));
+  if (cfg.history) {
+    await loadHistory(fleet, cfg);
+  } else {
+    const note = $('#history');
+    note.dataset.state = 'live-only';
+    note.textContent = 'Live only: this page keeps nothing across a reload. fv-fleet serves it '
+      + 'with the fleet\'s history.';
+  }
+  if (cfg.broker) {
+    connect(cfg, fleet);
+  } else {
+    setConnection('history', 'history only: no broker for live updates');
+    // No live feed: read the history again now and then.
+    setInterval(() => loadHistory(fleet, cfg), 15000);
+  }
   // Heartbeat ages and staleness move with the clock, not with messages.
   setInterval(() => drawUnits(fleet, Date.now()), 1000);
-  window.fleet = fleet; // for the browser console
 }
 
 async function main() {
   const query = new URLSearchParams(location.search);
   const cfg = settings(query, await fileConfig());
-  if (cfg.broker) {
-    connect(cfg);
+  if (cfg.broker || cfg.history) {
+    await start(cfg);
     return;
   }
   setConnection('setup', 'no broker configured');
@@ -158,7 +257,7 @@ async function main() {
     q.delete('password');
     history.replaceState(null, '', `?${q}`);
     form.hidden = true;
-    connect({ ...settings(q, null), ...creds });
+    start({ ...settings(q, null), ...creds });
   });
 }
 

@@ -24,6 +24,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod broker;
 pub mod calibration;
 pub mod detection;
 pub mod imaging;

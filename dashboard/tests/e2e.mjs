@@ -8,12 +8,13 @@
 // MOSQUITTO (default: found on PATH or /usr/sbin), CHROMIUM (default /usr/bin/chromium),
 // ARTIFACTS (where the screenshot goes; default a temp dir). Exits non-zero on any failure.
 // edge/tests/dashboard.rs runs it as part of `cargo test`.
-import { spawn } from 'node:child_process';
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer, Socket } from 'node:net';
+import { copyFileSync, mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { basename, join, resolve } from 'node:path';
 import { chromium } from 'playwright-core';
+import {
+  chromiumArgs, finish, listening, mosquittoBin, start, unit as edgeUnit, waitFor, freePort,
+} from './harness.mjs';
 
 const repo = resolve(new URL('../..', import.meta.url).pathname);
 const edgeBin = process.env.FV_EDGE_BIN;
@@ -22,66 +23,17 @@ const models = process.env.FV_MODELS ?? join(repo, 'models');
 const sample = process.env.FV_SAMPLE
   ?? join(repo, 'tests/data/fracatlas-sample/images/Fractured/IMG0002322.jpg');
 const chromiumPath = process.env.CHROMIUM ?? '/usr/bin/chromium';
-const mosquitto = process.env.MOSQUITTO
-  ?? ['/usr/sbin/mosquitto', '/usr/bin/mosquitto', '/usr/local/sbin/mosquitto'].find(existsSync);
+const mosquitto = mosquittoBin();
 if (!mosquitto) throw new Error('mosquitto not found: apt-get install mosquitto');
 const work = mkdtempSync(join(tmpdir(), 'fv-dashboard-e2e-'));
 const artifacts = process.env.ARTIFACTS ?? work;
 mkdirSync(artifacts, { recursive: true });
 
-const children = [];
-function start(name, cmd, args, opts = {}) {
-  const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], ...opts });
-  child.log = '';
-  child.stdout.on('data', (d) => { child.log += d; });
-  child.stderr.on('data', (d) => { child.log += d; });
-  child.name = name;
-  children.push(child);
-  return child;
-}
-
-function freePort() {
-  return new Promise((ok, fail) => {
-    const s = createServer();
-    s.on('error', fail);
-    s.listen(0, '127.0.0.1', () => { const { port } = s.address(); s.close(() => ok(port)); });
-  });
-}
-
-async function waitFor(what, timeoutMs, f) {
-  const t0 = Date.now();
-  for (;;) {
-    const v = await f();
-    if (v) return Date.now() - t0;
-    if (Date.now() - t0 > timeoutMs) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
-
-function listening(port) {
-  return new Promise((ok) => {
-    const s = new Socket();
-    s.once('connect', () => { s.destroy(); ok(true); });
-    s.once('error', () => ok(false));
-    s.connect(port, '127.0.0.1');
-  });
-}
-
-function unit(site, device, mqttPort) {
-  const dir = join(work, device);
-  mkdirSync(join(dir, 'watch'), { recursive: true });
-  const child = start(device, edgeBin, [
-    'run', '-v', '--watch', join(dir, 'watch'), '--state', join(dir, 'state'), '--models', models,
-    '--site', site, '--device-id', device, '--mqtt', `mqtt://127.0.0.1:${mqttPort}`,
-    '--heartbeat', '1', '--settle-ms', '200',
-  ]);
-  child.watch = join(dir, 'watch');
-  return child;
-}
+const unit = (site, device, mqttPort) => edgeUnit(edgeBin, work, models, site, device, mqttPort);
 
 let browser;
 let page;
-let ok = false;
+let error = null;
 try {
   const mqttPort = await freePort();
   const wsPort = await freePort();
@@ -110,8 +62,7 @@ try {
   browser = await chromium.launch({
     executablePath: chromiumPath,
     headless: true,
-    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+    args: chromiumArgs,
   });
   page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
   const consoleLines = [];
@@ -127,6 +78,10 @@ try {
       !(await row(key).locator('td').nth(4).textContent()).includes('—'));
   }
   console.log('both units online with heartbeats');
+  // Served by fv-edge, the page says it keeps no history.
+  if (await page.locator('#history').getAttribute('data-state') !== 'live-only') {
+    throw new Error(`history note: ${await page.locator('#history').textContent()}`);
+  }
 
   // A reading at unit-1 shows in the recent list and in today's counts.
   copyFileSync(sample, join(a.watch, basename(sample)));
@@ -163,18 +118,7 @@ try {
   console.log(`screenshot: ${shot}`);
   const errors = consoleLines.filter((l) => l.startsWith('error') || l.startsWith('pageerror'));
   if (errors.length) throw new Error(`browser console errors:\n${errors.join('\n')}`);
-  ok = true;
 } catch (e) {
-  console.error(`dashboard e2e FAILED: ${e.stack ?? e}`);
-  if (page) {
-    await page.screenshot({ path: join(artifacts, 'dashboard-e2e-failure.png'), fullPage: true })
-      .catch(() => {});
-  }
-  for (const c of children) console.error(`--- ${c.name} ---\n${c.log.slice(-3000)}`);
-} finally {
-  if (browser) await browser.close().catch(() => {});
-  for (const c of children) c.kill('SIGKILL');
-  if (ok && !process.env.ARTIFACTS) rmSync(work, { recursive: true, force: true });
+  error = e;
 }
-console.log(ok ? 'dashboard e2e ok' : 'dashboard e2e failed');
-process.exit(ok ? 0 : 1);
+await finish('dashboard-e2e', { error, browser, page, artifacts, work });

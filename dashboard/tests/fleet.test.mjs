@@ -1,7 +1,7 @@
 // Unit tests of the fleet state (node --test): what the page shows, judged from messages.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { Fleet, settings, STALE_INTERVALS } from '../fleet.js';
+import { Fleet, settings, STALE_INTERVALS, zonedDay } from '../fleet.js';
 
 const P = 'fractuvision/v1';
 const result = (id, finding, p, at = new Date().toISOString()) =>
@@ -86,4 +86,43 @@ test('a heartbeat that says the publisher is stalled shows on the unit, and clea
   assert.equal(f.units.get('s/d').publisher, 'publisher stalled: read-only outbox');
   f.apply(`${P}/s/d/heartbeat`, JSON.stringify({ interval_s: 30, publisher: null }), 1000);
   assert.equal(f.units.get('s/d').publisher, null);
+});
+
+test('history from fv-fleet, then live: a result already stored is counted once', () => {
+  const f = new Fleet(P);
+  const now = Date.parse('2026-12-05T12:00:00Z');
+  f.loadHistory({
+    sites: [{ site: 'tokyo', zone: 'Asia/Tokyo', today: '2026-12-05' }],
+    counts: [
+      { site: 'tokyo', day: '2026-12-05', fracture: 2, suspicious: 0, no_fracture: 5, failed: 0 },
+      { site: 'tokyo', day: '2026-12-04', fracture: 1, suspicious: 1, no_fracture: 0, failed: 0 },
+    ],
+    results: [{ id: 'h1', site: 'tokyo', device: 'u1', processed_at: '2026-12-05T11:00:00Z',
+      finding: 'fracture', probability: 0.9, boxes: 1, error: null }],
+    units: [
+      { site: 'tokyo', device: 'u1', state: 'online', heartbeat_at: '2026-12-05T11:59:58Z',
+        interval_s: 10, outbox_depth: 0, online_24h: 0.5 },
+      { site: 'tokyo', device: 'old', state: 'gone', last_seen: '2026-11-01T00:00:00Z' },
+    ],
+  });
+  assert.ok(f.history);
+  assert.deepEqual(f.today(now).get('tokyo'), { fracture: 2, suspicious: 0, no_fracture: 5, failed: 0 });
+  assert.equal(f.health(f.units.get('tokyo/old'), now), 'gone');
+  assert.equal(f.units.get('tokyo/u1').online24h, 0.5);
+  // The stored result comes again live (QoS 1 redelivery): not counted twice.
+  assert.equal(f.apply(`${P}/tokyo/u1/result`, result('h1', 'fracture', 0.9, '2026-12-05T11:00:00Z'), now), null);
+  // A new one, at 20:00 UTC on the 4th: already the 5th in Tokyo, so today there.
+  f.apply(`${P}/tokyo/u1/result`, result('n1', 'suspicious', 0.4, '2026-12-04T20:00:00Z'), now);
+  assert.equal(f.today(now).get('tokyo').suspicious, 1);
+  const s = f.series('tokyo', 2, now);
+  assert.deepEqual(s.map((d) => d.day), ['2026-12-04', '2026-12-05']);
+  assert.equal(s[0].fracture + s[0].suspicious, 2);
+  // A gone unit that speaks again is back.
+  f.apply(`${P}/tokyo/old/heartbeat`, JSON.stringify({ interval_s: 10 }), now);
+  assert.equal(f.health(f.units.get('tokyo/old'), now), 'online');
+});
+
+test('a day in a site\'s own zone', () => {
+  assert.equal(zonedDay(new Date('2026-12-04T20:00:00Z'), 'Asia/Tokyo'), '2026-12-05');
+  assert.equal(zonedDay(new Date('2026-12-04T20:00:00Z'), 'America/New_York'), '2026-12-04');
 });

@@ -1,8 +1,9 @@
 //! Serves the fleet dashboard (`dashboard/` in the repository) on one port.
 //!
-//! The page's files are compiled into the binary, so a unit or a workstation needs nothing
-//! besides fv-edge. The page holds no data of its own: it connects from the browser to the
-//! broker's MQTT-over-WebSockets listener. This server only hands out static files and, when
+//! The page's files are compiled into the binary (crate fv-dashboard), so a unit or a
+//! workstation needs nothing besides fv-edge. Served from here the page is live only, with no
+//! history (fv-fleet serves it with history): it connects from the browser to the broker's
+//! MQTT-over-WebSockets listener. This server only hands out static files and, when
 //! a broker is configured, a `config.json` naming it (never credentials).
 
 use anyhow::Context as _;
@@ -20,39 +21,6 @@ pub struct DashboardSettings {
     /// Topic prefix (default `fractuvision/v1`).
     pub prefix: Option<String>,
 }
-
-const FILES: &[(&str, &str, &[u8])] = &[
-    (
-        "/index.html",
-        "text/html; charset=utf-8",
-        include_bytes!("../../dashboard/index.html"),
-    ),
-    (
-        "/app.js",
-        "text/javascript; charset=utf-8",
-        include_bytes!("../../dashboard/app.js"),
-    ),
-    (
-        "/fleet.js",
-        "text/javascript; charset=utf-8",
-        include_bytes!("../../dashboard/fleet.js"),
-    ),
-    (
-        "/style.css",
-        "text/css; charset=utf-8",
-        include_bytes!("../../dashboard/style.css"),
-    ),
-    (
-        "/vendor/mqtt.esm.js",
-        "text/javascript; charset=utf-8",
-        include_bytes!("../../dashboard/vendor/mqtt.esm.js"),
-    ),
-    (
-        "/vendor/mqtt.LICENSE.md",
-        "text/plain; charset=utf-8",
-        include_bytes!("../../dashboard/vendor/mqtt.LICENSE.md"),
-    ),
-];
 
 /// `8080` → `0.0.0.0:8080`; `127.0.0.1:8080` as given.
 pub fn listen_addr(listen: &str) -> anyhow::Result<SocketAddr> {
@@ -128,16 +96,14 @@ fn respond(
     if !matches!(method, tiny_http::Method::Get | tiny_http::Method::Head) {
         return (405, "text/plain", b"only GET\n".to_vec());
     }
-    // The page's settings travel in the query string: serve the path without it.
     let path = url.split(['?', '#']).next().unwrap_or("/");
-    let path = if path == "/" { "/index.html" } else { path };
     if path == "/config.json" {
         // `{}` when no broker is configured: the page then takes its query or asks.
         let body = config.unwrap_or("{}").as_bytes().to_vec();
         return (200, "application/json", body);
     }
-    match FILES.iter().find(|(p, _, _)| *p == path) {
-        Some((_, ctype, body)) => (200, ctype, body.to_vec()),
+    match fv_dashboard::asset(path) {
+        Some(a) => (200, a.content_type, a.body.to_vec()),
         None => (404, "text/plain", b"not found\n".to_vec()),
     }
 }

@@ -105,20 +105,8 @@ pub struct Publisher {
 
 /// `(tls, host, port)` of `mqtt://HOST[:PORT]` (1883) or `mqtts://HOST[:PORT]` (8883).
 pub fn parse_url(url: &str) -> anyhow::Result<(bool, String, u16)> {
-    let bad = || anyhow::anyhow!("MQTT URL `{url}`: use mqtt://HOST:PORT or mqtts://HOST:PORT");
-    let (scheme, rest) = url.split_once("://").ok_or_else(bad)?;
-    let tls = match scheme {
-        "mqtt" | "tcp" => false,
-        "mqtts" | "ssl" => true,
-        _ => return Err(bad()),
-    };
-    let rest = rest.trim_end_matches('/');
-    let (host, port) = match rest.rsplit_once(':') {
-        Some((h, p)) => (h, p.parse().map_err(|_| bad())?),
-        None => (rest, if tls { 8883 } else { 1883 }),
-    };
-    anyhow::ensure!(!host.is_empty(), bad());
-    Ok((tls, host.to_owned(), port))
+    let u: fv_core::broker::BrokerUrl = url.parse()?;
+    Ok((u.tls, u.host, u.port))
 }
 
 /// At most this many results between publish and PUBACK.

@@ -108,3 +108,64 @@ pub fn run(name: &str, args: &[&str], cwd: &Path) -> Run {
         output,
     }
 }
+
+/// A missing tool for a browser test: says so and returns true (skip), unless
+/// FV_REQUIRE_BROWSER=1 (CI), which makes it a failure.
+pub fn browser_missing(what: &str) -> bool {
+    if std::env::var("FV_REQUIRE_BROWSER").as_deref() == Ok("1") {
+        panic!("FV_REQUIRE_BROWSER=1 but {what}");
+    }
+    eprintln!("skipped: {what}");
+    true
+}
+
+/// `node` on PATH.
+pub fn node() -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join("node"))
+            .find(|p| p.is_file())
+    })
+}
+
+/// What the dashboard's browser tests need: node, `npm ci` in dashboard/ (playwright-core,
+/// no browser download) and Debian's Chromium (or `CHROMIUM`). `(node, chromium)`, or None
+/// after saying what is missing (see [`browser_missing`]).
+pub fn browser_tools() -> Option<(PathBuf, PathBuf)> {
+    let Some(node) = node() else {
+        browser_missing("node is not installed");
+        return None;
+    };
+    if !workspace()
+        .join("dashboard/node_modules/playwright-core")
+        .exists()
+        && browser_missing("dashboard/node_modules is missing (npm ci --prefix dashboard)")
+    {
+        return None;
+    }
+    let chromium = std::env::var_os("CHROMIUM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
+    if !chromium.exists() && browser_missing("Chromium is not installed (apt-get install chromium)")
+    {
+        return None;
+    }
+    Some((node, chromium))
+}
+
+/// Runs a node script from the workspace root, printing its output; panics when it fails.
+pub fn run_node(node: &Path, args: &[&str], envs: &[(&str, &std::ffi::OsStr)]) {
+    let out = Command::new(node)
+        .args(args)
+        .current_dir(workspace())
+        .envs(envs.iter().copied())
+        .output()
+        .expect("run node");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("{text}");
+    assert!(out.status.success(), "node {args:?} failed:\n{text}");
+}

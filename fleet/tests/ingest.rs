@@ -1,0 +1,241 @@
+//! fv-fleet against a real Mosquitto, with SQLite and with a PostgreSQL started from Debian's
+//! packages: results delivered twice are stored once; nothing is lost across `kill -9` of the
+//! ingester (also in the middle of a burst) or a broker restart; the API answers from the
+//! store.
+
+mod common;
+
+use common::{publish, result, Broker, Fleet, Postgres};
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+const P: &str = "fractuvision/v1";
+
+fn topic(site: &str, device: &str, kind: &str) -> String {
+    format!("{P}/{site}/{device}/{kind}")
+}
+
+fn results(n: std::ops::Range<usize>, tag: &str) -> Vec<(String, String, bool)> {
+    n.map(|i| {
+        let (site, device) = if i % 2 == 0 {
+            ("clinic-a", "unit-1")
+        } else {
+            ("clinic-b", "unit-2")
+        };
+        let finding = ["fracture", "suspicious", "no_fracture"][i % 3];
+        let at = jiff::Timestamp::now().to_string();
+        (
+            topic(site, device, "result"),
+            result(&format!("{tag}-{i}"), site, device, finding, &at),
+            false,
+        )
+    })
+    .collect()
+}
+
+fn stored(fleet: &Fleet, token: Option<&str>) -> i64 {
+    fleet.json("/api/stats", token)["results"].as_i64().unwrap()
+}
+
+fn all_ids(fleet: &Fleet, token: Option<&str>) -> Vec<String> {
+    let mut ids = Vec::new();
+    for page in 0.. {
+        let v = fleet.json(
+            &format!("/api/results?limit=1000&order=asc&offset={}", page * 1000),
+            token,
+        );
+        let got = v.as_array().unwrap();
+        ids.extend(got.iter().map(|r| r["id"].as_str().unwrap().to_owned()));
+        if got.len() < 1000 {
+            break;
+        }
+    }
+    ids
+}
+
+fn wait_stored(fleet: &Fleet, token: Option<&str>, n: i64) {
+    common::wait_until(
+        &format!("{n} results stored"),
+        Duration::from_secs(60),
+        || stored(fleet, token) >= n,
+    );
+}
+
+/// The whole story, on one database.
+fn survives_everything(db: &str, token: Option<&str>) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Broker::start(&dir.path().join("broker"));
+    let extra: Vec<&str> = match token {
+        Some(t) => vec!["--site-zone", "clinic-b=Asia/Tokyo", "--token", t],
+        None => vec!["--site-zone", "clinic-b=Asia/Tokyo"],
+    };
+    let mut fleet = Fleet::start(dir.path(), &broker.url(), db, &extra);
+
+    // Units come online (retained status), beat, and deliver 20 results, each twice.
+    let mut first = vec![
+        (
+            topic("clinic-a", "unit-1", "status"),
+            r#"{"state":"online","ts":"2026-12-05T08:00:00Z","version":"0.1.0","models":[]}"#
+                .into(),
+            true,
+        ),
+        (
+            topic("clinic-a", "unit-1", "heartbeat"),
+            r#"{"ts":"2026-12-05T08:00:01Z","interval_s":10,"outbox_depth":3,"processed":5}"#
+                .into(),
+            false,
+        ),
+        (
+            topic("clinic-a", "unit-1", "result"),
+            "not json".into(),
+            false,
+        ),
+    ];
+    let batch = results(0..20, "a");
+    first.extend(batch.iter().cloned());
+    first.extend(batch.iter().cloned());
+    publish(broker.port, "unit-pub-1", &first);
+    wait_stored(&fleet, token, 20);
+    // Duplicates (QoS 1 delivers at least once) are stored once.
+    std::thread::sleep(Duration::from_millis(500));
+    let stats = fleet.json("/api/stats", token);
+    assert_eq!(stats["results"], 20, "{stats}");
+    assert_eq!(stats["rejected"], 1, "{stats}");
+
+    // The ingester dies in the middle of a burst: what it had not stored, it had not
+    // acknowledged, and the broker delivers it again.
+    let burst = results(20..420, "b");
+    let port = broker.port;
+    let publisher = std::thread::spawn(move || publish(port, "unit-pub-2", &burst));
+    std::thread::sleep(Duration::from_millis(150));
+    fleet.kill9();
+    publisher.join().unwrap();
+    // More arrive while it is down; then the broker restarts (sessions kept on disk).
+    publish(broker.port, "unit-pub-3", &results(420..430, "c"));
+    broker.restart();
+    publish(broker.port, "unit-pub-4", &results(430..440, "d"));
+    let fleet2 = Fleet::start(dir.path(), &broker.url(), db, &extra);
+    wait_stored(&fleet2, token, 440);
+    std::thread::sleep(Duration::from_millis(500));
+    let ids = all_ids(&fleet2, token);
+    let unique: BTreeSet<&String> = ids.iter().collect();
+    assert_eq!(
+        (ids.len(), unique.len()),
+        (440, 440),
+        "fleet log:\n{}\nbroker log:\n{}",
+        fleet2.log(),
+        broker.log()
+    );
+
+    // Counts per site and day add up; clinic-b counts by Tokyo's day.
+    let counts = fleet2.json("/api/counts?days=3", token);
+    let total: i64 = counts
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            ["fracture", "suspicious", "no_fracture", "failed"]
+                .iter()
+                .map(|k| c[k].as_i64().unwrap())
+                .sum::<i64>()
+        })
+        .sum();
+    assert_eq!(total, 440, "{counts}");
+    let sites = fleet2.json("/api/sites", token);
+    let tokyo = jiff::Timestamp::now()
+        .to_zoned(jiff::tz::TimeZone::get("Asia/Tokyo").unwrap())
+        .date()
+        .to_string();
+    assert!(
+        sites
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["site"] == "clinic-b"
+                && s["zone"] == "Asia/Tokyo"
+                && s["today"] == tokyo.as_str()),
+        "{sites}"
+    );
+    let per_site = fleet2.json("/api/results?site=clinic-b&limit=1000", token);
+    assert_eq!(per_site.as_array().unwrap().len(), 220);
+    let csv = fleet2.get("/api/counts?format=csv", token).1;
+    assert!(
+        csv.starts_with("site,day,fracture,suspicious,no_fracture,failed"),
+        "{csv}"
+    );
+
+    // One result by id: as sent, less the file name.
+    let one = fleet2.json("/api/results/a-3", token);
+    assert_eq!(one["id"], "a-3");
+    assert_eq!(one["source"]["kind"], "file");
+    assert!(one["source"].get("name").is_none(), "{one}");
+    assert_eq!(fleet2.get("/api/results/nope", token).0, 404);
+
+    // The unit: online, its heartbeat, its uptime.
+    let units = fleet2.json("/api/units", token);
+    let u1 = units
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["device"] == "unit-1")
+        .cloned()
+        .unwrap_or(Value::Null);
+    assert_eq!(u1["state"], "online", "{units}");
+    assert_eq!(u1["outbox_depth"], 3, "{units}");
+    let up = fleet2.json("/api/units/clinic-a/unit-1/uptime", token);
+    assert!(up["online_fraction"].as_f64().unwrap() > 0.0, "{up}");
+    let outbox = fleet2.json("/api/units/clinic-a/unit-1/outbox", token);
+    assert_eq!(outbox[0]["outbox_depth"], 3, "{outbox}");
+
+    // Read-only, behind the token when there is one.
+    if token.is_some() {
+        assert_eq!(fleet2.get("/api/stats", None).0, 401);
+        assert_eq!(fleet2.get("/api/stats", Some("wrong")).0, 401);
+    }
+    // The page and its settings are served without it.
+    let (status, page) = fleet2.get("/", None);
+    assert_eq!(status, 200);
+    assert!(page.contains("FractuVision fleet"));
+    let cfg: Value = serde_json::from_str(&fleet2.get("/config.json", None).1).unwrap();
+    assert_eq!(cfg["history"], "api/");
+    assert_eq!(cfg["token_required"], token.is_some());
+}
+
+#[test]
+fn sqlite_loses_nothing_and_counts_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("fleet.sqlite");
+    survives_everything(db.to_str().unwrap(), Some("t0ken"));
+}
+
+#[test]
+fn postgres_loses_nothing_and_counts_once() {
+    let Some(pg) = Postgres::start() else {
+        return;
+    };
+    survives_everything(&pg.url(), None);
+}
+
+#[test]
+fn bad_settings_are_refused_with_the_fix() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fv-fleet"))
+        .args(["--listen", "0.0.0.0:0", "--db", "/nonexistent/dir/x.sqlite"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("--token"), "{err}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fv-fleet"))
+        .args([
+            "--db",
+            "/nonexistent/dir/x.sqlite",
+            "--mqtt",
+            "mqtt://127.0.0.1:1",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("/nonexistent/dir/x.sqlite"), "{err}");
+}
