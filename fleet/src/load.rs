@@ -115,7 +115,7 @@ pub async fn run(a: LoadArgs) -> anyhow::Result<()> {
                 {
                     published.fetch_add(1, Ordering::Relaxed);
                 }
-                if seq % (10.0 * a.rate).max(1.0) as u64 == 0 {
+                if seq.is_multiple_of((10.0 * a.rate).max(1.0) as u64) {
                     let hb = json!({"ts": now, "interval_s": 10, "outbox_depth": 0, "processed": seq});
                     let _ = client
                         .publish(format!("{base}/heartbeat"), QoS::AtMostOnce, false, hb.to_string())

@@ -239,3 +239,30 @@ fn bad_settings_are_refused_with_the_fix() {
     assert!(!out.status.success());
     assert!(err.contains("/nonexistent/dir/x.sqlite"), "{err}");
 }
+
+#[test]
+fn the_load_generator_measures_what_was_stored() {
+    // `fv-fleet load` (BENCHMARKS.md) kept working: a few seconds of 5 units.
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&dir.path().join("broker"));
+    let db = dir.path().join("fleet.sqlite");
+    let fleet = Fleet::start(dir.path(), &broker.url(), db.to_str().unwrap(), &[]);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fv-fleet"))
+        .args(["load", "--mqtt", &broker.url(), "--api", &fleet.api])
+        .args(["--units", "5", "--rate", "4", "--duration", "3s"])
+        .args(["--drain-timeout", "30s"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: Value = serde_json::from_str(&text).unwrap();
+    let acked = summary["acked_by_broker"].as_i64().unwrap();
+    assert!(acked >= 40, "{summary}");
+    assert_eq!(summary["stored"].as_i64().unwrap(), acked, "{summary}");
+    assert!(summary["lag_ms"]["p50"].as_i64().is_some(), "{summary}");
+    assert_eq!(summary["database"], "sqlite");
+}
