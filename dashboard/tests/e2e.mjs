@@ -8,26 +8,18 @@
 // MOSQUITTO (default: found on PATH or /usr/sbin), CHROMIUM (default /usr/bin/chromium),
 // ARTIFACTS (where the screenshot goes; default a temp dir). Exits non-zero on any failure.
 // edge/tests/dashboard.rs runs it as part of `cargo test`.
-import { copyFileSync, mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { basename, join, resolve } from 'node:path';
+import { copyFileSync, writeFileSync } from 'node:fs';
+import { basename, join } from 'node:path';
 import { chromium } from 'playwright-core';
 import {
-  chromiumArgs, finish, listening, mosquittoBin, start, unit as edgeUnit, waitFor, freePort,
+  chromiumArgs, finish, freePort, listening, setup, start, unit as edgeUnit, waitFor,
 } from './harness.mjs';
 
-const repo = resolve(new URL('../..', import.meta.url).pathname);
 const edgeBin = process.env.FV_EDGE_BIN;
 if (!edgeBin) throw new Error('set FV_EDGE_BIN to the fv-edge binary (cargo build -p fv-edge)');
-const models = process.env.FV_MODELS ?? join(repo, 'models');
+const { repo, models, chromiumPath, mosquitto, work, artifacts } = setup('dashboard-e2e');
 const sample = process.env.FV_SAMPLE
   ?? join(repo, 'tests/data/fracatlas-sample/images/Fractured/IMG0002322.jpg');
-const chromiumPath = process.env.CHROMIUM ?? '/usr/bin/chromium';
-const mosquitto = mosquittoBin();
-if (!mosquitto) throw new Error('mosquitto not found: apt-get install mosquitto');
-const work = mkdtempSync(join(tmpdir(), 'fv-dashboard-e2e-'));
-const artifacts = process.env.ARTIFACTS ?? work;
-mkdirSync(artifacts, { recursive: true });
 
 const unit = (site, device, mqttPort) => edgeUnit(edgeBin, work, models, site, device, mqttPort);
 

@@ -8,26 +8,18 @@
 //
 // Environment as e2e.mjs, plus FV_FLEET_BIN (required). fleet/tests/dashboard.rs runs it as
 // part of `cargo test`.
-import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { copyFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { chromium } from 'playwright-core';
 import {
-  chromiumArgs, finish, freePort, listening, mosquittoBin, start, unit, waitFor,
+  chromiumArgs, finish, freePort, listening, setup, start, unit, waitFor,
 } from './harness.mjs';
 
-const repo = resolve(new URL('../..', import.meta.url).pathname);
 const edgeBin = process.env.FV_EDGE_BIN;
 const fleetBin = process.env.FV_FLEET_BIN;
 if (!edgeBin || !fleetBin) throw new Error('set FV_EDGE_BIN and FV_FLEET_BIN (cargo build)');
-const models = process.env.FV_MODELS ?? join(repo, 'models');
+const { repo, models, chromiumPath, mosquitto, work, artifacts } = setup('fleet-e2e');
 const samples = join(repo, 'tests/data/fracatlas-sample/images');
-const chromiumPath = process.env.CHROMIUM ?? '/usr/bin/chromium';
-const mosquitto = mosquittoBin();
-if (!mosquitto) throw new Error('mosquitto not found: apt-get install mosquitto');
-const work = mkdtempSync(join(tmpdir(), 'fv-fleet-e2e-'));
-const artifacts = process.env.ARTIFACTS ?? work;
-mkdirSync(artifacts, { recursive: true });
 const TOKEN = 'e2e-token';
 
 async function stats(api) {

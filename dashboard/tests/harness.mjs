@@ -1,9 +1,10 @@
 // What the browser tests share: child processes with their logs kept, free ports, waiting,
 // and fv-edge daemons watching a folder. Real parts only (see e2e.mjs, fleet-e2e.mjs).
 import { spawn } from 'node:child_process';
-import { existsSync, mkdirSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { createServer, Socket } from 'node:net';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 
 export const children = [];
 
@@ -83,4 +84,25 @@ export async function finish(name, { error, browser, page, artifacts, work }) {
   if (ok && !process.env.ARTIFACTS) rmSync(work, { recursive: true, force: true });
   console.log(`${name} ${ok ? 'ok' : 'failed'}`);
   process.exit(ok ? 0 : 1);
+}
+
+/**
+ * What every browser test starts from: the repository, the models, Chromium and Mosquitto
+ * (from the environment or their usual places), a fresh work folder, and where screenshots go.
+ */
+export function setup(name) {
+  const repo = resolve(new URL('../..', import.meta.url).pathname);
+  const mosquitto = mosquittoBin();
+  if (!mosquitto) throw new Error('mosquitto not found: apt-get install mosquitto');
+  const work = mkdtempSync(join(tmpdir(), `fv-${name}-`));
+  const artifacts = process.env.ARTIFACTS ?? work;
+  mkdirSync(artifacts, { recursive: true });
+  return {
+    repo,
+    models: process.env.FV_MODELS ?? join(repo, 'models'),
+    chromiumPath: process.env.CHROMIUM ?? '/usr/bin/chromium',
+    mosquitto,
+    work,
+    artifacts,
+  };
 }

@@ -37,6 +37,18 @@ fn listening(port: u16) -> bool {
     std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
 }
 
+fn mosquitto_bin() -> PathBuf {
+    [
+        "/usr/sbin/mosquitto",
+        "/usr/bin/mosquitto",
+        "/usr/local/sbin/mosquitto",
+    ]
+    .into_iter()
+    .map(PathBuf::from)
+    .find(|p| p.exists())
+    .expect("mosquitto not found: install it (`apt-get install mosquitto`); .ci/run does")
+}
+
 /// Mosquitto with persistence: sessions and queued QoS 1 messages survive a restart.
 pub struct Broker {
     pub port: u16,
@@ -46,15 +58,7 @@ pub struct Broker {
 
 impl Broker {
     pub fn start(dir: &Path) -> Broker {
-        let bin = [
-            "/usr/sbin/mosquitto",
-            "/usr/bin/mosquitto",
-            "/usr/local/sbin/mosquitto",
-        ]
-        .into_iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
-        .expect("mosquitto not found: install it (`apt-get install mosquitto`); .ci/run does");
+        let bin = mosquitto_bin();
         let port = free_port();
         std::fs::create_dir_all(dir).unwrap();
         // Started as root, Mosquitto would drop to its own user, which cannot write here.
@@ -96,15 +100,7 @@ impl Broker {
     /// A clean stop (Mosquitto writes its sessions to disk) and a start on the same port.
     pub fn restart(&mut self) {
         self.stop();
-        let bin = [
-            "/usr/sbin/mosquitto",
-            "/usr/bin/mosquitto",
-            "/usr/local/sbin/mosquitto",
-        ]
-        .into_iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
-        .unwrap();
+        let bin = mosquitto_bin();
         self.child = Some(self.spawn(&bin));
     }
 
