@@ -36,11 +36,15 @@ impl Kind {
     }
 }
 
-/// The topic filters the ingester subscribes to.
-pub fn filters(prefix: &str) -> Vec<String> {
+/// The topic filters the ingester subscribes to; in a shared subscription's group, each
+/// message goes to one ingester of the group.
+pub fn filters(prefix: &str, share_group: Option<&str>) -> Vec<String> {
+    let share = share_group
+        .map(|g| format!("$share/{g}/"))
+        .unwrap_or_default();
     Kind::ALL
         .iter()
-        .map(|k| format!("{prefix}/+/+/{}", k.as_str()))
+        .map(|k| format!("{share}{prefix}/+/+/{}", k.as_str()))
         .collect()
 }
 
@@ -304,7 +308,7 @@ pub async fn run(store: Store, settings: Settings, mut shutdown: watch::Receiver
                     }
                 );
                 if !ack.session_present {
-                    let subs = filters(&settings.prefix)
+                    let subs = filters(&settings.prefix, settings.share_group.as_deref())
                         .into_iter()
                         .map(|f| rumqttc::SubscribeFilter::new(f, QoS::AtLeastOnce));
                     if let Err(e) = client.subscribe_many(subs).await {
@@ -313,7 +317,10 @@ pub async fn run(store: Store, settings: Settings, mut shutdown: watch::Receiver
                 }
             }
             Ok(Event::Incoming(Packet::SubAck(_))) => {
-                tracing::info!("subscribed to {}", filters(&settings.prefix).join(", "));
+                tracing::info!(
+                    "subscribed to {}",
+                    filters(&settings.prefix, settings.share_group.as_deref()).join(", ")
+                );
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 if tx.send(p).await.is_err() {
@@ -362,7 +369,11 @@ mod tests {
         assert_eq!(parse_topic(p, "fractuvision/v1/a/b/other"), None);
         assert_eq!(parse_topic(p, "fractuvision/v1/a/b/result/x"), None);
         assert_eq!(parse_topic(p, "fractuvision/v2/a/b/result"), None);
-        assert_eq!(filters(p)[0], "fractuvision/v1/+/+/result");
+        assert_eq!(filters(p, None)[0], "fractuvision/v1/+/+/result");
+        assert_eq!(
+            filters(p, Some("fleet"))[2],
+            "$share/fleet/fractuvision/v1/+/+/heartbeat"
+        );
     }
 
     #[test]

@@ -38,12 +38,15 @@ pub async fn serve(settings: Settings, shutdown: watch::Receiver<bool>) -> anyho
         })?),
         None => None,
     };
-    let ingest = tokio::spawn(ingest::run(
-        store.clone(),
-        settings.clone(),
-        shutdown.clone(),
-    ));
-    let retention = {
+    let ingest = (!settings.api_only).then(|| {
+        tokio::spawn(ingest::run(
+            store.clone(),
+            settings.clone(),
+            shutdown.clone(),
+        ))
+    });
+    // The ingesters keep the store trim; an API-only instance may sit on a read replica.
+    let retention = (!settings.api_only).then(|| {
         let (store, keep, mut shutdown) = (store.clone(), settings.retention, shutdown.clone());
         tokio::spawn(async move {
             loop {
@@ -59,7 +62,7 @@ pub async fn serve(settings: Settings, shutdown: watch::Receiver<bool>) -> anyho
                 }
             }
         })
-    };
+    });
     if let Some(listener) = listener {
         let addr = listener.local_addr()?;
         tracing::info!("dashboard and API on http://{addr}/");
@@ -74,8 +77,12 @@ pub async fn serve(settings: Settings, shutdown: watch::Receiver<bool>) -> anyho
             })
             .await?;
     }
-    let _ = ingest.await;
-    let _ = retention.await;
+    if let Some(ingest) = ingest {
+        let _ = ingest.await;
+    }
+    if let Some(retention) = retention {
+        let _ = retention.await;
+    }
     Ok(())
 }
 

@@ -32,6 +32,13 @@ pub struct ServeArgs {
     /// Topic prefix the units publish under.
     #[arg(long, env = "FV_FLEET_PREFIX", default_value = DEFAULT_PREFIX)]
     pub prefix: String,
+    /// Share the units' topics with the other ingesters of this group (MQTT shared
+    /// subscription `$share/GROUP/…`): the broker hands each message to one of them.
+    #[arg(long, env = "FV_FLEET_SHARE_GROUP")]
+    pub share_group: Option<String>,
+    /// Serve the API and the page only, with no MQTT connection (e.g. beside a read replica).
+    #[arg(long, env = "FV_FLEET_API_ONLY")]
+    pub api_only: bool,
     /// The MQTT client id: the broker keeps this session's messages while fv-fleet is away,
     /// so each ingester needs its own, stable id.
     #[arg(long, env = "FV_FLEET_CLIENT_ID", default_value = "fv-fleet")]
@@ -114,6 +121,10 @@ pub struct Settings {
     pub credentials: Option<(String, String)>,
     pub client_id: String,
     pub prefix: String,
+    /// `$share/GROUP/` before each filter, or nothing.
+    pub share_group: Option<String>,
+    /// No ingester: the API only.
+    pub api_only: bool,
     pub db: String,
     pub listen: Option<SocketAddr>,
     pub token: Option<String>,
@@ -169,11 +180,23 @@ impl Settings {
             a.prefix
         );
         anyhow::ensure!(a.retention_days > 0, "--retention-days must be at least 1");
+        if let Some(g) = &a.share_group {
+            anyhow::ensure!(
+                !g.is_empty() && !g.contains(['/', '+', '#']),
+                "--share-group `{g}`: a name without `/`, `+` or `#`, e.g. fleet"
+            );
+        }
+        anyhow::ensure!(
+            !a.api_only || listen.is_some(),
+            "--api-only needs --listen: with neither ingester nor API there is nothing to run"
+        );
         Ok(Settings {
             broker,
             credentials,
             client_id: a.client_id,
             prefix: a.prefix.trim_end_matches('/').to_owned(),
+            share_group: a.share_group,
+            api_only: a.api_only,
             db: a.db,
             listen,
             token,

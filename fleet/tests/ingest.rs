@@ -65,7 +65,7 @@ fn wait_stored(fleet: &Fleet, token: Option<&str>, n: i64) {
 /// The whole story, on one database.
 fn survives_everything(db: &str, token: Option<&str>) {
     let dir = tempfile::tempdir().unwrap();
-    let mut broker = Broker::start(&dir.path().join("broker"));
+    let mut broker = Broker::start(&dir.path().join("broker"), common::free_port());
     let extra: Vec<&str> = match token {
         Some(t) => vec!["--site-zone", "clinic-b=Asia/Tokyo", "--token", t],
         None => vec!["--site-zone", "clinic-b=Asia/Tokyo"],
@@ -113,6 +113,7 @@ fn survives_everything(db: &str, token: Option<&str>) {
     publisher.join().unwrap();
     // More arrive while it is down; then the broker restarts (sessions kept on disk).
     publish(broker.port, "unit-pub-3", &results(420..430, "c"));
+    broker.stop();
     broker.restart();
     publish(broker.port, "unit-pub-4", &results(430..440, "d"));
     let fleet2 = Fleet::start(dir.path(), &broker.url(), db, &extra);
@@ -244,7 +245,7 @@ fn bad_settings_are_refused_with_the_fix() {
 fn the_load_generator_measures_what_was_stored() {
     // `fv-fleet load` (BENCHMARKS.md) kept working: a few seconds of 5 units.
     let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start(&dir.path().join("broker"));
+    let broker = Broker::start(&dir.path().join("broker"), common::free_port());
     let db = dir.path().join("fleet.sqlite");
     let fleet = Fleet::start(dir.path(), &broker.url(), db.to_str().unwrap(), &[]);
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_fv-fleet"))
@@ -265,4 +266,36 @@ fn the_load_generator_measures_what_was_stored() {
     assert_eq!(summary["stored"].as_i64().unwrap(), acked, "{summary}");
     assert!(summary["lag_ms"]["p50"].as_i64().is_some(), "{summary}");
     assert_eq!(summary["database"], "sqlite");
+}
+
+#[test]
+fn ingesters_in_a_share_group_split_the_stream_and_store_it_once() {
+    // A fleet that outgrows one ingester: two, sharing the subscription, one PostgreSQL.
+    let Some(pg) = Postgres::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&dir.path().join("broker"), common::free_port());
+    let a = Fleet::start(
+        dir.path(),
+        &broker.url(),
+        &pg.url(),
+        &["--client-id", "ingest-a", "--share-group", "fleet"],
+    );
+    let b = Fleet::start(
+        dir.path(),
+        &broker.url(),
+        &pg.url(),
+        &["--client-id", "ingest-b", "--share-group", "fleet"],
+    );
+    publish(broker.port, "unit-pub", &results(0..200, "s"));
+    wait_stored(&a, None, 200);
+    std::thread::sleep(Duration::from_millis(500));
+    let ids = all_ids(&b, None);
+    assert_eq!(ids.iter().collect::<BTreeSet<_>>().len(), 200);
+    assert_eq!(ids.len(), 200);
+    // Both took part.
+    for f in [&a, &b] {
+        assert!(f.log().contains("stored a batch"), "{}", f.log());
+    }
 }

@@ -6,6 +6,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 UNITS=${UNITS:-50} RATE=${RATE:-1} DURATION=${DURATION:-5min}
+# The broker's queue for a subscriber that falls behind (beyond it Mosquitto drops QoS 1
+# messages) and its in-flight window to it (which caps fv-fleet's batches).
+QUEUED=${QUEUED:-100000} INFLIGHT=${INFLIGHT:-20}
 BIN=${BIN:-target/release/fv-fleet}
 work=$(mktemp -d)
 pids=()
@@ -16,8 +19,8 @@ wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/n
 
 mqtt=$(port)
 user=""; [ "$(id -u)" -eq 0 ] && user="user root"
-printf '%s\nlistener %s 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location %s/\nmax_queued_messages 100000\n' \
-  "$user" "$mqtt" "$work" > "$work/mosquitto.conf"
+printf '%s\nlistener %s 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location %s/\nmax_queued_messages %s\nmax_inflight_messages %s\nlog_dest file %s/mosquitto.log\n' \
+  "$user" "$mqtt" "$work" "$QUEUED" "$INFLIGHT" "$work" > "$work/mosquitto.conf"
 /usr/sbin/mosquitto -c "$work/mosquitto.conf" & pids+=($!)
 wait_port "$mqtt"
 

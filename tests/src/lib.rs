@@ -2,7 +2,8 @@
 //! environment, and on failure show everything needed to reproduce.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 /// The workspace root.
 pub fn workspace() -> PathBuf {
@@ -168,4 +169,150 @@ pub fn run_node(node: &Path, args: &[&str], envs: &[(&str, &std::ffi::OsStr)]) {
     );
     eprintln!("{text}");
     assert!(out.status.success(), "node {args:?} failed:\n{text}");
+}
+
+/// Polls `f` until it holds; panics after `timeout`, naming what it waited for.
+pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn mosquitto_bin() -> PathBuf {
+    [
+        "/usr/sbin/mosquitto",
+        "/usr/bin/mosquitto",
+        "/usr/local/sbin/mosquitto",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|p| p.exists())
+    .expect("mosquitto not found: install it (`apt-get install mosquitto`); .ci/run does")
+}
+
+/// A Mosquitto broker on 127.0.0.1:`port`, persisting to `dir` so that sessions survive a
+/// restart.
+pub struct Broker {
+    pub port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Broker {
+    pub fn start(dir: &Path, port: u16) -> Broker {
+        let mut b = Broker {
+            port,
+            dir: dir.to_owned(),
+            child: None,
+        };
+        b.restart();
+        b
+    }
+
+    /// A broker with the configuration `conf`; `port` is a plain listener in it.
+    pub fn start_with(dir: &Path, port: u16, conf: &str) -> Broker {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join("mosquitto.conf"), conf).unwrap();
+        let mut b = Broker {
+            port,
+            dir: dir.to_owned(),
+            child: None,
+        };
+        b.spawn();
+        b
+    }
+
+    pub fn restart(&mut self) {
+        std::fs::create_dir_all(&self.dir).unwrap();
+        // Started as root, Mosquitto drops to the `mosquitto` user, which cannot write into
+        // the test's root-owned temporary folder: its persistence file was never written and
+        // every restart silently lost the subscribers' sessions and queued messages (found
+        // by the soak). As root, it stays root.
+        let user = if running_as_root() { "user root\n" } else { "" };
+        std::fs::write(
+            self.dir.join("mosquitto.conf"),
+            format!(
+                "{user}listener {} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nlog_dest file {}/mosquitto.log\n",
+                self.port,
+                self.dir.display(),
+                self.dir.display()
+            ),
+        )
+        .unwrap();
+        self.spawn();
+    }
+
+    /// The broker's own log (connections, persistence), for a failing test's message.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("mosquitto.log")).unwrap_or_default()
+    }
+
+    fn spawn(&mut self) {
+        let conf = self.dir.join("mosquitto.conf");
+        let child = Command::new(mosquitto_bin())
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start mosquitto");
+        self.child = Some(child);
+        let port = self.port;
+        wait_until("mosquitto to listen", Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+    }
+
+    /// Stops it with SIGTERM (it saves its sessions) and waits.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            unsafe_kill(c.id(), "TERM");
+            let _ = c.wait();
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Whether the tests run as root (Mosquitto and PostgreSQL then need telling which user to be).
+pub fn running_as_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// Sends a signal with kill(1): the tests need SIGTERM and SIGKILL without a libc binding.
+pub fn unsafe_kill(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{sig} {pid}");
 }

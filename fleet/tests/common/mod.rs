@@ -1,138 +1,17 @@
-//! Real parts for fv-fleet's tests: a Mosquitto that keeps sessions across restarts, a
-//! PostgreSQL started from Debian's packages, the fv-fleet binary, and a publisher.
+//! Real parts for fv-fleet's tests: Mosquitto (fv-e2e's, which keeps sessions across
+//! restarts), a PostgreSQL started from Debian's packages, the fv-fleet binary, a publisher.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let t0 = Instant::now();
-    while !f() {
-        assert!(
-            t0.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn running_as_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
-}
+// Each test binary uses its own part of these.
+#[allow(unused_imports)]
+pub use fv_e2e::{free_port, running_as_root, unsafe_kill, wait_until, Broker};
 
 fn listening(port: u16) -> bool {
     std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-}
-
-fn mosquitto_bin() -> PathBuf {
-    [
-        "/usr/sbin/mosquitto",
-        "/usr/bin/mosquitto",
-        "/usr/local/sbin/mosquitto",
-    ]
-    .into_iter()
-    .map(PathBuf::from)
-    .find(|p| p.exists())
-    .expect("mosquitto not found: install it (`apt-get install mosquitto`); .ci/run does")
-}
-
-/// Mosquitto with persistence: sessions and queued QoS 1 messages survive a restart.
-pub struct Broker {
-    pub port: u16,
-    dir: PathBuf,
-    child: Option<Child>,
-}
-
-impl Broker {
-    pub fn start(dir: &Path) -> Broker {
-        let bin = mosquitto_bin();
-        let port = free_port();
-        std::fs::create_dir_all(dir).unwrap();
-        // Started as root, Mosquitto would drop to its own user, which cannot write here.
-        let user = if running_as_root() { "user root\n" } else { "" };
-        std::fs::write(
-            dir.join("mosquitto.conf"),
-            format!(
-                "{user}listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n\
-                 persistence_location {}/\nmax_queued_messages 100000\nlog_dest file {}/mosquitto.log\n",
-                dir.display(),
-                dir.display()
-            ),
-        )
-        .unwrap();
-        let mut b = Broker {
-            port,
-            dir: dir.to_owned(),
-            child: None,
-        };
-        b.child = Some(b.spawn(&bin));
-        b
-    }
-
-    fn spawn(&self, bin: &Path) -> Child {
-        let child = Command::new(bin)
-            .arg("-c")
-            .arg(self.dir.join("mosquitto.conf"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start mosquitto");
-        let port = self.port;
-        wait_until("mosquitto to listen", Duration::from_secs(10), || {
-            listening(port)
-        });
-        child
-    }
-
-    /// A clean stop (Mosquitto writes its sessions to disk) and a start on the same port.
-    pub fn restart(&mut self) {
-        self.stop();
-        let bin = mosquitto_bin();
-        self.child = Some(self.spawn(&bin));
-    }
-
-    pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            signal(c.id(), "TERM");
-            let _ = c.wait();
-        }
-    }
-
-    pub fn url(&self) -> String {
-        format!("mqtt://127.0.0.1:{}", self.port)
-    }
-
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("mosquitto.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-pub fn signal(pid: u32, sig: &str) {
-    let _ = Command::new("kill")
-        .args([&format!("-{sig}"), &pid.to_string()])
-        .status();
 }
 
 /// A PostgreSQL server of its own, from Debian's packages, on a free port; None (with a
@@ -238,7 +117,7 @@ fn id(flag: &str) -> u32 {
 impl Drop for Postgres {
     fn drop(&mut self) {
         // SIGQUIT: immediate shutdown.
-        signal(self.child.id(), "QUIT");
+        unsafe_kill(self.child.id(), "QUIT");
         let _ = self.child.wait();
     }
 }
@@ -258,7 +137,12 @@ impl Fleet {
         ));
         let child = Command::new(env!("CARGO_BIN_EXE_fv-fleet"))
             .args(["--mqtt", broker, "--db", db, "--listen", "127.0.0.1:0"])
-            .args(["--client-id", "fleet-test", "-v"])
+            .args(if extra.contains(&"--client-id") {
+                &[][..]
+            } else {
+                &["--client-id", "fleet-test"][..]
+            })
+            .arg("-v")
             .args(extra)
             .env_remove("RUST_LOG")
             .stdout(Stdio::null())
@@ -314,7 +198,7 @@ impl Fleet {
     }
 
     pub fn stop(&mut self) -> std::process::ExitStatus {
-        signal(self.child.id(), "TERM");
+        unsafe_kill(self.child.id(), "TERM");
         self.child.wait().unwrap()
     }
 }
