@@ -138,6 +138,15 @@ fn soak_with_broker_restarts_and_kills_loses_nothing() {
             if let Some((rss, hwm)) = rss_kib(daemon.child.id()) {
                 rss_samples.push((i - lifetime_start, rss));
                 peak_kib = peak_kib.max(hwm);
+                // For BENCHMARKS.md's 1k → 10k images in one lifetime.
+                if (i + 1) % 1000 == 0 {
+                    eprintln!(
+                        "soak: image {}, {} in this lifetime: RSS {} MiB",
+                        i + 1,
+                        i + 1 - lifetime_start,
+                        rss / 1024
+                    );
+                }
             }
         }
     }
