@@ -148,7 +148,8 @@ pub fn record(
                 Ok(v) => v,
                 Err(e) => return reject(format!("result is not JSON: {e}")),
             };
-            let r: IncomingResult = match serde_json::from_value(message.clone()) {
+            // Read from the parsed value by reference: no second parse, no copy.
+            let r = match IncomingResult::deserialize(&message) {
                 Ok(r) => r,
                 Err(e) => return reject(format!("not a fractuvision.result/1 message: {e}")),
             };
@@ -289,6 +290,7 @@ pub async fn run(store: Store, settings: Settings, mut shutdown: watch::Receiver
         }
     });
 
+    let topics = filters(&settings.prefix, settings.share_group.as_deref());
     let mut backoff = Duration::from_millis(500);
     loop {
         let event = tokio::select! {
@@ -308,19 +310,16 @@ pub async fn run(store: Store, settings: Settings, mut shutdown: watch::Receiver
                     }
                 );
                 if !ack.session_present {
-                    let subs = filters(&settings.prefix, settings.share_group.as_deref())
-                        .into_iter()
-                        .map(|f| rumqttc::SubscribeFilter::new(f, QoS::AtLeastOnce));
+                    let subs = topics
+                        .iter()
+                        .map(|f| rumqttc::SubscribeFilter::new(f.clone(), QoS::AtLeastOnce));
                     if let Err(e) = client.subscribe_many(subs).await {
                         tracing::error!("subscribe: {e}");
                     }
                 }
             }
             Ok(Event::Incoming(Packet::SubAck(_))) => {
-                tracing::info!(
-                    "subscribed to {}",
-                    filters(&settings.prefix, settings.share_group.as_deref()).join(", ")
-                );
+                tracing::info!("subscribed to {}", topics.join(", "));
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 if tx.send(p).await.is_err() {

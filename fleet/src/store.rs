@@ -533,7 +533,7 @@ impl Store {
         }
         for record in batch {
             match record {
-                // Written together below.
+                // Written together above.
                 Record::Result(_) => {}
                 Record::Status(s) => {
                     let done = sqlx::query(
