@@ -2,13 +2,13 @@
 //! (decode → preprocess → classify → detect → result) adds, measured side by side in one run
 //! so that ratios mean something on a shared machine.
 
-use crate::engine::{EngineKind, OpTime};
-use crate::models::{load_with, scan, Found, Model, Models};
 use crate::pipeline::{file_source, DetectPolicy, Pipeline, PipelineConfig};
 use anyhow::Context as _;
 use fv_core::imaging::DecodeOptions;
 use fv_core::manifest::{Precision, Task};
 use fv_core::preprocess::preprocess;
+use fv_runtime::engine::{EngineKind, OpTime};
+use fv_runtime::models::{load_with, scan, Found, Model, Models};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -238,7 +238,7 @@ pub fn write_dicom_16(image: &image::GrayImage, out: &Path) -> anyhow::Result<()
 
 /// Runs every measurement. `progress` gets one line per step, for a person watching.
 pub fn run(o: &BenchOptions, progress: &mut dyn FnMut(&str)) -> anyhow::Result<Report> {
-    crate::engine::set_threads(Some(o.threads));
+    fv_runtime::engine::set_threads(Some(o.threads));
     let found = scan(&o.models)?;
     anyhow::ensure!(
         !found.is_empty(),

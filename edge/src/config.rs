@@ -2,8 +2,8 @@
 //! environment variables (which override both, so a service manager can pin a value).
 
 use crate::outbox::OutboxLimits;
-use crate::pipeline::DetectPolicy;
 use fv_core::manifest::Precision;
+use fv_runtime::DetectPolicy;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -96,7 +96,7 @@ pub struct Layer {
     /// Detector name when the directory has several.
     pub detector: Option<String>,
     /// Engine: `tract` (default), `ort-cpu`, `tensorrt`.
-    pub engine: Option<crate::engine::EngineKind>,
+    pub engine: Option<fv_runtime::engine::EngineKind>,
     /// Threads for one inference (default: the cores available).
     pub threads: Option<usize>,
     /// State directory (outbox, salt).

@@ -8,12 +8,12 @@
 
 use crate::config::{check_topic_level, hostname, Layer};
 use crate::input::{file_name, load_file};
-use crate::models::{load_dir, Selection};
 use crate::mqtt::{Publisher, Stats, Topics};
 use crate::outbox::{Outbox, SharedOutbox};
 use crate::pipeline::{file_source, fleet_name, Pipeline, PipelineConfig};
 use anyhow::Context as _;
 use fv_core::imaging::DecodeOptions;
+use fv_runtime::models::{load_dir, Selection};
 use notify::Watcher as _;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -255,7 +255,7 @@ pub fn run(layer: Layer) -> anyhow::Result<()> {
         .models
         .clone()
         .unwrap_or_else(|| PathBuf::from("models"));
-    let threads = crate::engine::set_threads(layer.threads);
+    let threads = fv_runtime::engine::set_threads(layer.threads);
     tracing::info!("{threads} inference threads");
     let models = load_dir(
         &models_dir,

@@ -1,5 +1,5 @@
 //! `fv-edge`: the daemon beside a portable X-ray unit. It reads images (watch folder with
-//! DICOM, PNG/TIFF 16-bit and JPEG), runs the exported models with tract, and publishes
+//! DICOM, PNG/TIFF 16-bit and JPEG), runs the exported models through fv-runtime (tract, or ONNX Runtime where it loads), and publishes
 //! results over MQTT through an on-disk outbox, writing a local result and overlay for the
 //! person at the unit. As a DICOM node it also takes images by C-STORE and returns a
 //! Structured Report per DICOM image to the PACS. The binary in `main.rs` is a thin shell over this library.
@@ -10,10 +10,8 @@ pub mod daemon;
 pub mod dashboard;
 pub mod dicom;
 pub mod dimse;
-pub mod engine;
 pub mod input;
 pub mod inspect;
-pub mod models;
 pub mod mqtt;
 pub mod outbox;
 pub mod overlay;

@@ -7,8 +7,8 @@ use clap::{Parser, Subcommand};
 use fv_core::imaging::DecodeOptions;
 use fv_core::manifest::Precision;
 use fv_edge::config::{Layer, MqttSettings};
-use fv_edge::engine::EngineKind;
 use fv_edge::pipeline::{file_source, DetectPolicy, Pipeline, PipelineConfig};
+use fv_runtime::engine::EngineKind;
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -245,10 +245,10 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             threads,
             reduced_decode,
         } => {
-            fv_edge::engine::set_threads(threads);
-            let models = fv_edge::models::load_dir(
+            fv_runtime::engine::set_threads(threads);
+            let models = fv_runtime::models::load_dir(
                 &models,
-                &fv_edge::models::Selection {
+                &fv_runtime::models::Selection {
                     precision: precision.map(Into::into),
                     engine,
                     engine_cache: Some(std::env::temp_dir().join("fv-edge-engine-cache")),

@@ -1,33 +1,13 @@
-//! From an input to a result message: preprocess as the manifest says (the same fv-core code
-//! the trainer used), classify, detect when configured, and read the outputs at the
-//! thresholds chosen on validation.
+//! From an input to a result message: the image is read by fv-runtime ([`Models::read`]:
+//! fv-core's preprocessing, the engines, the outputs read at the thresholds chosen on
+//! validation); this module adds who, what and when.
 
 use crate::input::{Input, InputError};
-use crate::models::{Model, Models};
-use fv_core::detection::{decode_yolov8, nms, NmsSettings};
-use fv_core::preprocess::preprocess;
-use fv_core::reading::{fusion_with, image_reading};
-use fv_core::result::{
-    Finding, Level, ResultBox, ResultMessage, Source, SourceKind, Study, Timing, RESULT_SCHEMA,
-};
-use serde::{Deserialize, Serialize};
+use fv_core::result::{ResultMessage, Source, SourceKind, Study, Timing, RESULT_SCHEMA};
+pub use fv_runtime::DetectPolicy;
+use fv_runtime::{Model, Models, ReadOptions};
 use sha2::{Digest, Sha256};
 use std::time::Instant;
-
-/// When the detector runs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum DetectPolicy {
-    /// On every image.
-    Always,
-    /// Only when the fracture probability is at or above the classifier's `suspicious`; on
-    /// every image when the classifier is fused with the installed detector (the fused
-    /// reading needs its score).
-    #[default]
-    Suspicious,
-    /// Never.
-    Never,
-}
 
 /// Who is reporting, and how.
 #[derive(Clone, Debug)]
@@ -204,80 +184,17 @@ impl Pipeline {
     }
 
     fn read(&mut self, input: &Input, m: &mut ResultMessage) -> anyhow::Result<Timing> {
-        let mut timing = Timing::default();
-        let c = &mut self.models.classifier;
-        let t = Instant::now();
-        let pre = preprocess(&input.image, &c.manifest.input);
-        timing.preprocess = ms(t);
-        let t = Instant::now();
-        let out = c.engine.run(&pre.tensor)?;
-        timing.classify = ms(t);
-        let cls_out = out.into_iter().next().unwrap_or_default();
-        let c = &self.models.classifier;
-        // A fused reading needs the detector's score on every image.
-        let fused = fusion_with(
-            &c.manifest,
-            self.models.detector.as_ref().map(|d| &d.manifest),
-        )
-        .is_some();
-        let alone = image_reading(&c.manifest, &cls_out, None)?;
-        // `never` is the operator's word (the detector costs time): the classifier is then
-        // read alone, fused or not.
-        let run_detector = match self.config.detect {
-            DetectPolicy::Always => true,
-            DetectPolicy::Suspicious => fused || alone.probability >= alone.thresholds.suspicious,
-            DetectPolicy::Never => false,
-        };
-        let mut det_out = None;
-        if let (true, Some(d)) = (run_detector, self.models.detector.as_mut()) {
-            let t = Instant::now();
-            let pre = preprocess(&input.image, &d.manifest.input);
-            let out = d.engine.run(&pre.tensor)?;
-            let raw = out.into_iter().next().unwrap_or_default();
-            let classes = d.manifest.labels.len().max(1);
-            let anchors = raw.len() / (4 + classes);
-            let dt = d.manifest.thresholds;
-            let floor = (dt.suspicious.get() as f32).max(self.config.min_score);
-            let dets = decode_yolov8(&raw, classes, anchors, floor)?;
-            // The suppression the trainer evaluated with, from the manifest.
-            let settings = d.manifest.nms.unwrap_or(NmsSettings::EDGE);
-            let kept = nms(dets, &settings.with_floor(floor));
-            m.boxes = kept
-                .iter()
-                .map(|k| {
-                    let b = pre.geometry.to_original(&k.bbox);
-                    ResultBox {
-                        x1: b.x1,
-                        y1: b.y1,
-                        x2: b.x2,
-                        y2: b.y2,
-                        score: k.score,
-                        level: if k.score >= dt.definite {
-                            Level::Definite
-                        } else {
-                            Level::Suspicious
-                        },
-                    }
-                })
-                .collect();
-            timing.detect = Some(ms(t));
-            det_out = Some(raw);
-        }
-        let reading = match (&det_out, &self.models.detector) {
-            (Some(raw), Some(d)) => image_reading(
-                &self.models.classifier.manifest,
-                &cls_out,
-                Some((&d.manifest, raw)),
-            )?,
-            _ => alone,
-        };
-        m.fracture_probability = Some(reading.probability);
-        m.finding = Some(Finding::at(
-            reading.probability,
-            reading.thresholds.suspicious,
-            reading.thresholds.definite,
-        ));
-        Ok(timing)
+        let r = self.models.read(
+            &input.image,
+            &ReadOptions {
+                detect: self.config.detect,
+                min_score: self.config.min_score,
+            },
+        )?;
+        m.fracture_probability = Some(r.probability);
+        m.finding = Some(r.finding);
+        m.boxes = r.boxes;
+        Ok(r.timing)
     }
 }
 
@@ -300,62 +217,6 @@ pub fn file_source(path: &std::path::Path) -> Source {
 mod tests {
     use super::*;
     use fv_core::result::ErrorInfo;
-    use fv_core::Probability;
-
-    fn manifest(name: &str) -> fv_core::manifest::Manifest {
-        let path = format!("{}/../models/{name}.json", env!("CARGO_MANIFEST_DIR"));
-        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-    }
-
-    #[test]
-    fn the_classifier_probability_is_calibrated_as_its_manifest_says() {
-        let mut m = manifest("efficientnet-lite0-fracatlas");
-        // The committed classifier outputs probabilities: 0.75 for a fracture here.
-        let out = [0.25f32, 0.75];
-        m.probability_calibration = None;
-        let raw = image_reading(&m, &out, None).unwrap().probability.get();
-        let c = fv_core::calibration::Calibration::Platt { a: 0.5, b: -1.0 };
-        m.probability_calibration = Some(c);
-        let calibrated = image_reading(&m, &out, None).unwrap().probability;
-        assert!((raw - 0.75).abs() < 1e-6);
-        assert_eq!(calibrated, c.apply(Probability::saturating(raw)));
-        assert!(calibrated.get() < raw);
-    }
-
-    #[test]
-    fn the_fusion_applies_only_with_its_own_detector() {
-        let mut m = manifest("efficientnet-lite0-fracatlas");
-        let mut d = manifest("yolov8-effl0-fracatlas");
-        let fusion = fv_core::reading::Fusion {
-            detector_sha256: d.onnx_sha256.clone(),
-            detector: d.name.clone(),
-            classifier_weight: 1.0,
-            detector_weight: 1.0,
-            bias: 0.0,
-            thresholds: fv_core::manifest::Thresholds {
-                suspicious: Probability::new(0.1).unwrap(),
-                definite: Probability::new(0.9).unwrap(),
-            },
-            metrics: None,
-        };
-        m.fusion = Some(fusion.clone());
-        let cls = [0.5f32, 0.5];
-        // One anchor, one class: the top score is 0.9, so the fused logit is logit(0.9).
-        let det = [0.0f32, 0.0, 1.0, 1.0, 0.9];
-        let r = image_reading(&m, &cls, Some((&d, &det))).unwrap();
-        assert_eq!(r.source, fv_core::reading::ReadingSource::Fusion);
-        assert!(
-            (r.probability.get() - 0.9).abs() < 1e-6,
-            "{}",
-            r.probability
-        );
-        assert_eq!(r.thresholds, fusion.thresholds);
-        // Another detector: the classifier alone, on its own thresholds.
-        d.onnx_sha256 = "0".repeat(64);
-        let r = image_reading(&m, &cls, Some((&d, &det))).unwrap();
-        assert_eq!(r.source, fv_core::reading::ReadingSource::Classifier);
-        assert_eq!(r.thresholds, m.thresholds);
-    }
 
     #[test]
     fn the_fleet_gets_the_acquisition_hour_only() {

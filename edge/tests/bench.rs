@@ -21,7 +21,7 @@ fn bench_json_smoke() {
     assert!(out.status.success(), "{stderr}");
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let engines = r["engines"].as_array().unwrap();
-    let found = fv_edge::models::scan(&common::models_dir()).unwrap();
+    let found = fv_runtime::models::scan(&common::models_dir()).unwrap();
     let tract: Vec<_> = engines.iter().filter(|e| e["engine"] == "tract").collect();
     assert_eq!(tract.len(), found.len(), "every model file on tract: {r}");
     for e in engines {

@@ -13,9 +13,9 @@ use common::*;
 use fv_core::imaging::{decode_file, DecodeOptions};
 use fv_core::manifest::{Precision, Task};
 use fv_core::preprocess::preprocess;
-use fv_edge::engine::onnxruntime::{OrtEngine, Provider};
-use fv_edge::engine::{Engine, TractEngine};
-use fv_edge::models::scan;
+use fv_runtime::engine::onnxruntime::{OrtEngine, Provider};
+use fv_runtime::engine::{Engine, TractEngine};
+use fv_runtime::models::scan;
 
 fn have_ort() -> bool {
     if std::env::var_os("ORT_DYLIB_PATH").is_some() {
@@ -73,7 +73,7 @@ fn ort_cpu_agrees_with_tract_on_the_committed_models() {
             };
             let i = &f.manifest.input;
             let shape = [1, 3, i.height as usize, i.width as usize];
-            let mut tract = TractEngine::load(&f.onnx, shape).unwrap();
+            let mut tract = TractEngine::load(&f.onnx, &shape).unwrap();
             let tmp = tempfile::tempdir().unwrap();
             let mut ort = OrtEngine::load(
                 &f.onnx,

@@ -11,7 +11,6 @@ use crate::data::classify::{load_planes, to_batch, Plane, Sample};
 use crate::data::FracAtlas;
 use crate::evaluate::{ChosenThresholds, ClassifyMetrics, Prediction, SplitReport};
 use crate::onnx::quantize::{quantize, Calibration};
-use crate::onnx::run::Runner;
 use crate::onnx::{fp16::to_fp16, graph, simplify::simplify};
 use crate::pipeline::{split_samples, RunData};
 use crate::training::{build_model, RunDir, TrainConfig};
@@ -25,6 +24,7 @@ use fv_core::manifest::{
 };
 use fv_core::metrics::classification::roc_auc;
 use fv_core::Probability;
+use fv_runtime::TractEngine;
 use rand::seq::SliceRandom as _;
 use rand::SeedableRng as _;
 use rayon::prelude::*;
@@ -201,9 +201,9 @@ pub fn export_run(run: &RunDir, opts: &ExportOptions) -> anyhow::Result<Exported
                 calib = (Some(opts.calibration.to_string()), Some(images.len()));
             }
             let bytes = graph::encode(&proto);
-            let reference = Runner::new(&fp32, &shape)?;
+            let reference = TractEngine::from_bytes(&fp32, Path::new("the fp32 export"), &shape)?;
             let converted =
-                Runner::new(&bytes, &shape).context("tract cannot run the converted graph")?;
+                TractEngine::from_bytes(&bytes, Path::new("the converted export"), &shape)?;
             let (mean, std) = config.model.mean_std();
             let valid_s = match opts.check_limit {
                 None => valid_s,
@@ -387,7 +387,7 @@ fn auc(p: &[Prediction]) -> f64 {
 
 /// Scores preprocessed images with an ONNX graph in tract (output 0, column 1: fracture).
 fn onnx_scores(
-    runner: &Runner,
+    runner: &TractEngine,
     planes: &[(Sample, Plane)],
     mean: [f32; 3],
     std: [f32; 3],
@@ -395,7 +395,7 @@ fn onnx_scores(
     planes
         .par_iter()
         .map(|(s, p)| {
-            let out = runner.run(to_batch(&[p], mean, std))?;
+            let out = runner.run_values(&to_batch(&[p], mean, std))?;
             let p = *out
                 .first()
                 .and_then(|o| o.get(1))

@@ -13,7 +13,6 @@ use crate::data::FracAtlas;
 use crate::evaluate::{
     calibrate, scored, write_predictions, ChosenThresholds, Prediction, SplitReport,
 };
-use crate::onnx::run::Runner;
 use crate::pipeline::{split_samples, RunData};
 use anyhow::Context as _;
 use fv_core::imaging::{decode_file, DecodeOptions};
@@ -22,6 +21,7 @@ use fv_core::metrics::classification::{BinaryReport, OperatingPoint};
 use fv_core::preprocess::preprocess;
 use fv_core::reading::{classifier_raw, detector_top_score, image_reading, Fusion};
 use fv_core::Probability;
+use fv_runtime::{Found, TractEngine};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -85,36 +85,25 @@ pub struct FuseReport {
 
 struct Loaded {
     manifest: Manifest,
-    runner: Runner,
+    engine: TractEngine,
 }
 
+/// The manifest `json` and the engine built from the very ONNX bytes its sha256 names, as
+/// fv-edge loads it.
 fn load(json: &Path) -> anyhow::Result<Loaded> {
-    let manifest = Manifest::from_path(json)?;
-    let onnx = json.with_extension("onnx");
-    let bytes = std::fs::read(&onnx).with_context(|| format!("{}: cannot read", onnx.display()))?;
-    let sha = fv_core::manifest::sha256_hex(&bytes);
-    anyhow::ensure!(
-        sha == manifest.onnx_sha256,
-        "{}: SHA-256 {sha} is not the manifest's {}; the ONNX file and {} do not belong together",
-        onnx.display(),
-        manifest.onnx_sha256,
-        json.display()
-    );
-    let s = &manifest.input;
-    let runner = Runner::new(
-        &bytes,
-        &[1, s.channels as usize, s.height as usize, s.width as usize],
-    )
-    .with_context(|| format!("{}: tract cannot load it", onnx.display()))?;
-    Ok(Loaded { manifest, runner })
+    let checked = Found::open(json)?.read_checked()?;
+    Ok(Loaded {
+        engine: checked.tract()?,
+        manifest: checked.found.manifest,
+    })
 }
 
 fn read_one(s: &Sample, c: &Loaded, d: &Loaded) -> anyhow::Result<BothReadings> {
     let decoded = decode_file(&s.path, &DecodeOptions::default())?;
     let run = |m: &Loaded| -> anyhow::Result<Vec<f32>> {
         let pre = preprocess(&decoded.image, &m.manifest.input);
-        Ok(m.runner
-            .run(pre.tensor.data)?
+        Ok(m.engine
+            .run_values(&pre.tensor.data)?
             .into_iter()
             .next()
             .unwrap_or_default())

@@ -7,13 +7,13 @@ mod common;
 use burn::tensor::{Device, Tensor, TensorData};
 use common::sample_dir;
 use fv_core::manifest::{Manifest, Precision, Task};
+use fv_runtime::TractEngine;
 use fv_train::data::FracAtlas;
 use fv_train::detect::export::export_detector_run;
 use fv_train::detect::{build_detector, evaluate_run, train, DetectConfig, DetectorKind};
 use fv_train::export::ExportOptions;
 use fv_train::models::yolov8::decode;
 use fv_train::onnx::graph;
-use fv_train::onnx::run::Runner;
 use sha2::{Digest, Sha256};
 
 fn smoke_config(kind: DetectorKind) -> DetectConfig {
@@ -88,11 +88,15 @@ fn train_evaluate_export(kind: DetectorKind, export: bool) {
     .into_data()
     .try_to_vec::<f32>()
     .unwrap();
-    let got = Runner::new(&bytes, &[1, 3, 64, 64])
-        .unwrap()
-        .run(x)
-        .unwrap()
-        .remove(0);
+    let got = TractEngine::from_bytes(
+        &bytes,
+        std::path::Path::new("test detector"),
+        &[1, 3, 64, 64],
+    )
+    .unwrap()
+    .run_values(&x)
+    .unwrap()
+    .remove(0);
     assert_eq!(got.len(), want.len());
     // Boxes are in pixels (up to 64), scores in [0, 1]: compare relative to the magnitude.
     let worst = got

@@ -7,10 +7,11 @@ use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Tensor, TensorData};
 use common::{sample_dir, sample_run_data};
 use fv_core::manifest::{Manifest, Precision};
+use fv_runtime::TractEngine;
 use fv_train::export::{export_run, ExportOptions};
 use fv_train::fuse::{fuse, FuseOptions};
 use fv_train::models::ModelKind;
-use fv_train::onnx::{graph, run::Runner};
+use fv_train::onnx::graph;
 use fv_train::pipeline::classify;
 use fv_train::training::{build_model, RunDir, TrainConfig};
 use sha2::{Digest, Sha256};
@@ -157,8 +158,10 @@ fn fp32_export_matches_burn_in_tract() {
 
 fn run_tract(path: &std::path::Path, x: Vec<f32>) -> Vec<f32> {
     let bytes = std::fs::read(path).unwrap();
-    let runner = Runner::new(&bytes, &[1, 3, 64, 64]).unwrap();
-    runner.run(x).unwrap().remove(0)
+    let runner =
+        TractEngine::from_bytes(&bytes, std::path::Path::new("test graph"), &[1, 3, 64, 64])
+            .unwrap();
+    runner.run_values(&x).unwrap().remove(0)
 }
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {

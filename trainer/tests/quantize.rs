@@ -3,11 +3,12 @@
 //! Softmax, its producer and its reader in float. The first test pins tract's behaviour: when
 //! a tract upgrade fixes (or changes) it, it fails and says what to revisit.
 
+use fv_runtime::TractEngine;
 use fv_train::onnx::graph::{
     self, float_tensor, int_attr, raw_tensor, DataType, GraphProto, ModelProto, ValueInfoProto,
 };
 use fv_train::onnx::quantize::{quantize, Calibration};
-use fv_train::onnx::run::Runner;
+use std::path::Path;
 use tract_onnx::pb::{type_proto, OperatorSetIdProto, TensorShapeProto, TypeProto};
 
 fn value(name: &str, dims: &[i64]) -> ValueInfoProto {
@@ -85,9 +86,9 @@ fn tract_quantized_softmax_is_still_wrong() {
     };
     let bytes = graph::encode(&model(g));
     let x = vec![0.5f32, 1.0, -0.5, 2.0];
-    let got = Runner::new(&bytes, &[1, 4])
+    let got = TractEngine::from_bytes(&bytes, Path::new("softmax graph"), &[1, 4])
         .unwrap()
-        .run(x.clone())
+        .run_values(&x)
         .unwrap()
         .remove(0);
     let want = softmax(&x);
@@ -159,10 +160,10 @@ fn quantizer_keeps_softmax_neighbours_in_float() {
         "Softmax must read the float MatMul output"
     );
 
-    let a = Runner::new(&graph::encode(&fp32), &[1, 8]).unwrap();
-    let b = Runner::new(&graph::encode(&q), &[1, 8]).unwrap();
+    let a = TractEngine::from_bytes(&graph::encode(&fp32), Path::new("fp32"), &[1, 8]).unwrap();
+    let b = TractEngine::from_bytes(&graph::encode(&q), Path::new("int8"), &[1, 8]).unwrap();
     for x in &images {
-        let (ya, yb) = (a.run(x.clone()).unwrap(), b.run(x.clone()).unwrap());
+        let (ya, yb) = (a.run_values(x).unwrap(), b.run_values(x).unwrap());
         let d = ya[0]
             .iter()
             .zip(&yb[0])

@@ -119,7 +119,7 @@ pub type OnnxPredictions = (Vec<Vec<f32>>, Vec<Vec<Detection>>);
 
 /// Runs an exported detector in tract on every input: the raw outputs, and the detections.
 pub fn predict_onnx(
-    runner: &crate::onnx::run::Runner,
+    runner: &fv_runtime::TractEngine,
     inputs: &[EvalInput],
     classes: usize,
 ) -> anyhow::Result<OnnxPredictions> {
@@ -127,7 +127,7 @@ pub fn predict_onnx(
         .par_iter()
         .map(|i| {
             runner
-                .run(i.tensor.clone())?
+                .run_values(&i.tensor)?
                 .into_iter()
                 .next()
                 .ok_or_else(|| anyhow::anyhow!("the detector graph has no output"))

@@ -19,7 +19,6 @@ use crate::export::{
 use crate::models::yolov8::{anchors, YoloV8, STRIDES};
 use crate::onnx::graph::{self, float_tensor, float_value, i64_tensor, int_attr, node};
 use crate::onnx::quantize::quantize;
-use crate::onnx::run::Runner;
 use crate::onnx::simplify::simplify;
 use anyhow::Context as _;
 use burn::tensor::{Device, Tensor};
@@ -28,6 +27,7 @@ use fv_core::manifest::{
     Conversion, Manifest, OutputSpec, Precision, Task, TestMetrics, Thresholds, MANIFEST_VERSION,
 };
 use fv_core::Probability;
+use fv_runtime::TractEngine;
 use rand::seq::SliceRandom as _;
 use rand::SeedableRng as _;
 use std::collections::BTreeMap;
@@ -202,9 +202,9 @@ pub fn export_detector_run(run: &Path, opts: &ExportOptions) -> anyhow::Result<E
             let report = quantize(&mut proto, &images, &shape, opts.calibration)?;
             tracing::info!("quantized: {report:?}");
             let bytes = graph::encode(&proto);
-            let reference = Runner::new(&fp32, &shape)?;
+            let reference = TractEngine::from_bytes(&fp32, Path::new("the fp32 export"), &shape)?;
             let converted =
-                Runner::new(&bytes, &shape).context("tract cannot run the converted graph")?;
+                TractEngine::from_bytes(&bytes, Path::new("the converted export"), &shape)?;
             let (valid_in, _) = eval::prepare(&valid_s, &config);
             let (raw_ref, pred_ref) = eval::predict_onnx(&reference, &valid_in, classes)?;
             let (raw_conv, pred_conv) = eval::predict_onnx(&converted, &valid_in, classes)?;

@@ -13,8 +13,7 @@
 use super::graph::{
     self, int_attr, raw_tensor, DataType, GraphProto, Index, ModelProto, ValueInfoProto,
 };
-use super::run::Runner;
-use anyhow::Context as _;
+use fv_runtime::TractEngine;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -159,12 +158,15 @@ fn calibrate(
             ..Default::default()
         })
         .collect();
-    let runner = Runner::new(&graph::encode(&probe), shape)
-        .context("running the fp32 graph for calibration")?;
+    let runner = TractEngine::from_bytes(
+        &graph::encode(&probe),
+        std::path::Path::new("the fp32 graph with every calibrated tensor as an output"),
+        shape,
+    )?;
     let mut lows = vec![Vec::new(); tensors.len()];
     let mut highs = vec![Vec::new(); tensors.len()];
     for x in images {
-        for (k, mut v) in runner.run(x.clone())?.into_iter().enumerate() {
+        for (k, mut v) in runner.run_values(x)?.into_iter().enumerate() {
             let (lo, hi) = match method {
                 Calibration::MinMax => v
                     .iter()

@@ -1,5 +1,7 @@
 //! Inference engines behind one trait. tract (pure Rust, CPU) is always built; ONNX Runtime
-//! (CPU, and TensorRT on the Jetson) is loaded at run time and preferred when it loads.
+//! (CPU, and TensorRT on the Jetson; feature `ort` / `tensorrt`) is loaded at run time and
+//! preferred when it loads. The exporter's checks and calibration run the same [`TractEngine`]
+//! that serves at the edge.
 
 use anyhow::Context as _;
 use fv_core::preprocess::InputTensor;
@@ -59,18 +61,19 @@ pub struct OpTime {
 /// tract: loads the ONNX file, fixes the input shape, optimizes once.
 pub struct TractEngine {
     plan: Arc<TypedRunnableModel>,
+    shape: Vec<usize>,
 }
 
 impl TractEngine {
-    /// Loads `path` with the input shape `shape` (NCHW, batch 1).
-    pub fn load(path: &Path, shape: [usize; 4]) -> anyhow::Result<Self> {
+    /// Loads `path` with the input fixed to `shape` (f32; NCHW with batch 1 for the models).
+    pub fn load(path: &Path, shape: &[usize]) -> anyhow::Result<Self> {
         let bytes =
             std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
         Self::from_bytes(&bytes, path, shape)
     }
 
     /// Builds the engine from the ONNX bytes of `path` (named in errors).
-    pub fn from_bytes(bytes: &[u8], path: &Path, shape: [usize; 4]) -> anyhow::Result<Self> {
+    pub fn from_bytes(bytes: &[u8], path: &Path, shape: &[usize]) -> anyhow::Result<Self> {
         let plan = tract_onnx::onnx()
             .model_for_read(&mut std::io::Cursor::new(bytes))
             .with_context(|| format!("{}: tract cannot read this ONNX file", path.display()))?
@@ -78,7 +81,23 @@ impl TractEngine {
             .into_optimized()
             .with_context(|| format!("{}: tract cannot optimize this graph", path.display()))?
             .into_runnable()?;
-        Ok(TractEngine { plan })
+        Ok(TractEngine {
+            plan,
+            shape: shape.to_vec(),
+        })
+    }
+
+    /// Every output of the graph for `x` (row-major, the shape given at load), flattened, as
+    /// f32. Takes `&self`: one optimised plan serves many threads (the trainer's checks).
+    pub fn run_values(&self, x: &[f32]) -> anyhow::Result<Vec<Vec<f32>>> {
+        let x = Tensor::from_shape(&self.shape, x)?;
+        let out = self.plan.run(tvec!(x.into()))?;
+        out.iter()
+            .map(|t| {
+                let t = t.cast_to::<f32>()?;
+                Ok(t.to_plain_array_view::<f32>()?.iter().copied().collect())
+            })
+            .collect()
     }
 }
 
@@ -88,14 +107,13 @@ impl Engine for TractEngine {
     }
 
     fn run(&mut self, input: &InputTensor) -> anyhow::Result<Vec<Vec<f32>>> {
-        let x = Tensor::from_shape(&input.shape, &input.data)?;
-        let out = self.plan.run(tvec!(x.into()))?;
-        out.iter()
-            .map(|t| {
-                let t = t.cast_to::<f32>()?;
-                Ok(t.to_plain_array_view::<f32>()?.iter().copied().collect())
-            })
-            .collect()
+        anyhow::ensure!(
+            input.shape[..] == self.shape[..],
+            "input shape {:?} is not the model's {:?}",
+            input.shape,
+            self.shape
+        );
+        self.run_values(&input.data)
     }
 
     /// Times every node of the optimised plan through tract's own evaluation hook, and sums
@@ -211,7 +229,7 @@ pub mod onnxruntime {
             let builder = ort::init_from(&path)
                 .map_err(|e| format!("{}: cannot load ONNX Runtime: {e}", path.display()))?;
             builder
-                .with_name("fv-edge")
+                .with_name("fractuvision")
                 .build()
                 .map_err(|e| format!("{}: cannot start ONNX Runtime: {e}", path.display()))
         });
@@ -277,7 +295,7 @@ pub mod onnxruntime {
                     #[cfg(not(feature = "tensorrt"))]
                     Provider::TensorRt | Provider::Cuda => {
                         let _ = (cache, sha256);
-                        Err("this fv-edge was built without the `tensorrt` feature".into())
+                        Err("built without the `tensorrt` feature".into())
                     }
                     #[cfg(feature = "tensorrt")]
                     Provider::TensorRt => {

@@ -140,13 +140,65 @@ fn choose(
             "{}: model `{}` has no {} file (found: {}); pass --precision with one of those",
             dir.display(),
             names[0],
-            format!("{want:?}").to_lowercase(),
+            want,
             of_task
                 .iter()
-                .map(|f| format!("{:?}", f.manifest.precision).to_lowercase())
+                .map(|f| f.manifest.precision.to_string())
                 .collect::<Vec<_>>()
                 .join(", ")
         ),
+    }
+}
+
+/// An ONNX file's bytes, checked against its manifest's sha256. Engines are built from these
+/// very bytes, so a file swapped after the check can never run under the manifest's hash.
+pub struct Checked {
+    /// Where it was found.
+    pub found: Found,
+    /// The ONNX file's content.
+    pub bytes: Vec<u8>,
+}
+
+impl Checked {
+    /// The model's input shape, `[1, channels, height, width]`.
+    pub fn input_shape(&self) -> [usize; 4] {
+        let i = &self.found.manifest.input;
+        [1, i.channels as usize, i.height as usize, i.width as usize]
+    }
+
+    /// tract on these bytes (what the trainer's checks and calibration run).
+    pub fn tract(&self) -> anyhow::Result<TractEngine> {
+        TractEngine::from_bytes(&self.bytes, &self.found.onnx, &self.input_shape())
+    }
+}
+
+impl Found {
+    /// The manifest `json` (any file name) and the ONNX file beside it.
+    pub fn open(json: &Path) -> anyhow::Result<Found> {
+        Ok(Found {
+            manifest: Manifest::from_path(json)?,
+            json: json.to_path_buf(),
+            onnx: json.with_extension("onnx"),
+        })
+    }
+
+    /// Reads the ONNX file once and checks it against the manifest's sha256.
+    pub fn read_checked(&self) -> anyhow::Result<Checked> {
+        let bytes = std::fs::read(&self.onnx)
+            .with_context(|| format!("{}: cannot read", self.onnx.display()))?;
+        let sha = fv_core::manifest::sha256_hex(&bytes);
+        anyhow::ensure!(
+            sha == self.manifest.onnx_sha256,
+            "{}: sha256 {sha} does not match its manifest {} ({}); the file was changed or \
+             damaged: copy the model and its manifest again",
+            self.onnx.display(),
+            self.json.display(),
+            self.manifest.onnx_sha256
+        );
+        Ok(Checked {
+            found: self.clone(),
+            bytes,
+        })
     }
 }
 
@@ -157,22 +209,8 @@ pub fn load(found: &Found) -> anyhow::Result<Model> {
 
 /// Loads one model with `engine` after checking its hash; `cache` holds TensorRT engines.
 pub fn load_with(found: &Found, engine: EngineKind, cache: &Path) -> anyhow::Result<Model> {
-    // Read once: the engine is built from these very bytes, so a file swapped after the
-    // check can never run under the manifest's hash.
-    let bytes = std::fs::read(&found.onnx)
-        .with_context(|| format!("{}: cannot read", found.onnx.display()))?;
-    let sha = fv_core::manifest::sha256_hex(&bytes);
-    anyhow::ensure!(
-        sha == found.manifest.onnx_sha256,
-        "{}: sha256 {sha} does not match its manifest {} ({}); the file was changed or \
-         damaged: copy the model and its manifest again",
-        found.onnx.display(),
-        found.json.display(),
-        found.manifest.onnx_sha256
-    );
-    let i = &found.manifest.input;
-    let shape = [1, i.channels as usize, i.height as usize, i.width as usize];
-    let engine = build(engine, &bytes, found, shape, cache)?;
+    let checked = found.read_checked()?;
+    let engine = build(engine, &checked, cache)?;
     tracing::info!("{}: runs on {}", found.onnx.display(), engine.name());
     Ok(Model {
         manifest: found.manifest.clone(),
@@ -184,13 +222,8 @@ pub fn load_with(found: &Found, engine: EngineKind, cache: &Path) -> anyhow::Res
 /// The engine `kind` for the checked ONNX `bytes` of `found`. [`EngineKind::Auto`] tries
 /// ONNX Runtime (8.7× tract's speed on the classifier, BENCHMARKS.md; TensorRT first in a
 /// `tensorrt` build) and falls back to tract, saying why.
-fn build(
-    kind: EngineKind,
-    bytes: &[u8],
-    found: &Found,
-    shape: [usize; 4],
-    cache: &Path,
-) -> anyhow::Result<Box<dyn Engine>> {
+fn build(kind: EngineKind, checked: &Checked, cache: &Path) -> anyhow::Result<Box<dyn Engine>> {
+    let found = &checked.found;
     // Only ONNX Runtime's TensorRT provider caches engines.
     #[cfg(not(feature = "ort"))]
     let _ = cache;
@@ -201,18 +234,18 @@ fn build(
             } else {
                 EngineKind::OrtCpu
             };
-            match build(ort, bytes, found, shape, cache) {
+            match build(ort, checked, cache) {
                 Ok(e) => e,
                 Err(e) => {
                     tracing::info!(
                         "{}: engine auto: ONNX Runtime is not used ({e:#}); tract runs it",
                         found.onnx.display()
                     );
-                    build(EngineKind::Tract, bytes, found, shape, cache)?
+                    build(EngineKind::Tract, checked, cache)?
                 }
             }
         }
-        EngineKind::Tract => Box::new(TractEngine::from_bytes(bytes, &found.onnx, shape)?),
+        EngineKind::Tract => Box::new(checked.tract()?),
         #[cfg(feature = "ort")]
         EngineKind::OrtCpu | EngineKind::Tensorrt => {
             use crate::engine::onnxruntime::{OrtEngine, Provider};
@@ -222,9 +255,9 @@ fn build(
                 Provider::Cpu
             };
             Box::new(OrtEngine::from_bytes(
-                bytes,
+                &checked.bytes,
                 &found.onnx,
-                shape,
+                checked.input_shape(),
                 want,
                 cache,
                 &found.manifest.onnx_sha256,
@@ -232,7 +265,7 @@ fn build(
         }
         #[cfg(not(feature = "ort"))]
         other => anyhow::bail!(
-            "engine {other:?} needs ONNX Runtime support: rebuild fv-edge with `--features ort` (or `tensorrt`)"
+            "engine {other:?} needs ONNX Runtime support: rebuild with the `ort` feature (or `tensorrt`)"
         ),
     })
 }

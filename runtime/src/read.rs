@@ -1,0 +1,195 @@
+//! One image in, one reading out: preprocess as each manifest says, run the classifier, run
+//! the detector when the policy (or a fusion) asks for it, and read the outputs through
+//! fv-core. fv-edge serves every image through [`Models::read`].
+
+use crate::models::Models;
+use fv_core::detection::{decode_yolov8, nms, NmsSettings};
+use fv_core::imaging::XrayImage;
+use fv_core::preprocess::preprocess;
+use fv_core::reading::{fusion_with, image_reading};
+use fv_core::result::{Finding, Level, ResultBox, Timing};
+use fv_core::Probability;
+use serde::{Deserialize, Serialize};
+use std::time::Instant;
+
+/// When the detector runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum DetectPolicy {
+    /// On every image.
+    Always,
+    /// Only when the fracture probability is at or above the classifier's `suspicious`; on
+    /// every image when the classifier is fused with the installed detector (the fused
+    /// reading needs its score).
+    #[default]
+    Suspicious,
+    /// Never.
+    Never,
+}
+
+/// How to read an image.
+#[derive(Clone, Copy, Debug)]
+pub struct ReadOptions {
+    /// When to detect.
+    pub detect: DetectPolicy,
+    /// Boxes scoring below this are not reported (nor below the detector's `suspicious`).
+    pub min_score: f32,
+}
+
+/// What the models say of one image.
+#[derive(Clone, Debug)]
+pub struct ImageReading {
+    /// The image's fracture probability (fused with the detector's when the manifest says so).
+    pub probability: Probability,
+    /// That probability at the manifest's `suspicious` and `definite`.
+    pub finding: Finding,
+    /// Boxes in the original image's pixels, when the detector ran.
+    pub boxes: Vec<ResultBox>,
+    /// Milliseconds spent in preprocessing, the classifier and the detector (`decode` and
+    /// `total` are the caller's).
+    pub timing: Timing,
+}
+
+fn ms(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e3
+}
+
+impl Models {
+    /// Reads `image` with the classifier and, as `o.detect` says, the detector.
+    pub fn read(&mut self, image: &XrayImage, o: &ReadOptions) -> anyhow::Result<ImageReading> {
+        let mut timing = Timing::default();
+        let c = &mut self.classifier;
+        let t = Instant::now();
+        let pre = preprocess(image, &c.manifest.input);
+        timing.preprocess = ms(t);
+        let t = Instant::now();
+        let out = c.engine.run(&pre.tensor)?;
+        timing.classify = ms(t);
+        let cls_out = out.into_iter().next().unwrap_or_default();
+        let c = &self.classifier;
+        // A fused reading needs the detector's score on every image.
+        let fused = fusion_with(&c.manifest, self.detector.as_ref().map(|d| &d.manifest)).is_some();
+        let alone = image_reading(&c.manifest, &cls_out, None)?;
+        // `never` is the operator's word (the detector costs time): the classifier is then
+        // read alone, fused or not.
+        let run_detector = match o.detect {
+            DetectPolicy::Always => true,
+            DetectPolicy::Suspicious => fused || alone.probability >= alone.thresholds.suspicious,
+            DetectPolicy::Never => false,
+        };
+        let mut boxes = Vec::new();
+        let mut det_out = None;
+        if let (true, Some(d)) = (run_detector, self.detector.as_mut()) {
+            let t = Instant::now();
+            let pre = preprocess(image, &d.manifest.input);
+            let out = d.engine.run(&pre.tensor)?;
+            let raw = out.into_iter().next().unwrap_or_default();
+            let classes = d.manifest.labels.len().max(1);
+            let anchors = raw.len() / (4 + classes);
+            let dt = d.manifest.thresholds;
+            let floor = (dt.suspicious.get() as f32).max(o.min_score);
+            let dets = decode_yolov8(&raw, classes, anchors, floor)?;
+            // The suppression the trainer evaluated with, from the manifest.
+            let settings = d.manifest.nms.unwrap_or(NmsSettings::EDGE);
+            boxes = nms(dets, &settings.with_floor(floor))
+                .iter()
+                .map(|k| {
+                    let b = pre.geometry.to_original(&k.bbox);
+                    ResultBox {
+                        x1: b.x1,
+                        y1: b.y1,
+                        x2: b.x2,
+                        y2: b.y2,
+                        score: k.score,
+                        level: if k.score >= dt.definite {
+                            Level::Definite
+                        } else {
+                            Level::Suspicious
+                        },
+                    }
+                })
+                .collect();
+            timing.detect = Some(ms(t));
+            det_out = Some(raw);
+        }
+        let reading = match (&det_out, &self.detector) {
+            (Some(raw), Some(d)) => image_reading(
+                &self.classifier.manifest,
+                &cls_out,
+                Some((&d.manifest, raw)),
+            )?,
+            _ => alone,
+        };
+        Ok(ImageReading {
+            probability: reading.probability,
+            finding: Finding::at(
+                reading.probability,
+                reading.thresholds.suspicious,
+                reading.thresholds.definite,
+            ),
+            boxes,
+            timing,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use fv_core::reading::image_reading;
+    use fv_core::Probability;
+
+    fn manifest(name: &str) -> fv_core::manifest::Manifest {
+        let path = format!("{}/../models/{name}.json", env!("CARGO_MANIFEST_DIR"));
+        fv_core::manifest::Manifest::from_path(std::path::Path::new(&path)).unwrap()
+    }
+
+    #[test]
+    fn the_classifier_probability_is_calibrated_as_its_manifest_says() {
+        let mut m = manifest("efficientnet-lite0-fracatlas");
+        // The committed classifier outputs probabilities: 0.75 for a fracture here.
+        let out = [0.25f32, 0.75];
+        m.probability_calibration = None;
+        let raw = image_reading(&m, &out, None).unwrap().probability.get();
+        let c = fv_core::calibration::Calibration::Platt { a: 0.5, b: -1.0 };
+        m.probability_calibration = Some(c);
+        let calibrated = image_reading(&m, &out, None).unwrap().probability;
+        assert!((raw - 0.75).abs() < 1e-6);
+        assert_eq!(calibrated, c.apply(Probability::saturating(raw)));
+        assert!(calibrated.get() < raw);
+    }
+
+    #[test]
+    fn the_fusion_applies_only_with_its_own_detector() {
+        let mut m = manifest("efficientnet-lite0-fracatlas");
+        let mut d = manifest("yolov8-effl0-fracatlas");
+        let fusion = fv_core::reading::Fusion {
+            detector_sha256: d.onnx_sha256.clone(),
+            detector: d.name.clone(),
+            classifier_weight: 1.0,
+            detector_weight: 1.0,
+            bias: 0.0,
+            thresholds: fv_core::manifest::Thresholds {
+                suspicious: Probability::new(0.1).unwrap(),
+                definite: Probability::new(0.9).unwrap(),
+            },
+            metrics: None,
+        };
+        m.fusion = Some(fusion.clone());
+        let cls = [0.5f32, 0.5];
+        // One anchor, one class: the top score is 0.9, so the fused logit is logit(0.9).
+        let det = [0.0f32, 0.0, 1.0, 1.0, 0.9];
+        let r = image_reading(&m, &cls, Some((&d, &det))).unwrap();
+        assert_eq!(r.source, fv_core::reading::ReadingSource::Fusion);
+        assert!(
+            (r.probability.get() - 0.9).abs() < 1e-6,
+            "{}",
+            r.probability
+        );
+        assert_eq!(r.thresholds, fusion.thresholds);
+        // Another detector: the classifier alone, on its own thresholds.
+        d.onnx_sha256 = "0".repeat(64);
+        let r = image_reading(&m, &cls, Some((&d, &det))).unwrap();
+        assert_eq!(r.source, fv_core::reading::ReadingSource::Classifier);
+        assert_eq!(r.thresholds, m.thresholds);
+    }
+}
