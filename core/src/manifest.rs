@@ -44,6 +44,26 @@ impl std::fmt::Display for Precision {
     }
 }
 
+/// A precision that is not `fp32`, `fp16` or `int8`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown precision `{0}`: use fp32, fp16 or int8")]
+pub struct UnknownPrecision(pub String);
+
+impl std::str::FromStr for Precision {
+    type Err = UnknownPrecision;
+
+    /// The manifest's spelling, as [`Precision`]'s `Display` writes it; the one parser for
+    /// command lines, environment variables and config files.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "fp32" => Ok(Precision::Fp32),
+            "fp16" => Ok(Precision::Fp16),
+            "int8" => Ok(Precision::Int8),
+            _ => Err(UnknownPrecision(s.to_owned())),
+        }
+    }
+}
+
 /// One output of the graph and how to read it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct OutputSpec {
@@ -324,6 +344,21 @@ fn is_sha256(s: &str) -> bool {
 mod tests {
     use super::*;
     use crate::preprocess::ResizeMode;
+
+    #[test]
+    fn precision_reads_what_it_writes_and_names_the_choices_otherwise() {
+        for p in [Precision::Fp32, Precision::Fp16, Precision::Int8] {
+            assert_eq!(p.to_string().parse::<Precision>(), Ok(p));
+            let json = serde_json::to_string(&p).unwrap();
+            assert_eq!(json, format!("\"{p}\""), "the manifest's spelling");
+        }
+        assert_eq!("INT8".parse::<Precision>(), Ok(Precision::Int8));
+        let e = "int4".parse::<Precision>().unwrap_err().to_string();
+        assert!(
+            e.contains("int4") && e.contains("fp32, fp16 or int8"),
+            "{e}"
+        );
+    }
 
     fn sample() -> Manifest {
         Manifest {

@@ -159,9 +159,9 @@ impl Layer {
                 .transpose()
         };
         let precision = get("FV_PRECISION")
-            .map(|v| serde_json::from_value(serde_json::Value::String(v.clone())))
+            .map(|v| v.parse::<Precision>())
             .transpose()
-            .map_err(|e| anyhow::anyhow!("FV_PRECISION: {e}; use fp32, fp16 or int8"))?;
+            .map_err(|e| anyhow::anyhow!("FV_PRECISION: {e}"))?;
         let engine = get("FV_ENGINE")
             .map(|v| serde_json::from_value(serde_json::Value::String(v.clone())))
             .transpose()

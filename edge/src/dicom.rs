@@ -6,7 +6,7 @@
 //! colour images, and pixel data dicom-rs 0.10.1 cannot decode (JPEG Extended 12-bit among
 //! them).
 
-use crate::input::InputError;
+use crate::input_error::{bounded, InputError};
 use dicom_dictionary_std::tags;
 use dicom_object::DefaultDicomObject;
 use dicom_pixeldata::PixelDecoder as _;
@@ -44,7 +44,7 @@ fn err(code: &'static str, path: &Path, what: impl std::fmt::Display) -> InputEr
     let what = what.to_string();
     InputError {
         code,
-        message: format!("{}: {}", path.display(), crate::input::bounded(&what, 400)),
+        message: format!("{}: {}", path.display(), bounded(&what, 400)),
     }
 }
 
@@ -239,7 +239,7 @@ fn from_object(
         .trim_end_matches('\0')
         .to_owned();
     let modality = text(&obj, tags::MODALITY).unwrap_or_default();
-    let quoted_modality = crate::input::bounded(&modality, 32);
+    let quoted_modality = bounded(&modality, 32);
     if obj.element_opt(tags::PIXEL_DATA).ok().flatten().is_none() {
         return Err(err(
             "not_an_image",

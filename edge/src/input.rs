@@ -2,8 +2,9 @@
 //! what the result message may say about it (never a patient identifier).
 
 use crate::dicom;
+pub use crate::input_error::{bounded, InputError};
 use fv_core::imaging::{decode_bytes, read_bounded, DecodeOptions, XrayImage};
-use fv_core::result::{ErrorInfo, SourceKind};
+use fv_core::result::SourceKind;
 use std::path::Path;
 
 /// A decoded input ready for the pipeline.
@@ -19,27 +20,6 @@ pub struct Input {
     pub study_uid: Option<String>,
     /// Acquisition time as RFC 3339, when known.
     pub captured_at: Option<String>,
-}
-
-/// Why an input cannot be used: a stable code and a message naming the file.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{message}")]
-pub struct InputError {
-    /// Machine-readable code.
-    pub code: &'static str,
-    /// For people: names the file, the reason and what to do.
-    pub message: String,
-}
-
-impl InputError {
-    /// The error as a result message carries it.
-    pub fn info(&self) -> ErrorInfo {
-        ErrorInfo {
-            code: self.code.into(),
-            // Bounded: every result must fit one MQTT packet, whatever an input quoted.
-            message: bounded(&self.message, 1000).into_owned(),
-        }
-    }
 }
 
 /// The file name without directories, as results carry it.
@@ -119,14 +99,4 @@ pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .map(|s| s.to_string())
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "unknown".into())
-}
-
-/// `s` cut to at most `max` characters, saying how much was cut: for error messages that
-/// quote what an input holds (a 12 000-character Modality once made a result too large to
-/// publish, and stopped delivery).
-pub fn bounded(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
-    match s.char_indices().nth(max) {
-        None => s.into(),
-        Some((cut, _)) => format!("{}… ({} characters)", &s[..cut], s.chars().count()).into(),
-    }
 }

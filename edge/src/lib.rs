@@ -11,6 +11,7 @@ pub mod dashboard;
 pub mod dicom;
 pub mod dimse;
 pub mod input;
+pub mod input_error;
 pub mod inspect;
 pub mod mqtt;
 pub mod outbox;

@@ -21,23 +21,6 @@ struct Cli {
     command: Command,
 }
 
-#[derive(Clone, Copy, Debug, clap::ValueEnum)]
-enum PrecisionArg {
-    Fp32,
-    Fp16,
-    Int8,
-}
-
-impl From<PrecisionArg> for Precision {
-    fn from(p: PrecisionArg) -> Self {
-        match p {
-            PrecisionArg::Fp32 => Precision::Fp32,
-            PrecisionArg::Fp16 => Precision::Fp16,
-            PrecisionArg::Int8 => Precision::Int8,
-        }
-    }
-}
-
 #[derive(Subcommand)]
 enum Command {
     /// Decode images as the pipeline would and print one JSON line per input.
@@ -58,8 +41,8 @@ enum Command {
         #[arg(long, value_name = "DIR", default_value = "models")]
         models: PathBuf,
         /// Precision to run when the directory holds several (default fp32).
-        #[arg(long, value_enum)]
-        precision: Option<PrecisionArg>,
+        #[arg(long, value_name = "fp32|fp16|int8")]
+        precision: Option<Precision>,
         /// Smallest detector box score reported.
         #[arg(long, value_name = "S", default_value_t = 0.25)]
         min_score: f32,
@@ -149,8 +132,8 @@ struct RunArgs {
     #[arg(long, value_name = "DIR")]
     models: Option<PathBuf>,
     /// Precision to run when the directory holds several (default fp32).
-    #[arg(long, value_enum)]
-    precision: Option<PrecisionArg>,
+    #[arg(long, value_name = "fp32|fp16|int8")]
+    precision: Option<Precision>,
     /// When the detector (if any) runs (default suspicious).
     #[arg(long, value_enum)]
     detect: Option<DetectPolicy>,
@@ -249,7 +232,7 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             let models = fv_runtime::models::load_dir(
                 &models,
                 &fv_runtime::models::Selection {
-                    precision: precision.map(Into::into),
+                    precision,
                     engine,
                     engine_cache: Some(std::env::temp_dir().join("fv-edge-engine-cache")),
                     ..Default::default()
@@ -292,7 +275,7 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
                 site: a.site,
                 device_id: a.device_id,
                 models: a.models,
-                precision: a.precision.map(Into::into),
+                precision: a.precision,
                 state: a.state,
                 watch: a.watch,
                 detect: a.detect,

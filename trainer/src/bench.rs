@@ -2,8 +2,8 @@
 //! cross-entropy, backward, AdamW), timed as the training loop runs it. Its PyTorch twin is
 //! `trainer/scripts/bench_torch_step.py`; BENCHMARKS.md sets them side by side.
 
+use crate::classify::train::{class_weights, weighted_ce};
 use crate::models::{Classifier, ModelKind};
-use crate::training::{class_weights, weighted_ce};
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::{Device, Distribution, Tensor};
 use serde::Serialize;

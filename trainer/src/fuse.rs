@@ -8,12 +8,12 @@
 //! The fusion is kept only when it beats the classifier alone out of fold on validation
 //! (5-fold cross-validated log loss): with 245 validation images, a third weight is not free.
 
-use crate::data::classify::Sample;
-use crate::data::FracAtlas;
-use crate::evaluate::{
+use crate::classify::eval::{
     calibrate, scored, write_predictions, ChosenThresholds, Prediction, SplitReport,
 };
-use crate::pipeline::{split_samples, RunData};
+use crate::classify::{split_samples, RunData};
+use crate::data::classify::Sample;
+use crate::data::FracAtlas;
 use anyhow::Context as _;
 use fv_core::imaging::{decode_file, DecodeOptions};
 use fv_core::manifest::{Manifest, Thresholds};

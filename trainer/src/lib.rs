@@ -2,15 +2,13 @@
 //! and ONNX export. The binary in `main.rs` is a thin shell over this library.
 
 pub mod bench;
+pub mod classify;
 pub mod data;
 pub mod detect;
-pub mod evaluate;
 pub mod export;
 pub mod fuse;
 pub mod models;
 pub mod onnx;
-pub mod pipeline;
 pub mod plots;
-pub mod ssl;
-pub mod training;
+pub mod run;
 pub mod weights;

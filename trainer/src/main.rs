@@ -4,12 +4,13 @@
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use fv_train::classify::train::{LrSchedule, Sampling, TrainConfig};
+use fv_train::classify::{classify, evaluate, summary_table, RunData};
 use fv_train::data::check::DataCheckReport;
 use fv_train::data::{ClassificationSplitConfig, FracAtlas};
 use fv_train::detect::{self, DetectConfig, DetectorKind};
 use fv_train::models::ModelKind;
-use fv_train::pipeline::{classify, evaluate, summary_table, RunData};
-use fv_train::training::{LrSchedule, RunDir, Sampling, TrainConfig};
+use fv_train::run::{record_start, RunDir, Task};
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -45,8 +46,8 @@ enum Command {
         #[arg(long, value_name = "RUN")]
         run: PathBuf,
         /// Numeric precision of the exported graph.
-        #[arg(long, default_value = "fp32", value_parser = ["fp32", "fp16", "int8"])]
-        precision: String,
+        #[arg(long, default_value = "fp32", value_name = "fp32|fp16|int8")]
+        precision: fv_core::manifest::Precision,
         /// Model name, in the manifest and as the file stem (`<name>.onnx` for fp32,
         /// `<name>-fp16.onnx`, `<name>-int8.onnx`).
         #[arg(long)]
@@ -359,12 +360,6 @@ fn main() {
     }
 }
 
-/// The run's configuration if `run` holds a detection run (`fv-train detect`).
-fn detector_run(run: &std::path::Path) -> Option<DetectConfig> {
-    let text = std::fs::read_to_string(run.join("config.json")).ok()?;
-    serde_json::from_str(&text).ok()
-}
-
 fn init_logging(verbose: u8) {
     let default = match verbose {
         0 => "warn",
@@ -459,14 +454,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 limit_per_class: a.limit_per_class,
             };
             let device = a.device.device()?;
-            std::fs::create_dir_all(&a.out)?;
-            // The exact command, for the manifest's provenance.
-            let command: Vec<String> = std::env::args().collect();
-            std::fs::write(a.out.join("command.txt"), command.join(" ") + "\n")?;
-            std::fs::write(
-                a.out.join("git_commit.txt"),
-                fv_train::export::git_commit() + "\n",
-            )?;
+            record_start(&a.out, Task::Classify)?;
             let (summary, metrics) = classify(
                 &a.data,
                 &run_data,
@@ -520,13 +508,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             config.session_step_limit = a.resume.max_steps;
             a.resume.check(&a.out)?;
             let device = a.device.device()?;
-            std::fs::create_dir_all(&a.out)?;
-            let command: Vec<String> = std::env::args().collect();
-            std::fs::write(a.out.join("command.txt"), command.join(" ") + "\n")?;
-            std::fs::write(
-                a.out.join("git_commit.txt"),
-                fv_train::export::git_commit() + "\n",
-            )?;
+            record_start(&a.out, Task::Detect)?;
             let atlas = FracAtlas::open(&a.data)
                 .with_context(|| format!("loading FracAtlas from {}", a.data.display()))?;
             let summary = detect::train(&atlas, &config, &a.out, &device, !a.no_progress)?;
@@ -558,8 +540,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             calibration,
             check_images,
         } => {
-            let precision: fv_core::manifest::Precision =
-                serde_json::from_value(serde_json::Value::String(precision))?;
             let defaults = fv_train::export::ExportOptions::new(precision, &name, &out);
             let opts = fv_train::export::ExportOptions {
                 check_limit: check_images.or(defaults.check_limit),
@@ -569,10 +549,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 calibration,
                 ..defaults
             };
-            let e = if detector_run(&run).is_some() {
+            let e = if Task::of(&run)? == Task::Detect {
                 detect::export::export_detector_run(&run, &opts)?
             } else {
-                fv_train::export::export_run(&RunDir(run), &opts)?
+                fv_train::classify::export::export_run(&RunDir(run), &opts)?
             };
             if let Some(c) = &e.content.conversion {
                 if let (Some(a), Some(r), Some(d)) = (
@@ -649,7 +629,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             split,
             device,
         } => {
-            if detector_run(&run).is_some() {
+            if Task::of(&run)? == Task::Detect {
                 let atlas = FracAtlas::open(&data)
                     .with_context(|| format!("loading FracAtlas from {}", data.display()))?;
                 let m = detect::evaluate_run(&atlas, &run, split == "test", &device.device()?)?;

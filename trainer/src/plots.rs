@@ -1,7 +1,7 @@
 //! The PNG figures beside `metrics.json`: ROC and precision-recall curves, the reliability
 //! diagram, loss curves and the confusion matrix at the `definite` threshold.
 
-use crate::evaluate::{scored, Prediction};
+use crate::classify::eval::{scored, Prediction};
 use fv_core::metrics::classification::{calibration_bins, pr_curve, roc_curve, Confusion};
 use fv_core::Probability;
 use plotters::prelude::*;

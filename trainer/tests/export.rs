@@ -8,12 +8,14 @@ use burn::tensor::{Device, Tensor, TensorData};
 use common::{sample_dir, sample_run_data};
 use fv_core::manifest::{Manifest, Precision};
 use fv_runtime::TractEngine;
-use fv_train::export::{export_run, ExportOptions};
+use fv_train::classify::classify;
+use fv_train::classify::export::export_run;
+use fv_train::classify::train::{build_model, TrainConfig};
+use fv_train::export::ExportOptions;
 use fv_train::fuse::{fuse, FuseOptions};
 use fv_train::models::ModelKind;
 use fv_train::onnx::graph;
-use fv_train::pipeline::classify;
-use fv_train::training::{build_model, RunDir, TrainConfig};
+use fv_train::run::RunDir;
 use sha2::{Digest, Sha256};
 use std::path::Path;
 

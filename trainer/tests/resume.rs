@@ -9,10 +9,12 @@ mod common;
 
 use burn::tensor::Device;
 use common::sample_dir;
+use fv_train::classify::split_samples;
+use fv_train::classify::train;
+use fv_train::classify::train::{LrSchedule, Sampling, TrainConfig};
 use fv_train::data::FracAtlas;
 use fv_train::models::ModelKind;
-use fv_train::pipeline::split_samples;
-use fv_train::training::{train, LrSchedule, RunDir, Sampling, TrainConfig};
+use fv_train::run::RunDir;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Mutex;

@@ -5,9 +5,10 @@ mod common;
 
 use burn::tensor::Device;
 use common::{sample_dir, sample_run_data};
+use fv_train::classify::train::TrainConfig;
+use fv_train::classify::{classify, evaluate};
 use fv_train::models::ModelKind;
-use fv_train::pipeline::{classify, evaluate};
-use fv_train::training::{RunDir, TrainConfig};
+use fv_train::run::RunDir;
 
 #[test]
 fn efficientnet_smoke_run_learns_resumes_and_evaluates() {

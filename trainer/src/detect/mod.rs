@@ -15,7 +15,7 @@ use crate::data::detect::{load_cached, training_view, views_to_batch, DetAugment
 use crate::data::{ClassificationSplitConfig, FracAtlas};
 use crate::models::yolov8::{ultralytics_key_remapping, YoloV8, YoloV8Config};
 use crate::models::ModelKind;
-use crate::training::{progress_bar, save_checkpoint, save_resume_point, say};
+use crate::run::{progress_bar, save_checkpoint, save_resume_point, say};
 use crate::weights::load_safetensors;
 use anyhow::Context as _;
 use assign::AssignerConfig;
@@ -293,7 +293,7 @@ struct DetectState {
     resume_dir: Option<String>,
 }
 
-impl crate::training::ResumeState for DetectState {
+impl crate::run::ResumeState for DetectState {
     fn point_name(&self) -> String {
         format!("resume-e{:03}-s{:06}", self.epochs_done, self.step_in_epoch)
     }
@@ -362,7 +362,7 @@ pub fn train(
     let mut model = match state.resume_dir.as_ref().map(|d| run.join(d)) {
         Some(dir) => {
             let (model, loaded) =
-                crate::training::load_resume_point(&dir, config.model.config().init(&ad), optim)?;
+                crate::run::load_resume_point(&dir, config.model.config().init(&ad), optim)?;
             optim = loaded;
             tracing::info!(
                 "resuming at epoch {} step {} from {}",

@@ -3,8 +3,8 @@
 
 #![allow(dead_code)] // each test binary uses its own part of this module
 
+use fv_train::classify::RunData;
 use fv_train::data::ClassificationSplitConfig;
-use fv_train::pipeline::RunData;
 use std::path::{Path, PathBuf};
 
 /// `tests/data/fracatlas-sample`.

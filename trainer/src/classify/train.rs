@@ -8,11 +8,13 @@ use crate::data::classify::{
     batch_tensor, load_planes, load_planes_cached, Augment, Plane, Sample,
 };
 use crate::models::{Classifier, ModelKind};
+use crate::run::{
+    load_resume_point, progress_bar, save_checkpoint, save_resume_point, say, ResumeState, RunDir,
+};
 use crate::weights::load_safetensors;
 use anyhow::Context as _;
 use burn::module::Module;
 use burn::optim::{AdamWConfig, GradientsParams};
-use burn::store::{BurnToPyTorchAdapter, BurnpackStore, ModuleSnapshot, SafetensorsStore};
 use burn::tensor::activation::{log_softmax, softmax};
 use burn::tensor::{Device, Tensor, TensorData};
 use fv_core::metrics::classification::{roc_auc, Scored};
@@ -23,6 +25,43 @@ use serde::{Deserialize, Serialize};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
+
+/// The self-supervised stage and the MLP's own settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SslSettings {
+    /// SimCLR epochs over the training images.
+    pub epochs: usize,
+    /// Images per SimCLR batch (each gives two views).
+    pub batch_size: usize,
+    /// SimCLR learning rate (Adam).
+    pub lr: f64,
+    /// NT-Xent temperature.
+    pub temperature: f64,
+    /// SimCLR augmentation: stronger crops than supervised training.
+    pub augment: Augment,
+    /// L2 penalty of the MLP (the study: 0.01).
+    pub mlp_l2: f32,
+    /// Non-fractured training images given to the MLP (the study: the first 1000).
+    pub max_non_fractured: usize,
+}
+
+impl Default for SslSettings {
+    fn default() -> Self {
+        SslSettings {
+            epochs: 10,
+            batch_size: 32,
+            lr: 1e-3,
+            temperature: 0.5,
+            augment: Augment {
+                min_crop: 0.5,
+                max_rotation_deg: 15.0,
+                flip: 0.5,
+            },
+            mlp_l2: 0.01,
+            max_non_fractured: 1000,
+        }
+    }
+}
 
 /// Everything that defines a classification run. Saved as `RUN/config.json` before the
 /// first step; `eval` and resume rebuild the model from it.
@@ -58,7 +97,7 @@ pub struct TrainConfig {
     pub log_every: usize,
     /// The self-supervised stage (`resnet-ssl-mlp` only).
     #[serde(default)]
-    pub ssl: crate::ssl::SslSettings,
+    pub ssl: SslSettings,
     /// How the learning rate moves over the run (`constant` for runs that do not say).
     #[serde(default)]
     pub schedule: LrSchedule,
@@ -193,7 +232,7 @@ impl TrainConfig {
             augment: Augment::default(),
             seed: 42,
             log_every: 10,
-            ssl: crate::ssl::SslSettings::default(),
+            ssl: SslSettings::default(),
             schedule: LrSchedule::Constant,
             sampling: Sampling::Shuffle,
             checkpoint_minutes: default_checkpoint_minutes(),
@@ -240,32 +279,6 @@ fn yes() -> bool {
     true
 }
 
-/// Where a run keeps its files.
-pub struct RunDir(pub PathBuf);
-
-impl RunDir {
-    /// `config.json`.
-    pub fn config(&self) -> PathBuf {
-        self.0.join("config.json")
-    }
-    /// The best checkpoint.
-    pub fn best(&self) -> PathBuf {
-        self.0.join("best.safetensors")
-    }
-    /// The latest checkpoint.
-    pub fn last(&self) -> PathBuf {
-        self.0.join("last.safetensors")
-    }
-    /// Progress of the run, for resume.
-    pub fn state(&self) -> PathBuf {
-        self.0.join("state.json")
-    }
-    /// The step log.
-    pub fn log(&self) -> PathBuf {
-        self.0.join("train_log.csv")
-    }
-}
-
 /// Where a run stands: written after every checkpoint, read on resume.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct RunState {
@@ -290,14 +303,6 @@ struct RunState {
     resume_dir: Option<String>,
 }
 
-/// A run's progress record (`RUN/state.json`), which names the resume checkpoint it goes with.
-pub(crate) trait ResumeState: Serialize {
-    /// The folder name for a checkpoint of this state (`resume-e…-s…`).
-    fn point_name(&self) -> String;
-    /// Records that `name` now holds this state's weights and optimizer moments.
-    fn set_resume_dir(&mut self, name: String);
-}
-
 impl ResumeState for RunState {
     fn point_name(&self) -> String {
         format!("resume-e{:03}-s{:06}", self.epochs_done, self.step_in_epoch)
@@ -305,82 +310,6 @@ impl ResumeState for RunState {
     fn set_resume_dir(&mut self, name: String) {
         self.resume_dir = Some(name);
     }
-}
-
-/// Writes weights (burnpack, with parameter ids) and optimizer moments into a new folder,
-/// then the state that names it, then removes older folders: a crash at any point leaves a
-/// state and the checkpoint it names.
-pub(crate) fn save_resume_point<M: Module, S: ResumeState>(
-    run: &Path,
-    model: &M,
-    optim: &burn::optim::ModuleOptimizer,
-    state: &mut S,
-) -> anyhow::Result<()> {
-    let name = state.point_name();
-    let dir = run.join(&name);
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let path = dir.join("model.bpk");
-    model
-        .save_into(
-            &mut BurnpackStore::from_file(&path)
-                .auto_extension(false)
-                .overwrite(true),
-        )
-        .map_err(|e| anyhow::anyhow!("{}: cannot save: {e}", path.display()))?;
-    let path = dir.join("optim.bpk");
-    optim
-        .save(&path)
-        .map_err(|e| anyhow::anyhow!("{}: cannot save: {e}", path.display()))?;
-    for f in ["model.bpk", "optim.bpk"] {
-        std::fs::File::open(dir.join(f))?.sync_all()?;
-    }
-    state.set_resume_dir(name.clone());
-    let state_path = run.join("state.json");
-    let tmp = state_path.with_extension("tmp");
-    std::fs::write(&tmp, serde_json::to_string_pretty(state)?)?;
-    std::fs::File::open(&tmp)?.sync_all()?;
-    std::fs::rename(&tmp, &state_path)
-        .with_context(|| format!("writing {}", state_path.display()))?;
-    for e in std::fs::read_dir(run)?.flatten() {
-        let n = e.file_name().to_string_lossy().into_owned();
-        if n.starts_with("resume-") && n != name {
-            let _ = std::fs::remove_dir_all(e.path());
-        }
-    }
-    Ok(())
-}
-
-/// Loads what [`save_resume_point`] wrote in `dir` into a freshly built `model` and `optim`.
-pub(crate) fn load_resume_point<M: Module>(
-    dir: &Path,
-    mut model: M,
-    optim: burn::optim::ModuleOptimizer,
-) -> anyhow::Result<(M, burn::optim::ModuleOptimizer)> {
-    // Burnpack keeps parameter ids, which the optimizer's moments are keyed by.
-    let path = dir.join("model.bpk");
-    model
-        .load_from(&mut BurnpackStore::from_file(&path))
-        .map_err(|e| {
-            anyhow::anyhow!("{}: cannot load the resume checkpoint: {e}", path.display())
-        })?;
-    let path = dir.join("optim.bpk");
-    let optim = optim
-        .load(&path)
-        .map_err(|e| anyhow::anyhow!("{}: cannot load the optimizer state: {e}", path.display()))?;
-    Ok((model, optim))
-}
-
-/// Saves a model in PyTorch layout, like the pretrained files, so one loader reads both.
-pub fn save_checkpoint<M: Module>(model: &M, path: &Path) -> anyhow::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut store = SafetensorsStore::from_file(&tmp)
-        .with_to_adapter(BurnToPyTorchAdapter)
-        .skip_enum_variants(true);
-    model
-        .save_into(&mut store)
-        .map_err(|e| anyhow::anyhow!("{}: cannot save checkpoint: {e}", tmp.display()))?;
-    // Rename so that a crash never leaves a half-written checkpoint under the real name.
-    std::fs::rename(&tmp, path).with_context(|| format!("moving checkpoint to {}", path.display()))
 }
 
 /// Builds a model for `config` on `device`, from `checkpoint` if given, otherwise from the
@@ -502,16 +431,6 @@ pub fn train(
     device: &Device,
     show_progress: bool,
 ) -> anyhow::Result<TrainSummary> {
-    if config.model == ModelKind::ResnetSslMlp {
-        return crate::ssl::train(
-            config,
-            train_samples,
-            valid_samples,
-            run,
-            device,
-            show_progress,
-        );
-    }
     std::fs::create_dir_all(&run.0).with_context(|| format!("creating {}", run.0.display()))?;
     let mut state: RunState = match std::fs::read_to_string(run.state()) {
         Ok(text) => {
@@ -761,30 +680,4 @@ pub fn train(
             .collect(),
         complete: !stopped,
     })
-}
-
-/// The training progress bar (steps, epoch, message, ETA), or a hidden one for background runs.
-pub(crate) fn progress_bar(steps: u64, show: bool) -> indicatif::ProgressBar {
-    let bar = if show {
-        indicatif::ProgressBar::new(steps)
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{bar:30} {pos}/{len} steps  epoch {prefix}  {msg}  ETA {eta}",
-        )
-        .expect("static template"),
-    );
-    bar
-}
-
-/// A line for the person watching: above the progress bar, or on stderr when it is hidden
-/// (a background run's log).
-pub(crate) fn say(bar: &indicatif::ProgressBar, line: String) {
-    if bar.is_hidden() {
-        eprintln!("{line}");
-    } else {
-        bar.println(line);
-    }
 }

@@ -2,59 +2,21 @@
 //! (labels unused), then the MLP on the frozen 32-dimensional embeddings of the fractured
 //! training images plus the first `max_non_fractured` non-fractured ones.
 
+use super::train::{
+    auc_of, class_weights, fracture_probabilities, weighted_ce, TrainConfig, TrainSummary,
+};
 use crate::data::classify::{batch_tensor, load_planes, Augment, Plane, Sample};
 use crate::models::resnet_ssl::{nt_xent, ResnetSslMlp};
 use crate::models::Classifier;
-use crate::training::{
-    auc_of, class_weights, fracture_probabilities, save_checkpoint, say, weighted_ce, RunDir,
-    TrainConfig, TrainSummary,
-};
+use crate::run::{save_checkpoint, say, RunDir};
 use burn::module::Module;
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::{Device, Tensor, TensorData};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
-use serde::{Deserialize, Serialize};
 use std::io::Write as _;
 use std::time::Instant;
-
-/// The self-supervised stage and the MLP's own settings.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct SslSettings {
-    /// SimCLR epochs over the training images.
-    pub epochs: usize,
-    /// Images per SimCLR batch (each gives two views).
-    pub batch_size: usize,
-    /// SimCLR learning rate (Adam).
-    pub lr: f64,
-    /// NT-Xent temperature.
-    pub temperature: f64,
-    /// SimCLR augmentation: stronger crops than supervised training.
-    pub augment: Augment,
-    /// L2 penalty of the MLP (the study: 0.01).
-    pub mlp_l2: f32,
-    /// Non-fractured training images given to the MLP (the study: the first 1000).
-    pub max_non_fractured: usize,
-}
-
-impl Default for SslSettings {
-    fn default() -> Self {
-        SslSettings {
-            epochs: 10,
-            batch_size: 32,
-            lr: 1e-3,
-            temperature: 0.5,
-            augment: Augment {
-                min_crop: 0.5,
-                max_rotation_deg: 15.0,
-                flip: 0.5,
-            },
-            mlp_l2: 0.01,
-            max_non_fractured: 1000,
-        }
-    }
-}
 
 fn model_batch(planes: &[&Plane], config: &TrainConfig, device: &Device) -> Tensor<4> {
     let (mean, std) = config.model.mean_std();
@@ -75,7 +37,7 @@ fn embed(
     Tensor::cat(parts, 0)
 }
 
-/// Runs both stages; writes the same files as [`crate::training::train`].
+/// Runs both stages; writes the same files as [`super::train::train`].
 pub fn train(
     config: &TrainConfig,
     train_samples: &[Sample],

@@ -1,9 +1,9 @@
 //! Evaluation a clinician can trust: metrics at the natural class balance, with operating
 //! thresholds chosen on the validation split only and then applied, unchanged, to test.
 
+use super::train::{predict, TrainConfig};
 use crate::data::classify::{load_planes, Plane, Sample};
 use crate::models::Classifier;
-use crate::training::{predict, TrainConfig};
 use fv_core::calibration::Calibration;
 use fv_core::manifest::TestMetrics;
 use fv_core::metrics::classification::{

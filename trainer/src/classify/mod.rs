@@ -1,16 +1,51 @@
+//! Classification: `classify` and `eval` end to end (this file), the supervised training
+//! loop (`train.rs`), the two-stage SSL model (`ssl.rs`), scoring and thresholds (`eval.rs`)
+//! and ONNX export (`export.rs`), as `detect/` is laid out for the detector.
+//!
 //! The `classify` and `eval` commands end to end: data, split, training, scoring, thresholds
 //! chosen on validation, and the files a run leaves behind.
 
-use crate::data::classify::Sample;
-use crate::data::{ClassificationSplitConfig, FracAtlas, Split};
-use crate::evaluate::{
+pub mod eval;
+pub mod export;
+pub mod ssl;
+pub mod train;
+
+use self::eval::{
     calibrate, score, write_predictions, ChosenThresholds, ClassifyMetrics, SplitReport,
 };
-use crate::training::{build_model, train, RunDir, TrainConfig, TrainSummary};
+use self::train::{build_model, TrainConfig, TrainSummary};
+use crate::data::classify::Sample;
+use crate::data::{ClassificationSplitConfig, FracAtlas, Split};
+use crate::run::RunDir;
 use anyhow::Context as _;
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
+
+/// Trains a classifier run: `resnet-ssl-mlp` in its two stages ([`ssl::train`]), every other
+/// model with the supervised loop ([`train::train`]). Resumes from the run's `state.json`.
+pub fn train(
+    config: &TrainConfig,
+    train_samples: &[Sample],
+    valid_samples: &[Sample],
+    run: &RunDir,
+    device: &Device,
+    show_progress: bool,
+) -> anyhow::Result<TrainSummary> {
+    let f = if config.model == crate::models::ModelKind::ResnetSslMlp {
+        ssl::train
+    } else {
+        train::train
+    };
+    f(
+        config,
+        train_samples,
+        valid_samples,
+        run,
+        device,
+        show_progress,
+    )
+}
 
 /// Which data a run used: saved as `RUN/data.json` so that `eval` rebuilds the same split.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

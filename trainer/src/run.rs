@@ -1,0 +1,254 @@
+//! What every training run shares, classifier or detector: its folder, resumable
+//! checkpoints (weights, optimizer moments, the progress record that names them), the
+//! PyTorch-layout checkpoint files, the progress bar and the commit it was made from.
+
+use anyhow::Context as _;
+use burn::module::Module;
+use burn::store::{BurnToPyTorchAdapter, BurnpackStore, ModuleSnapshot, SafetensorsStore};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+/// Where a run keeps its files.
+pub struct RunDir(pub PathBuf);
+
+impl RunDir {
+    /// `config.json`.
+    pub fn config(&self) -> PathBuf {
+        self.0.join("config.json")
+    }
+    /// The best checkpoint.
+    pub fn best(&self) -> PathBuf {
+        self.0.join("best.safetensors")
+    }
+    /// The latest checkpoint.
+    pub fn last(&self) -> PathBuf {
+        self.0.join("last.safetensors")
+    }
+    /// Progress of the run, for resume.
+    pub fn state(&self) -> PathBuf {
+        self.0.join("state.json")
+    }
+    /// The step log.
+    pub fn log(&self) -> PathBuf {
+        self.0.join("train_log.csv")
+    }
+}
+
+/// A run's progress record (`RUN/state.json`), which names the resume checkpoint it goes with.
+pub trait ResumeState: Serialize {
+    /// The folder name for a checkpoint of this state (`resume-e…-s…`).
+    fn point_name(&self) -> String;
+    /// Records that `name` now holds this state's weights and optimizer moments.
+    fn set_resume_dir(&mut self, name: String);
+}
+
+/// Writes weights (burnpack, with parameter ids) and optimizer moments into a new folder,
+/// then the state that names it, then removes older folders: a crash at any point leaves a
+/// state and the checkpoint it names.
+pub fn save_resume_point<M: Module, S: ResumeState>(
+    run: &Path,
+    model: &M,
+    optim: &burn::optim::ModuleOptimizer,
+    state: &mut S,
+) -> anyhow::Result<()> {
+    let name = state.point_name();
+    let dir = run.join(&name);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join("model.bpk");
+    model
+        .save_into(
+            &mut BurnpackStore::from_file(&path)
+                .auto_extension(false)
+                .overwrite(true),
+        )
+        .map_err(|e| anyhow::anyhow!("{}: cannot save: {e}", path.display()))?;
+    let path = dir.join("optim.bpk");
+    optim
+        .save(&path)
+        .map_err(|e| anyhow::anyhow!("{}: cannot save: {e}", path.display()))?;
+    for f in ["model.bpk", "optim.bpk"] {
+        std::fs::File::open(dir.join(f))?.sync_all()?;
+    }
+    state.set_resume_dir(name.clone());
+    let state_path = run.join("state.json");
+    let tmp = state_path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_string_pretty(state)?)?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, &state_path)
+        .with_context(|| format!("writing {}", state_path.display()))?;
+    for e in std::fs::read_dir(run)?.flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        if n.starts_with("resume-") && n != name {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+    Ok(())
+}
+
+/// Loads what [`save_resume_point`] wrote in `dir` into a freshly built `model` and `optim`.
+pub fn load_resume_point<M: Module>(
+    dir: &Path,
+    mut model: M,
+    optim: burn::optim::ModuleOptimizer,
+) -> anyhow::Result<(M, burn::optim::ModuleOptimizer)> {
+    // Burnpack keeps parameter ids, which the optimizer's moments are keyed by.
+    let path = dir.join("model.bpk");
+    model
+        .load_from(&mut BurnpackStore::from_file(&path))
+        .map_err(|e| {
+            anyhow::anyhow!("{}: cannot load the resume checkpoint: {e}", path.display())
+        })?;
+    let path = dir.join("optim.bpk");
+    let optim = optim
+        .load(&path)
+        .map_err(|e| anyhow::anyhow!("{}: cannot load the optimizer state: {e}", path.display()))?;
+    Ok((model, optim))
+}
+
+/// Saves a model in PyTorch layout, like the pretrained files, so one loader reads both.
+pub fn save_checkpoint<M: Module>(model: &M, path: &Path) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut store = SafetensorsStore::from_file(&tmp)
+        .with_to_adapter(BurnToPyTorchAdapter)
+        .skip_enum_variants(true);
+    model
+        .save_into(&mut store)
+        .map_err(|e| anyhow::anyhow!("{}: cannot save checkpoint: {e}", tmp.display()))?;
+    // Rename so that a crash never leaves a half-written checkpoint under the real name.
+    std::fs::rename(&tmp, path).with_context(|| format!("moving checkpoint to {}", path.display()))
+}
+
+/// The training progress bar (steps, epoch, message, ETA), or a hidden one for background runs.
+pub fn progress_bar(steps: u64, show: bool) -> indicatif::ProgressBar {
+    let bar = if show {
+        indicatif::ProgressBar::new(steps)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} steps  epoch {prefix}  {msg}  ETA {eta}",
+        )
+        .expect("static template"),
+    );
+    bar
+}
+
+/// A line for the person watching: above the progress bar, or on stderr when it is hidden
+/// (a background run's log).
+pub fn say(bar: &indicatif::ProgressBar, line: String) {
+    if bar.is_hidden() {
+        eprintln!("{line}");
+    } else {
+        bar.println(line);
+    }
+}
+
+/// The checked-out commit, or `unknown` outside a git work tree.
+pub fn git_commit() -> String {
+    std::process::Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// What a run folder trains: recorded in `RUN/task` when the run starts, so that `eval` and
+/// `export` never have to guess from the shape of `config.json`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Task {
+    /// `fv-train classify`.
+    Classify,
+    /// `fv-train detect`.
+    Detect,
+}
+
+impl Task {
+    fn word(self) -> &'static str {
+        match self {
+            Task::Classify => "classify",
+            Task::Detect => "detect",
+        }
+    }
+
+    /// The task recorded in `run`. Runs made before the record existed have none: a detector's
+    /// `config.json` names a `model` among the detectors, which a classifier's never does.
+    pub fn of(run: &Path) -> anyhow::Result<Task> {
+        let path = run.join("task");
+        match std::fs::read_to_string(&path) {
+            Ok(text) => match text.trim() {
+                "classify" => Ok(Task::Classify),
+                "detect" => Ok(Task::Detect),
+                other => anyhow::bail!(
+                    "{}: unknown task {other:?} (expected classify or detect)",
+                    path.display()
+                ),
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let config = run.join("config.json");
+                let text = std::fs::read_to_string(&config).with_context(|| {
+                    format!(
+                        "{}: cannot read; pass a run folder made by fv-train classify or detect",
+                        config.display()
+                    )
+                })?;
+                let detect = serde_json::from_str::<crate::detect::DetectConfig>(&text).is_ok();
+                Ok(if detect { Task::Detect } else { Task::Classify })
+            }
+            Err(e) => Err(e).with_context(|| format!("{}: cannot read", path.display())),
+        }
+    }
+}
+
+/// Records, when a run starts, what it trains, the exact command and the commit: the
+/// manifest's provenance and [`Task::of`] read them back.
+pub fn record_start(run: &Path, task: Task) -> anyhow::Result<()> {
+    std::fs::create_dir_all(run).with_context(|| format!("{}: cannot create", run.display()))?;
+    let command: Vec<String> = std::env::args().collect();
+    for (name, text) in [
+        ("task", task.word().to_owned()),
+        ("command.txt", command.join(" ")),
+        ("git_commit.txt", git_commit()),
+    ] {
+        let path = run.join(name);
+        std::fs::write(&path, text + "\n")
+            .with_context(|| format!("{}: cannot write", path.display()))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_says_its_task_and_older_runs_are_told_by_their_config() {
+        let tmp = tempfile::tempdir().unwrap();
+        let det = tmp.path().join("det");
+        record_start(&det, Task::Detect).unwrap();
+        assert_eq!(Task::of(&det).unwrap(), Task::Detect);
+        assert!(det.join("command.txt").is_file() && det.join("git_commit.txt").is_file());
+        // Before `task` was recorded: a detector's config parses as one, a classifier's not.
+        let old = tmp.path().join("old");
+        std::fs::create_dir_all(&old).unwrap();
+        let config = crate::detect::DetectConfig::study(crate::detect::DetectorKind::Yolov8Effl0);
+        std::fs::write(
+            old.join("config.json"),
+            serde_json::to_string(&config).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(Task::of(&old).unwrap(), Task::Detect);
+        std::fs::write(
+            old.join("config.json"),
+            "{\"model\": \"efficientnet-lite0\"}",
+        )
+        .unwrap();
+        assert_eq!(Task::of(&old).unwrap(), Task::Classify);
+        std::fs::write(old.join("task"), "segment\n").unwrap();
+        let e = Task::of(&old).unwrap_err().to_string();
+        assert!(e.contains("segment"), "{e}");
+        assert!(Task::of(&tmp.path().join("none")).is_err());
+    }
+}
