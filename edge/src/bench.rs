@@ -357,8 +357,10 @@ pub fn run(o: &BenchOptions, progress: &mut dyn FnMut(&str)) -> anyhow::Result<R
                 site: "bench".into(),
                 device: "bench".into(),
                 uid_salt: "bench".into(),
-                detect: DetectPolicy::Always,
-                min_score: 0.25,
+                read: fv_runtime::ReadOptions {
+                    detect: DetectPolicy::Always,
+                    min_score: crate::config::DEFAULT_MIN_SCORE,
+                },
             },
         };
         let engine_name = pipeline.models.classifier.engine.name().to_owned();

@@ -2,8 +2,9 @@
 //! environment variables (which override both, so a service manager can pin a value).
 
 use crate::outbox::OutboxLimits;
+use fv_core::imaging::DecodeOptions;
 use fv_core::manifest::Precision;
-use fv_runtime::DetectPolicy;
+use fv_runtime::{DetectPolicy, Selection};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -138,6 +139,47 @@ pub struct Layer {
     pub dicom: DicomSettings,
 }
 
+/// The site name when none is configured (a topic level).
+pub const DEFAULT_SITE: &str = "default";
+/// Boxes scoring below this are not reported unless configured otherwise.
+pub const DEFAULT_MIN_SCORE: f32 = 0.25;
+/// The models directory when none is configured.
+pub const DEFAULT_MODELS: &str = "models";
+
+/// How the edge reads an image, resolved once from the merged layers (every default of it
+/// is here): `fv-edge infer` and `fv-edge run` both start from it.
+#[derive(Clone, Debug)]
+pub struct ReadSettings {
+    /// Site name (a topic level).
+    pub site: String,
+    /// Device id (a topic level and the MQTT client id).
+    pub device_id: String,
+    /// Models directory.
+    pub models: PathBuf,
+    /// Which models, at which precision, on which engine.
+    pub selection: Selection,
+    /// Threads for one inference (`None`: the cores available).
+    pub threads: Option<usize>,
+    /// When the detector runs.
+    pub detect: DetectPolicy,
+    /// Smallest box score reported.
+    pub min_score: f32,
+    /// Input limits; `reduce_to` is set from the models once they are loaded.
+    pub decode: DecodeOptions,
+    /// Decode large JPEGs at the DCT scale the models need.
+    pub reduced_decode: bool,
+}
+
+impl ReadSettings {
+    /// How a [`fv_runtime::Models::read`] call reads, from these settings.
+    pub fn read_options(&self) -> fv_runtime::ReadOptions {
+        fv_runtime::ReadOptions {
+            detect: self.detect,
+            min_score: self.min_score,
+        }
+    }
+}
+
 macro_rules! merge {
     ($base:expr, $over:expr, $($f:ident),*) => { $( if $over.$f.is_some() { $base.$f = $over.$f.clone(); } )* };
 }
@@ -203,6 +245,41 @@ impl Layer {
                 ..Default::default()
             },
             ..Default::default()
+        })
+    }
+
+    /// The reading settings of the merged layers; TensorRT engines are cached in
+    /// `engine_cache`. Fails on a site or device id that cannot be a topic level.
+    pub fn read_settings(&self, engine_cache: PathBuf) -> anyhow::Result<ReadSettings> {
+        let site = self.site.clone().unwrap_or_else(|| DEFAULT_SITE.into());
+        let device_id = self.device_id.clone().unwrap_or_else(hostname);
+        check_topic_level("site", &site)?;
+        check_topic_level("device id", &device_id)?;
+        Ok(ReadSettings {
+            site,
+            device_id,
+            models: self
+                .models
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_MODELS)),
+            selection: Selection {
+                precision: self.precision,
+                classifier: self.classifier.clone(),
+                detector: self.detector.clone(),
+                engine: self.engine.unwrap_or_default(),
+                engine_cache: Some(engine_cache),
+            },
+            threads: self.threads,
+            detect: self.detect.unwrap_or_default(),
+            min_score: self.min_score.unwrap_or(DEFAULT_MIN_SCORE),
+            decode: DecodeOptions {
+                max_pixels: self.max_pixels.unwrap_or(DecodeOptions::DEFAULT_MAX_PIXELS),
+                max_file_bytes: self
+                    .max_input_bytes
+                    .unwrap_or(DecodeOptions::DEFAULT_MAX_FILE_BYTES),
+                reduce_to: None,
+            },
+            reduced_decode: self.reduced_decode.unwrap_or(false),
         })
     }
 
@@ -283,6 +360,35 @@ pub fn hostname() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reading_settings_have_one_set_of_defaults_and_env_wins_over_flags() {
+        let d = Layer::default()
+            .read_settings(PathBuf::from("cache"))
+            .unwrap();
+        assert_eq!(d.site, DEFAULT_SITE);
+        assert_eq!(d.models, PathBuf::from(DEFAULT_MODELS));
+        assert_eq!(d.min_score, DEFAULT_MIN_SCORE);
+        assert_eq!(d.detect, DetectPolicy::Suspicious);
+        assert_eq!(d.selection.engine, fv_runtime::EngineKind::Auto);
+        assert!(!d.reduced_decode);
+        let flags = Layer {
+            site: Some("ward-3".into()),
+            min_score: Some(0.5),
+            ..Default::default()
+        };
+        let env = Layer::from_env(|k| (k == "FV_SITE").then(|| "clinic-a".to_owned())).unwrap();
+        let r = flags
+            .merge(&env)
+            .read_settings(PathBuf::from("cache"))
+            .unwrap();
+        assert_eq!((r.site.as_str(), r.min_score), ("clinic-a", 0.5));
+        let bad = Layer {
+            site: Some("a/b".into()),
+            ..Default::default()
+        };
+        assert!(bad.read_settings(PathBuf::from("cache")).is_err());
+    }
 
     #[test]
     fn env_overrides_flags_override_file() {

@@ -6,14 +6,14 @@
 //! JSON and overlay PNG) or in `quarantine/` (with `.error.json`); its result goes to the
 //! outbox first, so a crash at any point loses nothing (at worst an input is read twice).
 
-use crate::config::{check_topic_level, hostname, Layer};
+use crate::config::Layer;
 use crate::input::{file_name, load_file};
 use crate::mqtt::{Publisher, Stats, Topics};
 use crate::outbox::{Outbox, SharedOutbox};
 use crate::pipeline::{file_source, fleet_name, Pipeline, PipelineConfig};
 use anyhow::Context as _;
 use fv_core::imaging::DecodeOptions;
-use fv_runtime::models::{load_dir, Selection};
+use fv_runtime::models::load_dir;
 use notify::Watcher as _;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -200,18 +200,16 @@ impl Resolved {
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub fn run(layer: Layer) -> anyhow::Result<()> {
-    let site = layer.site.clone().unwrap_or_else(|| "default".into());
-    let device = layer.device_id.clone().unwrap_or_else(hostname);
-    check_topic_level("site", &site)?;
-    check_topic_level("device id", &device)?;
+    let state = layer
+        .state
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("state"));
+    let read = layer.read_settings(state.join("engine-cache"))?;
+    let (site, device) = (read.site.clone(), read.device_id.clone());
     let watch = match (&layer.watch, &layer.v4l) {
         (Some(w), _) => w.clone(),
         // A grabber alone still needs somewhere for its done results.
-        (None, Some(_)) => layer
-            .state
-            .clone()
-            .unwrap_or_else(|| PathBuf::from("state"))
-            .join("inbox"),
+        (None, Some(_)) => state.join("inbox"),
         (None, None) => {
             anyhow::bail!("nothing to read: pass --watch DIR (or `watch` / `[v4l]` in the config)")
         }
@@ -222,21 +220,9 @@ pub fn run(layer: Layer) -> anyhow::Result<()> {
             .quarantine
             .clone()
             .unwrap_or_else(|| watch.join("quarantine")),
-        state: layer
-            .state
-            .clone()
-            .unwrap_or_else(|| PathBuf::from("state")),
+        state,
         settle: Duration::from_millis(layer.settle_ms.unwrap_or(1000)),
-        decode: DecodeOptions {
-            max_pixels: layer
-                .max_pixels
-                .unwrap_or(DecodeOptions::DEFAULT_MAX_PIXELS),
-            max_file_bytes: layer
-                .max_input_bytes
-                .unwrap_or(DecodeOptions::DEFAULT_MAX_FILE_BYTES),
-            // Set from the models once they are loaded.
-            reduce_to: None,
-        },
+        decode: read.decode.clone(),
         watch,
         pacs: None,
     };
@@ -251,23 +237,10 @@ pub fn run(layer: Layer) -> anyhow::Result<()> {
         std::fs::create_dir_all(d).with_context(|| format!("{}: cannot create", d.display()))?;
     }
     let _lock = lock_state(&r.state)?;
-    let models_dir = layer
-        .models
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("models"));
-    let threads = fv_runtime::engine::set_threads(layer.threads);
+    let threads = fv_runtime::engine::set_threads(read.threads);
     tracing::info!("{threads} inference threads");
-    let models = load_dir(
-        &models_dir,
-        &Selection {
-            precision: layer.precision,
-            classifier: layer.classifier.clone(),
-            detector: layer.detector.clone(),
-            engine: layer.engine.unwrap_or_default(),
-            engine_cache: Some(r.state.join("engine-cache")),
-        },
-    )?;
-    r.decode = models.decode_options(&r.decode, layer.reduced_decode.unwrap_or(false));
+    let models = load_dir(&read.models, &read.selection)?;
+    r.decode = models.decode_options(&r.decode, read.reduced_decode);
     let mut refs = vec![models.classifier.reference()];
     refs.extend(models.detector.as_ref().map(|d| d.reference()));
     let mut pipeline = Pipeline {
@@ -276,8 +249,7 @@ pub fn run(layer: Layer) -> anyhow::Result<()> {
             site: site.clone(),
             device: device.clone(),
             uid_salt: uid_salt(layer.uid_salt.clone(), &r.state)?,
-            detect: layer.detect.unwrap_or_default(),
-            min_score: layer.min_score.unwrap_or(0.25),
+            read: read.read_options(),
         },
     };
     let limits = layer.outbox.unwrap_or_default();

@@ -37,26 +37,26 @@ enum Command {
         /// Images: DICOM, PNG, TIFF or JPEG.
         #[arg(required = true, value_name = "FILE")]
         files: Vec<PathBuf>,
-        /// Models directory (manifests beside ONNX files).
-        #[arg(long, value_name = "DIR", default_value = "models")]
-        models: PathBuf,
+        /// Models directory (manifests beside ONNX files; default `models`).
+        #[arg(long, value_name = "DIR")]
+        models: Option<PathBuf>,
         /// Precision to run when the directory holds several (default fp32).
         #[arg(long, value_name = "fp32|fp16|int8")]
         precision: Option<Precision>,
-        /// Smallest detector box score reported.
-        #[arg(long, value_name = "S", default_value_t = 0.25)]
-        min_score: f32,
-        /// When the detector (if any) runs.
-        #[arg(long, value_enum, default_value_t = DetectPolicy::Suspicious)]
-        detect: DetectPolicy,
+        /// Smallest detector box score reported (default 0.25).
+        #[arg(long, value_name = "S")]
+        min_score: Option<f32>,
+        /// When the detector (if any) runs (default suspicious).
+        #[arg(long, value_enum)]
+        detect: Option<DetectPolicy>,
         /// Refuse images with more pixels than this.
-        #[arg(long, default_value_t = DecodeOptions::DEFAULT_MAX_PIXELS)]
-        max_pixels: u64,
-        /// Inference engine: auto takes ONNX Runtime when its library loads, else tract.
-        #[arg(long, value_enum, default_value_t = EngineKind::Auto)]
-        engine: EngineKind,
+        #[arg(long)]
+        max_pixels: Option<u64>,
+        /// Inference engine (default auto: ONNX Runtime when its library loads, else tract).
+        #[arg(long, value_enum)]
+        engine: Option<EngineKind>,
         /// Threads for one inference (default: the cores available).
-        #[arg(long, env = "FV_THREADS", value_name = "N")]
+        #[arg(long, value_name = "N")]
         threads: Option<usize>,
         /// Decode large JPEGs at the DCT scale the models need (twice their input), not whole.
         #[arg(long)]
@@ -228,32 +228,36 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             threads,
             reduced_decode,
         } => {
-            fv_runtime::engine::set_threads(threads);
-            let models = fv_runtime::models::load_dir(
-                &models,
-                &fv_runtime::models::Selection {
-                    precision,
-                    engine,
-                    engine_cache: Some(std::env::temp_dir().join("fv-edge-engine-cache")),
-                    ..Default::default()
-                },
-            )?;
+            // The same layers as `run` (flags, then `FV_*` over them), resolved once.
+            let flags = Layer {
+                models,
+                precision,
+                min_score,
+                detect,
+                max_pixels,
+                engine,
+                threads,
+                reduced_decode: reduced_decode.then_some(true),
+                ..Default::default()
+            };
+            let layer = flags.merge(&Layer::from_env(|k| std::env::var(k).ok())?);
+            let read = layer.read_settings(std::env::temp_dir().join("fv-edge-engine-cache"))?;
+            fv_runtime::engine::set_threads(read.threads);
+            let models = fv_runtime::models::load_dir(&read.models, &read.selection)?;
+            let options = models.decode_options(&read.decode, read.reduced_decode);
             let mut pipeline = Pipeline {
                 models,
                 config: PipelineConfig {
-                    site: std::env::var("FV_SITE").unwrap_or_else(|_| "local".into()),
-                    device: std::env::var("FV_DEVICE_ID")
-                        .unwrap_or_else(|_| fv_edge::config::hostname()),
+                    site: read.site.clone(),
+                    device: read.device_id.clone(),
                     // Without a configured salt, study hashes are unlinkable across runs.
-                    uid_salt: std::env::var("FV_UID_SALT")
-                        .unwrap_or_else(|_| uuid::Uuid::new_v4().simple().to_string()),
-                    detect,
-                    min_score,
+                    uid_salt: layer
+                        .uid_salt
+                        .clone()
+                        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()),
+                    read: read.read_options(),
                 },
             };
-            let options = pipeline
-                .models
-                .decode_options(&DecodeOptions::with_max_pixels(max_pixels), reduced_decode);
             let mut out = std::io::stdout().lock();
             let mut all_ok = true;
             for f in files {

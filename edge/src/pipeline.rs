@@ -18,10 +18,8 @@ pub struct PipelineConfig {
     pub device: String,
     /// Secret mixed into the StudyInstanceUID hash; never sent.
     pub uid_salt: String,
-    /// When to detect.
-    pub detect: DetectPolicy,
-    /// Boxes scoring below this are not reported (also below the detector's `suspicious`).
-    pub min_score: f32,
+    /// How the models read each image.
+    pub read: ReadOptions,
 }
 
 /// A processed input: the message and, when it decoded, the image for the overlay.
@@ -184,13 +182,7 @@ impl Pipeline {
     }
 
     fn read(&mut self, input: &Input, m: &mut ResultMessage) -> anyhow::Result<Timing> {
-        let r = self.models.read(
-            &input.image,
-            &ReadOptions {
-                detect: self.config.detect,
-                min_score: self.config.min_score,
-            },
-        )?;
+        let r = self.models.read(&input.image, &self.config.read)?;
         m.fracture_probability = Some(r.probability);
         m.finding = Some(r.finding);
         m.boxes = r.boxes;
