@@ -71,9 +71,25 @@ pub struct OutputSpec {
     pub name: String,
     /// Shape, with `-1` for a dynamic batch.
     pub shape: Vec<i64>,
-    /// How to read it: `probabilities` (softmax over labels), `logits`, or `yolov8`
-    /// (`[batch, 4 + classes, anchors]`, boxes as cx, cy, w, h in input pixels).
-    pub meaning: String,
+    /// How to read it.
+    pub meaning: OutputMeaning,
+}
+
+/// How an output is read. The edge reads by this, never by the tensor's name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputMeaning {
+    /// One probability per label (a softmax already applied).
+    Probabilities,
+    /// One logit per label (the reader applies the softmax).
+    Logits,
+    /// YOLOv8's `[batch, 4 + classes, anchors]`: cx, cy, w, h in letterboxed input pixels,
+    /// then one sigmoid score per label.
+    // Detector manifests written before this enum spelled it out in prose.
+    #[serde(
+        alias = "yolov8: cx, cy, w, h in letterboxed input pixels, then one sigmoid score per label"
+    )]
+    Yolov8,
 }
 
 /// The two operating thresholds chosen on the validation split.
@@ -303,6 +319,17 @@ impl Manifest {
         if self.outputs.is_empty() {
             return Err("`outputs` is empty".into());
         }
+        let meaning = self.outputs[0].meaning;
+        let fits = match self.task {
+            Task::Classify => meaning != OutputMeaning::Yolov8,
+            Task::Detect => meaning == OutputMeaning::Yolov8,
+        };
+        if !fits {
+            return Err(format!(
+                "a {:?} model's first output cannot be read as {meaning:?}",
+                self.task
+            ));
+        }
         self.thresholds.check_order("threshold")?;
         if !is_sha256(&self.onnx_sha256) {
             return Err("`onnx_sha256` is not 64 hex digits".into());
@@ -346,6 +373,24 @@ mod tests {
     use crate::preprocess::ResizeMode;
 
     #[test]
+    fn an_output_meaning_that_does_not_fit_the_task_is_refused() {
+        let mut m = sample();
+        m.outputs[0].meaning = OutputMeaning::Yolov8;
+        let text = serde_json::to_string(&m).unwrap();
+        let e = Manifest::from_json(&text, Path::new("m.json"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("Yolov8"), "{e}");
+        // The prose older detector manifests carry still reads as yolov8.
+        let old: OutputMeaning = serde_json::from_str(
+            "\"yolov8: cx, cy, w, h in letterboxed input pixels, then one sigmoid score per label\"",
+        )
+        .unwrap();
+        assert_eq!(old, OutputMeaning::Yolov8);
+        assert!(serde_json::from_str::<OutputMeaning>("\"heatmap\"").is_err());
+    }
+
+    #[test]
     fn precision_reads_what_it_writes_and_names_the_choices_otherwise() {
         for p in [Precision::Fp32, Precision::Fp16, Precision::Int8] {
             assert_eq!(p.to_string().parse::<Precision>(), Ok(p));
@@ -370,7 +415,7 @@ mod tests {
             outputs: vec![OutputSpec {
                 name: "probabilities".into(),
                 shape: vec![-1, 2],
-                meaning: "probabilities".into(),
+                meaning: OutputMeaning::Probabilities,
             }],
             labels: vec!["not_fractured".into(), "fractured".into()],
             thresholds: Thresholds {

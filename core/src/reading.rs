@@ -57,8 +57,8 @@ pub fn classifier_raw(manifest: &Manifest, out: &[f32]) -> Result<Probability, R
         .iter()
         .position(|l| l == FRACTURED)
         .unwrap_or(manifest.labels.len().saturating_sub(1));
-    let p = match manifest.outputs.first().map(|o| o.meaning.as_str()) {
-        Some("logits") => {
+    let p = match manifest.outputs.first().map(|o| o.meaning) {
+        Some(crate::manifest::OutputMeaning::Logits) => {
             let max = out.iter().copied().fold(f32::MIN, f32::max);
             let sum: f32 = out.iter().map(|v| (v - max).exp()).sum();
             (out[k] - max).exp() / sum

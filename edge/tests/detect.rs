@@ -87,7 +87,7 @@ fn write_detector(dir: &Path) {
         outputs: vec![OutputSpec {
             name: "output0".into(),
             shape: vec![1, 5, 3],
-            meaning: "yolov8".into(),
+            meaning: fv_core::manifest::OutputMeaning::Yolov8,
         }],
         labels: vec!["fracture".into()],
         thresholds: Thresholds {

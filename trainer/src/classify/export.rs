@@ -238,7 +238,7 @@ pub fn export_run(run: &RunDir, opts: &ExportOptions) -> anyhow::Result<Exported
                 .first()
                 .map_or_else(|| "output".into(), |o| o.name.clone()),
             shape: vec![1, 2],
-            meaning: "probabilities".into(),
+            meaning: fv_core::manifest::OutputMeaning::Probabilities,
         }],
         labels: vec!["not_fractured".into(), "fractured".into()],
         thresholds,

@@ -291,8 +291,7 @@ pub fn export_detector_run(run: &Path, opts: &ExportOptions) -> anyhow::Result<E
         outputs: vec![OutputSpec {
             name: OUTPUT.into(),
             shape: vec![1, 4 + classes as i64, anchors as i64],
-            meaning: "yolov8: cx, cy, w, h in letterboxed input pixels, then one sigmoid score per label"
-                .into(),
+            meaning: fv_core::manifest::OutputMeaning::Yolov8,
         }],
         labels: vec!["fracture".into()],
         thresholds: Thresholds {
