@@ -417,7 +417,7 @@ mod tests {
                 shape: vec![-1, 2],
                 meaning: OutputMeaning::Probabilities,
             }],
-            labels: vec!["not_fractured".into(), "fractured".into()],
+            labels: crate::reading::CLASSIFIER_LABELS.map(String::from).to_vec(),
             thresholds: Thresholds {
                 suspicious: Probability::new(0.2).unwrap(),
                 definite: Probability::new(0.7).unwrap(),

@@ -18,6 +18,12 @@ use serde::{Deserialize, Serialize};
 
 /// The label of the fracture class in a classifier's manifest.
 pub const FRACTURED: &str = "fractured";
+/// The label of the other class in a classifier's manifest.
+pub const NOT_FRACTURED: &str = "not_fractured";
+/// A classifier's labels, in output order.
+pub const CLASSIFIER_LABELS: [&str; 2] = [NOT_FRACTURED, FRACTURED];
+/// The one label of a fracture detector's boxes.
+pub const FRACTURE_BOX: &str = "fracture";
 
 /// Outputs that do not fit the manifest.
 #[derive(Debug, thiserror::Error)]

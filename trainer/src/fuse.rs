@@ -13,7 +13,7 @@ use crate::classify::eval::{
 };
 use crate::classify::{split_samples, RunData};
 use crate::data::classify::Sample;
-use crate::data::FracAtlas;
+use crate::data::{FracAtlas, SplitPart};
 use anyhow::Context as _;
 use fv_core::imaging::{decode_file, DecodeOptions};
 use fv_core::manifest::{Manifest, Thresholds};
@@ -244,8 +244,8 @@ pub fn fuse(o: &FuseOptions) -> anyhow::Result<FuseReport> {
         reports.insert(
             name.to_owned(),
             [
-                SplitReport::new("valid", &vp, &t),
-                SplitReport::new("test", &tp, &t),
+                SplitReport::new(SplitPart::Valid, &vp, &t),
+                SplitReport::new(SplitPart::Test, &tp, &t),
             ],
         );
         thresholds.insert(name.to_owned(), t);

@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use fv_train::classify::train::{LrSchedule, Sampling, TrainConfig};
 use fv_train::classify::{classify, evaluate, summary_table, RunData};
 use fv_train::data::check::DataCheckReport;
-use fv_train::data::{ClassificationSplitConfig, FracAtlas};
+use fv_train::data::{ClassificationSplitConfig, FracAtlas, SplitPart};
 use fv_train::detect::{self, DetectConfig, DetectorKind};
 use fv_train::models::ModelKind;
 use fv_train::run::{record_start, RunDir, Task};
@@ -132,9 +132,10 @@ enum Command {
         /// The FracAtlas folder.
         #[arg(long, env = "FV_DATA", value_name = "DIR")]
         data: PathBuf,
-        /// Which split to report besides validation.
-        #[arg(long, default_value = "test", value_parser = ["valid", "test"])]
-        split: String,
+        /// Which split to report besides validation (valid or test; training figures are
+        /// not test scores and are not reported).
+        #[arg(long, value_enum, default_value_t = SplitPart::Test)]
+        split: SplitPart,
         /// Compute device.
         #[arg(long, value_enum, default_value_t = DeviceArg::Flex)]
         device: DeviceArg,
@@ -629,20 +630,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             split,
             device,
         } => {
+            anyhow::ensure!(
+                split != SplitPart::Train,
+                "--split train: a model's figures on its own training images say nothing of unseen ones; use valid or test"
+            );
+            let with_test = split == SplitPart::Test;
             if Task::of(&run)? == Task::Detect {
                 let atlas = FracAtlas::open(&data)
                     .with_context(|| format!("loading FracAtlas from {}", data.display()))?;
-                let m = detect::evaluate_run(&atlas, &run, split == "test", &device.device()?)?;
+                let m = detect::evaluate_run(&atlas, &run, with_test, &device.device()?)?;
                 print!("{}", detect::summary_table(&m));
                 println!("metrics: {}", run.join("metrics.json").display());
                 return Ok(());
             }
-            let splits: &[&str] = if split == "test" {
-                &["valid", "test"]
-            } else {
-                &["valid"]
-            };
-            let metrics = evaluate(&data, &RunDir(run.clone()), splits, &device.device()?)?;
+            let metrics = evaluate(&data, &RunDir(run.clone()), with_test, &device.device()?)?;
             print!("{}", summary_table(&metrics));
             println!("metrics: {}", run.join("metrics.json").display());
             Ok(())

@@ -53,7 +53,7 @@ fn efficientnet_smoke_run_learns_resumes_and_evaluates() {
     assert!(t.suspicious.threshold <= t.definite.threshold, "{t:?}");
 
     // Re-evaluation from the files alone gives the same figures.
-    let again = evaluate(&sample_dir(), &run, &["valid", "test"], &device).unwrap();
+    let again = evaluate(&sample_dir(), &run, true, &device).unwrap();
     assert_eq!(again.thresholds, metrics.thresholds);
     assert_eq!(again.test, metrics.test);
 

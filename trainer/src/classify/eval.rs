@@ -3,6 +3,7 @@
 
 use super::train::{predict, TrainConfig};
 use crate::data::classify::{load_planes, Plane, Sample};
+use crate::data::SplitPart;
 use crate::models::Classifier;
 use fv_core::calibration::Calibration;
 use fv_core::manifest::TestMetrics;
@@ -127,7 +128,7 @@ impl ChosenThresholds {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SplitReport {
     /// `valid` or `test`.
-    pub split: String,
+    pub split: SplitPart,
     /// Fractured images scored.
     pub n_fractured: usize,
     /// Non-fractured images scored.
@@ -144,11 +145,11 @@ pub struct SplitReport {
 
 impl SplitReport {
     /// The report for `preds` at `thresholds`.
-    pub fn new(split: &str, preds: &[Prediction], t: &ChosenThresholds) -> Self {
+    pub fn new(split: SplitPart, preds: &[Prediction], t: &ChosenThresholds) -> Self {
         let s = scored(preds);
         let n_fractured = preds.iter().filter(|p| p.fractured).count();
         SplitReport {
-            split: split.into(),
+            split,
             n_fractured,
             n_non_fractured: preds.len() - n_fractured,
             at_suspicious: BinaryReport::new(&s, t.suspicious.threshold),
@@ -194,10 +195,13 @@ impl SplitReport {
             self.at_definite.balanced_accuracy,
         );
         TestMetrics {
-            split: self.split.clone(),
+            split: self.split.to_string(),
             n_per_class: BTreeMap::from([
-                ("fractured".to_owned(), self.n_fractured),
-                ("not_fractured".to_owned(), self.n_non_fractured),
+                (fv_core::reading::FRACTURED.to_owned(), self.n_fractured),
+                (
+                    fv_core::reading::NOT_FRACTURED.to_owned(),
+                    self.n_non_fractured,
+                ),
             ]),
             values,
         }

@@ -11,7 +11,7 @@ use super::eval::{ChosenThresholds, ClassifyMetrics, Prediction, SplitReport};
 use super::train::{build_model, TrainConfig};
 use super::{split_samples, RunData};
 use crate::data::classify::{load_planes, to_batch, Plane, Sample};
-use crate::data::FracAtlas;
+use crate::data::{FracAtlas, SplitPart};
 use crate::export::{
     training_record, write_manifest, write_model, AbsDiffs, ExportOptions, Exported,
 };
@@ -187,8 +187,8 @@ pub fn export_run(run: &RunDir, opts: &ExportOptions) -> anyhow::Result<Exported
                 let converted_metrics = ClassifyMetrics {
                     model: format!("{} ({:?}, tract)", config.model.name(), opts.precision),
                     checkpoint: run.best().display().to_string(),
-                    valid: SplitReport::new("valid", &valid, &chosen),
-                    test: Some(SplitReport::new("test", &test, &chosen)),
+                    valid: SplitReport::new(SplitPart::Valid, &valid, &chosen),
+                    test: Some(SplitReport::new(SplitPart::Test, &test, &chosen)),
                     thresholds: chosen,
                     load_failures: failures.into_iter().map(|f| f.message).collect(),
                     calibration,
@@ -240,7 +240,9 @@ pub fn export_run(run: &RunDir, opts: &ExportOptions) -> anyhow::Result<Exported
             shape: vec![1, 2],
             meaning: fv_core::manifest::OutputMeaning::Probabilities,
         }],
-        labels: vec!["not_fractured".into(), "fractured".into()],
+        labels: fv_core::reading::CLASSIFIER_LABELS
+            .map(String::from)
+            .to_vec(),
         thresholds,
         probability_calibration: calibration,
         fusion: None,

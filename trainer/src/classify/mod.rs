@@ -15,7 +15,7 @@ use self::eval::{
 };
 use self::train::{build_model, TrainConfig, TrainSummary};
 use crate::data::classify::Sample;
-use crate::data::{ClassificationSplitConfig, FracAtlas, Split};
+use crate::data::{ClassificationSplitConfig, FracAtlas, Split, SplitPart};
 use crate::run::RunDir;
 use anyhow::Context as _;
 use burn::tensor::Device;
@@ -118,16 +118,17 @@ pub fn classify(
     ) {
         tracing::warn!("{}: could not draw the loss figure: {e}", run.0.display());
     }
-    let metrics = evaluate(data_dir, run, &["valid", "test"], device)?;
+    let metrics = evaluate(data_dir, run, true, device)?;
     Ok((summary, Some(metrics)))
 }
 
-/// Re-evaluates a run's best checkpoint: thresholds on validation, then `splits`.
+/// Re-evaluates a run's best checkpoint: calibration and thresholds on validation, then
+/// test too when `with_test`.
 /// Writes `RUN/metrics.json` and `RUN/predictions.csv`.
 pub fn evaluate(
     data_dir: &Path,
     run: &RunDir,
-    splits: &[&str],
+    with_test: bool,
     device: &Device,
 ) -> anyhow::Result<ClassifyMetrics> {
     let read = |name: &str| {
@@ -150,7 +151,7 @@ pub fn evaluate(
 
     let (mut valid, mut failures) = score(&model, &valid_s, &config, device);
     let mut test_preds = Vec::new();
-    if splits.contains(&"test") {
+    if with_test {
         let (preds, f) = score(&model, &test_s, &config, device);
         failures.extend(f);
         test_preds = preds;
@@ -161,20 +162,20 @@ pub fn evaluate(
         "the validation split needs both fractured and non-fractured images to choose thresholds",
     )?;
     let mut test = None;
-    let mut parts: Vec<(&str, Vec<_>)> = vec![("valid", valid.clone())];
-    if splits.contains(&"test") {
-        test = Some(SplitReport::new("test", &test_preds, &thresholds));
-        parts.push(("test", test_preds));
+    let mut parts: Vec<(SplitPart, Vec<_>)> = vec![(SplitPart::Valid, valid.clone())];
+    if with_test {
+        test = Some(SplitReport::new(SplitPart::Test, &test_preds, &thresholds));
+        parts.push((SplitPart::Test, test_preds));
     }
     let metrics = ClassifyMetrics {
         model: config.model.name().into(),
         checkpoint: run.best().display().to_string(),
-        valid: SplitReport::new("valid", &valid, &thresholds),
+        valid: SplitReport::new(SplitPart::Valid, &valid, &thresholds),
         thresholds,
         test,
         load_failures: failures,
         calibration,
-        uncalibrated_ece: if splits.contains(&"test") {
+        uncalibrated_ece: if with_test {
             uncalibrated_ece
         } else {
             uncalibrated_ece[..1].to_vec()
@@ -184,7 +185,10 @@ pub fn evaluate(
         run.0.join("metrics.json"),
         serde_json::to_string_pretty(&metrics)?,
     )?;
-    let refs: Vec<(&str, &[_])> = parts.iter().map(|(s, p)| (*s, p.as_slice())).collect();
+    let refs: Vec<(&str, &[_])> = parts
+        .iter()
+        .map(|(s, p)| (s.as_str(), p.as_slice()))
+        .collect();
     write_predictions(&run.0.join("predictions.csv"), &refs)?;
     // Figures help a reader but are not worth failing a finished evaluation for.
     if let Err(e) =

@@ -230,11 +230,12 @@ pub struct Split {
 
 impl Split {
     /// The three parts with their names.
-    pub fn parts(&self) -> [(&'static str, &[usize]); 3] {
+    pub fn parts(&self) -> [(super::SplitPart, &[usize]); 3] {
+        use super::SplitPart;
         [
-            ("train", &self.train),
-            ("valid", &self.valid),
-            ("test", &self.test),
+            (SplitPart::Train, &self.train),
+            (SplitPart::Valid, &self.valid),
+            (SplitPart::Test, &self.test),
         ]
     }
 }

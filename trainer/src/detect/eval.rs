@@ -9,6 +9,7 @@ use super::DetectConfig;
 use crate::data::classify::LoadFailure;
 use crate::data::detect::{eval_input, DetSample};
 use crate::data::fracatlas::Region;
+use crate::data::SplitPart;
 use crate::models::yolov8::{decode, YoloV8};
 use burn::tensor::{Device, Tensor, TensorData};
 use fv_core::detection::{decode_yolov8, nms, NmsOptions, NmsSettings};
@@ -188,7 +189,7 @@ impl BoxMetrics {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SplitMetrics {
     /// `valid` or `test`.
-    pub split: String,
+    pub split: SplitPart,
     /// Images.
     pub images: usize,
     /// Ground-truth boxes.
@@ -212,7 +213,7 @@ pub struct SplitMetrics {
 
 impl SplitMetrics {
     /// Scores `preds` against `inputs`' ground truth.
-    pub fn new(split: &str, inputs: &[EvalInput], preds: &[Vec<Detection>]) -> Self {
+    pub fn new(split: SplitPart, inputs: &[EvalInput], preds: &[Vec<Detection>]) -> Self {
         let ib = image_boxes(inputs.iter().zip(preds));
         let ap = coco_ap(&ib, 1);
         let conf = DetectionConfusion::new(&ib, 1, 0.25, 0.45);
@@ -222,7 +223,7 @@ impl SplitMetrics {
             regions.entry(i.sample.region).or_default().push((i, p));
         }
         SplitMetrics {
-            split: split.to_owned(),
+            split,
             images: inputs.len(),
             boxes: ib.iter().map(|i| i.ground_truth.len()).sum(),
             map50: ap.as_ref().map_or(0.0, |a| a.map50),

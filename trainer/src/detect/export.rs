@@ -12,7 +12,7 @@
 //! 126 ms with Softmax(axis 2), 74 ms as written here (BENCHMARKS.md).
 
 use super::{build_detector, eval, split, DetectConfig, DetectMetrics};
-use crate::data::FracAtlas;
+use crate::data::{FracAtlas, SplitPart};
 use crate::export::{
     training_record, write_manifest, write_model, AbsDiffs, ExportOptions, Exported,
 };
@@ -217,12 +217,12 @@ pub fn export_detector_run(run: &Path, opts: &ExportOptions) -> anyhow::Result<E
                 })
                 .collect();
             let diffs = AbsDiffs::of(diffs);
-            let m_ref = eval::SplitMetrics::new("valid", &valid_in, &pred_ref);
-            let m_conv = eval::SplitMetrics::new("valid", &valid_in, &pred_conv);
+            let m_ref = eval::SplitMetrics::new(SplitPart::Valid, &valid_in, &pred_ref);
+            let m_conv = eval::SplitMetrics::new(SplitPart::Valid, &valid_in, &pred_conv);
             let thresholds = eval::BoxThresholds::choose(&valid_in, &pred_conv);
             let (test_in, _) = eval::prepare(&test_s, &config);
             let (_, pred_test) = eval::predict_onnx(&converted, &test_in, classes)?;
-            let test = eval::SplitMetrics::new("test", &test_in, &pred_test);
+            let test = eval::SplitMetrics::new(SplitPart::Test, &test_in, &pred_test);
             let conversion = Conversion {
                 reference: Precision::Fp32,
                 method: report.method(),
@@ -293,7 +293,7 @@ pub fn export_detector_run(run: &Path, opts: &ExportOptions) -> anyhow::Result<E
             shape: vec![1, 4 + classes as i64, anchors as i64],
             meaning: fv_core::manifest::OutputMeaning::Yolov8,
         }],
-        labels: vec!["fracture".into()],
+        labels: vec![fv_core::reading::FRACTURE_BOX.into()],
         thresholds: Thresholds {
             suspicious: Probability::saturating(t.suspicious),
             definite: Probability::saturating(t.definite),

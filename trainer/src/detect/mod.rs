@@ -12,7 +12,7 @@ pub mod loss;
 
 use crate::data::classify::LoadFailure;
 use crate::data::detect::{load_cached, training_view, views_to_batch, DetAugment, DetSample};
-use crate::data::{ClassificationSplitConfig, FracAtlas};
+use crate::data::{ClassificationSplitConfig, FracAtlas, SplitPart};
 use crate::models::yolov8::{ultralytics_key_remapping, YoloV8, YoloV8Config};
 use crate::models::ModelKind;
 use crate::run::{progress_bar, save_checkpoint, save_resume_point, say};
@@ -518,7 +518,7 @@ pub fn train(
         log.flush()?;
         let eval_model = model.valid();
         let preds = eval::predict(&eval_model, &valid_inputs, config, device);
-        let report = eval::SplitMetrics::new("valid", &valid_inputs, &preds);
+        let report = eval::SplitMetrics::new(SplitPart::Valid, &valid_inputs, &preds);
         let n = state.partial_n.max(1) as f64;
         let rec = EpochRecord {
             epoch: epoch + 1,
@@ -638,16 +638,22 @@ pub fn evaluate_run(
     let [_, valid_s, test_s] = split(data, &config)?;
     let (valid_in, mut failures) = eval::prepare(&valid_s, &config);
     let valid_p = eval::predict(&model, &valid_in, &config, device);
-    let valid = eval::SplitMetrics::new("valid", &valid_in, &valid_p);
+    let valid = eval::SplitMetrics::new(SplitPart::Valid, &valid_in, &valid_p);
     let thresholds = eval::BoxThresholds::choose(&valid_in, &valid_p);
-    let mut series = vec![("valid".to_owned(), eval::pr_points(&valid_in, &valid_p))];
+    let mut series = vec![(
+        SplitPart::Valid.to_string(),
+        eval::pr_points(&valid_in, &valid_p),
+    )];
     let mut grid = (valid_in, valid_p, "valid_grid.png");
     let test = if with_test {
         let (test_in, f) = eval::prepare(&test_s, &config);
         failures.extend(f);
         let test_p = eval::predict(&model, &test_in, &config, device);
-        let m = eval::SplitMetrics::new("test", &test_in, &test_p);
-        series.push(("test".to_owned(), eval::pr_points(&test_in, &test_p)));
+        let m = eval::SplitMetrics::new(SplitPart::Test, &test_in, &test_p);
+        series.push((
+            SplitPart::Test.to_string(),
+            eval::pr_points(&test_in, &test_p),
+        ));
         grid = (test_in, test_p, "test_grid.png");
         Some(m)
     } else {
