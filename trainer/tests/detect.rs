@@ -46,7 +46,7 @@ fn train_evaluate_export(kind: DetectorKind, export: bool) {
     for v in [m.valid.map50, m.valid.map50_95, test.map50, test.map50_95] {
         assert!((0.0..=1.0).contains(&v), "{v}");
     }
-    assert!(m.thresholds.suspicious <= m.thresholds.definite);
+    assert!(m.thresholds.scores.suspicious <= m.thresholds.scores.definite);
     for f in [
         "metrics.json",
         "pr.png",

@@ -17,7 +17,7 @@ use fv_core::metrics::detection::{
     coco_ap, pr_curve, DetectionConfusion, GroundTruth, ImageBoxes, PrPoint,
 };
 use fv_core::preprocess::{Geometry, InputSpec};
-use fv_core::{BoxXyxy, Detection};
+use fv_core::{BoxXyxy, Detection, Probability};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -243,10 +243,10 @@ impl SplitMetrics {
 /// Box score thresholds chosen on validation.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BoxThresholds {
-    /// Boxes at or above this are shown as suspicious.
-    pub suspicious: f64,
-    /// Boxes at or above this are shown as definite.
-    pub definite: f64,
+    /// Boxes at or above `suspicious` are shown as suspicious, at or above `definite` as
+    /// definite: the manifest's own type, written into it as chosen.
+    #[serde(flatten)]
+    pub scores: fv_core::manifest::Thresholds,
     /// How they were chosen.
     pub rule: String,
 }
@@ -279,8 +279,10 @@ impl BoxThresholds {
             .min(definite.0)
             .max(floor.min(definite.0));
         BoxThresholds {
-            suspicious,
-            definite: definite.0,
+            scores: fv_core::manifest::Thresholds {
+                suspicious: Probability::saturating(suspicious),
+                definite: Probability::saturating(definite.0),
+            },
             rule: format!(
                 "definite: best validation F1 at IoU 0.5 ({:.3}); suspicious: validation recall {:.2} reached",
                 definite.1.max(0.0),
@@ -364,4 +366,23 @@ pub fn draw_grid(
     canvas
         .save(path)
         .map_err(|e| anyhow::anyhow!("{}: cannot write: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::BoxThresholds;
+
+    #[test]
+    fn box_thresholds_keep_the_file_shape_and_refuse_a_score_outside_zero_one() {
+        let old = r#"{"suspicious": 0.059, "definite": 0.173, "rule": "as chosen"}"#;
+        let t: BoxThresholds = serde_json::from_str(old).unwrap();
+        assert_eq!(t.scores.definite.get(), 0.173);
+        let again: serde_json::Value = serde_json::to_value(&t).unwrap();
+        assert_eq!(
+            again,
+            serde_json::from_str::<serde_json::Value>(old).unwrap()
+        );
+        let bad = r#"{"suspicious": 1.5, "definite": 0.173, "rule": "x"}"#;
+        assert!(serde_json::from_str::<BoxThresholds>(bad).is_err());
+    }
 }

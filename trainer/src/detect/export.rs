@@ -24,9 +24,8 @@ use anyhow::Context as _;
 use burn::tensor::{Device, Tensor};
 use burn_onnx::export::OnnxExporter;
 use fv_core::manifest::{
-    Conversion, Manifest, OutputSpec, Precision, Task, TestMetrics, Thresholds, MANIFEST_VERSION,
+    Conversion, Manifest, OutputSpec, Precision, Task, TestMetrics, MANIFEST_VERSION,
 };
-use fv_core::Probability;
 use fv_runtime::TractEngine;
 use rand::seq::SliceRandom as _;
 use rand::SeedableRng as _;
@@ -294,10 +293,7 @@ pub fn export_detector_run(run: &Path, opts: &ExportOptions) -> anyhow::Result<E
             meaning: fv_core::manifest::OutputMeaning::Yolov8,
         }],
         labels: vec![fv_core::reading::FRACTURE_BOX.into()],
-        thresholds: Thresholds {
-            suspicious: Probability::saturating(t.suspicious),
-            definite: Probability::saturating(t.definite),
-        },
+        thresholds: t.scores,
         probability_calibration: None,
         fusion: None,
         nms: Some(fv_core::detection::NmsSettings::EDGE),

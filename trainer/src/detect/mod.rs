@@ -696,7 +696,8 @@ pub fn summary_table(m: &DetectMetrics) -> String {
     let f = |v: Option<f64>| v.map_or("  n/a ".to_owned(), |v| format!("{v:.3}"));
     out += &format!(
         "box thresholds (validation): suspicious {:.3}, definite {:.3}\n",
-        m.thresholds.suspicious, m.thresholds.definite
+        m.thresholds.scores.suspicious.get(),
+        m.thresholds.scores.definite.get()
     );
     for s in std::iter::once(&m.valid).chain(m.test.as_ref()) {
         out += &format!(
