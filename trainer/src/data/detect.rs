@@ -11,7 +11,9 @@ use rand::{Rng, RngExt};
 use rayon::prelude::*;
 use std::path::PathBuf;
 
-/// A box `[x1, y1, x2, y2]` in pixels.
+/// A box `[x1, y1, x2, y2]` in input pixels, as the training batches, the assigner and the
+/// loss carry it: a plain array for the hot loops; reports and the edge use
+/// [`fv_core::BoxXyxy`].
 pub type Xyxy = [f32; 4];
 
 /// The grey YOLOv8 pads with (114 of 255).

@@ -5,8 +5,7 @@
 //! gradient flows through it, and a few hundred ground-truth/anchor pairs per image are cheaper
 //! here than as dense `[batch, boxes, anchors]` tensors.
 
-/// An axis-aligned box `[x1, y1, x2, y2]` in input pixels.
-pub type Xyxy = [f32; 4];
+pub use crate::data::detect::Xyxy;
 
 /// The assigner's settings (Ultralytics' v8 loss: top 10, α 0.5, β 6).
 #[derive(Clone, Copy, Debug, PartialEq)]
