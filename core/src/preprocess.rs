@@ -64,8 +64,15 @@ fn default_input_name() -> String {
 
 /// Ultralytics pads letterboxes with grey 114.
 fn default_pad() -> f32 {
-    114.0 / 255.0
+    f32::from(LETTERBOX_PAD) / 255.0
 }
+
+/// ImageNet's per-channel mean, what the pretrained backbones were normalised with.
+pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+/// ImageNet's per-channel standard deviation.
+pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+/// The grey Ultralytics pads letterboxes with, of 255.
+pub const LETTERBOX_PAD: u8 = 114;
 
 impl InputSpec {
     /// A 3-channel input normalized with ImageNet's mean and std.
@@ -78,8 +85,8 @@ impl InputSpec {
             layout: Layout::Nchw,
             resize,
             pad_value: default_pad(),
-            mean: vec![0.485, 0.456, 0.406],
-            std: vec![0.229, 0.224, 0.225],
+            mean: IMAGENET_MEAN.to_vec(),
+            std: IMAGENET_STD.to_vec(),
         }
     }
 

@@ -16,8 +16,8 @@ use std::path::PathBuf;
 /// [`fv_core::BoxXyxy`].
 pub type Xyxy = [f32; 4];
 
-/// The grey YOLOv8 pads with (114 of 255).
-pub const PAD: u8 = 114;
+/// The grey YOLOv8 pads with: the same value fv-core's letterbox uses at the edge.
+pub const PAD: u8 = fv_core::preprocess::LETTERBOX_PAD;
 
 /// One image and its ground truth, in displayed pixels (after EXIF orientation).
 #[derive(Clone, Debug, PartialEq)]

@@ -86,7 +86,10 @@ impl ModelKind {
         match self {
             // google/vit-base-patch16-224's image processor: mean and std 0.5.
             ModelKind::VitB16 => ([0.5; 3], [0.5; 3]),
-            _ => ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+            _ => (
+                fv_core::preprocess::IMAGENET_MEAN,
+                fv_core::preprocess::IMAGENET_STD,
+            ),
         }
     }
 }
