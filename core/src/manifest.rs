@@ -44,13 +44,20 @@ impl std::fmt::Display for Precision {
     }
 }
 
-/// A precision that is not `fp32`, `fp16` or `int8`.
+/// A word that names none of an enum's values (`--precision int4`, a run's `task` file).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("unknown precision `{0}`: use fp32, fp16 or int8")]
-pub struct UnknownPrecision(pub String);
+#[error("unknown {kind} `{value}`: use {choices}")]
+pub struct UnknownValue {
+    /// What was being read (`precision`, `task`).
+    pub kind: &'static str,
+    /// What was given.
+    pub value: String,
+    /// The words that would do.
+    pub choices: &'static str,
+}
 
 impl std::str::FromStr for Precision {
-    type Err = UnknownPrecision;
+    type Err = UnknownValue;
 
     /// The manifest's spelling, as [`Precision`]'s `Display` writes it; the one parser for
     /// command lines, environment variables and config files.
@@ -59,7 +66,38 @@ impl std::str::FromStr for Precision {
             "fp32" => Ok(Precision::Fp32),
             "fp16" => Ok(Precision::Fp16),
             "int8" => Ok(Precision::Int8),
-            _ => Err(UnknownPrecision(s.to_owned())),
+            _ => Err(UnknownValue {
+                kind: "precision",
+                value: s.to_owned(),
+                choices: "fp32, fp16 or int8",
+            }),
+        }
+    }
+}
+
+impl std::fmt::Display for Task {
+    /// The manifest's spelling: `classify`, `detect`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Task::Classify => "classify",
+            Task::Detect => "detect",
+        })
+    }
+}
+
+impl std::str::FromStr for Task {
+    type Err = UnknownValue;
+
+    /// The manifest's spelling, as `Display` writes it.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "classify" => Ok(Task::Classify),
+            "detect" => Ok(Task::Detect),
+            _ => Err(UnknownValue {
+                kind: "task",
+                value: s.to_owned(),
+                choices: "classify or detect",
+            }),
         }
     }
 }

@@ -2,13 +2,14 @@
 //! (decode → preprocess → classify → detect → result) adds, measured side by side in one run
 //! so that ratios mean something on a shared machine.
 
-use crate::pipeline::{file_source, DetectPolicy, Pipeline, PipelineConfig};
+use crate::pipeline::{file_source, Pipeline, PipelineConfig};
 use anyhow::Context as _;
 use fv_core::imaging::DecodeOptions;
 use fv_core::manifest::{Precision, Task};
 use fv_core::preprocess::preprocess;
 use fv_runtime::engine::{EngineKind, OpTime};
 use fv_runtime::models::{load_with, scan, Found, Model, Models};
+use fv_runtime::DetectPolicy;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::Instant;

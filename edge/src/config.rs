@@ -4,7 +4,7 @@
 use crate::outbox::OutboxLimits;
 use fv_core::imaging::DecodeOptions;
 use fv_core::manifest::Precision;
-use fv_runtime::{DetectPolicy, Selection};
+use fv_runtime::{DetectPolicy, ReadOptions, Selection};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -160,24 +160,12 @@ pub struct ReadSettings {
     pub selection: Selection,
     /// Threads for one inference (`None`: the cores available).
     pub threads: Option<usize>,
-    /// When the detector runs.
-    pub detect: DetectPolicy,
-    /// Smallest box score reported.
-    pub min_score: f32,
+    /// When the detector runs and the smallest box score reported.
+    pub read: ReadOptions,
     /// Input limits; `reduce_to` is set from the models once they are loaded.
     pub decode: DecodeOptions,
     /// Decode large JPEGs at the DCT scale the models need.
     pub reduced_decode: bool,
-}
-
-impl ReadSettings {
-    /// How a [`fv_runtime::Models::read`] call reads, from these settings.
-    pub fn read_options(&self) -> fv_runtime::ReadOptions {
-        fv_runtime::ReadOptions {
-            detect: self.detect,
-            min_score: self.min_score,
-        }
-    }
 }
 
 macro_rules! merge {
@@ -270,8 +258,10 @@ impl Layer {
                 engine_cache: Some(engine_cache),
             },
             threads: self.threads,
-            detect: self.detect.unwrap_or_default(),
-            min_score: self.min_score.unwrap_or(DEFAULT_MIN_SCORE),
+            read: ReadOptions {
+                detect: self.detect.unwrap_or_default(),
+                min_score: self.min_score.unwrap_or(DEFAULT_MIN_SCORE),
+            },
             decode: DecodeOptions {
                 max_pixels: self.max_pixels.unwrap_or(DecodeOptions::DEFAULT_MAX_PIXELS),
                 max_file_bytes: self
@@ -368,8 +358,8 @@ mod tests {
             .unwrap();
         assert_eq!(d.site, DEFAULT_SITE);
         assert_eq!(d.models, PathBuf::from(DEFAULT_MODELS));
-        assert_eq!(d.min_score, DEFAULT_MIN_SCORE);
-        assert_eq!(d.detect, DetectPolicy::Suspicious);
+        assert_eq!(d.read.min_score, DEFAULT_MIN_SCORE);
+        assert_eq!(d.read.detect, DetectPolicy::Suspicious);
         assert_eq!(d.selection.engine, fv_runtime::EngineKind::Auto);
         assert!(!d.reduced_decode);
         let flags = Layer {
@@ -382,7 +372,7 @@ mod tests {
             .merge(&env)
             .read_settings(PathBuf::from("cache"))
             .unwrap();
-        assert_eq!((r.site.as_str(), r.min_score), ("clinic-a", 0.5));
+        assert_eq!((r.site.as_str(), r.read.min_score), ("clinic-a", 0.5));
         let bad = Layer {
             site: Some("a/b".into()),
             ..Default::default()

@@ -249,7 +249,7 @@ pub fn run(layer: Layer) -> anyhow::Result<()> {
             site: site.clone(),
             device: device.clone(),
             uid_salt: uid_salt(layer.uid_salt.clone(), &r.state)?,
-            read: read.read_options(),
+            read: read.read,
         },
     };
     let limits = layer.outbox.unwrap_or_default();
@@ -470,7 +470,7 @@ pub fn run(layer: Layer) -> anyhow::Result<()> {
                     let text = format!("{e:#}")
                         .replace(&name, &fleet_name(&name, &pipeline.config.uid_salt));
                     stats.lock().expect("stats lock").last_error =
-                        Some(crate::input::bounded(&text, 500).into_owned());
+                        Some(crate::input_error::bounded(&text, 500).into_owned());
                     retry.insert(path, (Instant::now() + delay, delay));
                 }
             }
@@ -496,7 +496,7 @@ pub fn run(layer: Layer) -> anyhow::Result<()> {
 /// A frame from the grabber.
 struct Frame {
     name: String,
-    image: Result<fv_core::imaging::XrayImage, crate::input::InputError>,
+    image: Result<fv_core::imaging::XrayImage, crate::input_error::InputError>,
     captured_at: String,
 }
 
@@ -687,7 +687,7 @@ fn process_file(
                 .filter(|f: &InFlight| f.journal == jpath);
             let attempts = earlier.map_or(0, |f| f.attempts);
             let outcome = if attempts >= MAX_ATTEMPTS {
-                let e = crate::input::InputError {
+                let e = crate::input_error::InputError {
                     code: "crashed",
                     message: format!(
                         "{}: fv-edge stopped {attempts} times while reading this file (out of memory, or a decoder's abort); quarantined so that the inputs behind it are read",

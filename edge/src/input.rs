@@ -2,7 +2,7 @@
 //! what the result message may say about it (never a patient identifier).
 
 use crate::dicom;
-pub use crate::input_error::{bounded, InputError};
+use crate::input_error::InputError;
 use fv_core::imaging::{decode_bytes, read_bounded, DecodeOptions, XrayImage};
 use fv_core::result::SourceKind;
 use std::path::Path;

@@ -1,8 +1,9 @@
 //! `fv-edge`: the daemon beside a portable X-ray unit. It reads images (watch folder with
-//! DICOM, PNG/TIFF 16-bit and JPEG), runs the exported models through fv-runtime (tract, or ONNX Runtime where it loads), and publishes
-//! results over MQTT through an on-disk outbox, writing a local result and overlay for the
-//! person at the unit. As a DICOM node it also takes images by C-STORE and returns a
-//! Structured Report per DICOM image to the PACS. The binary in `main.rs` is a thin shell over this library.
+//! DICOM, PNG/TIFF 16-bit and JPEG), runs the exported models through fv-runtime (tract, or
+//! ONNX Runtime where it loads), and publishes results over MQTT through an on-disk outbox,
+//! writing a local result and overlay for the person at the unit. As a DICOM node it also
+//! takes images by C-STORE and returns a Structured Report per DICOM image to the PACS. The
+//! binary in `main.rs` is a thin shell over this library.
 
 pub mod bench;
 pub mod config;

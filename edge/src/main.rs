@@ -7,8 +7,9 @@ use clap::{Parser, Subcommand};
 use fv_core::imaging::DecodeOptions;
 use fv_core::manifest::Precision;
 use fv_edge::config::{Layer, MqttSettings};
-use fv_edge::pipeline::{file_source, DetectPolicy, Pipeline, PipelineConfig};
+use fv_edge::pipeline::{file_source, Pipeline, PipelineConfig};
 use fv_runtime::engine::EngineKind;
+use fv_runtime::DetectPolicy;
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -255,7 +256,7 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
                         .uid_salt
                         .clone()
                         .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()),
-                    read: read.read_options(),
+                    read: read.read,
                 },
             };
             let mut out = std::io::stdout().lock();

@@ -2,9 +2,9 @@
 //! fv-core's preprocessing, the engines, the outputs read at the thresholds chosen on
 //! validation); this module adds who, what and when.
 
-use crate::input::{Input, InputError};
+use crate::input::Input;
+use crate::input_error::InputError;
 use fv_core::result::{ResultMessage, Source, SourceKind, Study, Timing, RESULT_SCHEMA};
-pub use fv_runtime::DetectPolicy;
 use fv_runtime::{Model, Models, ReadOptions};
 use sha2::{Digest, Sha256};
 use std::time::Instant;

@@ -4,13 +4,14 @@
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use fv_core::manifest::Task;
 use fv_train::classify::train::{LrSchedule, Sampling, TrainConfig};
 use fv_train::classify::{classify, evaluate, summary_table, RunData};
 use fv_train::data::check::DataCheckReport;
 use fv_train::data::{ClassificationSplitConfig, FracAtlas, SplitPart};
 use fv_train::detect::{self, DetectConfig, DetectorKind};
 use fv_train::models::ModelKind;
-use fv_train::run::{record_start, RunDir, Task};
+use fv_train::run::{record_start, task_of, RunDir};
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -550,7 +551,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 calibration,
                 ..defaults
             };
-            let e = if Task::of(&run)? == Task::Detect {
+            let e = if task_of(&run)? == Task::Detect {
                 detect::export::export_detector_run(&run, &opts)?
             } else {
                 fv_train::classify::export::export_run(&RunDir(run), &opts)?
@@ -635,7 +636,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 "--split train: a model's figures on its own training images say nothing of unseen ones; use valid or test"
             );
             let with_test = split == SplitPart::Test;
-            if Task::of(&run)? == Task::Detect {
+            if task_of(&run)? == Task::Detect {
                 let atlas = FracAtlas::open(&data)
                     .with_context(|| format!("loading FracAtlas from {}", data.display()))?;
                 let m = detect::evaluate_run(&atlas, &run, with_test, &device.device()?)?;

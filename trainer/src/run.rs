@@ -5,6 +5,7 @@
 use anyhow::Context as _;
 use burn::module::Module;
 use burn::store::{BurnToPyTorchAdapter, BurnpackStore, ModuleSnapshot, SafetensorsStore};
+use fv_core::manifest::Task;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
@@ -155,60 +156,39 @@ pub fn git_commit() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
-/// What a run folder trains: recorded in `RUN/task` when the run starts, so that `eval` and
-/// `export` never have to guess from the shape of `config.json`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Task {
-    /// `fv-train classify`.
-    Classify,
-    /// `fv-train detect`.
-    Detect,
-}
-
-impl Task {
-    fn word(self) -> &'static str {
-        match self {
-            Task::Classify => "classify",
-            Task::Detect => "detect",
+/// What a run folder trains, as recorded in `RUN/task` when the run starts (fv-core's
+/// manifest [`Task`], in its spelling), so that `eval` and `export` never have to guess from
+/// the shape of `config.json`. Runs made before the record existed have none: a detector's
+/// `config.json` parses as a [`crate::detect::DetectConfig`], a classifier's never does.
+pub fn task_of(run: &Path) -> anyhow::Result<Task> {
+    let path = run.join("task");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => text
+            .trim()
+            .parse()
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let config = run.join("config.json");
+            let text = std::fs::read_to_string(&config).with_context(|| {
+                format!(
+                    "{}: cannot read; pass a run folder made by fv-train classify or detect",
+                    config.display()
+                )
+            })?;
+            let detect = serde_json::from_str::<crate::detect::DetectConfig>(&text).is_ok();
+            Ok(if detect { Task::Detect } else { Task::Classify })
         }
-    }
-
-    /// The task recorded in `run`. Runs made before the record existed have none: a detector's
-    /// `config.json` names a `model` among the detectors, which a classifier's never does.
-    pub fn of(run: &Path) -> anyhow::Result<Task> {
-        let path = run.join("task");
-        match std::fs::read_to_string(&path) {
-            Ok(text) => match text.trim() {
-                "classify" => Ok(Task::Classify),
-                "detect" => Ok(Task::Detect),
-                other => anyhow::bail!(
-                    "{}: unknown task {other:?} (expected classify or detect)",
-                    path.display()
-                ),
-            },
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let config = run.join("config.json");
-                let text = std::fs::read_to_string(&config).with_context(|| {
-                    format!(
-                        "{}: cannot read; pass a run folder made by fv-train classify or detect",
-                        config.display()
-                    )
-                })?;
-                let detect = serde_json::from_str::<crate::detect::DetectConfig>(&text).is_ok();
-                Ok(if detect { Task::Detect } else { Task::Classify })
-            }
-            Err(e) => Err(e).with_context(|| format!("{}: cannot read", path.display())),
-        }
+        Err(e) => Err(e).with_context(|| format!("{}: cannot read", path.display())),
     }
 }
 
 /// Records, when a run starts, what it trains, the exact command and the commit: the
-/// manifest's provenance and [`Task::of`] read them back.
+/// manifest's provenance and [`task_of`] read them back.
 pub fn record_start(run: &Path, task: Task) -> anyhow::Result<()> {
     std::fs::create_dir_all(run).with_context(|| format!("{}: cannot create", run.display()))?;
     let command: Vec<String> = std::env::args().collect();
     for (name, text) in [
-        ("task", task.word().to_owned()),
+        ("task", task.to_string()),
         ("command.txt", command.join(" ")),
         ("git_commit.txt", git_commit()),
     ] {
@@ -228,7 +208,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let det = tmp.path().join("det");
         record_start(&det, Task::Detect).unwrap();
-        assert_eq!(Task::of(&det).unwrap(), Task::Detect);
+        assert_eq!(task_of(&det).unwrap(), Task::Detect);
         assert!(det.join("command.txt").is_file() && det.join("git_commit.txt").is_file());
         // Before `task` was recorded: a detector's config parses as one, a classifier's not.
         let old = tmp.path().join("old");
@@ -239,16 +219,16 @@ mod tests {
             serde_json::to_string(&config).unwrap(),
         )
         .unwrap();
-        assert_eq!(Task::of(&old).unwrap(), Task::Detect);
+        assert_eq!(task_of(&old).unwrap(), Task::Detect);
         std::fs::write(
             old.join("config.json"),
             "{\"model\": \"efficientnet-lite0\"}",
         )
         .unwrap();
-        assert_eq!(Task::of(&old).unwrap(), Task::Classify);
+        assert_eq!(task_of(&old).unwrap(), Task::Classify);
         std::fs::write(old.join("task"), "segment\n").unwrap();
-        let e = Task::of(&old).unwrap_err().to_string();
+        let e = task_of(&old).unwrap_err().to_string();
         assert!(e.contains("segment"), "{e}");
-        assert!(Task::of(&tmp.path().join("none")).is_err());
+        assert!(task_of(&tmp.path().join("none")).is_err());
     }
 }

@@ -1,9 +1,7 @@
-//! Classification: `classify` and `eval` end to end (this file), the supervised training
-//! loop (`train.rs`), the two-stage SSL model (`ssl.rs`), scoring and thresholds (`eval.rs`)
-//! and ONNX export (`export.rs`), as `detect/` is laid out for the detector.
-//!
-//! The `classify` and `eval` commands end to end: data, split, training, scoring, thresholds
-//! chosen on validation, and the files a run leaves behind.
+//! Classification, laid out as `detect/` is for the detector: the `classify` and `eval`
+//! commands end to end in this file (data, split, training, scoring, thresholds chosen on
+//! validation, the files a run leaves behind), the supervised training loop (`train.rs`), the
+//! two-stage SSL model (`ssl.rs`), scoring and thresholds (`eval.rs`) and export (`export.rs`).
 
 pub mod eval;
 pub mod export;
