@@ -286,7 +286,7 @@ impl ImageHeader {
 pub struct Decoded {
     /// The pixels in display orientation.
     pub image: XrayImage,
-    /// The header.
+    /// Format, stored size and EXIF orientation, as read before decoding.
     pub header: ImageHeader,
 }
 
@@ -338,7 +338,7 @@ pub enum DecodeError {
     /// Not a regular file (a device, a pipe, a directory, a link where links are refused).
     #[error("{path}: not a regular file ({what}); fv-edge reads regular files only")]
     NotAFile {
-        /// The path.
+        /// The file that is not one.
         path: PathBuf,
         /// What it is.
         what: &'static str,

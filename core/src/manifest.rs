@@ -256,6 +256,11 @@ pub struct Manifest {
     /// that detector installed ([`crate::reading::image_reading`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fusion: Option<crate::reading::Fusion>,
+    /// Horizontal-flip test-time augmentation (classifiers; chosen on validation by `fv-train
+    /// fuse`): the raw probability is the mean of the raw probabilities on the image and on
+    /// its mirror, and the calibration, thresholds and fusion above are fitted to that mean.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub test_time_hflip: bool,
     /// How boxes are suppressed (detectors). Absent: [`crate::detection::NmsSettings::EDGE`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nms: Option<crate::detection::NmsSettings>,
@@ -372,6 +377,9 @@ impl Manifest {
         if !is_sha256(&self.onnx_sha256) {
             return Err("`onnx_sha256` is not 64 hex digits".into());
         }
+        if self.test_time_hflip && self.task != Task::Classify {
+            return Err("`test_time_hflip` belongs in a classifier's manifest".into());
+        }
         if let Some(f) = &self.fusion {
             if self.task != Task::Classify {
                 return Err("`fusion` belongs in a classifier's manifest".into());
@@ -462,6 +470,7 @@ mod tests {
             },
             probability_calibration: None,
             fusion: None,
+            test_time_hflip: false,
             nms: None,
             precision: Precision::Fp32,
             metrics: None,

@@ -166,6 +166,22 @@ pub struct InputTensor {
     pub data: Vec<f32>,
 }
 
+impl InputTensor {
+    /// The tensor mirrored left to right (every row reversed), for horizontal-flip
+    /// test-time augmentation: the model sees the image as training's flips showed it.
+    pub fn mirrored(&self) -> InputTensor {
+        let w = self.shape[3].max(1);
+        let mut data = self.data.clone();
+        for row in data.chunks_exact_mut(w) {
+            row.reverse();
+        }
+        InputTensor {
+            shape: self.shape,
+            data,
+        }
+    }
+}
+
 /// How original pixels map to model pixels: `model = original * scale + pad`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Geometry {
@@ -358,6 +374,22 @@ mod tests {
         assert_eq!((stretch.shorter, stretch.longer), (768, 768));
         let letterbox = InputSpec::yolo(320).min_decoded_sides();
         assert_eq!((letterbox.shorter, letterbox.longer), (0, 640));
+    }
+
+    #[test]
+    fn a_mirrored_tensor_is_the_preprocessed_mirror_image() {
+        // A left-to-right ramp, not symmetric: mirroring the tensor must equal
+        // preprocessing the mirrored image, in every channel.
+        let img = Gray8::from_fn(7, 5, |x, y| Luma([(x * 30 + y) as u8]));
+        let flipped = image::imageops::flip_horizontal(&img);
+        let spec = InputSpec::imagenet(7, 5, ResizeMode::Stretch);
+        let a = preprocess(&XrayImage::from_gray8(img), &spec)
+            .tensor
+            .mirrored();
+        let b = preprocess(&XrayImage::from_gray8(flipped), &spec).tensor;
+        assert_eq!(a.shape, b.shape);
+        assert!(a.data.iter().zip(&b.data).all(|(x, y)| close(*x, *y)));
+        assert!(!close(a.data[0], a.data[6]));
     }
 
     #[test]

@@ -31,17 +31,25 @@ pub enum ReadoutError {
     /// The classifier returned a different number of values than it has labels.
     #[error("model {model}: the classifier returned {got} values for {labels} labels; the ONNX file and its manifest do not belong together (re-export both)")]
     ClassifierShape {
-        /// The model.
+        /// The model's name, from its manifest.
         model: String,
         /// Values returned.
         got: usize,
         /// Labels in the manifest.
         labels: usize,
     },
+    /// The classifier was read on other views than its manifest asks for.
+    #[error("model {model}: its manifest asks for {expected} view(s) of the image (test_time_hflip), and the reading had another number")]
+    Views {
+        /// The model's name, from its manifest.
+        model: String,
+        /// 2 with `test_time_hflip`, else 1.
+        expected: usize,
+    },
     /// The detector's output is not `(4 + classes) × anchors`.
     #[error("model {model}: {source}")]
     DetectorShape {
-        /// The model.
+        /// The model's name, from its manifest.
         model: String,
         /// The shape problem.
         source: crate::detection::YoloShapeError,
@@ -220,14 +228,54 @@ pub fn fusion_with<'a>(
     (detector?.onnx_sha256 == fusion.detector_sha256).then_some(fusion)
 }
 
+/// The classifier's first output on each view its manifest asks for: the image, and its
+/// mirror when `test_time_hflip` is set ([`crate::preprocess::InputTensor::mirrored`]).
+#[derive(Clone, Copy, Debug)]
+pub struct ClassifierViews<'a> {
+    /// On the image.
+    pub image: &'a [f32],
+    /// On the image mirrored left to right.
+    pub mirrored: Option<&'a [f32]>,
+}
+
+impl<'a> ClassifierViews<'a> {
+    /// The image alone.
+    pub fn single(image: &'a [f32]) -> Self {
+        ClassifierViews {
+            image,
+            mirrored: None,
+        }
+    }
+
+    /// The fracture class's raw probability as the manifest defines it: on the image, or the
+    /// mean over the image and its mirror. A missing or unexpected mirror is an error, so a
+    /// caller cannot silently read a model on another scale than it was calibrated on.
+    pub fn raw(&self, manifest: &Manifest) -> Result<Probability, ReadoutError> {
+        let image = classifier_raw(manifest, self.image)?;
+        match (manifest.test_time_hflip, self.mirrored) {
+            (false, None) => Ok(image),
+            (true, Some(m)) => {
+                let mirrored = classifier_raw(manifest, m)?;
+                Ok(Probability::saturating(
+                    (image.get() + mirrored.get()) / 2.0,
+                ))
+            }
+            (expected, _) => Err(ReadoutError::Views {
+                model: manifest.name.clone(),
+                expected: if expected { 2 } else { 1 },
+            }),
+        }
+    }
+}
+
 /// The one function from model outputs to the image's reading. `detector` is the detector's
 /// manifest and first output when it ran on this image.
 pub fn image_reading(
     classifier: &Manifest,
-    classifier_out: &[f32],
+    views: ClassifierViews<'_>,
     detector: Option<(&Manifest, &[f32])>,
 ) -> Result<ImageReading, ReadoutError> {
-    let raw = classifier_raw(classifier, classifier_out)?;
+    let raw = views.raw(classifier)?;
     if let Some((dm, out)) = detector {
         if let Some(f) = fusion_with(classifier, Some(dm)) {
             let top = detector_top_score(dm, out)?;

@@ -40,7 +40,7 @@ pub struct Latency {
     pub p50_ms: f64,
     /// 95th percentile (nearest rank).
     pub p95_ms: f64,
-    /// Mean.
+    /// Mean milliseconds over the timed iterations (after warm-up).
     pub mean_ms: f64,
     /// Runs per second at the mean.
     pub per_s: f64,
@@ -95,7 +95,7 @@ pub struct PathRow {
     pub decode: String,
     /// Width × height as decoded.
     pub size: String,
-    /// Engine.
+    /// The engine that ran (`tract`, `ort-cpu`, …).
     pub engine: String,
     /// Classifier precision.
     pub precision: Precision,
@@ -375,8 +375,10 @@ pub fn run(o: &BenchOptions, progress: &mut dyn FnMut(&str)) -> anyhow::Result<R
                 })
                 .map_or(f64::NAN, |r| r.latency.p50_ms)
         };
-        // The engine's share of the path: the classifier, plus the detector when it runs.
-        let engine_p50 = p50_of(f) + detector.map_or(0.0, p50_of);
+        // The engine's share of the path: the classifier (twice when its manifest asks for
+        // test-time flips), plus the detector when it runs.
+        let views = if f.manifest.test_time_hflip { 2.0 } else { 1.0 };
+        let engine_p50 = views * p50_of(f) + detector.map_or(0.0, p50_of);
         // Each input decoded whole (the daemon's default) and, as `reduced_decode` does, at
         // the DCT scale the models need, in the same run.
         let runs = inputs

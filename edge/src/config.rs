@@ -2,11 +2,13 @@
 //! environment variables (which override both, so a service manager can pin a value).
 
 use crate::outbox::OutboxLimits;
+use anyhow::Context as _;
 use fv_core::imaging::DecodeOptions;
 use fv_core::manifest::Precision;
 use fv_runtime::{DetectPolicy, ReadOptions, Selection};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// MQTT settings.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -168,6 +170,74 @@ pub struct ReadSettings {
     pub reduced_decode: bool,
 }
 
+/// The state directory when none is configured.
+pub const DEFAULT_STATE: &str = "state";
+/// Our DICOM AE title (called by peers, calling the PACS) when none is configured.
+pub const DEFAULT_AE_TITLE: &str = "FVEDGE";
+/// How long a watched file must stay unchanged before it is taken, when not configured.
+pub const DEFAULT_SETTLE: Duration = Duration::from_millis(1000);
+/// Between heartbeats, when not configured.
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(30);
+/// The longest wait between attempts at an unreachable PACS, when not configured.
+pub const DEFAULT_PACS_MAX_RETRY: Duration = Duration::from_secs(60);
+
+/// The broker connection, resolved: the password read from its file.
+#[derive(Clone, Debug)]
+pub struct MqttConnection {
+    /// `mqtt://` or `mqtts://` URL.
+    pub url: String,
+    /// User name and password.
+    pub credentials: Option<(String, String)>,
+    /// CA certificate for TLS.
+    pub ca_file: Option<PathBuf>,
+    /// Between heartbeats.
+    pub heartbeat: Duration,
+    /// Largest packet sent.
+    pub max_packet_bytes: usize,
+}
+
+/// Where Structured Reports go, resolved.
+#[derive(Clone, Debug)]
+pub struct PacsTarget {
+    /// The PACS.
+    pub address: crate::pacs::PacsAddress,
+    /// Our AE title towards it.
+    pub calling_ae: String,
+    /// The longest wait between attempts.
+    pub max_retry: Duration,
+}
+
+/// What `fv-edge run` needs, resolved once from the merged layers with every default here.
+#[derive(Clone, Debug)]
+pub struct DaemonSettings {
+    /// How images are read (shared with `infer`).
+    pub read: ReadSettings,
+    /// Outbox, journal, salt, locks.
+    pub state: PathBuf,
+    /// The watch folder (`STATE/inbox` when only a grabber feeds the daemon).
+    pub watch: PathBuf,
+    /// Where inputs go once read.
+    pub done: PathBuf,
+    /// Where bad inputs go.
+    pub quarantine: PathBuf,
+    /// How long a watched file must stay unchanged.
+    pub settle: Duration,
+    /// Configured secret for pseudonyms (`None`: made once in the state directory).
+    pub uid_salt: Option<String>,
+    /// Bounds of both outboxes.
+    pub outbox: OutboxLimits,
+    /// The broker, when one is configured (else results stay local).
+    pub mqtt: Option<MqttConnection>,
+    /// The PACS, when one is configured.
+    pub pacs: Option<PacsTarget>,
+    /// The storage SCP's settings (`[dicom]`; on when `listen` is set).
+    pub dicom: DicomSettings,
+    /// The fleet page (on when `listen` is set).
+    pub dashboard: crate::dashboard::DashboardSettings,
+    /// A frame grabber.
+    pub v4l: Option<V4lSettings>,
+}
+
 macro_rules! merge {
     ($base:expr, $over:expr, $($f:ident),*) => { $( if $over.$f.is_some() { $base.$f = $over.$f.clone(); } )* };
 }
@@ -192,14 +262,8 @@ impl Layer {
             .map(|v| v.parse::<Precision>())
             .transpose()
             .map_err(|e| anyhow::anyhow!("FV_PRECISION: {e}"))?;
-        let engine = get("FV_ENGINE")
-            .map(|v| serde_json::from_value(serde_json::Value::String(v.clone())))
-            .transpose()
-            .map_err(|e| anyhow::anyhow!("FV_ENGINE: {e}; use auto, tract, ort-cpu or tensorrt"))?;
-        let detect = get("FV_DETECT")
-            .map(|v| serde_json::from_value(serde_json::Value::String(v.clone())))
-            .transpose()
-            .map_err(|e| anyhow::anyhow!("FV_DETECT: {e}; use always, suspicious or never"))?;
+        let engine = env_enum("FV_ENGINE", get("FV_ENGINE"))?;
+        let detect = env_enum("FV_DETECT", get("FV_DETECT"))?;
         Ok(Layer {
             site: get("FV_SITE"),
             device_id: get("FV_DEVICE_ID"),
@@ -273,6 +337,96 @@ impl Layer {
         })
     }
 
+    /// The daemon's settings of the merged layers. Fails, naming the key, on a value no
+    /// retry can fix: nothing to read, an unreadable password file, a bad PACS address.
+    pub fn daemon_settings(&self) -> anyhow::Result<DaemonSettings> {
+        let state = self
+            .state
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE));
+        let read = self.read_settings(state.join("engine-cache"))?;
+        let watch = match (&self.watch, &self.v4l) {
+            (Some(w), _) => w.clone(),
+            // A grabber alone still needs somewhere for its done results.
+            (None, Some(_)) => state.join("inbox"),
+            (None, None) => {
+                anyhow::bail!(
+                    "nothing to read: pass --watch DIR (or `watch` / `[v4l]` in the config)"
+                )
+            }
+        };
+        let m = &self.mqtt;
+        let mqtt = match &m.url {
+            None => None,
+            Some(url) => {
+                let password = match (&m.password, &m.password_file) {
+                    (Some(p), _) => Some(p.clone()),
+                    (None, Some(f)) => Some(
+                        std::fs::read_to_string(f)
+                            .with_context(|| {
+                                format!("{}: cannot read the MQTT password", f.display())
+                            })?
+                            .trim()
+                            .to_owned(),
+                    ),
+                    (None, None) => None,
+                };
+                Some(MqttConnection {
+                    url: url.clone(),
+                    credentials: m
+                        .username
+                        .clone()
+                        .map(|u| (u, password.unwrap_or_default())),
+                    ca_file: m.ca_file.clone(),
+                    heartbeat: m
+                        .heartbeat_s
+                        .map_or(DEFAULT_HEARTBEAT, |s| Duration::from_secs(s.max(1))),
+                    max_packet_bytes: m
+                        .max_packet_bytes
+                        .unwrap_or(crate::mqtt::DEFAULT_MAX_PACKET_BYTES),
+                })
+            }
+        };
+        let pacs = match &self.dicom.pacs.address {
+            None => None,
+            Some(address) => Some(PacsTarget {
+                address: address.parse().context("[dicom.pacs] address")?,
+                calling_ae: self.ae_title(),
+                max_retry: self
+                    .dicom
+                    .pacs
+                    .max_retry_s
+                    .map_or(DEFAULT_PACS_MAX_RETRY, |s| Duration::from_secs(s.max(1))),
+            }),
+        };
+        Ok(DaemonSettings {
+            read,
+            done: self.done.clone().unwrap_or_else(|| watch.join("done")),
+            quarantine: self
+                .quarantine
+                .clone()
+                .unwrap_or_else(|| watch.join("quarantine")),
+            watch,
+            state,
+            settle: self.settle_ms.map_or(DEFAULT_SETTLE, Duration::from_millis),
+            uid_salt: self.uid_salt.clone(),
+            outbox: self.outbox.unwrap_or_default(),
+            mqtt,
+            pacs,
+            dicom: self.dicom.clone(),
+            dashboard: self.dashboard.clone(),
+            v4l: self.v4l.clone(),
+        })
+    }
+
+    /// Our AE title: `[dicom] ae_title`, else [`DEFAULT_AE_TITLE`].
+    pub fn ae_title(&self) -> String {
+        self.dicom
+            .ae_title
+            .clone()
+            .unwrap_or_else(|| DEFAULT_AE_TITLE.into())
+    }
+
     /// `over`'s values replace this layer's where set.
     pub fn merge(mut self, over: &Layer) -> Layer {
         merge!(
@@ -327,6 +481,22 @@ impl Layer {
         merge!(self.dicom.pacs, over.dicom.pacs, address, max_retry_s);
         self
     }
+}
+
+/// An `FV_*` value of an enum the command line also takes, read as clap reads the flag.
+fn env_enum<T: clap::ValueEnum>(key: &str, value: Option<String>) -> anyhow::Result<Option<T>> {
+    value
+        .map(|v| {
+            T::from_str(&v, false).map_err(|_| {
+                let names: Vec<String> = T::value_variants()
+                    .iter()
+                    .filter_map(|x| x.to_possible_value())
+                    .map(|p| p.get_name().to_owned())
+                    .collect();
+                anyhow::anyhow!("{key}={v}: use one of {}", names.join(", "))
+            })
+        })
+        .transpose()
 }
 
 /// A topic level must not contain `/`, `+`, `#` or be empty.
@@ -406,5 +576,66 @@ mod tests {
         );
         assert!(check_topic_level("site", "a/b").is_err());
         assert!(Layer::from_env(|k| (k == "FV_PRECISION").then(|| "int4".to_owned())).is_err());
+    }
+
+    #[test]
+    fn the_daemon_resolves_every_default_once_and_names_what_is_wrong() {
+        assert!(
+            Layer::default().daemon_settings().is_err(),
+            "nothing to read"
+        );
+        let watch = Layer {
+            watch: Some(PathBuf::from("in")),
+            ..Default::default()
+        };
+        let d = watch.daemon_settings().unwrap();
+        assert_eq!(d.state, PathBuf::from(DEFAULT_STATE));
+        assert_eq!(d.done, PathBuf::from("in/done"));
+        assert_eq!(d.quarantine, PathBuf::from("in/quarantine"));
+        assert_eq!(d.settle, DEFAULT_SETTLE);
+        assert!(d.mqtt.is_none() && d.pacs.is_none());
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("password");
+        std::fs::write(&secret, "s3cret\n").unwrap();
+        let full: Layer = toml::from_str(&format!(
+            "watch = \"in\"\n[mqtt]\nurl = \"mqtt://b:1\"\nusername = \"u\"\npassword_file = {:?}\n[dicom.pacs]\naddress = \"PACS@h:104\"\n",
+            secret
+        ))
+        .unwrap();
+        let d = full.daemon_settings().unwrap();
+        let m = d.mqtt.unwrap();
+        assert_eq!(m.credentials, Some(("u".into(), "s3cret".into())));
+        assert_eq!(m.heartbeat, DEFAULT_HEARTBEAT);
+        let p = d.pacs.unwrap();
+        assert_eq!(p.calling_ae, DEFAULT_AE_TITLE);
+        assert_eq!(p.max_retry, DEFAULT_PACS_MAX_RETRY);
+        let mut bad = full.clone();
+        bad.dicom.pacs.address = Some("no-title".into());
+        let e = format!("{:#}", bad.daemon_settings().unwrap_err());
+        assert!(e.contains("[dicom.pacs] address"), "{e}");
+        let mut missing = full;
+        missing.mqtt.password_file = Some(dir.path().join("absent"));
+        let e = format!("{:#}", missing.daemon_settings().unwrap_err());
+        assert!(e.contains("absent") && e.contains("MQTT password"), "{e}");
+    }
+
+    #[test]
+    fn enum_variables_read_like_their_flags() {
+        let env = |k: &'static str, v: &'static str| {
+            Layer::from_env(move |x| (x == k).then(|| v.to_owned()))
+        };
+        assert_eq!(
+            env("FV_ENGINE", "ort-cpu").unwrap().engine,
+            Some(fv_runtime::EngineKind::OrtCpu)
+        );
+        assert_eq!(
+            env("FV_DETECT", "never").unwrap().detect,
+            Some(DetectPolicy::Never)
+        );
+        let e = env("FV_DETECT", "sometimes").unwrap_err().to_string();
+        assert!(
+            e.contains("FV_DETECT=sometimes") && e.contains("always, suspicious, never"),
+            "{e}"
+        );
     }
 }

@@ -6,7 +6,7 @@
 //! JSON and overlay PNG) or in `quarantine/` (with `.error.json`); its result goes to the
 //! outbox first, so a crash at any point loses nothing (at worst an input is read twice).
 
-use crate::config::Layer;
+use crate::config::DaemonSettings;
 use crate::input::{file_name, load_file};
 use crate::mqtt::{Publisher, Stats, Topics};
 use crate::outbox::{Outbox, SharedOutbox};
@@ -199,34 +199,32 @@ impl Resolved {
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
-pub fn run(layer: Layer) -> anyhow::Result<()> {
-    let state = layer
-        .state
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("state"));
-    let read = layer.read_settings(state.join("engine-cache"))?;
-    let (site, device) = (read.site.clone(), read.device_id.clone());
-    let watch = match (&layer.watch, &layer.v4l) {
-        (Some(w), _) => w.clone(),
-        // A grabber alone still needs somewhere for its done results.
-        (None, Some(_)) => state.join("inbox"),
-        (None, None) => {
-            anyhow::bail!("nothing to read: pass --watch DIR (or `watch` / `[v4l]` in the config)")
-        }
-    };
-    let r = Resolved {
-        done: layer.done.clone().unwrap_or_else(|| watch.join("done")),
-        quarantine: layer
-            .quarantine
-            .clone()
-            .unwrap_or_else(|| watch.join("quarantine")),
+pub fn run(settings: DaemonSettings) -> anyhow::Result<()> {
+    let DaemonSettings {
+        read,
         state,
-        settle: Duration::from_millis(layer.settle_ms.unwrap_or(1000)),
+        watch,
+        done,
+        quarantine,
+        settle,
+        uid_salt: configured_salt,
+        outbox: limits,
+        mqtt,
+        pacs,
+        dicom,
+        dashboard,
+        v4l,
+    } = settings;
+    let (site, device) = (read.site.clone(), read.device_id.clone());
+    let mut r = Resolved {
+        done,
+        quarantine,
+        state,
+        settle,
         decode: read.decode.clone(),
         watch,
         pacs: None,
     };
-    let mut r = r;
     for d in [
         &r.watch,
         &r.done,
@@ -248,14 +246,13 @@ pub fn run(layer: Layer) -> anyhow::Result<()> {
         config: PipelineConfig {
             site: site.clone(),
             device: device.clone(),
-            uid_salt: uid_salt(layer.uid_salt.clone(), &r.state)?,
+            uid_salt: uid_salt(configured_salt, &r.state)?,
             read: read.read,
         },
     };
-    let limits = layer.outbox.unwrap_or_default();
     let outbox_dir = r.state.join("outbox");
     // Without a broker nothing would drain the outbox: results are local files only.
-    let outbox: Option<SharedOutbox> = match layer.mqtt.url {
+    let outbox: Option<SharedOutbox> = match mqtt {
         Some(_) => Some(Arc::new(Mutex::new(Outbox::open(&outbox_dir, limits)?))),
         None => None,
     };
@@ -263,15 +260,9 @@ pub fn run(layer: Layer) -> anyhow::Result<()> {
     let shutdown = Arc::new(AtomicBool::new(false));
     let stats = Arc::new(Mutex::new(Stats::default()));
     // Reports to the PACS: their own durable outbox, drained by their own thread.
-    let pacs_sender = match &layer.dicom.pacs.address {
+    let pacs_sender = match pacs {
         None => None,
-        Some(address) => {
-            let pacs: crate::pacs::PacsAddress = address.parse().context("[dicom.pacs] address")?;
-            let calling_ae = layer
-                .dicom
-                .ae_title
-                .clone()
-                .unwrap_or_else(|| "FVEDGE".into());
+        Some(target) => {
             let o: SharedOutbox = Arc::new(Mutex::new(Outbox::open(
                 &r.state.join("pacs-outbox"),
                 limits,
@@ -280,15 +271,16 @@ pub fn run(layer: Layer) -> anyhow::Result<()> {
                 Some(o.lock().expect("outbox lock").depth());
             r.pacs = Some(o.clone());
             tracing::info!(
-                "Structured Reports go to {}@{} as {calling_ae}",
-                pacs.ae_title,
-                pacs.host_port
+                "Structured Reports go to {}@{} as {}",
+                target.address.ae_title,
+                target.address.host_port,
+                target.calling_ae
             );
             let sender = crate::pacs::PacsSender {
-                pacs,
-                calling_ae,
+                pacs: target.address,
+                calling_ae: target.calling_ae,
                 outbox: o,
-                max_retry: Duration::from_secs(layer.dicom.pacs.max_retry_s.unwrap_or(60).max(1)),
+                max_retry: target.max_retry,
                 stats: stats.clone(),
                 shutdown: shutdown.clone(),
             };
@@ -300,11 +292,11 @@ pub fn run(layer: Layer) -> anyhow::Result<()> {
         }
     };
     // The storage SCP writes complete objects into the watch folder.
-    let scp = match &layer.dicom.listen {
+    let scp = match &dicom.listen {
         None => None,
         Some(listen) => {
             let scp = crate::scp::Scp::from_settings(
-                &layer.dicom,
+                &dicom,
                 &r.watch,
                 &r.state,
                 r.decode.max_file_bytes,
@@ -318,8 +310,8 @@ pub fn run(layer: Layer) -> anyhow::Result<()> {
     };
 
     // The fleet page, when asked for: static files only, so it cannot slow the readings.
-    let _dashboard = match layer.dashboard.listen {
-        Some(_) => Some(crate::dashboard::serve(&layer.dashboard)?),
+    let _dashboard = match dashboard.listen {
+        Some(_) => Some(crate::dashboard::serve(&dashboard)?),
         None => None,
     };
 
@@ -327,39 +319,22 @@ pub fn run(layer: Layer) -> anyhow::Result<()> {
         signal_hook::flag::register(sig, shutdown.clone())?;
     }
     let worker_done = Arc::new(AtomicBool::new(false));
-    let publisher = match &layer.mqtt.url {
+    let publisher = match mqtt {
         None => {
             tracing::info!("no MQTT broker configured: results are written locally only");
             None
         }
-        Some(url) => {
-            let password = match (&layer.mqtt.password, &layer.mqtt.password_file) {
-                (Some(p), _) => Some(p.clone()),
-                (None, Some(f)) => Some(
-                    std::fs::read_to_string(f)
-                        .with_context(|| format!("{}: cannot read the MQTT password", f.display()))?
-                        .trim()
-                        .to_owned(),
-                ),
-                (None, None) => None,
-            };
+        Some(m) => {
             let p = Publisher {
-                url: url.clone(),
+                url: m.url,
                 client_id: device.clone(),
                 site: site.clone(),
-                credentials: layer
-                    .mqtt
-                    .username
-                    .clone()
-                    .map(|u| (u, password.unwrap_or_default())),
-                ca_file: layer.mqtt.ca_file.clone(),
-                heartbeat: Duration::from_secs(layer.mqtt.heartbeat_s.unwrap_or(30).max(1)),
+                credentials: m.credentials,
+                ca_file: m.ca_file,
+                heartbeat: m.heartbeat,
                 topics: Topics::new(&site, &device),
                 outbox: outbox.clone().expect("an outbox with a broker"),
-                max_packet_bytes: layer
-                    .mqtt
-                    .max_packet_bytes
-                    .unwrap_or(crate::mqtt::DEFAULT_MAX_PACKET_BYTES),
+                max_packet_bytes: m.max_packet_bytes,
                 models: refs,
                 stats: stats.clone(),
                 shutdown: shutdown.clone(),
@@ -395,7 +370,7 @@ pub fn run(layer: Layer) -> anyhow::Result<()> {
     );
 
     let (frames_tx, frames) = std::sync::mpsc::sync_channel::<Frame>(2);
-    let grabber = match layer.v4l.clone() {
+    let grabber = match v4l {
         None => None,
         Some(v) => Some(spawn_grabber(v, shutdown.clone(), frames_tx)?),
     };

@@ -18,7 +18,7 @@ pub struct DashboardSettings {
     pub listen: Option<String>,
     /// The broker's WebSockets URL the page connects to, e.g. `ws://broker:9001`.
     pub broker: Option<String>,
-    /// Topic prefix (default `fractuvision/v1`).
+    /// Topic prefix (default [`crate::mqtt::TOPIC_PREFIX`]).
     pub prefix: Option<String>,
 }
 
@@ -56,7 +56,10 @@ pub fn serve(settings: &DashboardSettings) -> anyhow::Result<Server> {
     let config = settings.broker.as_ref().map(|b| {
         serde_json::json!({
             "broker": b,
-            "prefix": settings.prefix.as_deref().unwrap_or("fractuvision/v1"),
+            "prefix": settings
+                .prefix
+                .as_deref()
+                .unwrap_or(crate::mqtt::TOPIC_PREFIX),
         })
         .to_string()
     });

@@ -104,7 +104,7 @@ enum Command {
         #[arg(long, value_name = "URL")]
         broker: Option<String>,
         /// Topic prefix.
-        #[arg(long, default_value = "fractuvision/v1")]
+        #[arg(long, default_value = fv_edge::mqtt::TOPIC_PREFIX)]
         prefix: String,
     },
 }
@@ -170,7 +170,7 @@ struct RunArgs {
 
 fn main() {
     let cli = Cli::parse();
-    init_logging(cli.verbose);
+    fv_runtime::init_logging(cli.verbose);
     match run(cli) {
         Ok(all_ok) => std::process::exit(if all_ok { 0 } else { 1 }),
         Err(e) => {
@@ -178,20 +178,6 @@ fn main() {
             std::process::exit(2);
         }
     }
-}
-
-fn init_logging(verbose: u8) {
-    let default = match verbose {
-        0 => "warn",
-        1 => "info",
-        _ => "debug",
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
 }
 
 /// Writes one line; a closed pipe (`| head`) ends the run quietly, as ripgrep does.
@@ -309,7 +295,7 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
                 ..Default::default()
             };
             let env = Layer::from_env(|k| std::env::var(k).ok())?;
-            fv_edge::daemon::run(file.merge(&flags).merge(&env))?;
+            fv_edge::daemon::run(file.merge(&flags).merge(&env).daemon_settings()?)?;
             Ok(true)
         }
         Command::Bench {

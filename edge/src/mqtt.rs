@@ -50,7 +50,10 @@ pub struct Stats {
     pub pacs_stalled: Option<String>,
 }
 
-/// `fractuvision/v1/{site}/{device}/…`.
+/// The first levels of every topic: the product and the version of the message schema.
+pub const TOPIC_PREFIX: &str = "fractuvision/v1";
+
+/// `{TOPIC_PREFIX}/{site}/{device}/…`.
 #[derive(Clone, Debug)]
 pub struct Topics {
     /// Results, QoS 1.
@@ -64,7 +67,7 @@ pub struct Topics {
 impl Topics {
     /// The topics of one device.
     pub fn new(site: &str, device: &str) -> Self {
-        let base = format!("fractuvision/v1/{site}/{device}");
+        let base = format!("{TOPIC_PREFIX}/{site}/{device}");
         Topics {
             result: format!("{base}/result"),
             status: format!("{base}/status"),
@@ -79,15 +82,15 @@ pub struct Publisher {
     pub url: String,
     /// Client id: the device id.
     pub client_id: String,
-    /// Site.
+    /// Site, reported in status messages (the topics already carry it).
     pub site: String,
-    /// Credentials.
+    /// User name and password, when the broker asks for them.
     pub credentials: Option<(String, String)>,
     /// CA for TLS.
     pub ca_file: Option<PathBuf>,
     /// Heartbeat period.
     pub heartbeat: Duration,
-    /// Topics.
+    /// Where results, status and heartbeats go.
     pub topics: Topics,
     /// The outbox, shared with the worker.
     pub outbox: SharedOutbox,

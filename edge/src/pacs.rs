@@ -51,7 +51,7 @@ impl std::str::FromStr for PacsAddress {
 
 /// The sender.
 pub struct PacsSender {
-    /// The PACS.
+    /// The PACS's AE title, host and port.
     pub pacs: PacsAddress,
     /// Our calling AE title.
     pub calling_ae: String,

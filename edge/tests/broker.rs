@@ -167,7 +167,11 @@ fn sigkill_then_restart_delivers_the_queue_and_last_will_fires() {
     ] {
         d.drop_file(&sample(src), n);
     }
-    wait_until("three results queued", T, || d.outbox_depth() == 3);
+    // The outbox is written before the local result: wait for both, or the kill can land
+    // between them (seen under load) and the local copy below would lack the last one.
+    wait_until("three results queued and written locally", T, || {
+        d.outbox_depth() == 3 && ids(&d.done_results()).len() == 3
+    });
     let _ = d.stop("KILL");
     let queued = ids(&d.done_results());
     assert_eq!(queued.len(), 3);

@@ -96,6 +96,7 @@ fn write_detector(dir: &Path) {
         },
         probability_calibration: None,
         fusion: None,
+        test_time_hflip: false,
         nms: None,
         precision: Precision::Fp32,
         metrics: None,

@@ -6,9 +6,11 @@
 //! engine, so what was checked is what serves.
 
 pub mod engine;
+pub mod logging;
 pub mod models;
 pub mod read;
 
 pub use engine::{set_threads, Engine, EngineKind, OpTime, TractEngine};
+pub use logging::init_logging;
 pub use models::{load_dir, Checked, Found, Model, Models, Selection};
 pub use read::{DetectPolicy, ImageReading, ReadOptions};

@@ -14,7 +14,7 @@ pub const DEFAULT_PRECISION: Precision = Precision::Fp32;
 
 /// A model ready to run.
 pub struct Model {
-    /// Its manifest.
+    /// The manifest beside the ONNX file, validated on load.
     pub manifest: Manifest,
     /// The ONNX file.
     pub path: PathBuf,
@@ -220,8 +220,8 @@ pub fn load_with(found: &Found, engine: EngineKind, cache: &Path) -> anyhow::Res
 }
 
 /// The engine `kind` for the checked ONNX `bytes` of `found`. [`EngineKind::Auto`] tries
-/// ONNX Runtime (8.7× tract's speed on the classifier, BENCHMARKS.md; TensorRT first in a
-/// `tensorrt` build) and falls back to tract, saying why.
+/// ONNX Runtime (the faster engine on the CPU, BENCHMARKS.md; TensorRT first in a `tensorrt`
+/// build) and falls back to tract, saying why.
 fn build(kind: EngineKind, checked: &Checked, cache: &Path) -> anyhow::Result<Box<dyn Engine>> {
     let found = &checked.found;
     // Only ONNX Runtime's TensorRT provider caches engines.

@@ -6,7 +6,7 @@ use crate::models::Models;
 use fv_core::detection::{decode_yolov8, nms, NmsSettings};
 use fv_core::imaging::XrayImage;
 use fv_core::preprocess::preprocess;
-use fv_core::reading::{fusion_with, image_reading};
+use fv_core::reading::{fusion_with, image_reading, ClassifierViews};
 use fv_core::result::{Finding, Level, ResultBox, Timing};
 use fv_core::Probability;
 use serde::{Deserialize, Serialize};
@@ -63,13 +63,22 @@ impl Models {
         let pre = preprocess(image, &c.manifest.input);
         timing.preprocess = ms(t);
         let t = Instant::now();
-        let out = c.engine.run(&pre.tensor)?;
+        let first = |out: Vec<Vec<f32>>| out.into_iter().next().unwrap_or_default();
+        let cls_out = first(c.engine.run(&pre.tensor)?);
+        // The mirror too when the manifest's calibration was fitted to the mean of both.
+        let mirrored = match c.manifest.test_time_hflip {
+            true => Some(first(c.engine.run(&pre.tensor.mirrored())?)),
+            false => None,
+        };
         timing.classify = ms(t);
-        let cls_out = out.into_iter().next().unwrap_or_default();
+        let views = ClassifierViews {
+            image: &cls_out,
+            mirrored: mirrored.as_deref(),
+        };
         let c = &self.classifier;
         // A fused reading needs the detector's score on every image.
         let fused = fusion_with(&c.manifest, self.detector.as_ref().map(|d| &d.manifest)).is_some();
-        let alone = image_reading(&c.manifest, &cls_out, None)?;
+        let alone = image_reading(&c.manifest, views, None)?;
         // `never` is the operator's word (the detector costs time): the classifier is then
         // read alone, fused or not.
         let run_detector = match o.detect {
@@ -113,11 +122,9 @@ impl Models {
             det_out = Some(raw);
         }
         let reading = match (&det_out, &self.detector) {
-            (Some(raw), Some(d)) => image_reading(
-                &self.classifier.manifest,
-                &cls_out,
-                Some((&d.manifest, raw)),
-            )?,
+            (Some(raw), Some(d)) => {
+                image_reading(&self.classifier.manifest, views, Some((&d.manifest, raw)))?
+            }
             _ => alone,
         };
         Ok(ImageReading {
@@ -135,12 +142,15 @@ impl Models {
 
 #[cfg(test)]
 mod tests {
-    use fv_core::reading::image_reading;
+    use fv_core::reading::{image_reading, ClassifierViews};
     use fv_core::Probability;
 
+    /// A committed manifest, read on the image alone (the tests below give one view).
     fn manifest(name: &str) -> fv_core::manifest::Manifest {
         let path = format!("{}/../models/{name}.json", env!("CARGO_MANIFEST_DIR"));
-        fv_core::manifest::Manifest::from_path(std::path::Path::new(&path)).unwrap()
+        let mut m = fv_core::manifest::Manifest::from_path(std::path::Path::new(&path)).unwrap();
+        m.test_time_hflip = false;
+        m
     }
 
     #[test]
@@ -149,10 +159,15 @@ mod tests {
         // The committed classifier outputs probabilities: 0.75 for a fracture here.
         let out = [0.25f32, 0.75];
         m.probability_calibration = None;
-        let raw = image_reading(&m, &out, None).unwrap().probability.get();
+        let raw = image_reading(&m, ClassifierViews::single(&out), None)
+            .unwrap()
+            .probability
+            .get();
         let c = fv_core::calibration::Calibration::Platt { a: 0.5, b: -1.0 };
         m.probability_calibration = Some(c);
-        let calibrated = image_reading(&m, &out, None).unwrap().probability;
+        let calibrated = image_reading(&m, ClassifierViews::single(&out), None)
+            .unwrap()
+            .probability;
         assert!((raw - 0.75).abs() < 1e-6);
         assert_eq!(calibrated, c.apply(Probability::saturating(raw)));
         assert!(calibrated.get() < raw);
@@ -178,7 +193,7 @@ mod tests {
         let cls = [0.5f32, 0.5];
         // One anchor, one class: the top score is 0.9, so the fused logit is logit(0.9).
         let det = [0.0f32, 0.0, 1.0, 1.0, 0.9];
-        let r = image_reading(&m, &cls, Some((&d, &det))).unwrap();
+        let r = image_reading(&m, ClassifierViews::single(&cls), Some((&d, &det))).unwrap();
         assert_eq!(r.source, fv_core::reading::ReadingSource::Fusion);
         assert!(
             (r.probability.get() - 0.9).abs() < 1e-6,
@@ -188,8 +203,27 @@ mod tests {
         assert_eq!(r.thresholds, fusion.thresholds);
         // Another detector: the classifier alone, on its own thresholds.
         d.onnx_sha256 = "0".repeat(64);
-        let r = image_reading(&m, &cls, Some((&d, &det))).unwrap();
+        let r = image_reading(&m, ClassifierViews::single(&cls), Some((&d, &det))).unwrap();
         assert_eq!(r.source, fv_core::reading::ReadingSource::Classifier);
         assert_eq!(r.thresholds, m.thresholds);
+    }
+
+    #[test]
+    fn test_time_flips_average_both_views_and_are_required_when_the_manifest_asks() {
+        let mut m = manifest("efficientnet-lite0-fracatlas");
+        m.probability_calibration = None;
+        m.test_time_hflip = true;
+        let (image, mirror) = ([0.4f32, 0.6], [0.2f32, 0.8]);
+        let both = ClassifierViews {
+            image: &image,
+            mirrored: Some(&mirror),
+        };
+        let p = image_reading(&m, both, None).unwrap().probability.get();
+        assert!((p - 0.7).abs() < 1e-6, "{p}");
+        // One view where the manifest asks for two, or two where it asks for one: refused.
+        let e = image_reading(&m, ClassifierViews::single(&image), None).unwrap_err();
+        assert!(e.to_string().contains("test_time_hflip"), "{e}");
+        m.test_time_hflip = false;
+        assert!(image_reading(&m, both, None).is_err());
     }
 }

@@ -47,7 +47,7 @@ pub struct Run {
     pub command: String,
     /// Where.
     pub cwd: PathBuf,
-    /// Its output.
+    /// Exit status, stdout and stderr.
     pub output: Output,
 }
 

@@ -15,11 +15,14 @@ use crate::classify::{split_samples, RunData};
 use crate::data::classify::Sample;
 use crate::data::{FracAtlas, SplitPart};
 use anyhow::Context as _;
+use fv_core::calibration::Calibration;
 use fv_core::imaging::{decode_file, DecodeOptions};
 use fv_core::manifest::{Manifest, Thresholds};
-use fv_core::metrics::classification::{BinaryReport, OperatingPoint};
+use fv_core::metrics::classification::{roc_auc, BinaryReport, OperatingPoint, Scored};
 use fv_core::preprocess::preprocess;
-use fv_core::reading::{classifier_raw, detector_top_score, image_reading, Fusion};
+use fv_core::reading::{
+    classifier_raw, detector_top_score, image_reading, ClassifierViews, Fusion,
+};
 use fv_core::Probability;
 use fv_runtime::{Found, TractEngine};
 use rayon::prelude::*;
@@ -51,9 +54,12 @@ pub struct BothReadings {
     pub id: String,
     /// Fractured (truth).
     pub fractured: bool,
-    /// The classifier's raw probability.
+    /// The classifier's raw probability on the image.
     pub classifier_raw: Probability,
-    /// The classifier's probability as the edge reports it alone (its manifest's calibration).
+    /// The classifier's raw probability on the image mirrored left to right.
+    pub classifier_raw_mirrored: Probability,
+    /// The classifier's probability as the edge would report it alone: calibrated as its
+    /// manifest says, or, once validation chooses test-time flips, recalibrated on them.
     pub classifier: Probability,
     /// The detector's top box score.
     pub detector_top: Probability,
@@ -79,8 +85,81 @@ pub struct FuseReport {
     pub thresholds: BTreeMap<String, ChosenThresholds>,
     /// Reports per reading and split.
     pub reports: BTreeMap<String, [SplitReport; 2]>,
+    /// Whether horizontal-flip test-time augmentation of the classifier helps, on validation.
+    pub hflip: HflipComparison,
     /// Images that could not be read.
     pub failures: Vec<String>,
+}
+
+/// The classifier read as is (`[0]`) and as the mean of its raw probabilities on the image
+/// and on its mirror (`[1]`). Validation alone decides; test is reported, not used.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct HflipComparison {
+    /// The classifier's raw ROC-AUC on validation.
+    pub valid_roc_auc: [Option<f64>; 2],
+    /// 5-fold cross-validated log loss on validation of the classifier alone (Platt).
+    pub cv_log_loss_classifier: [Option<f64>; 2],
+    /// The same for the fusion with the detector.
+    pub cv_log_loss_fusion: [Option<f64>; 2],
+    /// The classifier's raw ROC-AUC on test.
+    pub test_roc_auc: [Option<f64>; 2],
+    /// Validation prefers the mirrored mean: a lower cross-validated log loss of the fusion
+    /// and no lower ROC-AUC.
+    pub helps: bool,
+}
+
+impl HflipComparison {
+    fn new(valid: &[BothReadings], test: &[BothReadings]) -> Self {
+        let auc = |r: &[BothReadings], tta: bool| {
+            let s: Vec<Scored> = r
+                .iter()
+                .map(|b| Scored {
+                    score: if tta {
+                        b.classifier_tta()
+                    } else {
+                        b.classifier_raw
+                    },
+                    positive: b.fractured,
+                })
+                .collect();
+            roc_auc(&s)
+        };
+        let labels: Vec<bool> = valid.iter().map(|b| b.fractured).collect();
+        let vd: Vec<Probability> = valid.iter().map(|b| b.detector_top).collect();
+        let cv = |tta: bool| {
+            let vc: Vec<Probability> = valid
+                .iter()
+                .map(|b| {
+                    if tta {
+                        b.classifier_tta()
+                    } else {
+                        b.classifier_raw
+                    }
+                })
+                .collect();
+            Fusion::cross_validated_log_loss(&vc, &vd, &labels, 5)
+        };
+        let (plain, tta) = (cv(false), cv(true));
+        let valid_roc_auc = [auc(valid, false), auc(valid, true)];
+        let helps = matches!((plain, tta), (Some(p), Some(t)) if t.0 < p.0)
+            && matches!(valid_roc_auc, [Some(p), Some(t)] if t >= p);
+        HflipComparison {
+            valid_roc_auc,
+            cv_log_loss_classifier: [plain.map(|c| c.1), tta.map(|c| c.1)],
+            cv_log_loss_fusion: [plain.map(|c| c.0), tta.map(|c| c.0)],
+            test_roc_auc: [auc(test, false), auc(test, true)],
+            helps,
+        }
+    }
+}
+
+impl BothReadings {
+    /// The mean of the classifier's raw probabilities on the image and on its mirror.
+    pub fn classifier_tta(&self) -> Probability {
+        Probability::saturating(
+            (self.classifier_raw.get() + self.classifier_raw_mirrored.get()) / 2.0,
+        )
+    }
 }
 
 struct Loaded {
@@ -100,20 +179,31 @@ fn load(json: &Path) -> anyhow::Result<Loaded> {
 
 fn read_one(s: &Sample, c: &Loaded, d: &Loaded) -> anyhow::Result<BothReadings> {
     let decoded = decode_file(&s.path, &DecodeOptions::default())?;
-    let run = |m: &Loaded| -> anyhow::Result<Vec<f32>> {
-        let pre = preprocess(&decoded.image, &m.manifest.input);
+    let first = |m: &Loaded, tensor: &[f32]| -> anyhow::Result<Vec<f32>> {
         Ok(m.engine
-            .run_values(&pre.tensor.data)?
+            .run_values(tensor)?
             .into_iter()
             .next()
             .unwrap_or_default())
     };
-    let (co, dout) = (run(c)?, run(d)?);
+    let cpre = preprocess(&decoded.image, &c.manifest.input).tensor;
+    let co = first(c, &cpre.data)?;
+    let mirrored = first(c, &cpre.mirrored().data)?;
+    let dout = first(
+        d,
+        &preprocess(&decoded.image, &d.manifest.input).tensor.data,
+    )?;
+    // A manifest written by an earlier `fuse --write` may already ask for the mirror.
+    let views = ClassifierViews {
+        image: &co,
+        mirrored: c.manifest.test_time_hflip.then_some(mirrored.as_slice()),
+    };
     Ok(BothReadings {
         id: s.id.clone(),
         fractured: s.label,
         classifier_raw: classifier_raw(&c.manifest, &co)?,
-        classifier: image_reading(&c.manifest, &co, None)?.probability,
+        classifier_raw_mirrored: classifier_raw(&c.manifest, &mirrored)?,
+        classifier: image_reading(&c.manifest, views, None)?.probability,
         detector_top: detector_top_score(&d.manifest, &dout)?,
     })
 }
@@ -173,8 +263,34 @@ pub fn fuse(o: &FuseOptions) -> anyhow::Result<FuseReport> {
         failures.len()
     );
 
+    // Test-time flips first: validation decides, and everything after is fitted to the
+    // classifier's score as the edge will then compute it.
+    let hflip = HflipComparison::new(&valid, &test);
+    let tta = hflip.helps;
+    let score = |b: &BothReadings| {
+        if tta {
+            b.classifier_tta()
+        } else {
+            b.classifier_raw
+        }
+    };
     let labels: Vec<bool> = valid.iter().map(|b| b.fractured).collect();
-    let vc: Vec<Probability> = valid.iter().map(|b| b.classifier_raw).collect();
+    // With flips, the classifier alone gets a calibration fitted to them (Platt on
+    // validation, as `eval` fits the manifest's) and thresholds chosen on them.
+    let tta_calibration = match tta {
+        true => Some(
+            Calibration::fit_platt(&valid.iter().map(score).collect::<Vec<_>>(), &labels)
+                .context("cannot calibrate the flipped classifier on validation")?,
+        ),
+        false => None,
+    };
+    let (mut valid, mut test) = (valid, test);
+    if let Some(cal) = tta_calibration {
+        for b in valid.iter_mut().chain(test.iter_mut()) {
+            b.classifier = cal.apply(b.classifier_tta());
+        }
+    }
+    let vc: Vec<Probability> = valid.iter().map(score).collect();
     let vd: Vec<Probability> = valid.iter().map(|b| b.detector_top).collect();
     let weights = Fusion::fit(&vc, &vd, &labels).context("cannot fit the fusion on validation")?;
     let cv = Fusion::cross_validated_log_loss(&vc, &vd, &labels, 5);
@@ -193,14 +309,18 @@ pub fn fuse(o: &FuseOptions) -> anyhow::Result<FuseReport> {
         metrics: None,
     };
     let provisional = fusion_of(c.manifest.thresholds);
-    let fused = |b: &BothReadings| provisional.probability(b.classifier_raw, b.detector_top);
+    let fused = |b: &BothReadings| provisional.probability(score(b), b.detector_top);
 
     let mut thresholds = BTreeMap::new();
     let mut reports = BTreeMap::new();
     let mut test_parts = Vec::new();
     let mut csv_parts = Vec::new();
-    // The classifier as the edge reads it alone: its manifest's calibration and thresholds.
-    let manifest_points = {
+    // The classifier as the edge reads it alone: its manifest's calibration and thresholds,
+    // or with flips, thresholds chosen on validation.
+    let manifest_points = if tta {
+        ChosenThresholds::choose(&preds(&valid, |b| b.classifier))
+            .context("validation needs both classes")?
+    } else {
         let vp = preds(&valid, |b| b.classifier);
         let mut t = ChosenThresholds::choose(&vp).context("validation needs both classes")?;
         let scored = scored(&vp);
@@ -262,6 +382,7 @@ pub fn fuse(o: &FuseOptions) -> anyhow::Result<FuseReport> {
         kept,
         thresholds,
         reports,
+        hflip,
         failures,
     };
 
@@ -295,6 +416,16 @@ pub fn fuse(o: &FuseOptions) -> anyhow::Result<FuseReport> {
 
     if o.write {
         let mut m = c.manifest.clone();
+        if let Some(cal) = tta_calibration {
+            let t = &report.thresholds["classifier"];
+            m.test_time_hflip = true;
+            m.probability_calibration = Some(cal);
+            m.thresholds = Thresholds {
+                suspicious: t.suspicious.threshold,
+                definite: t.definite.threshold,
+            };
+            m.metrics = Some(report.reports["classifier"][1].test_metrics());
+        }
         if kept {
             let t = &report.thresholds["fusion"];
             let mut f = fusion_of(Thresholds {
@@ -335,6 +466,20 @@ pub fn summary_table(r: &FuseReport) -> String {
         r.cv_log_loss_fusion.map_or("–".into(), |v| format!("{v:.4}")),
         r.cv_log_loss_classifier.map_or("–".into(), |v| format!("{v:.4}")),
         if r.kept { "fusion kept" } else { "fusion not kept" }
+    );
+    let h = &r.hflip;
+    let f = |v: Option<f64>| v.map_or("–".into(), |v| format!("{v:.4}"));
+    s += &format!(
+        "horizontal-flip TTA of the classifier (as is → mean with the mirror): validation ROC-AUC {} → {}, 5-fold log loss alone {} → {}, fused {} → {}; test ROC-AUC {} → {}: {}\n",
+        f(h.valid_roc_auc[0]),
+        f(h.valid_roc_auc[1]),
+        f(h.cv_log_loss_classifier[0]),
+        f(h.cv_log_loss_classifier[1]),
+        f(h.cv_log_loss_fusion[0]),
+        f(h.cv_log_loss_fusion[1]),
+        f(h.test_roc_auc[0]),
+        f(h.test_roc_auc[1]),
+        if h.helps { "validation prefers it" } else { "validation does not prefer it" }
     );
     s
 }

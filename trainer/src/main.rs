@@ -355,25 +355,11 @@ enum DataCommand {
 
 fn main() {
     let cli = Cli::parse();
-    init_logging(cli.verbose);
+    fv_runtime::init_logging(cli.verbose);
     if let Err(e) = run(cli) {
         eprintln!("fv-train: error: {e:#}");
         std::process::exit(2);
     }
-}
-
-fn init_logging(verbose: u8) {
-    let default = match verbose {
-        0 => "warn",
-        1 => "info",
-        _ => "debug",
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {

@@ -106,6 +106,86 @@ pub fn load_resume_point<M: Module>(
     Ok((model, optim))
 }
 
+/// A summary written before runs could stop early describes a finished run.
+pub fn complete_by_default() -> bool {
+    true
+}
+
+/// This session's share of a run: when a training loop saves a resume point inside an epoch
+/// (every `checkpoint_minutes`) and when it stops (after `step_limit` steps), the same for
+/// every task. Epoch ends always save; this decides the rest.
+pub struct Session {
+    checkpoint_seconds: f64,
+    step_limit: Option<usize>,
+    steps: usize,
+    last_save: std::time::Instant,
+}
+
+/// What a training loop does after a step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AfterStep {
+    /// Save a resume point now.
+    pub save: bool,
+    /// Then stop the session (inside the epoch).
+    pub stop: bool,
+}
+
+impl Session {
+    /// A session that saves every `checkpoint_minutes` and stops after `step_limit` steps.
+    pub fn new(checkpoint_minutes: f64, step_limit: Option<usize>) -> Self {
+        Session {
+            checkpoint_seconds: checkpoint_minutes * 60.0,
+            step_limit,
+            steps: 0,
+            last_save: std::time::Instant::now(),
+        }
+    }
+
+    /// Counts a finished step; `epoch_ends` when it was the epoch's last, whose resume point
+    /// and stop the epoch's end handles.
+    pub fn after_step(&mut self, epoch_ends: bool) -> AfterStep {
+        self.steps += 1;
+        if epoch_ends {
+            return AfterStep {
+                save: false,
+                stop: false,
+            };
+        }
+        let stop = self.step_limit == Some(self.steps);
+        AfterStep {
+            save: stop || self.last_save.elapsed().as_secs_f64() >= self.checkpoint_seconds,
+            stop,
+        }
+    }
+
+    /// A resume point was saved: the clock restarts.
+    pub fn saved(&mut self) {
+        self.last_save = std::time::Instant::now();
+    }
+
+    /// After epoch `epoch` (0-based) of `epochs`: whether the step limit ends the session
+    /// before the next.
+    pub fn stops_after_epoch(&self, epoch: usize, epochs: usize) -> bool {
+        self.step_limit.is_some_and(|l| self.steps >= l) && epoch + 1 < epochs
+    }
+
+    /// The line for a stop inside epoch `epoch` (0-based) after its step `step` (1-based).
+    pub fn stopped_in_epoch(epoch: usize, step: usize) -> String {
+        format!(
+            "stopped at epoch {} step {step} (session step limit); continue with --resume",
+            epoch + 1
+        )
+    }
+
+    /// The line for a stop after epoch `epoch` (0-based).
+    pub fn stopped_after_epoch(epoch: usize) -> String {
+        format!(
+            "stopped after epoch {} (session step limit); continue with --resume",
+            epoch + 1
+        )
+    }
+}
+
 /// Saves a model in PyTorch layout, like the pretrained files, so one loader reads both.
 pub fn save_checkpoint<M: Module>(model: &M, path: &Path) -> anyhow::Result<()> {
     let tmp = path.with_extension("tmp");
@@ -230,5 +310,31 @@ mod tests {
         let e = task_of(&old).unwrap_err().to_string();
         assert!(e.contains("segment"), "{e}");
         assert!(task_of(&tmp.path().join("none")).is_err());
+    }
+
+    #[test]
+    fn a_session_stops_at_its_step_limit_and_leaves_epoch_ends_to_the_epoch() {
+        // No checkpoint by time (a year), a limit of 3 steps, epochs of 2 steps.
+        let mut s = Session::new(525_600.0, Some(3));
+        let a = s.after_step(false);
+        assert!(!a.save && !a.stop);
+        let b = s.after_step(true);
+        assert!(!b.save && !b.stop, "the epoch's end saves and stops itself");
+        assert!(!s.stops_after_epoch(0, 5));
+        let c = s.after_step(false);
+        assert!(
+            c.save && c.stop,
+            "the limit inside an epoch saves, then stops"
+        );
+        // At the limit after an epoch's end: stop, unless it was the last epoch.
+        let mut e = Session::new(525_600.0, Some(2));
+        e.after_step(false);
+        e.after_step(true);
+        assert!(e.stops_after_epoch(0, 5));
+        assert!(!e.stops_after_epoch(4, 5));
+        // A checkpoint interval of zero saves after every step inside an epoch.
+        let mut z = Session::new(0.0, None);
+        assert!(z.after_step(false).save);
+        assert!(!z.after_step(true).save);
     }
 }

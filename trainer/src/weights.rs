@@ -21,7 +21,7 @@ pub enum WeightsError {
     Shape {
         /// The file.
         path: PathBuf,
-        /// The tensor.
+        /// The tensor's path in the model.
         tensor: String,
         /// What the model needs.
         expected: Vec<usize>,
@@ -43,7 +43,7 @@ pub enum WeightsError {
     Other {
         /// The file.
         path: PathBuf,
-        /// The tensor.
+        /// The tensor's path in the model.
         tensor: String,
         /// The loader's message.
         message: String,

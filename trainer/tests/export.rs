@@ -99,14 +99,17 @@ fn fp32_export_matches_burn_in_tract() {
     let csv = std::fs::read_to_string(fused_dir.join("predictions.csv")).unwrap();
     assert_eq!(csv.lines().count(), 1 + 3 * n, "{csv}");
     assert!(fused_dir.join("calibration.png").is_file());
-    // The classifier alone keeps its manifest's thresholds.
-    assert_eq!(
-        report.thresholds["classifier"].definite.threshold,
-        manifest.thresholds.definite
-    );
-    // Written or not, the manifest still reads, and says what the report says.
+    // Written or not, the manifest still reads, and says what the report says: the fusion
+    // when kept, test-time flips when validation chose them. The classifier alone keeps its
+    // manifest's thresholds, or with flips gets those chosen on them.
     let written = Manifest::from_path(&e.manifest).unwrap();
     assert_eq!(written.fusion.is_some(), report.kept);
+    assert_eq!(written.test_time_hflip, report.hflip.helps);
+    let definite = match report.hflip.helps {
+        true => written.thresholds.definite,
+        false => manifest.thresholds.definite,
+    };
+    assert_eq!(report.thresholds["classifier"].definite.threshold, definite);
 
     // fp16 and int8 from the same run, checked against burn on the same input.
     // Stated tolerances in probability: fp16 ≤ 0.01; int8 ≤ 0.1 (a 64-pixel model

@@ -90,22 +90,25 @@ fn resumed_runs_end_with_the_weights_of_an_uninterrupted_one() {
     let tmp = tempfile::tempdir().unwrap();
     let run_with = |name: &str, steps: &[(usize, Option<usize>)]| {
         let run = RunDir(tmp.path().join(name));
-        let mut last = None;
+        let mut summaries = Vec::new();
         for &(epochs, limit) in steps {
             let mut c = config.clone();
             c.epochs = epochs;
             c.session_step_limit = limit;
-            last = Some(train(&c, &train_s, &valid_s, &run, &device, false).unwrap());
+            summaries.push(train(&c, &train_s, &valid_s, &run, &device, false).unwrap());
         }
-        (run, last.unwrap())
+        (run, summaries)
     };
     let (straight, s) = run_with("straight", &[(2, None)]);
-    assert!(s.complete);
+    assert!(s[0].complete);
     let (by_epoch, _) = run_with("by-epoch", &[(1, None), (2, None)]);
-    let (mid, first) = run_with("mid-epoch", &[(2, Some(1)), (2, None)]);
+    let (mid, sessions) = run_with("mid-epoch", &[(2, Some(1)), (2, None)]);
     let stopped = tmp.path().join("mid-epoch/state.json");
     assert!(stopped.is_file());
-    let _ = first;
+    assert!(
+        !sessions[0].complete && sessions[1].complete,
+        "the step limit stops the first session; the resume finishes the run"
+    );
 
     let d = max_difference(&straight.last(), &by_epoch.last());
     assert!(

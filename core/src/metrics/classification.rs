@@ -312,7 +312,7 @@ pub fn threshold_for_specificity(samples: &[Scored], target: f64) -> Option<Oper
 /// Everything a report shows for a binary classifier at one threshold.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BinaryReport {
-    /// The threshold.
+    /// The probability at or above which an image is called fractured.
     pub threshold: Probability,
     /// The counts.
     pub confusion: Confusion,

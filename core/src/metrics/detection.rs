@@ -82,7 +82,7 @@ pub struct CocoAp {
     pub map75: f64,
     /// AP averaged over IoU 0.50:0.95.
     pub map50_95: f64,
-    /// Per class.
+    /// Average precision of each class.
     pub per_class: Vec<ClassAp>,
 }
 

@@ -246,6 +246,7 @@ pub fn export_run(run: &RunDir, opts: &ExportOptions) -> anyhow::Result<Exported
         thresholds,
         probability_calibration: calibration,
         fusion: None,
+        test_time_hflip: false,
         nms: None,
         precision: opts.precision,
         metrics: test_metrics,

@@ -10,6 +10,7 @@ use crate::data::classify::{
 use crate::models::{Classifier, ModelKind};
 use crate::run::{
     load_resume_point, progress_bar, save_checkpoint, save_resume_point, say, ResumeState, RunDir,
+    Session,
 };
 use crate::weights::load_safetensors;
 use anyhow::Context as _;
@@ -73,7 +74,7 @@ pub struct TrainConfig {
     pub weights: Option<PathBuf>,
     /// Input side in pixels.
     pub image_size: u32,
-    /// Epochs.
+    /// Epochs to train in all (a resumed run may raise it).
     pub epochs: usize,
     /// Training batch size.
     pub batch_size: usize,
@@ -271,12 +272,8 @@ pub struct TrainSummary {
     /// Images that could not be loaded, with reasons.
     pub load_failures: Vec<String>,
     /// Whether every configured epoch is done (false: stopped at the session's step limit).
-    #[serde(default = "yes")]
+    #[serde(default = "crate::run::complete_by_default")]
     pub complete: bool,
-}
-
-fn yes() -> bool {
-    true
 }
 
 /// Where a run stands: written after every checkpoint, read on resume.
@@ -516,9 +513,8 @@ pub fn train(
     bar.set_position((steps_per_epoch * state.epochs_done + state.step_in_epoch) as u64);
 
     let started = Instant::now();
-    let mut last_checkpoint = Instant::now();
+    let mut session = Session::new(config.checkpoint_minutes, config.session_step_limit);
     let mut images_this_session = 0usize;
-    let mut steps_this_session = 0usize;
     let mut stopped = false;
     let valid_planes: Vec<&Plane> = valid_set.iter().map(|(_, p)| p).collect();
     let (mean, std) = config.model.mean_std();
@@ -589,32 +585,21 @@ pub fn train(
                 ips
             ));
             bar.inc(1);
-            steps_this_session += 1;
-            let at_limit = config.session_step_limit == Some(steps_this_session);
-            if step + 1 < steps_per_epoch
-                && (at_limit
-                    || last_checkpoint.elapsed().as_secs_f64() >= config.checkpoint_minutes * 60.0)
-            {
+            let next = session.after_step(step + 1 == steps_per_epoch);
+            if next.save {
                 log.flush()?;
                 // `valid()` folds in the batch-norm statistics of the last step, which a
                 // running state keeps apart until it is read.
                 save_resume_point(&run.0, &model.valid(), &optim, &mut state)?;
-                last_checkpoint = Instant::now();
+                session.saved();
             }
-            if at_limit && step + 1 < steps_per_epoch {
+            if next.stop {
                 stopped = true;
                 break;
             }
         }
         if stopped {
-            say(
-                &bar,
-                format!(
-                    "stopped at epoch {} step {} (session step limit); continue with --resume",
-                    epoch + 1,
-                    state.step_in_epoch
-                ),
-            );
+            say(&bar, Session::stopped_in_epoch(epoch, state.step_in_epoch));
             break;
         }
         log.flush()?;
@@ -650,20 +635,10 @@ pub fn train(
         state.partial_loss_sum = 0.0;
         state.partial_loss_n = 0;
         save_resume_point(&run.0, &eval_model, &optim, &mut state)?;
-        last_checkpoint = Instant::now();
-        if config
-            .session_step_limit
-            .is_some_and(|l| steps_this_session >= l)
-            && epoch + 1 < config.epochs
-        {
+        session.saved();
+        if session.stops_after_epoch(epoch, config.epochs) {
             stopped = true;
-            say(
-                &bar,
-                format!(
-                    "stopped after epoch {} (session step limit); continue with --resume",
-                    epoch + 1
-                ),
-            );
+            say(&bar, Session::stopped_after_epoch(epoch));
             break;
         }
     }

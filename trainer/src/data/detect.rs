@@ -52,9 +52,9 @@ impl DetSample {
 /// boxes in the same pixels.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Cached {
-    /// Width.
+    /// Width in pixels after resizing.
     pub width: usize,
-    /// Height.
+    /// Height in pixels after resizing.
     pub height: usize,
     /// Row-major grey values.
     pub pixels: Vec<u8>,

@@ -81,13 +81,13 @@ pub enum DatasetError {
 /// The anatomical region flags of `dataset.csv`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Regions {
-    /// Hand.
+    /// The image shows a hand.
     pub hand: bool,
-    /// Leg.
+    /// The image shows a leg.
     pub leg: bool,
-    /// Hip.
+    /// The image shows a hip.
     pub hip: bool,
-    /// Shoulder.
+    /// The image shows a shoulder.
     pub shoulder: bool,
     /// More than one region in the image.
     pub mixed: bool,
@@ -176,7 +176,7 @@ pub struct Unusable {
     pub id: String,
     /// The error code (`truncated`, `corrupt`, ...).
     pub code: String,
-    /// The reason.
+    /// Why it was set aside, for the data report.
     pub reason: String,
 }
 

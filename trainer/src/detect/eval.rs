@@ -162,7 +162,7 @@ fn image_boxes<'a>(
 /// Metrics of a set of images.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BoxMetrics {
-    /// Images.
+    /// Images evaluated.
     pub images: usize,
     /// Ground-truth boxes.
     pub boxes: usize,
@@ -190,7 +190,7 @@ impl BoxMetrics {
 pub struct SplitMetrics {
     /// `valid` or `test`.
     pub split: SplitPart,
-    /// Images.
+    /// Images evaluated.
     pub images: usize,
     /// Ground-truth boxes.
     pub boxes: usize,

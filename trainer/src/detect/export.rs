@@ -7,9 +7,8 @@
 //! axis of `[1, 4, 16, anchors]`. tract 0.23.9 runs its Softmax on a slow generic path
 //! unless the axis is the last of a contiguous tensor, and it moves a Transpose written to
 //! make the bins last back past the Softmax (axis propagation), so neither "Softmax on the
-//! bins" nor "Transpose, then Softmax on the last axis" is fast there. Measured on the
-//! committed yolov8-effl0 at 320 px, tract, one thread: 146 ms with Transpose + Softmax(-1),
-//! 126 ms with Softmax(axis 2), 74 ms as written here (BENCHMARKS.md).
+//! bins" nor "Transpose, then Softmax on the last axis" is fast there (the three forms timed
+//! side by side: BENCHMARKS.md, "the detector's DFL in tract").
 
 use super::{build_detector, eval, split, DetectConfig, DetectMetrics};
 use crate::data::{FracAtlas, SplitPart};
@@ -296,6 +295,7 @@ pub fn export_detector_run(run: &Path, opts: &ExportOptions) -> anyhow::Result<E
         thresholds: t.scores,
         probability_calibration: None,
         fusion: None,
+        test_time_hflip: false,
         nms: Some(fv_core::detection::NmsSettings::EDGE),
         precision: opts.precision,
         metrics: test_metrics,

@@ -35,7 +35,7 @@ pub struct LossParts {
     pub box_: f64,
     /// Class (BCE).
     pub cls: f64,
-    /// DFL.
+    /// Distribution focal loss of the box edges.
     pub dfl: f64,
     /// Foreground anchors in the batch.
     pub foreground: usize,

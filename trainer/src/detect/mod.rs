@@ -15,7 +15,7 @@ use crate::data::detect::{load_cached, training_view, views_to_batch, DetAugment
 use crate::data::{ClassificationSplitConfig, FracAtlas, SplitPart};
 use crate::models::yolov8::{ultralytics_key_remapping, YoloV8, YoloV8Config};
 use crate::models::ModelKind;
-use crate::run::{progress_bar, save_checkpoint, save_resume_point, say};
+use crate::run::{progress_bar, save_checkpoint, save_resume_point, say, Session};
 use crate::weights::load_safetensors;
 use anyhow::Context as _;
 use assign::AssignerConfig;
@@ -89,9 +89,9 @@ pub struct DetectConfig {
     pub weights: Option<PathBuf>,
     /// Input side in pixels (a multiple of 32).
     pub image_size: u32,
-    /// Epochs.
+    /// Epochs to train in all (a resumed run may raise it).
     pub epochs: usize,
-    /// Batch size.
+    /// Images per optimizer step.
     pub batch_size: usize,
     /// Peak AdamW learning rate (Ultralytics' automatic choice for one class: 0.002).
     pub lr: f64,
@@ -109,7 +109,7 @@ pub struct DetectConfig {
     pub augment: DetAugment,
     /// Loss gains.
     pub gains: LossGains,
-    /// Seed.
+    /// Seed for initialization, order and augmentation: a run is repeatable from it.
     pub seed: u64,
     /// At most this many images per part (smoke runs); `None` for all.
     pub limit: Option<usize>,
@@ -264,12 +264,8 @@ pub struct DetectSummary {
     /// Images that could not be loaded.
     pub load_failures: Vec<String>,
     /// False when the run stopped at `session_step_limit` before its last epoch.
-    #[serde(default = "yes")]
+    #[serde(default = "crate::run::complete_by_default")]
     pub complete: bool,
-}
-
-fn yes() -> bool {
-    true
 }
 
 /// Where a run stands (`RUN/state.json`), written with every resume checkpoint.
@@ -400,8 +396,7 @@ pub fn train(
     bar.set_position((per_epoch * state.epochs_done + state.step_in_epoch) as u64);
     let started = Instant::now();
     let seconds_before = state.seconds;
-    let mut last_checkpoint = Instant::now();
-    let mut steps_this_session = 0usize;
+    let mut session = Session::new(config.checkpoint_minutes, config.session_step_limit);
     let mut stopped = false;
     let failure_messages = || -> Vec<String> {
         failures
@@ -464,7 +459,6 @@ pub fn train(
             state.partial_n += 1;
             state.partial_images += b;
             state.step_in_epoch = step + 1;
-            steps_this_session += 1;
             let n = state.partial_n as f64;
             writeln!(
                 log,
@@ -486,33 +480,23 @@ pub fn train(
                 ips(&state)
             ));
             bar.inc(1);
-            let at_limit = config.session_step_limit == Some(steps_this_session);
-            if step + 1 < per_epoch
-                && (at_limit
-                    || last_checkpoint.elapsed().as_secs_f64() >= config.checkpoint_minutes * 60.0)
-            {
+            let next = session.after_step(step + 1 == per_epoch);
+            if next.save {
                 log.flush()?;
                 state.partial_seconds =
                     seconds_before_epoch + session_epoch_start.elapsed().as_secs_f64();
                 state.seconds = seconds_before + started.elapsed().as_secs_f64();
                 // `valid()` folds in the batch-norm statistics of the last step.
                 save_resume_point(run, &model.valid(), &optim, &mut state)?;
-                last_checkpoint = Instant::now();
+                session.saved();
             }
-            if at_limit && step + 1 < per_epoch {
+            if next.stop {
                 stopped = true;
                 break;
             }
         }
         if stopped {
-            say(
-                &bar,
-                format!(
-                    "stopped at epoch {} step {} (session step limit); continue with --resume",
-                    epoch + 1,
-                    state.step_in_epoch
-                ),
-            );
+            say(&bar, Session::stopped_in_epoch(epoch, state.step_in_epoch));
             break;
         }
         log.flush()?;
@@ -555,7 +539,7 @@ pub fn train(
         state.partial_seconds = 0.0;
         state.seconds = seconds_before + started.elapsed().as_secs_f64();
         save_resume_point(run, &eval_model, &optim, &mut state)?;
-        last_checkpoint = Instant::now();
+        session.saved();
         let summary = DetectSummary {
             best_epoch: state.best_epoch,
             epochs: state.epochs.clone(),
@@ -567,19 +551,9 @@ pub fn train(
             run.join("train_summary.json"),
             serde_json::to_string_pretty(&summary)?,
         )?;
-        if config
-            .session_step_limit
-            .is_some_and(|l| steps_this_session >= l)
-            && epoch + 1 < config.epochs
-        {
+        if session.stops_after_epoch(epoch, config.epochs) {
             stopped = true;
-            say(
-                &bar,
-                format!(
-                    "stopped after epoch {} (session step limit); continue with --resume",
-                    epoch + 1
-                ),
-            );
+            say(&bar, Session::stopped_after_epoch(epoch));
             break;
         }
     }
