@@ -302,6 +302,14 @@ pub fn preprocess(image: &XrayImage, spec: &InputSpec) -> Preprocessed {
     }
 }
 
+/// `src` resized to `width`×`height` with the filter [`preprocess`] uses, for what prepares
+/// images outside it (the detector's training cache): one resize for training and serving.
+pub fn resize_gray8(src: &crate::imaging::Gray8, width: u32, height: u32) -> crate::imaging::Gray8 {
+    let pixels = resized(src.width(), src.height(), src.as_raw(), width, height);
+    crate::imaging::Gray8::from_raw(width, height, pixels)
+        .expect("the resize returns width × height samples")
+}
+
 /// Appends one grey plane of `[0, 1]` intensities as one channel per `mean` / `std` pair,
 /// each `(v - mean[c]) / std[c]` (grey replicated to every channel). The one normalization
 /// of model inputs: [`preprocess`] and the trainer's batch builders both call it. The plane
@@ -390,6 +398,23 @@ mod tests {
         assert_eq!(a.shape, b.shape);
         assert!(a.data.iter().zip(&b.data).all(|(x, y)| close(*x, *y)));
         assert!(!close(a.data[0], a.data[6]));
+    }
+
+    #[test]
+    fn resize_gray8_is_the_resize_preprocess_uses() {
+        let img = Gray8::from_fn(40, 30, |x, y| Luma([(x * 5 + y * 3) as u8]));
+        let small = resize_gray8(&img, 10, 8);
+        assert_eq!(small.dimensions(), (10, 8));
+        let spec = InputSpec {
+            channels: 1,
+            mean: vec![0.0],
+            std: vec![1.0],
+            ..InputSpec::imagenet(10, 8, ResizeMode::Stretch)
+        };
+        let p = preprocess(&XrayImage::from_gray8(img), &spec);
+        for (a, b) in small.as_raw().iter().zip(&p.tensor.data) {
+            assert!(close(*a as f32 / 255.0, *b), "{a} vs {b}");
+        }
     }
 
     #[test]

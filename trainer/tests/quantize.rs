@@ -5,32 +5,11 @@
 
 use fv_runtime::TractEngine;
 use fv_train::onnx::graph::{
-    self, float_tensor, int_attr, raw_tensor, DataType, GraphProto, ModelProto, ValueInfoProto,
+    self, float_tensor, int_attr, raw_tensor, DataType, GraphProto, ModelProto,
 };
 use fv_train::onnx::quantize::{quantize, Calibration};
 use std::path::Path;
-use tract_onnx::pb::{type_proto, OperatorSetIdProto, TensorShapeProto, TypeProto};
-
-fn value(name: &str, dims: &[i64]) -> ValueInfoProto {
-    let dim = dims
-        .iter()
-        .map(|&d| tract_onnx::pb::tensor_shape_proto::Dimension {
-            value: Some(tract_onnx::pb::tensor_shape_proto::dimension::Value::DimValue(d)),
-            ..Default::default()
-        })
-        .collect();
-    ValueInfoProto {
-        name: name.into(),
-        r#type: Some(TypeProto {
-            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
-                elem_type: DataType::Float as i32,
-                shape: Some(TensorShapeProto { dim }),
-            })),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
+use tract_onnx::pb::OperatorSetIdProto;
 
 fn model(g: GraphProto) -> ModelProto {
     ModelProto {
@@ -80,8 +59,8 @@ fn tract_quantized_softmax_is_still_wrong() {
             float_tensor("s_out", &[], &[1.0 / 255.0]),
             raw_tensor("z_out", &[], DataType::Uint8, vec![0]),
         ],
-        input: vec![value("x", &[1, 4])],
-        output: vec![value("y", &[1, 4])],
+        input: vec![graph::float_value("x", &[1, 4])],
+        output: vec![graph::float_value("y", &[1, 4])],
         ..Default::default()
     };
     let bytes = graph::encode(&model(g));
@@ -125,8 +104,8 @@ fn attention_like() -> ModelProto {
             graph::node("MatMul", "mm2", &["p", "w2"], &["y"]),
         ],
         initializer: vec![w("w0", 1), w("w1", 2), w("w2", 3)],
-        input: vec![value("x", &[1, 8])],
-        output: vec![value("y", &[1, 8])],
+        input: vec![graph::float_value("x", &[1, 8])],
+        output: vec![graph::float_value("y", &[1, 8])],
         ..Default::default()
     };
     model(g)

@@ -87,8 +87,7 @@ pub fn load_cached(
                 ((w as f32 * r).round() as u32).max(1),
                 ((h as f32 * r).round() as u32).max(1),
             );
-            let small =
-                image::imageops::resize(&gray, nw, nh, image::imageops::FilterType::Triangle);
+            let small = fv_core::preprocess::resize_gray8(&gray, nw, nh);
             let (sx, sy) = (nw as f32 / w as f32, nh as f32 / h as f32);
             Ok((
                 s.clone(),
