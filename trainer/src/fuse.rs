@@ -275,19 +275,21 @@ pub fn fuse(o: &FuseOptions) -> anyhow::Result<FuseReport> {
         }
     };
     let labels: Vec<bool> = valid.iter().map(|b| b.fractured).collect();
-    // With flips, the classifier alone gets a calibration fitted to them (Platt on
-    // validation, as `eval` fits the manifest's) and thresholds chosen on them.
-    let tta_calibration = match tta {
+    // When the choice differs from the manifest's (flips newly chosen, or a manifest written
+    // with flips that validation no longer prefers), the classifier alone gets a calibration
+    // fitted to the chosen score (Platt on validation, as `eval` fits the manifest's) and
+    // thresholds chosen on it.
+    let recalibration = match tta != c.manifest.test_time_hflip {
         true => Some(
             Calibration::fit_platt(&valid.iter().map(score).collect::<Vec<_>>(), &labels)
-                .context("cannot calibrate the flipped classifier on validation")?,
+                .context("cannot recalibrate the classifier on validation")?,
         ),
         false => None,
     };
     let (mut valid, mut test) = (valid, test);
-    if let Some(cal) = tta_calibration {
+    if let Some(cal) = recalibration {
         for b in valid.iter_mut().chain(test.iter_mut()) {
-            b.classifier = cal.apply(b.classifier_tta());
+            b.classifier = cal.apply(score(b));
         }
     }
     let vc: Vec<Probability> = valid.iter().map(score).collect();
@@ -316,8 +318,8 @@ pub fn fuse(o: &FuseOptions) -> anyhow::Result<FuseReport> {
     let mut test_parts = Vec::new();
     let mut csv_parts = Vec::new();
     // The classifier as the edge reads it alone: its manifest's calibration and thresholds,
-    // or with flips, thresholds chosen on validation.
-    let manifest_points = if tta {
+    // or, recalibrated for a changed choice of flips, thresholds chosen on validation.
+    let manifest_points = if recalibration.is_some() {
         ChosenThresholds::choose(&preds(&valid, |b| b.classifier))
             .context("validation needs both classes")?
     } else {
@@ -416,9 +418,9 @@ pub fn fuse(o: &FuseOptions) -> anyhow::Result<FuseReport> {
 
     if o.write {
         let mut m = c.manifest.clone();
-        if let Some(cal) = tta_calibration {
+        if let Some(cal) = recalibration {
             let t = &report.thresholds["classifier"];
-            m.test_time_hflip = true;
+            m.test_time_hflip = tta;
             m.probability_calibration = Some(cal);
             m.thresholds = Thresholds {
                 suspicious: t.suspicious.threshold,
