@@ -254,18 +254,19 @@ impl<'a> ClassifierViews<'a> {
         let image = classifier_raw(manifest, self.image)?;
         match (manifest.test_time_hflip, self.mirrored) {
             (false, None) => Ok(image),
-            (true, Some(m)) => {
-                let mirrored = classifier_raw(manifest, m)?;
-                Ok(Probability::saturating(
-                    (image.get() + mirrored.get()) / 2.0,
-                ))
-            }
+            (true, Some(m)) => Ok(mean_of_views(image, classifier_raw(manifest, m)?)),
             (expected, _) => Err(ReadoutError::Views {
                 model: manifest.name.clone(),
                 expected: if expected { 2 } else { 1 },
             }),
         }
     }
+}
+
+/// The test-time-flip reading of a classifier: the mean of its raw probabilities on the
+/// image and on its mirror (what `fv-train fuse` compares and fv-edge computes).
+pub fn mean_of_views(image: Probability, mirrored: Probability) -> Probability {
+    Probability::saturating((image.get() + mirrored.get()) / 2.0)
 }
 
 /// The one function from model outputs to the image's reading. `detector` is the detector's

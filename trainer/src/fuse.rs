@@ -21,7 +21,7 @@ use fv_core::manifest::{Manifest, Thresholds};
 use fv_core::metrics::classification::{roc_auc, BinaryReport, OperatingPoint, Scored};
 use fv_core::preprocess::preprocess;
 use fv_core::reading::{
-    classifier_raw, detector_top_score, image_reading, ClassifierViews, Fusion,
+    classifier_raw, detector_top_score, image_reading, mean_of_views, ClassifierViews, Fusion,
 };
 use fv_core::Probability;
 use fv_runtime::{Found, TractEngine};
@@ -114,11 +114,7 @@ impl HflipComparison {
             let s: Vec<Scored> = r
                 .iter()
                 .map(|b| Scored {
-                    score: if tta {
-                        b.classifier_tta()
-                    } else {
-                        b.classifier_raw
-                    },
+                    score: b.classifier_score(tta),
                     positive: b.fractured,
                 })
                 .collect();
@@ -127,16 +123,7 @@ impl HflipComparison {
         let labels: Vec<bool> = valid.iter().map(|b| b.fractured).collect();
         let vd: Vec<Probability> = valid.iter().map(|b| b.detector_top).collect();
         let cv = |tta: bool| {
-            let vc: Vec<Probability> = valid
-                .iter()
-                .map(|b| {
-                    if tta {
-                        b.classifier_tta()
-                    } else {
-                        b.classifier_raw
-                    }
-                })
-                .collect();
+            let vc: Vec<Probability> = valid.iter().map(|b| b.classifier_score(tta)).collect();
             Fusion::cross_validated_log_loss(&vc, &vd, &labels, 5)
         };
         let (plain, tta) = (cv(false), cv(true));
@@ -154,11 +141,13 @@ impl HflipComparison {
 }
 
 impl BothReadings {
-    /// The mean of the classifier's raw probabilities on the image and on its mirror.
-    pub fn classifier_tta(&self) -> Probability {
-        Probability::saturating(
-            (self.classifier_raw.get() + self.classifier_raw_mirrored.get()) / 2.0,
-        )
+    /// The classifier's raw probability on the image, or with test-time flips
+    /// ([`mean_of_views`]) the mean over the image and its mirror.
+    pub fn classifier_score(&self, flips: bool) -> Probability {
+        match flips {
+            true => mean_of_views(self.classifier_raw, self.classifier_raw_mirrored),
+            false => self.classifier_raw,
+        }
     }
 }
 
@@ -267,13 +256,7 @@ pub fn fuse(o: &FuseOptions) -> anyhow::Result<FuseReport> {
     // classifier's score as the edge will then compute it.
     let hflip = HflipComparison::new(&valid, &test);
     let tta = hflip.helps;
-    let score = |b: &BothReadings| {
-        if tta {
-            b.classifier_tta()
-        } else {
-            b.classifier_raw
-        }
-    };
+    let score = |b: &BothReadings| b.classifier_score(tta);
     let labels: Vec<bool> = valid.iter().map(|b| b.fractured).collect();
     // When the choice differs from the manifest's (flips newly chosen, or a manifest written
     // with flips that validation no longer prefers), the classifier alone gets a calibration
