@@ -72,6 +72,16 @@ pub struct DicomSettings {
     pub pacs: PacsSettings,
 }
 
+impl DicomSettings {
+    /// Our AE title, the storage SCP's and the PACS sender's: `ae_title`, else
+    /// [`DEFAULT_AE_TITLE`].
+    pub fn ae_title(&self) -> String {
+        self.ae_title
+            .clone()
+            .unwrap_or_else(|| DEFAULT_AE_TITLE.into())
+    }
+}
+
 /// The PACS that receives a Structured Report for every DICOM image read (`[dicom.pacs]`).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -391,7 +401,7 @@ impl Layer {
             None => None,
             Some(address) => Some(PacsTarget {
                 address: address.parse().context("[dicom.pacs] address")?,
-                calling_ae: self.ae_title(),
+                calling_ae: self.dicom.ae_title(),
                 max_retry: self
                     .dicom
                     .pacs
@@ -417,14 +427,6 @@ impl Layer {
             dashboard: self.dashboard.clone(),
             v4l: self.v4l.clone(),
         })
-    }
-
-    /// Our AE title: `[dicom] ae_title`, else [`DEFAULT_AE_TITLE`].
-    pub fn ae_title(&self) -> String {
-        self.dicom
-            .ae_title
-            .clone()
-            .unwrap_or_else(|| DEFAULT_AE_TITLE.into())
     }
 
     /// `over`'s values replace this layer's where set.

@@ -86,10 +86,7 @@ impl Scp {
         max_input_bytes: u64,
         salt: &str,
     ) -> anyhow::Result<Self> {
-        let ae_title = s
-            .ae_title
-            .clone()
-            .unwrap_or_else(|| crate::config::DEFAULT_AE_TITLE.into());
+        let ae_title = s.ae_title();
         check_ae_title(&ae_title).context("[dicom] ae_title")?;
         for a in s.allowed_calling_ae_titles.iter().flatten() {
             check_ae_title(a).context("[dicom] allowed_calling_ae_titles")?;
