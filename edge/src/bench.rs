@@ -107,6 +107,36 @@ pub struct PathRow {
     pub engine_p50_ms: f64,
     /// Whole path p50 / engine p50.
     pub ratio: f64,
+    /// Where the path's time goes: each stage's p50 over the same runs, as the pipeline
+    /// times it (the detector's own preprocessing is inside `detect`).
+    pub stages_p50_ms: Stages,
+}
+
+/// Median milliseconds of each stage of the whole path.
+#[derive(Clone, Debug, Serialize)]
+pub struct Stages {
+    /// Reading and decoding the file (DICOM: with rescale and window).
+    pub decode: f64,
+    /// The classifier's resize and normalization.
+    pub preprocess: f64,
+    /// The classifier (both views with test-time flips).
+    pub classify: f64,
+    /// The detector with its preprocessing, when it ran.
+    pub detect: f64,
+}
+
+impl Stages {
+    fn of(timings: &[fv_core::result::Timing]) -> Stages {
+        let p50 = |f: &dyn Fn(&fv_core::result::Timing) -> f64| {
+            round3(Latency::of(timings.iter().map(f).collect()).p50_ms)
+        };
+        Stages {
+            decode: p50(&|t| t.decode),
+            preprocess: p50(&|t| t.preprocess),
+            classify: p50(&|t| t.classify),
+            detect: p50(&|t| t.detect.unwrap_or(0.0)),
+        }
+    }
 }
 
 /// A ratio with its goal.
@@ -394,7 +424,10 @@ pub fn run(o: &BenchOptions, progress: &mut dyn FnMut(&str)) -> anyhow::Result<R
                 });
                 match outcome.message.error {
                     Some(e) => Err(anyhow::anyhow!("{}: {}", path.display(), e.message)),
-                    None => Ok((outcome.input.map(|i| (i.image.width(), i.image.height())),)),
+                    None => Ok((
+                        outcome.input.map(|i| (i.image.width(), i.image.height())),
+                        outcome.message.timing_ms,
+                    )),
                 }
             };
             let mut size = String::new();
@@ -402,12 +435,15 @@ pub fn run(o: &BenchOptions, progress: &mut dyn FnMut(&str)) -> anyhow::Result<R
                 run_once(&mut pipeline)?;
             }
             let mut ms = Vec::with_capacity(o.iterations);
+            let mut stages = Vec::with_capacity(o.iterations);
             for _ in 0..o.iterations {
                 let (r, t) = timed(|| run_once(&mut pipeline));
-                if let (Some((w, h)),) = r? {
+                let (decoded, timing) = r?;
+                if let Some((w, h)) = decoded {
                     size = format!("{w}×{h}");
                 }
                 ms.push(t);
+                stages.push(timing);
             }
             let latency = Latency::of(ms);
             let row = PathRow {
@@ -421,6 +457,7 @@ pub fn run(o: &BenchOptions, progress: &mut dyn FnMut(&str)) -> anyhow::Result<R
                 engine_p50_ms: engine_p50,
                 ratio: round3(latency.p50_ms / engine_p50),
                 latency,
+                stages_p50_ms: Stages::of(&stages),
             };
             progress(&format!(
                 "whole path, {} ({} decode) on {} {:?}: p50 {:.1} ms ({:.2}× the engine)",
@@ -568,11 +605,12 @@ pub fn markdown(r: &Report) -> String {
             );
         }
     }
-    s += "\n| whole path: input | decode | decoded size | engine | precision | detector | p50 ms | p95 ms | engine p50 ms | ratio |\n";
-    s += "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n";
+    s += "\n| whole path: input | decode | decoded size | engine | precision | detector | p50 ms | p95 ms | engine p50 ms | ratio | stages p50 ms: decode / preprocess / classify / detect |\n";
+    s += "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n";
     for p in &r.paths {
+        let st = &p.stages_p50_ms;
         s += &format!(
-            "| {} | {} | {} | {} | {:?} | {} | {:.1} | {:.1} | {:.2} | {:.2} |\n",
+            "| {} | {} | {} | {} | {:?} | {} | {:.1} | {:.1} | {:.2} | {:.2} | {:.1} / {:.1} / {:.1} / {:.1} |\n",
             p.input,
             p.decode,
             p.size,
@@ -582,7 +620,11 @@ pub fn markdown(r: &Report) -> String {
             p.latency.p50_ms,
             p.latency.p95_ms,
             p.engine_p50_ms,
-            p.ratio
+            p.ratio,
+            st.decode,
+            st.preprocess,
+            st.classify,
+            st.detect
         );
     }
     s += "\n| ratio | value | goal | met |\n| --- | --- | --- | --- |\n";

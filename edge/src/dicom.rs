@@ -9,7 +9,7 @@
 use crate::input_error::{bounded, InputError};
 use dicom_dictionary_std::tags;
 use dicom_object::DefaultDicomObject;
-use dicom_pixeldata::PixelDecoder as _;
+use dicom_pixeldata::{Lut, PixelDecoder as _, PixelRepresentation, Rescale};
 use fv_core::imaging::{DecodeOptions, Gray16, XrayImage};
 use std::path::Path;
 
@@ -325,24 +325,47 @@ fn from_object(
             )
         }
     })?;
-    // Modality rescale applied; no VOI yet (dicom-rs leaves it to image conversion).
-    let values: Vec<f32> = decoded.to_vec_frame(0).map_err(|e| {
-        err(
-            "pixel_decode",
-            path,
-            format!("cannot convert the pixel data: {e}"),
-        )
-    })?;
-    if values.len() != rows as usize * cols as usize {
+    if decoded.samples_per_pixel() != 1 {
         return Err(err(
             "pixel_decode",
             path,
             format!(
-                "{} pixel values for {cols}×{rows}; only single-sample (grayscale) images are read",
-                values.len()
+                "{} samples per pixel; only single-sample (grayscale) images are read",
+                decoded.samples_per_pixel()
             ),
         ));
     }
+    let frame = decoded.frame_data(0).map_err(|e| {
+        err(
+            "pixel_decode",
+            path,
+            format!("cannot read the first frame: {e}"),
+        )
+    })?;
+    let bytes_per_sample = allocated as usize / 8;
+    if frame.len() != rows as usize * cols as usize * bytes_per_sample {
+        return Err(err(
+            "pixel_decode",
+            path,
+            format!(
+                "{} pixel bytes for {cols}×{rows} samples of {allocated} bits",
+                frame.len()
+            ),
+        ));
+    }
+    let rescale = decoded
+        .rescale()
+        .ok()
+        .and_then(|r| r.first().copied())
+        .unwrap_or(Rescale::new(1.0, 0.0));
+    let signed = decoded.pixel_representation() == PixelRepresentation::Signed;
+    let lut_err = |e: dicom_pixeldata::CreateLutError| {
+        err(
+            "pixel_decode",
+            path,
+            format!("cannot build the display lookup table: {e}"),
+        )
+    };
     let window = decoded
         .window()
         .ok()
@@ -352,22 +375,34 @@ fn from_object(
     let (lo, hi) = match window {
         // PS3.3 C.11.2.1.2.1 (LINEAR), continuous form.
         Some(w) => (
-            (w.center - 0.5 - (w.width - 1.0) / 2.0) as f32,
-            (w.center - 0.5 + (w.width - 1.0) / 2.0) as f32,
+            w.center - 0.5 - (w.width - 1.0) / 2.0,
+            w.center - 0.5 + (w.width - 1.0) / 2.0,
         ),
-        None => values
-            .iter()
-            .fold((f32::MAX, f32::MIN), |(a, b), &v| (a.min(v), b.max(v))),
+        // No window: the range of the modality values present, found through a table of
+        // them (one lookup per pixel rather than a float conversion of every pixel).
+        None => {
+            let values =
+                Lut::<f64>::new_rescale(stored as u16, signed, rescale).map_err(lut_err)?;
+            let (mut a, mut b) = (f64::MAX, f64::MIN);
+            for_each_sample(frame, allocated, |v| {
+                let v = values.get(v);
+                (a, b) = (a.min(v), b.max(v));
+            });
+            (a, b)
+        }
     };
-    let span = (hi - lo).max(f32::EPSILON);
-    let pixels: Vec<u16> = values
-        .iter()
-        .map(|&v| {
-            let t = ((v - lo) / span).clamp(0.0, 1.0);
-            let t = if inverted { 1.0 - t } else { t };
-            (t * 65535.0).round() as u16
-        })
-        .collect();
+    let span = (hi - lo).max(f64::EPSILON);
+    // Rescale, window and MONOCHROME1 inversion folded into one table over the stored values
+    // (at most 2^16 entries), so the pixels go from their stored samples to the 16-bit image
+    // in one pass, without a full-size float copy (issue 19).
+    let display = Lut::<u16>::new_with_fn(stored as u16, signed, |x| {
+        let t = ((rescale.apply(x) - lo) / span).clamp(0.0, 1.0);
+        let t = if inverted { 1.0 - t } else { t };
+        (t * 65535.0).round()
+    })
+    .map_err(lut_err)?;
+    let mut pixels = Vec::with_capacity(rows as usize * cols as usize);
+    for_each_sample(frame, allocated, |v| pixels.push(display.get(v)));
     let image = Gray16::from_raw(cols, rows, pixels)
         .map(|p| XrayImage::from_gray16(p, 16))
         .ok_or_else(|| {
@@ -381,4 +416,16 @@ fn from_object(
         image,
         study_uid: text(&obj, tags::STUDY_INSTANCE_UID),
     })
+}
+
+/// Calls `f` with every stored sample of a frame of 8- or 16-bit samples, as the lookup tables
+/// index them (dicom-pixeldata keeps its decoded samples in native byte order).
+fn for_each_sample(frame: &[u8], bits_allocated: u32, mut f: impl FnMut(u16)) {
+    if bits_allocated == 8 {
+        frame.iter().for_each(|&b| f(u16::from(b)));
+    } else {
+        frame
+            .chunks_exact(2)
+            .for_each(|c| f(u16::from_ne_bytes([c[0], c[1]])));
+    }
 }
