@@ -11,8 +11,8 @@ use tract_onnx::prelude::*;
 
 /// Sets the threads every engine may use for one inference, for the whole process: tract's
 /// matrix kernels (a rayon pool of that size; without one tract runs on a single core) and the
-/// intra-op threads of ONNX Runtime sessions made after this call. `None` means the cores this
-/// process may use. Returns the count applied.
+/// intra-op threads of ONNX Runtime's one pool, which its first session makes (call this
+/// before loading a model). `None` means the cores this process may use. Returns the count applied.
 pub fn set_threads(threads: Option<usize>) -> usize {
     let n = threads
         .filter(|&n| n > 0)
@@ -192,6 +192,7 @@ pub mod onnxruntime {
     #[cfg(feature = "tensorrt")]
     use anyhow::Context as _;
     use fv_core::preprocess::InputTensor;
+    use ort::environment::GlobalThreadPoolOptions;
     #[cfg(feature = "tensorrt")]
     use ort::ep::ExecutionProvider as _;
     use ort::session::Session;
@@ -212,10 +213,14 @@ pub mod onnxruntime {
 
     static ENV: OnceLock<Result<ort::environment::Environment, String>> = OnceLock::new();
 
-    /// Intra-op threads of new sessions (0: ONNX Runtime's default, one per core); set with
-    /// tract's by [`super::set_threads`], so that the two run on equal terms.
+    /// Intra-op threads of ONNX Runtime's pool (0: ONNX Runtime's default, one per core); set
+    /// with tract's by [`super::set_threads`], so that the two run on equal terms. The pool is
+    /// made with the first session; a count set after that applies to tract only.
     pub static INTRA_THREADS: std::sync::atomic::AtomicUsize =
         std::sync::atomic::AtomicUsize::new(0);
+
+    /// The thread count the pool was made with.
+    static POOL_THREADS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
     /// The process's ONNX Runtime, loaded once from `dylib` or `ORT_DYLIB_PATH`.
     pub fn environment(
@@ -228,12 +233,34 @@ pub mod onnxruntime {
                 .ok_or("no ONNX Runtime library: set ORT_DYLIB_PATH to libonnxruntime.so.1.x (e.g. from the onnxruntime wheel, or onnxruntime-gpu on a Jetson)")?;
             let builder = ort::init_from(&path)
                 .map_err(|e| format!("{}: cannot load ONNX Runtime: {e}", path.display()))?;
+            // One intra-op pool for every session, rather than one per session: a reading
+            // runs the classifier's session, then the detector's, and with a pool each the
+            // first pool's threads were still spin-waiting while the second ran, on the same
+            // cores (BENCHMARKS.md, 2026-12-06: each model took about twice its time alone).
+            let threads = INTRA_THREADS.load(std::sync::atomic::Ordering::Relaxed);
+            let pool = GlobalThreadPoolOptions::default()
+                .with_intra_threads(threads)
+                .and_then(|p| p.with_spin_control(true))
+                .map_err(|e| format!("ONNX Runtime's thread pool: {e}"))?;
+            POOL_THREADS.store(threads, std::sync::atomic::Ordering::Relaxed);
             builder
                 .with_name("fractuvision")
+                .with_global_thread_pool(pool)
                 .build()
                 .map_err(|e| format!("{}: cannot start ONNX Runtime: {e}", path.display()))
         });
-        r.as_ref().map_err(|e| anyhow::anyhow!("{e}"))
+        let env = r.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
+        let (asked, made) = (
+            INTRA_THREADS.load(std::sync::atomic::Ordering::Relaxed),
+            POOL_THREADS.load(std::sync::atomic::Ordering::Relaxed),
+        );
+        if asked != made {
+            tracing::warn!(
+                "ONNX Runtime's thread pool was made with {made} threads (0: one per core); \
+                 {asked} asked later applies to tract only"
+            );
+        }
+        Ok(env)
     }
 
     /// An ONNX Runtime session on the best provider that registers.
@@ -281,16 +308,11 @@ pub mod onnxruntime {
                 // fused U8S8 kernels saturate 16-bit pair sums: the int8 detector's scores moved
                 // 0.05 from its own unfused QDQ and 0.16 from tract's. The U8U8 kernels this asks
                 // for agree within 0.011; elsewhere (VNNI, ARM) it changes nothing.
+                // Intra-op threads: the environment's one pool (see `environment`).
                 let mut b = Session::builder(env)
                     .map_err(|e| anyhow::anyhow!("{e}"))?
                     .with_precise_qmm()
                     .map_err(|e| anyhow::anyhow!("{e}"))?;
-                let threads = INTRA_THREADS.load(std::sync::atomic::Ordering::Relaxed);
-                if threads > 0 {
-                    b = b
-                        .with_intra_threads(threads)
-                        .map_err(|e| anyhow::anyhow!("{e}"))?;
-                }
                 let registered: Result<(), String> = match p {
                     #[cfg(not(feature = "tensorrt"))]
                     Provider::TensorRt | Provider::Cuda => {
