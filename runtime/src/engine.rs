@@ -12,7 +12,8 @@ use tract_onnx::prelude::*;
 /// Sets the threads every engine may use for one inference, for the whole process: tract's
 /// matrix kernels (a rayon pool of that size; without one tract runs on a single core) and the
 /// intra-op threads of ONNX Runtime's one pool, which its first session makes (call this
-/// before loading a model). `None` means the cores this process may use. Returns the count applied.
+/// before loading a model). `None` means the cores this process may use. Returns the count
+/// applied.
 pub fn set_threads(threads: Option<usize>) -> usize {
     let n = threads
         .filter(|&n| n > 0)
@@ -236,7 +237,7 @@ pub mod onnxruntime {
             // One intra-op pool for every session, rather than one per session: a reading
             // runs the classifier's session, then the detector's, and with a pool each the
             // first pool's threads were still spin-waiting while the second ran, on the same
-            // cores (BENCHMARKS.md, 2026-12-06: each model took about twice its time alone).
+            // cores (measured in BENCHMARKS.md, 2026-12-06).
             let threads = INTRA_THREADS.load(std::sync::atomic::Ordering::Relaxed);
             let pool = GlobalThreadPoolOptions::default()
                 .with_intra_threads(threads)
