@@ -342,17 +342,6 @@ fn from_object(
             format!("cannot read the first frame: {e}"),
         )
     })?;
-    let bytes_per_sample = allocated as usize / 8;
-    if frame.len() != rows as usize * cols as usize * bytes_per_sample {
-        return Err(err(
-            "pixel_decode",
-            path,
-            format!(
-                "{} pixel bytes for {cols}×{rows} samples of {allocated} bits",
-                frame.len()
-            ),
-        ));
-    }
     let rescale = decoded
         .rescale()
         .ok()

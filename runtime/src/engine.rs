@@ -212,16 +212,14 @@ pub mod onnxruntime {
         Cpu,
     }
 
-    static ENV: OnceLock<Result<ort::environment::Environment, String>> = OnceLock::new();
+    /// The environment, with the intra-op thread count its one pool was made with.
+    static ENV: OnceLock<Result<(ort::environment::Environment, usize), String>> = OnceLock::new();
 
     /// Intra-op threads of ONNX Runtime's pool (0: ONNX Runtime's default, one per core); set
     /// with tract's by [`super::set_threads`], so that the two run on equal terms. The pool is
     /// made with the first session; a count set after that applies to tract only.
     pub static INTRA_THREADS: std::sync::atomic::AtomicUsize =
         std::sync::atomic::AtomicUsize::new(0);
-
-    /// The thread count the pool was made with.
-    static POOL_THREADS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
     /// The process's ONNX Runtime, loaded once from `dylib` or `ORT_DYLIB_PATH`.
     pub fn environment(
@@ -243,19 +241,16 @@ pub mod onnxruntime {
                 .with_intra_threads(threads)
                 .and_then(|p| p.with_spin_control(true))
                 .map_err(|e| format!("ONNX Runtime's thread pool: {e}"))?;
-            POOL_THREADS.store(threads, std::sync::atomic::Ordering::Relaxed);
             builder
                 .with_name("fractuvision")
                 .with_global_thread_pool(pool)
                 .build()
+                .map(|env| (env, threads))
                 .map_err(|e| format!("{}: cannot start ONNX Runtime: {e}", path.display()))
         });
-        let env = r.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
-        let (asked, made) = (
-            INTRA_THREADS.load(std::sync::atomic::Ordering::Relaxed),
-            POOL_THREADS.load(std::sync::atomic::Ordering::Relaxed),
-        );
-        if asked != made {
+        let (env, made) = r.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
+        let asked = INTRA_THREADS.load(std::sync::atomic::Ordering::Relaxed);
+        if asked != *made {
             tracing::warn!(
                 "ONNX Runtime's thread pool was made with {made} threads (0: one per core); \
                  {asked} asked later applies to tract only"

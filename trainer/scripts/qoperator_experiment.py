@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import sys
+import time
 
 import numpy as np
 import onnx
@@ -34,8 +35,9 @@ from PIL import Image, ImageFile
 # FracAtlas keeps its truncated JPEGs; read what they hold, as fv-core does.
 ImageFile.LOAD_TRUNCATED_IMAGES = True
 
-# The detector is not quantized here (see main).
-MODELS = ["efficientnet-lite0-fracatlas", "yolov8-effl0-fracatlas"]
+# The classifier only: ONNX Runtime 1.32's quantizer leaves the detector's Resize without its
+# `sizes` input in QOperator form (the graph then fails to load).
+CLASSIFIER = "efficientnet-lite0-fracatlas"
 
 
 def preprocess(path: str, m: dict) -> np.ndarray:
@@ -86,8 +88,6 @@ class Reader(CalibrationDataReader):
 def timed(path: str, x: np.ndarray, threads: int, exact_u8: bool, n: int = 15) -> float:
     """ONNX Runtime p50 ms; `exact_u8` sets `session.x64quantprecision` as fv-edge does (U8U8
     kernels on a CPU without VNNI, whose U8S8 kernels saturate)."""
-    import time
-
     o = ort.SessionOptions()
     o.intra_op_num_threads = threads
     if exact_u8:
@@ -121,9 +121,7 @@ def main() -> None:
     n_check = int(sys.argv[5]) if len(sys.argv) > 5 else 64
     calib_paths = split_images(data, "train", n_calib)
     check_paths = split_images(data, "valid", n_check)
-    # The classifier only: ONNX Runtime 1.32's quantizer leaves the detector's Resize
-    # without its `sizes` input in QOperator form (the graph then fails to load).
-    stem = MODELS[0]
+    stem = CLASSIFIER
     m = json.load(open(os.path.join(models, stem + ".json")))
     fp32 = os.path.join(models, stem + ".onnx")
     name = m["input"]["name"]
