@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 secs="${1:-60}"
 export RUSTC_BOOTSTRAP=1
-for t in image_decode dicom manifest config; do
+for t in image_decode dicom dimse manifest config; do
   mkdir -p "corpus/$t"
   cp -n seeds/"$t"/* "corpus/$t/" 2>/dev/null || true
   echo "== $t: ${secs} s"

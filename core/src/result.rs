@@ -63,6 +63,25 @@ pub enum Level {
     Suspicious,
     /// At or above its `definite` threshold.
     Definite,
+    /// Below `suspicious`: a lower-confidence region, reported when asked for (a lower
+    /// `--min-score`) or as the one place to look when the image reads positive and no box
+    /// passed (`localization: candidate`). Not a finding of its own.
+    Candidate,
+}
+
+/// Where to look, for an image that reads `fracture` or `suspicious`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Localization {
+    /// At least one box passed the detector's `suspicious` threshold.
+    Boxes,
+    /// None did: the detector's best region is given as one `candidate` box, a place to look
+    /// first, at lower confidence.
+    Candidate,
+    /// The detector ran and saw no region worth showing: look at the whole image.
+    NotFound,
+    /// No detector ran (none installed, or `detect = never`).
+    NotRun,
 }
 
 /// A fracture box in the displayed image's pixels (after EXIF orientation).
@@ -157,6 +176,10 @@ pub struct ResultMessage {
     /// Fracture boxes (empty when the detector did not run or found none).
     #[serde(default)]
     pub boxes: Vec<ResultBox>,
+    /// Where to look, when the finding is `fracture` or `suspicious`: said explicitly, so
+    /// that a positive reading without a box is never silent about it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub localization: Option<Localization>,
     /// The models used.
     pub models: Vec<ModelRef>,
     /// Time per stage.

@@ -390,7 +390,7 @@ pub fn run(o: &BenchOptions, progress: &mut dyn FnMut(&str)) -> anyhow::Result<R
                 uid_salt: "bench".into(),
                 read: fv_runtime::ReadOptions {
                     detect: DetectPolicy::Always,
-                    min_score: crate::config::DEFAULT_MIN_SCORE,
+                    min_score: None,
                 },
             },
         };

@@ -65,8 +65,17 @@ pub struct DicomSettings {
     pub max_pdu_bytes: Option<u32>,
     /// Largest object accepted, in bytes (default: `max_input_bytes`).
     pub max_object_bytes: Option<u64>,
-    /// Seconds an association may stay silent (default 60).
+    /// Seconds an association may stay silent, and the most one PDU may take to arrive
+    /// (default 60).
     pub idle_timeout_s: Option<u64>,
+    /// TCP connections open at once, associated or not (default 32); when all are taken, a
+    /// new connection closes the oldest one that has not associated yet.
+    pub max_connections: Option<usize>,
+    /// Seconds a connection has to complete its association request (default 10).
+    pub handshake_timeout_s: Option<u64>,
+    /// C-STORE is refused (out of resources) while the state folder's file system has less
+    /// than this many MiB free, keeping room for the outboxes and journal (default 512).
+    pub min_free_mb: Option<u64>,
     /// Where Structured Reports go.
     #[serde(default)]
     pub pacs: PacsSettings,
@@ -122,7 +131,8 @@ pub struct Layer {
     pub quarantine: Option<PathBuf>,
     /// When the detector runs.
     pub detect: Option<DetectPolicy>,
-    /// Smallest box score reported.
+    /// Smallest box score reported, exactly (below the detector's `suspicious`, boxes are
+    /// `candidate`s); unset: the detector's `suspicious`, at least 0.25.
     pub min_score: Option<f32>,
     /// Largest image accepted, in pixels.
     pub max_pixels: Option<u64>,
@@ -153,8 +163,6 @@ pub struct Layer {
 
 /// The site name when none is configured (a topic level).
 pub const DEFAULT_SITE: &str = "default";
-/// Boxes scoring below this are not reported unless configured otherwise.
-pub const DEFAULT_MIN_SCORE: f32 = 0.25;
 /// The models directory when none is configured.
 pub const DEFAULT_MODELS: &str = "models";
 
@@ -334,7 +342,7 @@ impl Layer {
             threads: self.threads,
             read: ReadOptions {
                 detect: self.detect.unwrap_or_default(),
-                min_score: self.min_score.unwrap_or(DEFAULT_MIN_SCORE),
+                min_score: self.min_score,
             },
             decode: DecodeOptions {
                 max_pixels: self.max_pixels.unwrap_or(DecodeOptions::DEFAULT_MAX_PIXELS),
@@ -478,7 +486,10 @@ impl Layer {
             max_associations,
             max_pdu_bytes,
             max_object_bytes,
-            idle_timeout_s
+            idle_timeout_s,
+            max_connections,
+            handshake_timeout_s,
+            min_free_mb
         );
         merge!(self.dicom.pacs, over.dicom.pacs, address, max_retry_s);
         self
@@ -530,7 +541,7 @@ mod tests {
             .unwrap();
         assert_eq!(d.site, DEFAULT_SITE);
         assert_eq!(d.models, PathBuf::from(DEFAULT_MODELS));
-        assert_eq!(d.read.min_score, DEFAULT_MIN_SCORE);
+        assert_eq!(d.read.min_score, None);
         assert_eq!(d.read.detect, DetectPolicy::Suspicious);
         assert_eq!(d.selection.engine, fv_runtime::EngineKind::Auto);
         assert!(!d.reduced_decode);
@@ -544,7 +555,7 @@ mod tests {
             .merge(&env)
             .read_settings(PathBuf::from("cache"))
             .unwrap();
-        assert_eq!((r.site.as_str(), r.read.min_score), ("clinic-a", 0.5));
+        assert_eq!((r.site.as_str(), r.read.min_score), ("clinic-a", Some(0.5)));
         let bad = Layer {
             site: Some("a/b".into()),
             ..Default::default()

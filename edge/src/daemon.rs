@@ -28,6 +28,14 @@ fn in_progress(name: &str) -> bool {
             .any(|s| name.to_ascii_lowercase().ends_with(s))
 }
 
+/// The kind of a failure, as the fleet may see it: the I/O error's kind where there is one
+/// (`StorageFull`, `PermissionDenied`, …), never its text.
+fn failure_kind(e: &anyhow::Error) -> String {
+    e.chain()
+        .find_map(|c| c.downcast_ref::<std::io::Error>())
+        .map_or_else(|| "error".to_owned(), |io| format!("{:?}", io.kind()))
+}
+
 /// `dir/name`, or `dir/stem-N.ext` when taken.
 fn free_name(dir: &Path, name: &str) -> PathBuf {
     let p = dir.join(name);
@@ -295,13 +303,14 @@ pub fn run(settings: DaemonSettings) -> anyhow::Result<()> {
     let scp = match &dicom.listen {
         None => None,
         Some(listen) => {
-            let scp = crate::scp::Scp::from_settings(
+            let mut scp = crate::scp::Scp::from_settings(
                 &dicom,
                 &r.watch,
                 &r.state,
                 r.decode.max_file_bytes,
                 &pipeline.config.uid_salt,
             )?;
+            scp.health = Some(stats.clone());
             let (addr, handle) = scp.start(listen, shutdown.clone())?;
             // Printed so that a script (and the tests) can find a port-0 listener.
             println!("dicom on {addr}");
@@ -393,11 +402,25 @@ pub fn run(settings: DaemonSettings) -> anyhow::Result<()> {
     let mut seen: HashMap<PathBuf, (u64, Option<SystemTime>, Instant)> = HashMap::new();
     // Inputs whose result could not be stored (a full disk, say): retried with backoff.
     let mut retry: HashMap<PathBuf, (Instant, Duration)> = HashMap::new();
+    let mut listing_failed: Option<Instant> = None;
     while !shutdown.load(Ordering::SeqCst) {
         ping();
         let mut ready = Vec::new();
         let mut present = Vec::new();
-        for e in std::fs::read_dir(&r.watch)?.flatten() {
+        // A failed listing (EMFILE while a peer holds many connections, say) passes: the
+        // loop tries again rather than ending the daemon.
+        let listing = match std::fs::read_dir(&r.watch) {
+            Ok(l) => l,
+            Err(e) => {
+                if listing_failed.is_none_or(|t: Instant| t.elapsed() > Duration::from_secs(60)) {
+                    tracing::error!("{}: cannot list: {e}; trying again", r.watch.display());
+                    listing_failed = Some(Instant::now());
+                }
+                std::thread::sleep(Duration::from_millis(500));
+                continue;
+            }
+        };
+        for e in listing.flatten() {
             let p = e.path();
             let Ok(meta) = e.metadata() else { continue };
             if !meta.is_file() || in_progress(&file_name(&p)) {
@@ -440,12 +463,12 @@ pub fn run(settings: DaemonSettings) -> anyhow::Result<()> {
                         (*d * 2).min(Duration::from_secs(300))
                     });
                     tracing::error!("{}: {e:#}; retrying in {delay:?}", path.display());
-                    // The heartbeat goes to the fleet: the file's name there is its pseudonym.
-                    let name = file_name(&path);
-                    let text = format!("{e:#}")
-                        .replace(&name, &fleet_name(&name, &pipeline.config.uid_salt));
+                    // The heartbeat goes to the fleet: the input's pseudonym and the kind of
+                    // failure only, never the message (it can name a destination, which is
+                    // the input's real name).
+                    let name = fleet_name(&file_name(&path), &pipeline.config.uid_salt);
                     stats.lock().expect("stats lock").last_error =
-                        Some(crate::input_error::bounded(&text, 500).into_owned());
+                        Some(format!("{name}: not stored ({})", failure_kind(&e)));
                     retry.insert(path, (Instant::now() + delay, delay));
                 }
             }

@@ -11,6 +11,9 @@ use dicom_ul::pdu::{PDataValue, PDataValueType, Pdu};
 /// Largest command set accepted: a C-STORE-RQ is a few hundred bytes.
 pub const MAX_COMMAND_BYTES: usize = 64 << 10;
 
+/// The largest PDU the storage SCP accepts by default (`[dicom] max_pdu_bytes`).
+pub const MAX_PDU_BYTES: u32 = 64 << 10;
+
 /// The Verification SOP class (C-ECHO).
 pub const VERIFICATION: &str = "1.2.840.10008.1.1";
 
@@ -190,8 +193,10 @@ impl Command {
         out
     }
 
-    /// Reads a command set.
+    /// Reads a command set. Every element's declared length is checked against the bytes
+    /// received before dicom-object sees them: it would allocate what a peer declares.
     pub fn decode(bytes: &[u8]) -> Result<Self, String> {
+        check_lengths(bytes)?;
         let obj =
             InMemDicomObject::read_dataset_with_ts(bytes, &IMPLICIT_VR_LITTLE_ENDIAN.erased())
                 .map_err(|e| format!("unreadable command set: {e}"))?;
@@ -236,6 +241,37 @@ impl Command {
             }],
         }
     }
+}
+
+/// Walks a command set's elements (Implicit VR Little Endian: tag, 32-bit length, value)
+/// and refuses any whose declared length runs past the bytes received, an undefined length
+/// (command sets have no sequences) and any element outside group 0000.
+fn check_lengths(bytes: &[u8]) -> Result<(), String> {
+    let mut at = 0usize;
+    while at < bytes.len() {
+        let head = bytes.get(at..at + 8).ok_or_else(|| {
+            format!(
+                "a command set truncated inside an element header at byte {at} of {}",
+                bytes.len()
+            )
+        })?;
+        let group = u16::from_le_bytes([head[0], head[1]]);
+        let element = u16::from_le_bytes([head[2], head[3]]);
+        let len = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+        if group != 0 {
+            return Err(format!(
+                "element ({group:04X},{element:04X}) in a command set (group 0000 only)"
+            ));
+        }
+        let left = bytes.len() - at - 8;
+        if len == u32::MAX || len as usize > left {
+            return Err(format!(
+                "command set element (0000,{element:04X}) declares {len} bytes where {left} remain"
+            ));
+        }
+        at += 8 + len as usize;
+    }
+    Ok(())
 }
 
 /// A UID as PS3.5 9.1 has it: 1 to 64 characters of digits and dots, no empty component,
@@ -285,6 +321,34 @@ mod tests {
         let bytes = rsp.encode();
         let n = u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize;
         assert_eq!(n, bytes.len() - 12);
+    }
+
+    #[test]
+    fn declared_lengths_are_bounded_by_the_bytes_received() {
+        // The 26-byte command that made fv-edge allocate 4 GiB: a group length, then
+        // (0000,0002) declaring 0xFFFFFFFE bytes.
+        let mut evil = vec![0, 0, 0, 0, 4, 0, 0, 0, 14, 0, 0, 0];
+        evil.extend_from_slice(&[
+            0, 0, 2, 0, 0xFE, 0xFF, 0xFF, 0xFF, b'1', b'.', b'2', 0, 0, 0,
+        ]);
+        assert_eq!(evil.len(), 26);
+        let e = Command::decode(&evil).unwrap_err();
+        assert!(e.contains("(0000,0002) declares 4294967294 bytes"), "{e}");
+        let mut undefined = evil.clone();
+        undefined[16..20].copy_from_slice(&[0xFF; 4]);
+        assert!(Command::decode(&undefined).is_err());
+        let mut other_group = Command::store_rq(1, "1.2", "1.2.3").encode();
+        other_group.extend_from_slice(&[8, 0, 0x16, 0, 0, 0, 0, 0]);
+        assert!(Command::decode(&other_group)
+            .unwrap_err()
+            .contains("(0008,0016)"));
+        let good = Command::store_rq(1, "1.2", "1.2.3").encode();
+        for cut in [1, 5, 13] {
+            assert!(
+                Command::decode(&good[..good.len() - cut]).is_err(),
+                "cut {cut}"
+            );
+        }
     }
 
     #[test]

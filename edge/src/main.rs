@@ -44,7 +44,8 @@ enum Command {
         /// Precision to run when the directory holds several (default fp32).
         #[arg(long, value_name = "fp32|fp16|int8")]
         precision: Option<Precision>,
-        /// Smallest detector box score reported (default 0.25).
+        /// Smallest detector box score reported, exactly: boxes below the detector's
+        /// `suspicious` threshold come as `candidate` (default: that threshold, at least 0.25).
         #[arg(long, value_name = "S")]
         min_score: Option<f32>,
         /// When the detector (if any) runs (default suspicious).

@@ -48,6 +48,8 @@ pub struct Stats {
     pub pacs_sent: u64,
     /// Why the PACS sender cannot deliver right now.
     pub pacs_stalled: Option<String>,
+    /// Why the DICOM node refuses objects right now (too little disk).
+    pub dicom_refusing: Option<String>,
 }
 
 /// The first levels of every topic: the product and the version of the message schema.
@@ -577,6 +579,7 @@ impl Publisher {
             "pacs_outbox_depth": stats.pacs_outbox_depth,
             "pacs_sent": stats.pacs_sent,
             "pacs": stats.pacs_stalled,
+            "dicom": stats.dicom_refusing,
             "models": self.models,
             "ts": crate::pipeline::now_rfc3339(),
         })

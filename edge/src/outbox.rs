@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 /// Bounds of the outbox.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -29,7 +29,9 @@ pub struct OutboxLimits {
     pub max_entries: usize,
     /// At most this many bytes of queued results.
     pub max_bytes: u64,
-    /// Results older than this many hours are dropped (0: never).
+    /// Results queued for longer than this many hours are dropped (0: never). Measured on a
+    /// clock that does not jump (from when this process queued or found the record), never
+    /// by file times: a board without an RTC whose clock NTP corrects by years drops nothing.
     pub max_age_hours: u64,
 }
 
@@ -58,7 +60,9 @@ pub struct Entry {
 struct Meta {
     path: PathBuf,
     bytes: u64,
-    written: SystemTime,
+    /// When this process queued it, or found it queued at start: its age can only be
+    /// underestimated (by the time the unit was off), never made up by a clock that jumped.
+    queued: Instant,
 }
 
 /// The outbox directory.
@@ -161,13 +165,10 @@ impl Outbox {
             if !is_record {
                 continue;
             }
-            let meta = e.metadata().ok();
             let m = Meta {
                 path: p,
-                bytes: meta.as_ref().map_or(0, |m| m.len()),
-                written: meta
-                    .and_then(|m| m.modified().ok())
-                    .unwrap_or_else(SystemTime::now),
+                bytes: e.metadata().map_or(0, |m| m.len()),
+                queued: Instant::now(),
             };
             o.bytes += m.bytes;
             o.index.insert(seq, m);
@@ -272,7 +273,7 @@ impl Outbox {
             Meta {
                 path: path.clone(),
                 bytes,
-                written: SystemTime::now(),
+                queued: Instant::now(),
             },
         );
         self.enforce_limits()?;
@@ -385,7 +386,7 @@ impl Outbox {
         let l = self.limits;
         let max_age = Duration::from_secs(l.max_age_hours * 3600);
         while let Some((&seq, m)) = self.index.iter().next() {
-            let old = l.max_age_hours > 0 && m.written.elapsed().is_ok_and(|age| age > max_age);
+            let old = l.max_age_hours > 0 && m.queued.elapsed() > max_age;
             let reason = if self.index.len() > l.max_entries {
                 format!("more than {} queued results", l.max_entries)
             } else if self.bytes > l.max_bytes {
@@ -410,6 +411,37 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_clock_years_off_drops_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("outbox");
+        let limits = OutboxLimits {
+            max_age_hours: 1,
+            ..OutboxLimits::default()
+        };
+        let mut o = Outbox::open(&dir, limits).unwrap();
+        for i in 0..4 {
+            o.push(format!("{{\"id\":\"r{i}\"}}").as_bytes()).unwrap();
+        }
+        // Written while the board's clock said 2016, or 2036: NTP has set it right since.
+        for (e, when) in o
+            .entries()
+            .unwrap()
+            .iter()
+            .zip(["2016-01-01", "2036-01-01"].iter().cycle())
+        {
+            let ok = std::process::Command::new("touch")
+                .args(["-m", "-d", when])
+                .arg(&e.path)
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok);
+        }
+        let o = Outbox::open(&dir, limits).unwrap();
+        assert_eq!((o.depth(), o.dropped()), (4, 0));
+    }
 
     #[test]
     fn survives_reopen_in_order_and_drops_loudly() {

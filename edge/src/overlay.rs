@@ -1,9 +1,10 @@
 //! The overlay PNG for the person at the unit: the image with fracture boxes (dashed for
-//! `suspicious`, solid for `definite`) and the probability and finding written on it.
+//! `suspicious`, solid for `definite`, thin dotted cyan and labelled for a lower-confidence
+//! `candidate`) and the probability and finding written on it.
 
 use ab_glyph::{Font as _, FontRef, PxScale, ScaleFont as _};
 use fv_core::imaging::XrayImage;
-use fv_core::result::{Finding, Level, ResultMessage};
+use fv_core::result::{Finding, Level, Localization, ResultMessage};
 use image::{Rgb, RgbImage};
 
 /// DejaVu Sans (free licence: trainer/assets/DejaVuSans.LICENSE), shared with the trainer.
@@ -12,6 +13,8 @@ static FONT: &[u8] = include_bytes!("../../trainer/assets/DejaVuSans.ttf");
 const RED: Rgb<u8> = Rgb([230, 40, 40]);
 const AMBER: Rgb<u8> = Rgb([255, 170, 0]);
 const GREEN: Rgb<u8> = Rgb([60, 200, 90]);
+/// Not a finding colour: a candidate is a place to look, not a fracture the detector found.
+const CYAN: Rgb<u8> = Rgb([0, 200, 230]);
 
 fn colour(f: Option<Finding>) -> Rgb<u8> {
     match f {
@@ -98,20 +101,31 @@ pub fn render(image: &XrayImage, m: &ResultMessage) -> RgbImage {
     });
     let short = g.width().min(g.height()) as f32;
     let thick = (short / 300.0).round().max(2.0) as i64;
+    let size = (short / 24.0).max(14.0);
     for b in &m.boxes {
-        let c = match b.level {
-            Level::Definite => RED,
-            Level::Suspicious => AMBER,
+        let (c, width) = match b.level {
+            Level::Definite => (RED, thick),
+            Level::Suspicious => (AMBER, thick),
+            Level::Candidate => (CYAN, (thick / 2).max(1)),
         };
         rect(
             &mut img,
             [b.x1 as i64, b.y1 as i64, b.x2 as i64, b.y2 as i64],
-            thick,
-            b.level == Level::Suspicious,
+            width,
+            b.level != Level::Definite,
             c,
         );
+        if b.level == Level::Candidate {
+            text(
+                &mut img,
+                b.x1,
+                (b.y2 + size * 0.2).min(g.height() as f32 - size * 0.6),
+                size * 0.5,
+                &format!("look here? (low confidence {:.2})", b.score.get()),
+                CYAN,
+            );
+        }
     }
-    let size = (short / 24.0).max(14.0);
     let line = match (m.fracture_probability, m.finding) {
         (Some(p), Some(f)) => format!(
             "P(fracture) {:.2}: {}{}",
@@ -121,14 +135,22 @@ pub fn render(image: &XrayImage, m: &ResultMessage) -> RgbImage {
                 Finding::Suspicious => "suspicious, second look",
                 Finding::NoFracture => "no fracture found",
             },
-            if m.boxes.is_empty() {
-                String::new()
-            } else {
-                format!(
-                    " ({} box{})",
-                    m.boxes.len(),
-                    if m.boxes.len() == 1 { "" } else { "es" }
-                )
+            {
+                let found = m
+                    .boxes
+                    .iter()
+                    .filter(|b| b.level != Level::Candidate)
+                    .count();
+                match (found, m.localization) {
+                    (0, Some(Localization::Candidate)) => {
+                        " (no box passed: one candidate region)".to_owned()
+                    }
+                    (0, Some(Localization::NotFound)) => {
+                        " (no region found: read the whole image)".to_owned()
+                    }
+                    (0, _) => String::new(),
+                    (n, _) => format!(" ({n} box{})", if n == 1 { "" } else { "es" }),
+                }
             }
         ),
         _ => "not read".to_owned(),
@@ -185,6 +207,7 @@ mod tests {
             fracture_probability: Some(Probability::new(0.9).unwrap()),
             finding: Some(Finding::Fracture),
             boxes: vec![b(50.0, Level::Definite), b(350.0, Level::Suspicious)],
+            localization: Some(Localization::Boxes),
             models: vec![],
             timing_ms: Timing::default(),
             error: None,

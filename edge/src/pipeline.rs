@@ -55,7 +55,8 @@ pub fn uid_hash(salt: &str, uid: &str) -> String {
 /// `file-<12 hex of SHA-256(salt:name)>.<ext>`, in `source.name` and wherever the error
 /// message quotes it. The local result beside the image keeps the real name for the person at
 /// the unit; the same salt maps one name to one pseudonym, so a fleet operator can still tell
-/// repeats apart and a technician at the unit can match them (`fv-edge` logs both at debug).
+/// repeats apart. Nothing writes a name beside its pseudonym, in a log or elsewhere: that
+/// table would undo the pseudonyms.
 pub fn for_fleet(m: &ResultMessage, salt: &str) -> ResultMessage {
     let mut out = m.clone();
     // The acquisition time, to the hour: enough for a fleet's day and shift counts, too coarse
@@ -67,7 +68,6 @@ pub fn for_fleet(m: &ResultMessage, salt: &str) -> ResultMessage {
         if let Some(e) = &mut out.error {
             e.message = e.message.replace(name.as_str(), &pseudonym);
         }
-        tracing::debug!("fleet name of {name}: {pseudonym}");
         out.source.name = pseudonym;
     }
     out
@@ -116,6 +116,7 @@ impl Pipeline {
             fracture_probability: None,
             finding: None,
             boxes: Vec::new(),
+            localization: None,
             models,
             timing_ms: Timing::default(),
             error: None,
@@ -186,6 +187,7 @@ impl Pipeline {
         m.fracture_probability = Some(r.probability);
         m.finding = Some(r.finding);
         m.boxes = r.boxes;
+        m.localization = r.localization;
         Ok(r.timing)
     }
 }

@@ -1,13 +1,21 @@
 //! The storage SCP (`run --dicom-listen`): the X-ray unit sends each image by C-STORE, as to
 //! any DICOM node; fv-edge answers C-ECHO too.
 //!
-//! An object is streamed to `STATE/dicom/incoming/`, fsync'd and renamed into the watch
-//! folder as `dicom-<key>.dcm` *before* the response says success, so a crash after the
-//! response loses nothing; the worker then reads it like any other file. The key is a salted
-//! hash of the SOP Instance UID (a UID identifies a patient's image, so it names no file and
-//! no log line). A marker in `STATE/dicom/received/` makes the same SOP Instance UID, sent
-//! again, a success that is not processed twice. Limits (associations at once, PDU size, object size, idle time) keep a
-//! misbehaving peer from exhausting memory or stalling the unit; calling AE titles and source
+//! An object is streamed to a hidden `.dicom-<key>.<n>.part` file in the watch folder itself
+//! (one per receive), fsync'd, remembered in `STATE/dicom/received/`, and renamed to
+//! `dicom-<key>.dcm` in the same folder *before* the response says success: the rename never
+//! crosses a mount point (systemd's `ProtectSystem=strict` mounts the state and watch folders
+//! separately), a crash after the response loses nothing, and the worker reads it like any
+//! other file. The key is a salted hash of the SOP Instance UID (a UID identifies a patient's
+//! image, so it names no file and no log line); the same UID sent again, or on two
+//! associations at once, is acknowledged and read once.
+//!
+//! A peer is bounded before it is believed: a slot is taken before a thread is spent on a
+//! connection (`max_connections`, the oldest connection that has not associated gives way),
+//! the association request must arrive within `handshake_timeout_s` and every later PDU
+//! within `idle_timeout_s`, PDUs are at most `max_pdu_bytes`, command sets' declared lengths
+//! are checked against the bytes received, objects are at most `max_object_bytes`, and
+//! C-STORE is refused while less than `min_free_mb` is free. Calling AE titles and source
 //! addresses can be restricted.
 //!
 //! Built on dicom-ul (associations, PDUs) and dicom-object (command sets, file meta).
@@ -19,12 +27,13 @@ use dicom_ul::association::server::AccessControl;
 use dicom_ul::association::Association as _;
 use dicom_ul::pdu::{AssociationRJServiceUserReason, PDataValueType, Pdu, UserIdentity};
 use dicom_ul::{ServerAssociation, ServerAssociationOptions};
+use std::collections::HashMap;
 use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 /// The storage SOP classes accepted: the radiographs fv-edge reads (CR, DX for presentation
 /// and for processing). Mammography and intra-oral X-ray are other modalities, refused by
@@ -67,14 +76,34 @@ pub struct Scp {
     pub max_pdu: u32,
     /// Largest object accepted, in bytes.
     pub max_object_bytes: u64,
-    /// An association silent for this long is closed.
+    /// An association silent for this long is closed; also the most one PDU may take.
     pub idle: Duration,
+    /// TCP connections at once, associated or not.
+    pub max_connections: usize,
+    /// How long a connection has to complete its association request.
+    pub handshake: Duration,
+    /// C-STORE is refused while the state folder's file system has less free.
+    pub min_free_bytes: u64,
     /// Where complete objects go: the watch folder.
     pub inbox: PathBuf,
     /// `STATE/dicom`.
     pub state: PathBuf,
     /// The device's UID salt, for the file names.
     pub salt: String,
+    /// Where the node says it refuses objects for want of space (the heartbeat's `dicom`).
+    pub health: Option<Arc<Mutex<crate::mqtt::Stats>>>,
+    /// Numbers each receive's temporary file.
+    receives: Arc<AtomicU64>,
+    /// Held while a received object is handed to the watch folder: one UID, one file.
+    publishing: Arc<Mutex<()>>,
+}
+
+/// What became of a complete object.
+enum Published {
+    /// It is in the watch folder, durably, and remembered.
+    New(PathBuf),
+    /// The same SOP Instance UID was handed over first by another receive: this copy is gone.
+    Duplicate,
 }
 
 impl Scp {
@@ -96,12 +125,21 @@ impl Scp {
             allowed_calling: s.allowed_calling_ae_titles.clone().unwrap_or_default(),
             allowed_addresses: s.allowed_addresses.clone().unwrap_or_default(),
             max_associations: s.max_associations.unwrap_or(4).max(1),
-            max_pdu: s.max_pdu_bytes.unwrap_or(64 << 10).clamp(4096, 4 << 20),
+            max_pdu: s
+                .max_pdu_bytes
+                .unwrap_or(dimse::MAX_PDU_BYTES)
+                .clamp(4096, 4 << 20),
             max_object_bytes: s.max_object_bytes.unwrap_or(max_input_bytes),
             idle: Duration::from_secs(s.idle_timeout_s.unwrap_or(60).max(1)),
+            max_connections: s.max_connections.unwrap_or(32).max(2),
+            handshake: Duration::from_secs(s.handshake_timeout_s.unwrap_or(10).max(1)),
+            min_free_bytes: s.min_free_mb.unwrap_or(512) << 20,
             inbox: inbox.to_owned(),
             state: state.join("dicom"),
             salt: salt.to_owned(),
+            health: None,
+            receives: Arc::default(),
+            publishing: Arc::default(),
         })
     }
 
@@ -111,12 +149,70 @@ impl Scp {
         format!("dicom-{}", &h[..24])
     }
 
-    fn incoming(&self) -> PathBuf {
-        self.state.join("incoming")
-    }
-
     fn received(&self) -> PathBuf {
         self.state.join("received")
+    }
+
+    /// Why an object cannot be taken now for want of space (`None`: there is room); the
+    /// heartbeat says the same.
+    fn low_on_space(&self) -> Option<String> {
+        let why = self
+            .free_bytes()
+            .filter(|&free| free < self.min_free_bytes)
+            .map(|free| {
+                format!(
+                    "{} MiB free, under the {} MiB kept for results ([dicom] min_free_mb)",
+                    free >> 20,
+                    self.min_free_bytes >> 20
+                )
+            });
+        if let Some(h) = &self.health {
+            let mut h = h.lock().unwrap_or_else(|p| p.into_inner());
+            if h.dicom_refusing != why {
+                match &why {
+                    Some(w) => tracing::warn!("DICOM: refusing objects: {w}"),
+                    None => tracing::info!("DICOM: taking objects again: space freed"),
+                }
+                h.dicom_refusing = why.clone();
+            }
+        }
+        why
+    }
+
+    /// Hands a complete object to the watch folder: remembered first (so a re-send is a
+    /// duplicate from the moment it can be read), then renamed in place, then the folder
+    /// synced. A failure undoes what it can, so that the unit's re-send is read once.
+    fn publish(&self, key: &str, part: PathBuf, f: std::fs::File) -> std::io::Result<Published> {
+        let _one = self.publishing.lock().unwrap_or_else(|p| p.into_inner());
+        let dest = self.inbox.join(format!("{key}.dcm"));
+        let marker = self.received().join(key);
+        if marker.exists() || dest.exists() {
+            drop(f);
+            let _ = std::fs::remove_file(&part);
+            return Ok(Published::Duplicate);
+        }
+        let done = (|| {
+            f.sync_all()?;
+            drop(f);
+            std::fs::File::create(&marker)?.sync_all()?;
+            std::fs::File::open(self.received())?.sync_all()?;
+            std::fs::rename(&part, &dest)?;
+            if let Err(e) = std::fs::File::open(&self.inbox).and_then(|d| d.sync_all()) {
+                // Not durable: take it back unless the watch loop already has it.
+                if std::fs::rename(&dest, &part).is_ok() {
+                    return Err(e);
+                }
+                tracing::warn!(
+                    "DICOM: {key}: the watch folder could not be synced ({e}); already being read"
+                );
+            }
+            Ok(Published::New(dest.clone()))
+        })();
+        if done.is_err() {
+            let _ = std::fs::remove_file(&part);
+            let _ = std::fs::remove_file(&marker);
+        }
+        done
     }
 
     /// Binds `addr` (`PORT` or `ADDR:PORT`), clears what a crash left half-received, and
@@ -131,13 +227,16 @@ impl Scp {
         } else {
             format!("0.0.0.0:{addr}")
         };
-        for d in [self.incoming(), self.received()] {
-            std::fs::create_dir_all(&d)
-                .with_context(|| format!("{}: cannot create", d.display()))?;
-        }
-        // A partial object was never acknowledged: the unit sends it again.
-        for e in std::fs::read_dir(self.incoming())?.flatten() {
-            let _ = std::fs::remove_file(e.path());
+        std::fs::create_dir_all(self.received())
+            .with_context(|| format!("{}: cannot create", self.received().display()))?;
+        // A partial object was never acknowledged: the unit sends it again. (Objects were
+        // once received into STATE/dicom/incoming.)
+        let _ = std::fs::remove_dir_all(self.state.join("incoming"));
+        for e in std::fs::read_dir(&self.inbox)?.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with(".dicom-") && name.ends_with(".part") {
+                let _ = std::fs::remove_file(e.path());
+            }
         }
         self.forget_old();
         let listener = TcpListener::bind(&addr)
@@ -174,15 +273,18 @@ impl Scp {
     }
 
     fn accept_loop(self: Arc<Self>, listener: TcpListener, shutdown: Arc<AtomicBool>) {
-        let active = Arc::new(AtomicUsize::new(0));
+        let slots = Arc::new(Slots::default());
+        let mut refused_at: Option<Instant> = None;
         while !shutdown.load(Ordering::SeqCst) {
+            slots.sweep(&self);
             let (stream, peer) = match listener.accept() {
                 Ok(s) => s,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    std::thread::sleep(Duration::from_millis(100));
+                    std::thread::sleep(Duration::from_millis(50));
                     continue;
                 }
                 Err(e) => {
+                    // EMFILE and the like pass: connections close, descriptors come back.
                     tracing::warn!("DICOM: accept failed: {e}");
                     std::thread::sleep(Duration::from_millis(100));
                     continue;
@@ -194,38 +296,44 @@ impl Scp {
                 );
                 continue;
             }
-            let full = active.load(Ordering::SeqCst) >= self.max_associations;
+            // The slot is taken before anything else is spent on the connection.
+            let Some((id, progress)) = slots.admit(&stream, self.max_connections) else {
+                if refused_at.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                    tracing::warn!(
+                        "DICOM: refused a connection from {peer}: {} connections open and all associated ([dicom] max_connections)",
+                        self.max_connections
+                    );
+                    refused_at = Some(Instant::now());
+                }
+                continue;
+            };
             let scp = self.clone();
-            let count = active.clone();
-            count.fetch_add(1, Ordering::SeqCst);
+            let held = slots.clone();
             let spawned = std::thread::Builder::new()
                 .name("dicom-assoc".into())
                 .spawn(move || {
-                    if let Err(e) = scp.association(stream, peer, full) {
+                    let _slot = SlotGuard(&held, id, progress.clone());
+                    if let Err(e) = scp.association(stream, peer, &held, &progress) {
                         tracing::warn!("DICOM association from {peer}: {e:#}");
                     }
-                    count.fetch_sub(1, Ordering::SeqCst);
                 });
             if let Err(e) = spawned {
-                active.fetch_sub(1, Ordering::SeqCst);
+                slots.release(id);
                 tracing::error!("DICOM: cannot start a thread for {peer}: {e}");
             }
         }
     }
 
-    fn options(
-        &self,
-        full: bool,
-    ) -> ServerAssociationOptions<'_, Gate<'_>, impl dicom_ul::association::server::Negotiation>
+    fn options<'a>(
+        &'a self,
+        gate: Gate<'a>,
+    ) -> ServerAssociationOptions<'a, Gate<'a>, impl dicom_ul::association::server::Negotiation>
     {
         let mut o = ServerAssociationOptions::new()
-            .ae_access_control(Gate {
-                allowed_calling: &self.allowed_calling,
-                full,
-            })
+            .ae_access_control(gate)
             .ae_title(self.ae_title.as_str())
             .max_pdu_length(self.max_pdu)
-            .read_timeout(self.idle)
+            .read_timeout(self.idle.min(self.handshake))
             .write_timeout(self.idle)
             .with_abstract_syntax(dimse::VERIFICATION);
         for c in STORAGE_SOP_CLASSES {
@@ -237,22 +345,28 @@ impl Scp {
         o
     }
 
-    fn association(&self, stream: TcpStream, peer: SocketAddr, full: bool) -> anyhow::Result<()> {
+    fn association(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        slots: &Slots,
+        progress: &Progress,
+    ) -> anyhow::Result<()> {
         stream.set_nonblocking(false)?;
-        let mut assoc = match self.options(full).establish(stream) {
+        let gate = Gate {
+            allowed_calling: &self.allowed_calling,
+            slots,
+            max_associations: self.max_associations,
+        };
+        let mut assoc = match self.options(gate).establish(stream) {
             Ok(a) => a,
             Err(e) => {
-                if full {
-                    tracing::warn!(
-                        "DICOM: refused an association from {peer}: {} associations already open ([dicom] max_associations)",
-                        self.max_associations
-                    );
-                } else {
-                    tracing::warn!("DICOM: refused an association from {peer}: {e}");
-                }
+                tracing::warn!("DICOM: refused an association from {peer}: {e}");
                 return Ok(());
             }
         };
+        progress.associated(slots);
+        let _ = assoc.inner_stream().set_read_timeout(Some(self.idle));
         let calling = assoc.peer_ae_title().to_owned();
         tracing::info!("DICOM association from {calling} at {peer}");
         let mut session = Session {
@@ -260,6 +374,7 @@ impl Scp {
             calling: calling.clone(),
             command: Vec::new(),
             store: None,
+            progress,
         };
         let outcome = session.serve(&mut assoc);
         session.discard();
@@ -278,6 +393,145 @@ impl Scp {
             }
         }
     }
+
+    /// Bytes free for an unprivileged writer on the file systems a received object and its
+    /// results are written to (the smaller).
+    fn free_bytes(&self) -> Option<u64> {
+        [self.state.as_path(), self.inbox.as_path()]
+            .iter()
+            .filter_map(|p| rustix::fs::statvfs(*p).ok())
+            .map(|v| v.f_bavail.saturating_mul(v.f_frsize))
+            .min()
+    }
+}
+
+/// What a connection's thread tells the accept loop of itself.
+#[derive(Default)]
+struct Progress {
+    /// Set once the association is accepted.
+    associated: AtomicBool,
+    /// When the connection opened.
+    opened: std::sync::OnceLock<Instant>,
+    /// Milliseconds after `opened` at which the last PDU completed.
+    last_pdu_ms: AtomicU64,
+}
+
+impl Progress {
+    fn associated(&self, slots: &Slots) {
+        self.associated.store(true, Ordering::SeqCst);
+        self.pdu();
+        slots.associated.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn pdu(&self) {
+        let opened = self.opened.get_or_init(Instant::now);
+        self.last_pdu_ms
+            .store(opened.elapsed().as_millis() as u64, Ordering::SeqCst);
+    }
+
+    /// How long since the connection last made progress: since it opened while it has not
+    /// associated, since its last whole PDU after.
+    fn stalled(&self) -> Duration {
+        let opened = *self.opened.get_or_init(Instant::now);
+        if self.associated.load(Ordering::SeqCst) {
+            opened.elapsed().saturating_sub(Duration::from_millis(
+                self.last_pdu_ms.load(Ordering::SeqCst),
+            ))
+        } else {
+            opened.elapsed()
+        }
+    }
+}
+
+/// One open connection: a handle to shut it down from the accept loop, and its progress.
+struct Slot {
+    stream: TcpStream,
+    progress: Arc<Progress>,
+    closing: bool,
+}
+
+/// The open connections, counted before a thread is spent on one.
+#[derive(Default)]
+struct Slots {
+    open: Mutex<HashMap<u64, Slot>>,
+    next: AtomicU64,
+    /// Connections that hold an association (a slot's thread decrements it when it ends).
+    associated: AtomicUsize,
+}
+
+impl Slots {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Slot>> {
+        self.open.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A slot for `stream`, closing the oldest connection that has not associated when all
+    /// `max` are taken; `None` when every one of them holds an association.
+    fn admit(&self, stream: &TcpStream, max: usize) -> Option<(u64, Arc<Progress>)> {
+        let mut open = self.lock();
+        if open.len() >= max {
+            let oldest = open
+                .iter()
+                .filter(|(_, s)| !s.progress.associated.load(Ordering::SeqCst))
+                .max_by_key(|(_, s)| s.progress.stalled())
+                .map(|(id, _)| *id)?;
+            if let Some(s) = open.remove(&oldest) {
+                let _ = s.stream.shutdown(std::net::Shutdown::Both);
+            }
+        }
+        let handle = stream.try_clone().ok()?;
+        let progress = Arc::new(Progress::default());
+        progress.opened.get_or_init(Instant::now);
+        let id = self.next.fetch_add(1, Ordering::SeqCst);
+        open.insert(
+            id,
+            Slot {
+                stream: handle,
+                progress: progress.clone(),
+                closing: false,
+            },
+        );
+        Some((id, progress))
+    }
+
+    /// Closes connections past their deadline: the association request not complete within
+    /// `handshake`, or a PDU not complete within `idle` (a peer trickling bytes).
+    fn sweep(&self, scp: &Scp) {
+        for (id, s) in self.lock().iter_mut() {
+            let limit = if s.progress.associated.load(Ordering::SeqCst) {
+                scp.idle
+            } else {
+                scp.handshake
+            };
+            if !s.closing && s.progress.stalled() > limit {
+                tracing::warn!(
+                    "DICOM: closing connection {id}: no progress for {limit:?} ({})",
+                    if s.progress.associated.load(Ordering::SeqCst) {
+                        "a PDU took too long; [dicom] idle_timeout_s"
+                    } else {
+                        "no association request; [dicom] handshake_timeout_s"
+                    }
+                );
+                let _ = s.stream.shutdown(std::net::Shutdown::Both);
+                s.closing = true;
+            }
+        }
+    }
+
+    fn release(&self, id: u64) {
+        self.lock().remove(&id);
+    }
+}
+
+/// Frees a connection's slot when its thread ends, however it ends.
+struct SlotGuard<'a>(&'a Slots, u64, Arc<Progress>);
+
+impl Drop for SlotGuard<'_> {
+    fn drop(&mut self) {
+        self.0.release(self.1);
+        if self.2.associated.load(Ordering::SeqCst) {
+            self.0.associated.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
 }
 
 /// AE titles: 1 to 16 characters of printable ASCII but backslash (PS3.5 VR AE).
@@ -294,7 +548,8 @@ fn check_ae_title(t: &str) -> anyhow::Result<()> {
 /// Who may associate: our called AE title, an allowed calling one, and room.
 struct Gate<'a> {
     allowed_calling: &'a [String],
-    full: bool,
+    slots: &'a Slots,
+    max_associations: usize,
 }
 
 impl AccessControl for Gate<'_> {
@@ -316,7 +571,12 @@ impl AccessControl for Gate<'_> {
         {
             return Err(AssociationRJServiceUserReason::CallingAETitleNotRecognized);
         }
-        if self.full {
+        if self.slots.associated.load(Ordering::SeqCst) >= self.max_associations {
+            tracing::warn!(
+                "DICOM: refused an association from {}: {} associations already open ([dicom] max_associations)",
+                calling_ae_title.trim(),
+                self.max_associations
+            );
             return Err(AssociationRJServiceUserReason::NoReasonGiven);
         }
         Ok(())
@@ -346,6 +606,7 @@ struct Session<'a> {
     calling: String,
     command: Vec<u8>,
     store: Option<Store>,
+    progress: &'a Progress,
 }
 
 impl Session<'_> {
@@ -354,6 +615,7 @@ impl Session<'_> {
             let pdu = assoc.receive().map_err(|e| {
                 anyhow::anyhow!("{e} (peer gone, or silent for over {:?})", self.scp.idle)
             })?;
+            self.progress.pdu();
             match pdu {
                 Pdu::PData { data } => {
                     for v in data {
@@ -450,6 +712,8 @@ impl Session<'_> {
                         .exists()
                 {
                     store.duplicate = true;
+                } else if let Some(why) = self.scp.low_on_space() {
+                    store.refusal = Some((status::OUT_OF_RESOURCES, why));
                 } else {
                     store.file = Some(self.open(&store.rq, &uid, &pc.transfer_syntax)?);
                 }
@@ -467,11 +731,15 @@ impl Session<'_> {
 
     /// The Part 10 preamble and file meta, ahead of the data set's bytes as they arrive.
     fn open(&self, rq: &Command, uid: &str, ts: &str) -> anyhow::Result<(PathBuf, std::fs::File)> {
+        // In the watch folder itself, so that the rename that hands it over never crosses a
+        // mount point; the leading dot keeps the watch loop off it, and the receive's own
+        // number keeps two receives of one UID out of each other's file.
+        let n = self.scp.receives.fetch_add(1, Ordering::SeqCst);
         let path = self
             .scp
-            .incoming()
-            .join(format!("{}.part", self.scp.key(uid)));
-        let mut f = std::fs::File::create(&path)
+            .inbox
+            .join(format!(".{}.{n}.part", self.scp.key(uid)));
+        let mut f = std::fs::File::create_new(&path)
             .with_context(|| format!("{}: cannot create", path.display()))?;
         let meta = dicom_object::FileMetaTableBuilder::new()
             .media_storage_sop_class_uid(rq.sop_class.as_str())
@@ -496,7 +764,18 @@ impl Session<'_> {
             store.pc == pc,
             "a data set on another presentation context than its command"
         );
+        let before = store.bytes;
         store.bytes += bytes.len() as u64;
+        // Every 16 MiB the disk is looked at again: one large object must not eat the room
+        // the outboxes and the journal need.
+        if store.refusal.is_none() && before >> 24 != store.bytes >> 24 {
+            if let Some(why) = self.scp.low_on_space() {
+                store.refusal = Some((status::OUT_OF_RESOURCES, why));
+                if let Some((path, _)) = store.file.take() {
+                    let _ = std::fs::remove_file(path);
+                }
+            }
+        }
         if store.refusal.is_none() && store.bytes > self.scp.max_object_bytes {
             let key = self
                 .scp
@@ -545,19 +824,8 @@ impl Session<'_> {
             return Ok(Command::response(&store.rq, status::SUCCESS, None));
         }
         let (part, f) = store.file.expect("an object being stored has a file");
-        let done = (|| -> std::io::Result<PathBuf> {
-            f.sync_all()?;
-            drop(f);
-            let dest = self.scp.inbox.join(format!("{key}.dcm"));
-            std::fs::rename(&part, &dest)?;
-            std::fs::File::open(&self.scp.inbox)?.sync_all()?;
-            let marker = self.scp.received().join(&key);
-            std::fs::File::create(&marker)?.sync_all()?;
-            std::fs::File::open(self.scp.received())?.sync_all()?;
-            Ok(dest)
-        })();
-        match done {
-            Ok(dest) => {
+        match self.scp.publish(&key, part, f) {
+            Ok(Published::New(dest)) => {
                 tracing::info!(
                     "DICOM: received {} ({} bytes) from {}",
                     crate::input::file_name(&dest),
@@ -566,8 +834,14 @@ impl Session<'_> {
                 );
                 Ok(Command::response(&store.rq, status::SUCCESS, None))
             }
+            Ok(Published::Duplicate) => {
+                tracing::info!(
+                    "DICOM: {key} from {} arrived on another association at the same time: acknowledged, read once",
+                    self.calling
+                );
+                Ok(Command::response(&store.rq, status::SUCCESS, None))
+            }
             Err(e) => {
-                let _ = std::fs::remove_file(&part);
                 tracing::error!("DICOM: cannot store {key}: {e}");
                 Ok(Command::response(
                     &store.rq,

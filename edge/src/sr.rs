@@ -344,6 +344,10 @@ pub fn report(path: &Path, m: &ResultMessage) -> Result<Report, ReportError> {
                 "SUSPICIOUS",
                 "At or above the detector's suspicious threshold",
             ),
+            Level::Candidate => (
+                "CANDIDATE",
+                "Below the detector's thresholds: a region to look at first",
+            ),
         };
         g.push(code_item(
             "CONTAINS",

@@ -215,72 +215,12 @@ fn runs_without_a_broker_writing_local_results() {
     assert!(d.stop("TERM").success());
 }
 
-/// A CA and a server certificate for 127.0.0.1, made with the openssl command.
-fn make_certs(dir: &std::path::Path) {
-    let run = |args: &[&str]| {
-        let ok = std::process::Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .expect("openssl not found: install it (`apt-get install openssl`); .ci/run does")
-            .success();
-        assert!(ok, "openssl {args:?}");
-    };
-    run(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=fv-test-ca",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-    ]);
-    run(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-subj",
-        "/CN=127.0.0.1",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-    ]);
-    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "2",
-        "-extfile",
-        "san.ext",
-        "-out",
-        "server.pem",
-    ]);
-}
-
 #[test]
 fn tls_with_username_and_password() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("broker");
     std::fs::create_dir_all(&dir).unwrap();
-    make_certs(&dir);
+    fv_e2e::make_certs(&dir, false);
     // Mosquitto started as root reads its files as the `mosquitto` user.
     use std::os::unix::fs::PermissionsExt as _;
     for (p, mode) in [

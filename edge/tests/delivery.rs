@@ -429,3 +429,32 @@ fn an_input_that_killed_the_daemon_twice_is_quarantined() {
     assert_eq!(q["error"]["code"], "crashed", "{q}");
     assert!(!state.join("inflight.json").exists());
 }
+
+/// A name taken in done/ makes the destination `NAME-1.jpg`: the input's real name with a
+/// number. When storing there fails, neither that name nor the input's reaches the fleet.
+#[test]
+fn a_failed_store_under_a_numbered_name_names_nothing_in_the_heartbeat() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&tmp.path().join("broker"), free_port());
+    let sub = Subscriber::start(broker.port, "test-sub-numbered");
+    let d = Daemon::start(tmp.path(), Some(&broker.url()), &[]);
+    let done = d.watch.join("done");
+    std::fs::create_dir_all(done.join("SMITH_JOHN-1.jpg.result.json/x")).unwrap();
+    std::fs::copy(sample("IMG0002588.jpg"), done.join("SMITH_JOHN.jpg")).unwrap();
+    d.drop_file(&sample("IMG0000429.jpg"), "SMITH_JOHN.jpg");
+    wait_until("a heartbeat with the failure", T, || {
+        sub.on("/heartbeat")
+            .iter()
+            .any(|hb| hb.json["last_error"].is_string())
+    });
+    for hb in sub.on("/heartbeat") {
+        let text = hb.json.to_string();
+        assert!(!text.contains("SMITH") && !text.contains("JOHN"), "{text}");
+    }
+    let log = std::fs::read_to_string(tmp.path().join("fv-edge.log")).unwrap();
+    assert!(
+        !log.lines()
+            .any(|l| l.contains("SMITH_JOHN") && l.contains("file-")),
+        "no log line puts a name beside its pseudonym:\n{log}"
+    );
+}

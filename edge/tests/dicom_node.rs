@@ -1,7 +1,9 @@
 //! fv-edge as a DICOM node, against peers no one here wrote: DCMTK's `storescu` and `echoscu`
 //! play the X-ray unit, its `storescp` the PACS, and dicom3tools' `dciodvfy` checks the
 //! Structured Report. Bad peers too: a wrong called AE title, a calling AE title not allowed,
-//! an unsupported SOP class, an object over the limit, an association dropped mid-object.
+//! an unsupported SOP class, an object over the limit, an association dropped mid-object;
+//! and hostile ones: a command set declaring 4 GiB, 60 connections that never associate, the
+//! same image on two associations at once; and the systemd unit's mount layout.
 //!
 //! Without DCMTK (or dicom3tools for `dciodvfy`) the tests say so and pass, unless
 //! FV_REQUIRE_DCMTK=1 (CI), which makes that a failure.
@@ -332,7 +334,13 @@ fn bad_peers_are_refused_and_the_daemon_keeps_going() {
         ),
     );
     wait_listening(&echoscu, port);
-    let incoming = d.state.join("dicom/incoming");
+    let parts = || {
+        std::fs::read_dir(&d.watch)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".part"))
+            .count()
+    };
     let watched = || {
         std::fs::read_dir(&d.watch)
             .unwrap()
@@ -384,11 +392,7 @@ fn bad_peers_are_refused_and_the_daemon_keeps_going() {
     // An association dropped in the middle of an object.
     drop_mid_object(port);
     std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(
-        std::fs::read_dir(&incoming).unwrap().count(),
-        0,
-        "nothing half-received is kept"
-    );
+    assert_eq!(parts(), 0, "nothing half-received is kept");
 
     // A peer that connects and says nothing is closed after idle_timeout_s (5 here).
     {
@@ -458,4 +462,315 @@ fn drop_mid_object(port: u16) {
     std::thread::sleep(Duration::from_millis(300));
     // Dropped without release or abort: the TCP connection closes under the SCP.
     drop(a);
+}
+
+/// Peak resident memory of a process, in bytes (`VmHWM`).
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/PID/status");
+    kib << 10
+}
+
+/// An association on a DX context, as a modality opens it.
+fn associate(port: u16) -> dicom_ul::ClientAssociation<std::net::TcpStream> {
+    dicom_ul::ClientAssociationOptions::new()
+        .calling_ae_title("XRAY1")
+        .called_ae_title("FVEDGE")
+        .with_presentation_context(
+            uids::DIGITAL_X_RAY_IMAGE_STORAGE_FOR_PRESENTATION,
+            vec![uids::EXPLICIT_VR_LITTLE_ENDIAN],
+        )
+        .establish(("127.0.0.1", port))
+        .unwrap()
+}
+
+#[test]
+fn hostile_peers_cost_little_and_a_real_modality_still_gets_through() {
+    use dicom_ul::pdu::{PDataValue, PDataValueType, Pdu};
+    use std::io::Write as _;
+    let (Some(storescu), Some(storescp), Some(echoscu)) =
+        (tool("storescu"), tool("storescp"), tool("echoscu"))
+    else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let (port, pacs_port) = (free_port(), free_port());
+    let pacs = Pacs::start(&storescp, &tmp.path().join("pacs"), pacs_port);
+    let mut d = node(tmp.path(), port, pacs_port, None);
+    wait_listening(&echoscu, port);
+    let pid = d.child.id();
+    let before = peak_rss(pid);
+
+    // 26 bytes: a command set whose (0000,0002) declares 0xFFFFFFFE bytes.
+    let mut evil = vec![0, 0, 0, 0, 4, 0, 0, 0, 14, 0, 0, 0];
+    evil.extend_from_slice(&[0, 0, 2, 0, 0xFE, 0xFF, 0xFF, 0xFF]);
+    evil.extend_from_slice(b"1.2\0\0\0");
+    assert_eq!(evil.len(), 26);
+    let mut a = associate(port);
+    let pc = a.presentation_contexts()[0].id;
+    a.send(&Pdu::PData {
+        data: vec![PDataValue {
+            presentation_context_id: pc,
+            value_type: PDataValueType::Command,
+            is_last: true,
+            data: evil,
+        }],
+    })
+    .unwrap();
+    let answer = a.receive();
+    assert!(
+        matches!(answer, Ok(Pdu::AbortRQ { .. }) | Err(_)),
+        "the association is aborted: {answer:?}"
+    );
+    let grew = peak_rss(pid).saturating_sub(before);
+    assert!(
+        grew < 64 << 20,
+        "the 26-byte command cost {} MiB",
+        grew >> 20
+    );
+    assert!(echo(&echoscu, "FVEDGE", port), "C-ECHO still answered");
+
+    // 50 connections that say nothing and 10 that trickle an association request a byte at
+    // a time: none of them holds the door shut.
+    let idle: Vec<std::net::TcpStream> = (0..50)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let trickle: Vec<_> = (0..10)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+                // An A-ASSOCIATE-RQ header that announces far more than ever comes.
+                for b in [1u8, 0, 0, 0, 0x10, 0].iter().cycle() {
+                    if stop.load(std::sync::atomic::Ordering::SeqCst) || s.write_all(&[*b]).is_err()
+                    {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+            })
+        })
+        .collect();
+    let dcm = tmp.path().join("image.dcm");
+    dicom_from_jpeg(&sample("IMG0002322.jpg"), &dcm, "DX", true);
+    assert!(
+        store(&storescu, "XRAY1", port, &dcm).status.success(),
+        "storescu got through 60 hostile connections"
+    );
+    wait_until("its report at the PACS", T, || !pacs.received().is_empty());
+    // The watch loop still reads files, and the daemon still runs.
+    d.drop_file(&sample("IMG0002322.jpg"), "dropped.jpg");
+    wait_until("the dropped file read", T, || d.done_results().len() == 2);
+    assert!(d.child.try_wait().unwrap().is_none(), "the daemon runs");
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    drop(idle);
+    for t in trickle {
+        t.join().unwrap();
+    }
+    assert!(d.stop("TERM").success());
+    let log = std::fs::read_to_string(tmp.path().join("fv-edge.log")).unwrap();
+    assert!(
+        log.contains("declares 4294967294 bytes"),
+        "the log says why the association was aborted"
+    );
+}
+
+#[test]
+fn one_image_on_two_associations_at_once_is_stored_once_and_read_once() {
+    use dicom_ul::pdu::{PDataValue, PDataValueType, Pdu};
+    let Some(echoscu) = tool("echoscu") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let (port, pacs_port) = (free_port(), free_port());
+    let d = node(tmp.path(), port, pacs_port, None);
+    wait_listening(&echoscu, port);
+    let dcm = tmp.path().join("image.dcm");
+    dicom_from_jpeg(&sample("IMG0002322.jpg"), &dcm, "DX", true);
+    // The data set as a storescu sends it: the file without preamble and file meta.
+    let obj = dicom_object::open_file(&dcm).unwrap();
+    let mut data = Vec::new();
+    obj.write_dataset_with_ts(
+        &mut data,
+        &dicom_transfer_syntax_registry::entries::EXPLICIT_VR_LITTLE_ENDIAN.erased(),
+    )
+    .unwrap();
+    let half = data.len() / 2;
+    let rq = fv_edge::dimse::Command::store_rq(
+        1,
+        uids::DIGITAL_X_RAY_IMAGE_STORAGE_FOR_PRESENTATION,
+        SOP_UID,
+    );
+    let chunk = |pc: u8, bytes: &[u8], is_last: bool| Pdu::PData {
+        data: vec![PDataValue {
+            presentation_context_id: pc,
+            value_type: PDataValueType::Data,
+            is_last,
+            data: bytes.to_vec(),
+        }],
+    };
+    // Both associations are half-way through the same SOP Instance UID before either ends.
+    let mut a = associate(port);
+    let mut b = associate(port);
+    let (pa, pb) = (
+        a.presentation_contexts()[0].id,
+        b.presentation_contexts()[0].id,
+    );
+    a.send(&rq.pdu(pa)).unwrap();
+    b.send(&rq.pdu(pb)).unwrap();
+    for (assoc, pc) in [(&mut a, pa), (&mut b, pb)] {
+        for piece in data[..half].chunks(16 << 10) {
+            assoc.send(&chunk(pc, piece, false)).unwrap();
+        }
+    }
+    let mut statuses = Vec::new();
+    for (assoc, pc) in [(&mut a, pa), (&mut b, pb)] {
+        let rest: Vec<&[u8]> = data[half..].chunks(16 << 10).collect();
+        for (i, piece) in rest.iter().enumerate() {
+            assoc.send(&chunk(pc, piece, i + 1 == rest.len())).unwrap();
+        }
+        let Pdu::PData { data: rsp } = assoc.receive().unwrap() else {
+            panic!("a C-STORE-RSP")
+        };
+        statuses.push(
+            fv_edge::dimse::Command::decode(&rsp[0].data)
+                .unwrap()
+                .status
+                .unwrap(),
+        );
+    }
+    assert_eq!(statuses, [0, 0], "both senders are told it is stored");
+    wait_until("the image read", T, || d.done_results().len() == 1);
+    // A third send, later: acknowledged and not read again.
+    let mut c = associate(port);
+    let pc = c.presentation_contexts()[0].id;
+    c.send(&rq.pdu(pc)).unwrap();
+    let pieces: Vec<&[u8]> = data.chunks(16 << 10).collect();
+    for (i, piece) in pieces.iter().enumerate() {
+        c.send(&chunk(pc, piece, i + 1 == pieces.len())).unwrap();
+    }
+    let Pdu::PData { data: rsp } = c.receive().unwrap() else {
+        panic!("a C-STORE-RSP")
+    };
+    assert_eq!(
+        fv_edge::dimse::Command::decode(&rsp[0].data)
+            .unwrap()
+            .status,
+        Some(0)
+    );
+    assert!(echo(&echoscu, "FVEDGE", port));
+    let results = d.done_results();
+    assert_eq!(results.len(), 1, "one image, one result: {results:#?}");
+    let read: Vec<serde_json::Value> = results.into_iter().chain(d.quarantined()).collect();
+    assert!(
+        read[0]["error"].is_null(),
+        "the stored object is whole: {:?}",
+        read[0]
+    );
+}
+
+#[test]
+fn below_the_free_space_floor_c_store_is_refused_and_c_echo_answered() {
+    let (Some(storescu), Some(echoscu)) = (tool("storescu"), tool("echoscu")) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let (port, pacs_port) = (free_port(), free_port());
+    // A floor no disk here reaches: every object meets a full disk.
+    let mut d = node(
+        tmp.path(),
+        port,
+        pacs_port,
+        Some("[dicom]\nmin_free_mb = 1000000000\n"),
+    );
+    wait_listening(&echoscu, port);
+    let dcm = tmp.path().join("image.dcm");
+    dicom_from_jpeg(&sample("IMG0002322.jpg"), &dcm, "DX", false);
+    let out = run(Command::new(&storescu)
+        .args(["-v", "-aet", "XRAY1", "-aec", "FVEDGE", "127.0.0.1"])
+        .arg(port.to_string())
+        .arg(&dcm));
+    let said =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !out.status.success() && said.contains("Refused: OutOfResources"),
+        "status A700 below the floor: {said}"
+    );
+    assert!(echo(&echoscu, "FVEDGE", port));
+    assert!(d.stop("TERM").success());
+    let log = std::fs::read_to_string(tmp.path().join("fv-edge.log")).unwrap();
+    assert!(log.contains("min_free_mb"), "the log says why");
+    assert!(d.done_results().is_empty() && d.quarantined().is_empty());
+}
+
+/// Whether this process may make mount namespaces and bind mounts (root with `unshare`).
+fn can_unshare() -> bool {
+    let ok = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "true"])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        assert!(
+            std::env::var("FV_REQUIRE_MOUNT").as_deref() != Ok("1"),
+            "FV_REQUIRE_MOUNT=1 but no mount namespace can be made here (needs root and unshare)"
+        );
+        eprintln!("skipped: no mount namespace can be made here (needs root and unshare)");
+    }
+    ok
+}
+
+#[test]
+fn in_the_systemd_units_mount_layout_a_c_store_leads_to_a_result_and_a_report() {
+    let (Some(storescu), Some(storescp), Some(echoscu)) =
+        (tool("storescu"), tool("storescp"), tool("echoscu"))
+    else {
+        return;
+    };
+    if !can_unshare() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (port, pacs_port) = (free_port(), free_port());
+    let pacs = Pacs::start(&storescp, &tmp.path().join("pacs"), pacs_port);
+    let (watch, state) = (tmp.path().join("watch"), tmp.path().join("state"));
+    for d in [&watch, &state] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    // As ProtectSystem=strict with StateDirectory= and ReadWritePaths= makes them: the state
+    // and watch folders are mount points of their own, so a rename between them is EXDEV.
+    let listen = format!("127.0.0.1:{port}");
+    let to_pacs = format!("PACS@127.0.0.1:{pacs_port}");
+    let mut d = Daemon::spawn_wrapped(
+        tmp.path(),
+        &[
+            ("FV_DICOM_LISTEN", listen.as_str()),
+            ("FV_DICOM_AE", "FVEDGE"),
+            ("FV_PACS", to_pacs.as_str()),
+        ],
+        &[
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            "mount --bind \"$1\" \"$1\" && mount --bind \"$2\" \"$2\" && shift 2 && exec \"$@\"",
+            "sh",
+            state.to_str().unwrap(),
+            watch.to_str().unwrap(),
+        ],
+    );
+    wait_listening(&echoscu, port);
+    let dcm = tmp.path().join("image.dcm");
+    dicom_from_jpeg(&sample("IMG0002322.jpg"), &dcm, "DX", true);
+    assert!(store(&storescu, "XRAY1", port, &dcm).status.success());
+    wait_until("a result", T, || d.done_results().len() == 1);
+    wait_until("its report at the PACS", T, || !pacs.received().is_empty());
+    assert!(d.stop("TERM").success());
 }

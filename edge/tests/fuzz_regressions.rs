@@ -99,3 +99,32 @@ fn config() {
         }
     }
 }
+
+#[test]
+fn dimse() {
+    let files = inputs("dimse");
+    assert!(files.len() >= 2, "seeds: {files:?}");
+    for f in &files {
+        let bytes = std::fs::read(f).unwrap();
+        let pdu = dicom_ul::pdu::read_pdu(&bytes[..], fv_edge::dimse::MAX_PDU_BYTES, true);
+        // A .pdu file is one PDU; a .cmd file a command set on its own.
+        let commands: Vec<Vec<u8>> = match pdu {
+            Ok(Some(dicom_ul::pdu::Pdu::PData { data })) => {
+                data.into_iter().map(|v| v.data).collect()
+            }
+            _ => vec![bytes.clone()],
+        };
+        for c in commands {
+            let t = std::time::Instant::now();
+            let r = fv_edge::dimse::Command::decode(&c);
+            if f.to_string_lossy().contains("/seeds/") {
+                r.unwrap_or_else(|e| panic!("seed {}: {e}", f.display()));
+            } else {
+                // Each once made fv-edge reserve and zero what a peer declared.
+                let e = r.expect_err("refused");
+                assert!(e.contains("declares"), "{}: {e}", f.display());
+                assert!(t.elapsed() < std::time::Duration::from_millis(100));
+            }
+        }
+    }
+}

@@ -16,6 +16,49 @@ use tokio::sync::{mpsc, watch};
 /// The largest batch written in one transaction.
 const BATCH: usize = 500;
 
+/// The largest message stored as what it says. Set the broker's limit to it (Mosquitto:
+/// `message_size_limit 1048576`), so that a larger one never travels; one that still arrives
+/// is stored as `rejected` and acknowledged.
+pub const MAX_MESSAGE_BYTES: usize = 1 << 20;
+
+/// What the client accepts: anything MQTT can carry (its packets are at most 256 MiB), so
+/// that no message can fail to decode, be left unacknowledged and come back on every
+/// reconnect. The broker's `message_size_limit` bounds the memory one message takes.
+pub const MAX_PACKET_BYTES: usize = 268_435_460;
+
+/// The longest id, site, device, timestamp or code stored.
+const MAX_FIELD_CHARS: usize = 128;
+
+/// How much of a rejected message is kept.
+const MAX_REJECTED_PAYLOAD: usize = 4096;
+
+/// Text as the database may store it: a NUL (PostgreSQL refuses it in text) written as
+/// `\u0000`, at most `max` characters (the cut marked).
+fn storable(text: &str, max: usize) -> String {
+    let mut out: String = text
+        .chars()
+        .take(max)
+        .collect::<String>()
+        .replace('\0', "\\u0000");
+    if text.chars().count() > max {
+        out.push('…');
+    }
+    out
+}
+
+/// A field that names or keys a row (id, site, device, timestamp, code): 1 to
+/// [`MAX_FIELD_CHARS`] characters, none of them a control character.
+fn key_field<'a>(what: &str, v: &'a str) -> Result<&'a str, String> {
+    if v.is_empty() || v.chars().count() > MAX_FIELD_CHARS || v.chars().any(char::is_control) {
+        Err(format!(
+            "{what} `{}` is not 1 to {MAX_FIELD_CHARS} printable characters",
+            storable(v, 40)
+        ))
+    } else {
+        Ok(v)
+    }
+}
+
 /// The message kinds a unit publishes under `PREFIX/SITE/DEVICE/`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -63,6 +106,10 @@ pub fn parse_topic<'a>(prefix: &str, topic: &'a str) -> Option<(&'a str, &'a str
 #[derive(Deserialize)]
 struct IncomingResult {
     id: String,
+    #[serde(default)]
+    site: Option<String>,
+    #[serde(default)]
+    device: Option<String>,
     processed_at: String,
     #[serde(default)]
     finding: Option<fv_core::result::Finding>,
@@ -108,26 +155,94 @@ struct IncomingHeartbeat {
     models: Option<serde_json::Value>,
 }
 
-/// What to store for one message. Never fails: a message that cannot be read becomes a
-/// `Rejected` record naming the topic and the reason.
-pub fn record(
-    prefix: &str,
-    zones: &Zones,
-    topic: &str,
-    payload: &[u8],
-    received_ms: i64,
-) -> Record {
+/// Which units may write into the fleet's history: every unit (auto-enrolment), or those a
+/// registry lists.
+#[derive(Clone, Debug, Default)]
+pub enum Admission {
+    /// Any site and device that publishes is admitted.
+    #[default]
+    Any,
+    /// Only these `(site, device)` pairs; others are stored as `rejected`.
+    Registered(std::collections::BTreeSet<(String, String)>),
+}
+
+impl Admission {
+    /// The registry file: one `SITE/DEVICE` a line, `#` comments.
+    pub fn from_file(path: &std::path::Path) -> anyhow::Result<Admission> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("--units {}: cannot read: {e}", path.display()))?;
+        let mut units = std::collections::BTreeSet::new();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.split('#').next().unwrap_or("").trim();
+            if line.is_empty() {
+                continue;
+            }
+            let (site, device) = line
+                .split_once('/')
+                .filter(|(s, d)| !s.is_empty() && !d.is_empty() && !d.contains('/'))
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "--units {} line {}: `{line}` is not SITE/DEVICE",
+                        path.display(),
+                        n + 1
+                    )
+                })?;
+            units.insert((site.to_owned(), device.to_owned()));
+        }
+        Ok(Admission::Registered(units))
+    }
+
+    fn admits(&self, site: &str, device: &str) -> bool {
+        match self {
+            Admission::Any => true,
+            Admission::Registered(u) => u.contains(&(site.to_owned(), device.to_owned())),
+        }
+    }
+}
+
+/// What the ingester checks a message against.
+#[derive(Clone, Debug)]
+pub struct Rules {
+    /// The topic prefix.
+    pub prefix: String,
+    /// Each site's time zone (a result's day).
+    pub zones: Zones,
+    /// Which units are admitted.
+    pub admission: Admission,
+}
+
+/// What to store for one message. Never fails: a message that cannot be read, is too large,
+/// keys a row with text the database cannot hold, names another site or device than its
+/// topic, or comes from a unit the registry does not list becomes a `Rejected` record naming
+/// the topic and the reason (its payload escaped and cut to 4 KiB).
+pub fn record(rules: &Rules, topic: &str, payload: &[u8], received_ms: i64) -> Record {
+    let prefix = rules.prefix.as_str();
     let reject = |reason: String| {
+        let kept = &payload[..payload.len().min(MAX_REJECTED_PAYLOAD)];
         Record::Rejected(RejectedRow {
-            topic: topic.to_owned(),
+            topic: storable(topic, 512),
             received_ms,
-            reason,
-            payload: String::from_utf8_lossy(payload).into_owned(),
+            reason: storable(&reason, 1024),
+            payload: storable(&String::from_utf8_lossy(kept), MAX_REJECTED_PAYLOAD),
         })
     };
+    if payload.len() > MAX_MESSAGE_BYTES {
+        return reject(format!(
+            "a message of {} bytes, over the {MAX_MESSAGE_BYTES} fv-fleet reads (set the broker's message_size_limit)",
+            payload.len()
+        ));
+    }
     let Some((site, device, kind)) = parse_topic(prefix, topic) else {
         return reject(format!("not a unit topic under `{prefix}/SITE/DEVICE/`"));
     };
+    if let Err(why) = key_field("site", site).and_then(|_| key_field("device", device)) {
+        return reject(why);
+    }
+    if !rules.admission.admits(site, device) {
+        return reject(format!(
+            "unit {site}/{device} is not in the registry of units (--units)"
+        ));
+    }
     let (site, device) = (site.to_owned(), device.to_owned());
     if kind == Kind::Status && payload.is_empty() {
         // An empty retained status clears a decommissioned unit.
@@ -142,6 +257,7 @@ pub fn record(
             received_ms,
         });
     }
+    let zones = &rules.zones;
     match kind {
         Kind::Result => {
             let mut message: serde_json::Value = match serde_json::from_slice(payload) {
@@ -153,12 +269,25 @@ pub fn record(
                 Ok(r) => r,
                 Err(e) => return reject(format!("not a fractuvision.result/1 message: {e}")),
             };
+            if let Err(why) = key_field("id", &r.id) {
+                return reject(why);
+            }
+            for (what, said, topic_says) in
+                [("site", &r.site, &site), ("device", &r.device, &device)]
+            {
+                if let Some(said) = said.as_deref().filter(|s| s != topic_says) {
+                    return reject(format!(
+                        "published under {what} `{topic_says}` but its {what} is `{}`",
+                        storable(said, 40)
+                    ));
+                }
+            }
             let processed: jiff::Timestamp = match r.processed_at.parse() {
                 Ok(t) => t,
                 Err(e) => {
                     return reject(format!(
                         "processed_at `{}` is not an RFC 3339 time: {e}",
-                        r.processed_at
+                        storable(&r.processed_at, 40)
                     ))
                 }
             };
@@ -180,44 +309,111 @@ pub fn record(
                 finding,
                 probability: r.fracture_probability.filter(|p| p.is_finite()),
                 boxes: r.boxes.len() as i64,
-                error: r.error.map(|e| e.code),
+                error: r.error.map(|e| storable(&e.code, MAX_FIELD_CHARS)),
                 received_ms,
+                // serde_json writes a NUL inside a string as \u0000: storable as it is.
                 message: message.to_string(),
             })
         }
         Kind::Status => match serde_json::from_slice::<IncomingStatus>(payload) {
-            Ok(s) => Record::Status(StatusRow {
-                site,
-                device,
-                ts: s.ts,
-                state: if s.state == "online" {
-                    UnitState::Online
-                } else {
-                    UnitState::Offline
-                },
-                reason: s.reason,
-                version: s.version,
-                models: s.models.map(|m| m.to_string()),
-                received_ms,
-            }),
+            Ok(s) => {
+                if let Err(why) = key_field("ts", &s.ts) {
+                    return reject(format!("status: {why}"));
+                }
+                Record::Status(StatusRow {
+                    site,
+                    device,
+                    ts: s.ts,
+                    state: if s.state == "online" {
+                        UnitState::Online
+                    } else {
+                        UnitState::Offline
+                    },
+                    reason: s.reason.map(|r| storable(&r, 1024)),
+                    version: s.version.map(|v| storable(&v, MAX_FIELD_CHARS)),
+                    models: s.models.map(|m| m.to_string()),
+                    received_ms,
+                })
+            }
             Err(e) => reject(format!("status: {e}")),
         },
         Kind::Heartbeat => match serde_json::from_slice::<IncomingHeartbeat>(payload) {
-            Ok(h) => Record::Heartbeat(HeartbeatRow {
-                site,
-                device,
-                ts: h.ts,
-                received_ms,
-                interval_s: h.interval_s,
-                outbox_depth: h.outbox_depth,
-                pacs_outbox_depth: h.pacs_outbox_depth,
-                processed: h.processed,
-                failed: h.failed,
-                models: h.models.map(|m| m.to_string()),
-            }),
+            Ok(h) => {
+                if let Err(why) = key_field("ts", &h.ts) {
+                    return reject(format!("heartbeat: {why}"));
+                }
+                Record::Heartbeat(HeartbeatRow {
+                    site,
+                    device,
+                    ts: h.ts,
+                    received_ms,
+                    interval_s: h.interval_s,
+                    outbox_depth: h.outbox_depth,
+                    pacs_outbox_depth: h.pacs_outbox_depth,
+                    processed: h.processed,
+                    failed: h.failed,
+                    models: h.models.map(|m| m.to_string()),
+                })
+            }
             Err(e) => reject(format!("heartbeat: {e}")),
         },
     }
+}
+
+/// What the database refused to hold, as a `rejected` row of its own.
+fn refused(r: &Record, e: &sqlx::Error) -> Record {
+    let (topic, received_ms, payload) = match r {
+        Record::Result(r) => (
+            format!("{}/{}/result", r.site, r.device),
+            r.received_ms,
+            r.message.clone(),
+        ),
+        Record::Status(s) => (
+            format!("{}/{}/status", s.site, s.device),
+            s.received_ms,
+            s.ts.clone(),
+        ),
+        Record::Heartbeat(h) => (
+            format!("{}/{}/heartbeat", h.site, h.device),
+            h.received_ms,
+            h.ts.clone(),
+        ),
+        Record::Rejected(r) => (r.topic.clone(), r.received_ms, r.payload.clone()),
+    };
+    Record::Rejected(RejectedRow {
+        topic: storable(&topic, 512),
+        received_ms,
+        reason: storable(&format!("the database refused it: {e}"), 1024),
+        payload: storable(&payload, MAX_REJECTED_PAYLOAD),
+    })
+}
+
+/// Stores a batch: in one transaction, or, when the database refuses it, one record at a
+/// time, so that a record it cannot hold is stored as `rejected` and nothing after it waits.
+/// Fails only when the database takes nothing (it is down): then nothing is acknowledged.
+pub async fn store_batch(store: &Store, records: &[Record]) -> Result<(), sqlx::Error> {
+    let Err(e) = store.write(records).await else {
+        return Ok(());
+    };
+    if records.len() == 1 && matches!(records[0], Record::Rejected(_)) {
+        return Err(e);
+    }
+    tracing::warn!(
+        "a batch of {} was refused ({e}); storing one at a time",
+        records.len()
+    );
+    for r in records {
+        let one = std::slice::from_ref(r);
+        if let Err(e) = store.write(one).await {
+            let instead = refused(r, &e);
+            if let Record::Rejected(row) = &instead {
+                tracing::warn!("rejected a message on {}: {}", row.topic, row.reason);
+            }
+            // If even this cannot be written, the database is down: retry it all later.
+            store.write(std::slice::from_ref(&instead)).await?;
+        }
+    }
+    Ok(())
 }
 
 /// The client options: a persistent session (the broker keeps what arrives while the
@@ -227,23 +423,38 @@ pub fn options(s: &Settings) -> MqttOptions {
     o.set_clean_session(false);
     o.set_manual_acks(true);
     o.set_keep_alive(Duration::from_secs(15));
-    // A result with many boxes is larger than rumqttc's 10 KiB default.
-    o.set_max_packet_size(1 << 20, 64 * 1024);
+    // Whatever arrives is decoded and then judged by `record` (see MAX_PACKET_BYTES).
+    o.set_max_packet_size(MAX_PACKET_BYTES, 64 * 1024);
     if let Some((user, password)) = &s.credentials {
         o.set_credentials(user, password);
+    }
+    if let Some(tls) = &s.tls {
+        o.set_transport(rumqttc::Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Simple {
+                ca: tls.ca.clone(),
+                alpn: None,
+                client_auth: tls.client.clone(),
+            },
+        ));
     }
     o
 }
 
 /// Runs until `shutdown` turns true: receives, stores in batches, acknowledges.
 pub async fn run(store: Store, settings: Settings, mut shutdown: watch::Receiver<bool>) {
+    // rumqttc's TLS is rustls without a chosen provider: ring, as fv-edge's.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     // The request queue holds acknowledgements: larger than anything the broker can have in
     // flight to us, so that acknowledging never waits on the loop that sends them.
     let (client, mut eventloop) = AsyncClient::new(options(&settings), 4096);
     let (tx, mut rx) = mpsc::channel::<Publish>(1024);
     let writer_client = client.clone();
-    let prefix = settings.prefix.clone();
-    let zones = settings.zones.clone();
+    let rules = Rules {
+        prefix: settings.prefix.clone(),
+        zones: settings.zones.clone(),
+        admission: settings.admission.clone(),
+    };
+    let mut stop_writing = shutdown.clone();
     let writer = tokio::spawn(async move {
         let mut backoff = Duration::from_millis(200);
         while let Some(first) = rx.recv().await {
@@ -257,7 +468,7 @@ pub async fn run(store: Store, settings: Settings, mut shutdown: watch::Receiver
             let received = now_ms();
             let records: Vec<Record> = batch
                 .iter()
-                .map(|p| record(&prefix, &zones, &p.topic, &p.payload, received))
+                .map(|p| record(&rules, &p.topic, &p.payload, received))
                 .collect();
             for r in &records {
                 if let Record::Rejected(r) = r {
@@ -266,19 +477,27 @@ pub async fn run(store: Store, settings: Settings, mut shutdown: watch::Receiver
             }
             // Until the database takes the batch, nothing is acknowledged: on a crash the
             // broker sends it all again.
-            loop {
-                match store.write(&records).await {
-                    Ok(w) => {
-                        tracing::debug!(?w, "stored a batch of {}", records.len());
+            // A shutdown while the database is down leaves the batch unacknowledged: the
+            // broker delivers it again to the next ingester.
+            let stored = loop {
+                match store_batch(&store, &records).await {
+                    Ok(()) => {
+                        tracing::debug!("stored a batch of {}", records.len());
                         backoff = Duration::from_millis(200);
-                        break;
+                        break true;
                     }
                     Err(e) => {
                         tracing::error!("database write failed (retrying in {backoff:?}): {e}");
-                        tokio::time::sleep(backoff).await;
+                        tokio::select! {
+                            _ = tokio::time::sleep(backoff) => {}
+                            _ = stop_writing.changed() => break false,
+                        }
                         backoff = (backoff * 2).min(Duration::from_secs(30));
                     }
                 }
+            };
+            if !stored {
+                break;
             }
             for p in &batch {
                 if p.qos != QoS::AtMostOnce {
@@ -377,18 +596,17 @@ mod tests {
 
     #[test]
     fn a_result_loses_its_file_name_and_gets_its_site_day() {
-        let zones = Zones::parse("UTC", &[("clinic-a".into(), "Asia/Tokyo".into())]).unwrap();
+        let rules = Rules {
+            prefix: "fractuvision/v1".into(),
+            zones: Zones::parse("UTC", &[("clinic-a".into(), "Asia/Tokyo".into())]).unwrap(),
+            admission: Admission::Any,
+        };
         let msg = br#"{"schema":"fractuvision.result/1","id":"r1","site":"clinic-a",
             "device":"unit-1","source":{"kind":"file","name":"SMITH_JOHN.jpg"},
             "processed_at":"2026-12-04T20:00:00Z","models":[],"timing_ms":{},
             "finding":"suspicious","fracture_probability":0.4,"boxes":[{}, {}]}"#;
-        let Record::Result(r) = record(
-            "fractuvision/v1",
-            &zones,
-            "fractuvision/v1/clinic-a/unit-1/result",
-            msg,
-            7,
-        ) else {
+        let Record::Result(r) = record(&rules, "fractuvision/v1/clinic-a/unit-1/result", msg, 7)
+        else {
             panic!("not a result")
         };
         // 20:00 UTC is the next morning in Tokyo.
@@ -403,8 +621,32 @@ mod tests {
 
     #[test]
     fn unreadable_messages_are_kept_as_rejected() {
-        let zones = Zones::parse("UTC", &[]).unwrap();
+        let mut rules = Rules {
+            prefix: "fractuvision/v1".into(),
+            zones: Zones::parse("UTC", &[]).unwrap(),
+            admission: Admission::Any,
+        };
+        let big = vec![b' '; MAX_MESSAGE_BYTES + 1];
+        let nul_id = br#"{"id":"a\u0000b","processed_at":"2026-12-04T20:00:00Z"}"#;
+        let long_id = format!(
+            r#"{{"id":"{}","processed_at":"2026-12-04T20:00:00Z"}}"#,
+            "x".repeat(8192)
+        );
+        let other_site =
+            br#"{"id":"r","site":"clinic-b","device":"b","processed_at":"2026-12-04T20:00:00Z"}"#;
         for (topic, payload, why) in [
+            ("fractuvision/v1/a/b/result", &big[..], "over the 1048576"),
+            ("fractuvision/v1/a/b/result", &nul_id[..], "id `a\\u0000b`"),
+            (
+                "fractuvision/v1/a/b/result",
+                long_id.as_bytes(),
+                "not 1 to 128",
+            ),
+            (
+                "fractuvision/v1/a/b/result",
+                &other_site[..],
+                "its site is `clinic-b`",
+            ),
             ("fractuvision/v1/a/b/result", &b"not json"[..], "not JSON"),
             (
                 "fractuvision/v1/a/b/result",
@@ -413,10 +655,24 @@ mod tests {
             ),
             ("fractuvision/v1/a/b/heartbeat", b"[]", "heartbeat"),
         ] {
-            match record("fractuvision/v1", &zones, topic, payload, 1) {
-                Record::Rejected(r) => assert!(r.reason.contains(why), "{}", r.reason),
+            match record(&rules, topic, payload, 1) {
+                Record::Rejected(r) => {
+                    assert!(r.reason.contains(why), "{}", r.reason);
+                    assert!(!r.payload.contains('\0') && r.payload.len() <= 3 * 4096 + 8);
+                }
                 other => panic!("{other:?}"),
             }
+        }
+        // A registry admits the units it lists and no other.
+        rules.admission = Admission::Registered([("a".into(), "b".into())].into());
+        let ok = br#"{"id":"r","site":"a","device":"b","processed_at":"2026-12-04T20:00:00Z"}"#;
+        assert!(matches!(
+            record(&rules, "fractuvision/v1/a/b/result", ok, 1),
+            Record::Result(_)
+        ));
+        match record(&rules, "fractuvision/v1/a/c/result", ok, 1) {
+            Record::Rejected(r) => assert!(r.reason.contains("registry"), "{}", r.reason),
+            other => panic!("{other:?}"),
         }
     }
 }

@@ -59,6 +59,31 @@ pub struct ServeArgs {
     /// (e.g. ws://broker:9001); without it the page shows history only.
     #[arg(long, env = "FV_FLEET_DASHBOARD_BROKER")]
     pub dashboard_broker: Option<String>,
+    /// The registry of units: a file of `SITE/DEVICE` lines. A unit it does not list is
+    /// stored as `rejected`, not in any site's history. Without it every unit that publishes
+    /// is admitted (auto-enrolment).
+    #[arg(long, env = "FV_FLEET_UNITS", value_name = "FILE")]
+    pub units: Option<std::path::PathBuf>,
+    /// With `mqtts://`: the broker's CA certificate (PEM).
+    #[arg(long, env = "FV_FLEET_CA_FILE", value_name = "PEM")]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// With `mqtts://`: fv-fleet's own certificate (PEM), for a broker that asks clients for
+    /// one (`require_certificate true`); with --client-key.
+    #[arg(
+        long,
+        env = "FV_FLEET_CLIENT_CERT",
+        value_name = "PEM",
+        requires = "client_key"
+    )]
+    pub client_cert: Option<std::path::PathBuf>,
+    /// The key of --client-cert (PEM).
+    #[arg(
+        long,
+        env = "FV_FLEET_CLIENT_KEY",
+        value_name = "PEM",
+        requires = "client_cert"
+    )]
+    pub client_key: Option<std::path::PathBuf>,
 }
 
 fn parse_site_zone(s: &str) -> Result<(String, String), String> {
@@ -132,18 +157,51 @@ pub struct Settings {
     pub zones: Zones,
     pub gone_after: Duration,
     pub dashboard_broker: Option<String>,
+    pub admission: crate::ingest::Admission,
+    /// TLS to the broker (`mqtts://`).
+    pub tls: Option<Tls>,
+}
+
+/// What a TLS connection to the broker needs, read once at start.
+#[derive(Clone, Debug)]
+pub struct Tls {
+    /// The CA certificate (PEM).
+    pub ca: Vec<u8>,
+    /// fv-fleet's certificate and key (PEM), when the broker asks for one.
+    pub client: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 impl Settings {
     /// Checks and resolves the flags; the error names the flag and the fix.
     pub fn resolve(a: ServeArgs) -> anyhow::Result<Settings> {
         let broker: BrokerUrl = a.mqtt.parse()?;
-        anyhow::ensure!(
-            !broker.tls,
-            "--mqtt {}: fv-fleet connects without TLS; run it beside the broker on a local \
-             listener (mqtt://127.0.0.1:1883)",
-            a.mqtt
-        );
+        let read = |flag: &str, p: &std::path::Path| {
+            std::fs::read(p)
+                .map_err(|e| anyhow::anyhow!("{flag} {}: cannot read: {e}", p.display()))
+        };
+        let tls = if broker.tls {
+            let ca = a.ca_file.as_deref().ok_or_else(|| {
+                anyhow::anyhow!(
+                    "--mqtt {}: mqtts:// needs --ca-file (the broker's CA certificate, PEM)",
+                    a.mqtt
+                )
+            })?;
+            let client = match (&a.client_cert, &a.client_key) {
+                (Some(c), Some(k)) => Some((read("--client-cert", c)?, read("--client-key", k)?)),
+                _ => None,
+            };
+            Some(Tls {
+                ca: read("--ca-file", ca)?,
+                client,
+            })
+        } else {
+            anyhow::ensure!(
+                a.ca_file.is_none() && a.client_cert.is_none(),
+                "--mqtt {}: certificates are for mqtts://; use mqtts://HOST:8883",
+                a.mqtt
+            );
+            None
+        };
         let credentials = match (
             a.mqtt_username,
             std::env::var("FV_FLEET_MQTT_PASSWORD").ok(),
@@ -204,6 +262,11 @@ impl Settings {
             zones: Zones::parse(&a.zone, &a.site_zones)?,
             gone_after: a.gone_after.into(),
             dashboard_broker: a.dashboard_broker,
+            tls,
+            admission: match &a.units {
+                Some(path) => crate::ingest::Admission::from_file(path)?,
+                None => crate::ingest::Admission::Any,
+            },
         })
     }
 }
@@ -239,6 +302,18 @@ mod tests {
             .to_string();
         assert!(e.contains("Mars/Olympus"), "{e}");
         assert!(resolve(&["--site-zone", "clinic-a"]).is_err());
-        assert!(resolve(&["--mqtt", "mqtts://b:8883"]).is_err());
+        let e = resolve(&["--mqtt", "mqtts://b:8883"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--ca-file"), "{e}");
+        let e = resolve(&[
+            "--mqtt",
+            "mqtts://b:8883",
+            "--ca-file",
+            "/nonexistent/ca.pem",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("/nonexistent/ca.pem"), "{e}");
     }
 }

@@ -48,11 +48,12 @@ pub fn redacted(db: &str) -> String {
 
 /// Schema versions, applied in order, each in one transaction and recorded in
 /// `fleet_migrations`. Add a new entry to change the schema; never edit an applied one.
-const MIGRATIONS: &[(i64, &str, &[&str])] = &[(
-    1,
-    "results, statuses, heartbeats, units, rejected",
-    &[
-        "CREATE TABLE results (
+const MIGRATIONS: &[(i64, &str, &[&str])] = &[
+    (
+        1,
+        "results, statuses, heartbeats, units, rejected",
+        &[
+            "CREATE TABLE results (
             id TEXT PRIMARY KEY,
             site TEXT NOT NULL,
             device TEXT NOT NULL,
@@ -64,12 +65,12 @@ const MIGRATIONS: &[(i64, &str, &[&str])] = &[(
             error TEXT,
             received_ms BIGINT NOT NULL,
             message TEXT NOT NULL)",
-        "CREATE INDEX results_site_day ON results (site, day)",
-        "CREATE INDEX results_unit_time ON results (site, device, processed_ms)",
-        "CREATE INDEX results_time ON results (processed_ms)",
-        // A status is kept once per (unit, its timestamp, state): a retained status comes
-        // again with every new subscription and must not look like a new change.
-        "CREATE TABLE statuses (
+            "CREATE INDEX results_site_day ON results (site, day)",
+            "CREATE INDEX results_unit_time ON results (site, device, processed_ms)",
+            "CREATE INDEX results_time ON results (processed_ms)",
+            // A status is kept once per (unit, its timestamp, state): a retained status comes
+            // again with every new subscription and must not look like a new change.
+            "CREATE TABLE statuses (
             site TEXT NOT NULL,
             device TEXT NOT NULL,
             ts TEXT NOT NULL,
@@ -77,8 +78,8 @@ const MIGRATIONS: &[(i64, &str, &[&str])] = &[(
             reason TEXT,
             received_ms BIGINT NOT NULL,
             PRIMARY KEY (site, device, ts, state))",
-        "CREATE INDEX statuses_unit_time ON statuses (site, device, received_ms)",
-        "CREATE TABLE heartbeats (
+            "CREATE INDEX statuses_unit_time ON statuses (site, device, received_ms)",
+            "CREATE TABLE heartbeats (
             site TEXT NOT NULL,
             device TEXT NOT NULL,
             ts TEXT NOT NULL,
@@ -89,9 +90,9 @@ const MIGRATIONS: &[(i64, &str, &[&str])] = &[(
             processed BIGINT,
             failed BIGINT,
             PRIMARY KEY (site, device, ts))",
-        "CREATE INDEX heartbeats_unit_time ON heartbeats (site, device, received_ms)",
-        // Each unit's latest state, so that the fleet view is one small read.
-        "CREATE TABLE units (
+            "CREATE INDEX heartbeats_unit_time ON heartbeats (site, device, received_ms)",
+            // Each unit's latest state, so that the fleet view is one small read.
+            "CREATE TABLE units (
             site TEXT NOT NULL,
             device TEXT NOT NULL,
             first_seen_ms BIGINT NOT NULL,
@@ -108,16 +109,23 @@ const MIGRATIONS: &[(i64, &str, &[&str])] = &[(
             processed BIGINT,
             failed BIGINT,
             PRIMARY KEY (site, device))",
-        // Messages that could not be read: kept (and acknowledged) so that nothing is lost
-        // and one bad message cannot stop the ingester.
-        "CREATE TABLE rejected (
+            // Messages that could not be read: kept (and acknowledged) so that nothing is lost
+            // and one bad message cannot stop the ingester.
+            "CREATE TABLE rejected (
             topic TEXT NOT NULL,
             received_ms BIGINT NOT NULL,
             reason TEXT NOT NULL,
             payload TEXT NOT NULL)",
-        "CREATE INDEX rejected_time ON rejected (received_ms)",
-    ],
-)];
+            "CREATE INDEX rejected_time ON rejected (received_ms)",
+        ],
+    ),
+    (
+        2,
+        "results expire by the time fv-fleet received them",
+        // A unit's clock decides processed_ms; only the fleet's own clock may decide deletion.
+        &["CREATE INDEX results_received ON results (received_ms)"],
+    ),
+];
 
 /// Results written by one INSERT (11 parameters each: well under SQLite's 32 766 and
 /// PostgreSQL's 65 535).
@@ -884,13 +892,14 @@ impl Store {
         Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?))
     }
 
-    /// Deletes what is older than `cutoff_ms`, `batch` rows per statement so that a large
+    /// Deletes what fv-fleet received before `cutoff_ms` (never by a unit's own clock, which
+    /// may be years off), `batch` rows per statement so that a large
     /// backlog never holds one long transaction (the ingester keeps writing meanwhile).
     /// Returns the rows deleted.
     pub async fn expire(&self, cutoff_ms: i64, batch: i64) -> Result<u64, sqlx::Error> {
         let statements = [
             "DELETE FROM results WHERE id IN
-                (SELECT id FROM results WHERE processed_ms < $1 LIMIT $2)",
+                (SELECT id FROM results WHERE received_ms < $1 LIMIT $2)",
             "DELETE FROM heartbeats WHERE (site, device, ts) IN
                 (SELECT site, device, ts FROM heartbeats WHERE received_ms < $1 LIMIT $2)",
             "DELETE FROM statuses WHERE (site, device, ts, state) IN
@@ -998,7 +1007,11 @@ mod tests {
             .unwrap();
         assert_eq!(listed.len(), 2);
         assert_eq!(store.totals().await.unwrap(), (2, 1, 0));
-        assert_eq!(store.expire(1_001, 1).await.unwrap(), 2);
+        // A unit's clock says 1 000, the fleet received them at 2 000: the fleet's clock
+        // decides when they go.
+        assert_eq!(store.expire(1_001, 1).await.unwrap(), 0);
+        assert_eq!(store.totals().await.unwrap().0, 2);
+        assert_eq!(store.expire(2_001, 1).await.unwrap(), 2);
         assert_eq!(store.totals().await.unwrap().0, 0);
     }
 }

@@ -1,7 +1,8 @@
 //! fv-fleet against a real Mosquitto, with SQLite and with a PostgreSQL started from Debian's
 //! packages: results delivered twice are stored once; nothing is lost across `kill -9` of the
 //! ingester (also in the middle of a burst) or a broker restart; the API answers from the
-//! store.
+//! store. Hostile messages (2 MiB, a NUL in an id, an 8 kB id, another site's name) are stored
+//! as `rejected` and nothing after them waits; SIGTERM ends the ingester promptly.
 
 mod common;
 
@@ -298,4 +299,171 @@ fn ingesters_in_a_share_group_split_the_stream_and_store_it_once() {
     for f in [&a, &b] {
         assert!(f.log().contains("stored a batch"), "{}", f.log());
     }
+}
+
+/// What a misbehaving or hostile unit can publish, then five ordinary results.
+fn hostile_then_ordinary(db: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&dir.path().join("broker"), common::free_port());
+    let mut fleet = Fleet::start(dir.path(), &broker.url(), db, &[]);
+    let at = jiff::Timestamp::now().to_string();
+    let huge = format!(
+        r#"{{"id":"huge","processed_at":"{at}","pad":"{}"}}"#,
+        "x".repeat(2 << 20)
+    );
+    let nul = result("a\u{0}b", "clinic-a", "unit-1", "fracture", &at);
+    let long = result(&"i".repeat(8 << 10), "clinic-a", "unit-1", "fracture", &at);
+    // A unit of clinic-a writing into clinic-b's history.
+    let impostor = result("imp-1", "clinic-b", "unit-9", "fracture", &at);
+    let mut messages = vec![
+        (topic("clinic-a", "unit-1", "result"), huge, false),
+        (topic("clinic-a", "unit-1", "result"), nul, false),
+        (topic("clinic-a", "unit-1", "result"), long, false),
+        (topic("clinic-a", "unit-1", "result"), impostor, false),
+    ];
+    messages.extend((0..5).map(|i| {
+        (
+            topic("clinic-a", "unit-1", "result"),
+            result(&format!("ok-{i}"), "clinic-a", "unit-1", "no_fracture", &at),
+            false,
+        )
+    }));
+    publish(broker.port, "hostile-unit", &messages);
+    wait_stored(&fleet, None, 5);
+    common::wait_until("four rejected", Duration::from_secs(60), || {
+        fleet.json("/api/stats", None)["rejected"].as_i64() == Some(4)
+    });
+    let mut ids = all_ids(&fleet, None);
+    ids.sort();
+    assert_eq!(
+        ids,
+        ["ok-0", "ok-1", "ok-2", "ok-3", "ok-4"],
+        "{}",
+        fleet.log()
+    );
+    let sites = fleet.json("/api/counts?days=1", None);
+    assert!(
+        sites
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["site"] == "clinic-a"),
+        "nothing counted for clinic-b: {sites}"
+    );
+    let started = std::time::Instant::now();
+    fleet.stop();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "SIGTERM took {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn sqlite_stores_every_ordinary_result_after_hostile_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("fleet.sqlite");
+    hostile_then_ordinary(db.to_str().unwrap());
+}
+
+#[test]
+fn postgres_stores_every_ordinary_result_after_hostile_ones() {
+    let Some(pg) = Postgres::start() else {
+        return;
+    };
+    hostile_then_ordinary(&pg.url());
+}
+
+#[test]
+fn a_registry_of_units_keeps_strangers_out_of_the_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&dir.path().join("broker"), common::free_port());
+    let registry = dir.path().join("units.txt");
+    std::fs::write(&registry, "# site/device\nclinic-a/unit-1\n").unwrap();
+    let db = dir.path().join("fleet.sqlite");
+    let fleet = Fleet::start(
+        dir.path(),
+        &broker.url(),
+        db.to_str().unwrap(),
+        &["--units", registry.to_str().unwrap()],
+    );
+    let at = jiff::Timestamp::now().to_string();
+    publish(
+        broker.port,
+        "units",
+        &[
+            (
+                topic("clinic-b", "unit-2", "result"),
+                result("stranger", "clinic-b", "unit-2", "fracture", &at),
+                false,
+            ),
+            (
+                topic("clinic-a", "unit-1", "result"),
+                result("known", "clinic-a", "unit-1", "fracture", &at),
+                false,
+            ),
+        ],
+    );
+    wait_stored(&fleet, None, 1);
+    common::wait_until("the stranger rejected", Duration::from_secs(60), || {
+        fleet.json("/api/stats", None)["rejected"].as_i64() == Some(1)
+    });
+    assert_eq!(all_ids(&fleet, None), ["known"]);
+    let units = fleet.json("/api/units", None);
+    assert!(
+        units
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|u| u["site"] == "clinic-a"),
+        "{units}"
+    );
+}
+
+#[test]
+fn over_tls_with_a_client_certificate_to_a_broker_that_asks_for_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("broker");
+    std::fs::create_dir_all(&dir).unwrap();
+    fv_e2e::make_certs(&dir, true);
+    // Mosquitto started as root reads its files as the `mosquitto` user.
+    use std::os::unix::fs::PermissionsExt as _;
+    for (p, mode) in [
+        (tmp.path(), 0o755),
+        (dir.as_path(), 0o755),
+        (&dir.join("server.key"), 0o644),
+    ] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let (tls_port, plain_port) = (common::free_port(), common::free_port());
+    let d = dir.display();
+    let conf = format!(
+        "per_listener_settings true\n\
+         listener {tls_port} 127.0.0.1\ncafile {d}/ca.pem\ncertfile {d}/server.pem\nkeyfile {d}/server.key\n\
+         require_certificate true\nallow_anonymous true\n\
+         listener {plain_port} 127.0.0.1\nallow_anonymous true\n"
+    );
+    let broker = Broker::start_with(&dir, plain_port, &conf);
+    let db = tmp.path().join("fleet.sqlite");
+    let url = format!("mqtts://127.0.0.1:{tls_port}");
+    let (ca, cert, key) = (
+        dir.join("ca.pem"),
+        dir.join("client.pem"),
+        dir.join("client.key"),
+    );
+    let fleet = Fleet::start(
+        tmp.path(),
+        &url,
+        db.to_str().unwrap(),
+        &[
+            "--ca-file",
+            ca.to_str().unwrap(),
+            "--client-cert",
+            cert.to_str().unwrap(),
+            "--client-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    publish(broker.port, "unit-plain", &results(0..3, "tls"));
+    wait_stored(&fleet, None, 3);
 }

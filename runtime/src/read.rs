@@ -7,7 +7,7 @@ use fv_core::detection::{decode_yolov8, nms, NmsSettings};
 use fv_core::imaging::XrayImage;
 use fv_core::preprocess::preprocess;
 use fv_core::reading::{fusion_with, image_reading, ClassifierViews};
-use fv_core::result::{Finding, Level, ResultBox, Timing};
+use fv_core::result::{Finding, Level, Localization, ResultBox, Timing};
 use fv_core::Probability;
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
@@ -32,9 +32,18 @@ pub enum DetectPolicy {
 pub struct ReadOptions {
     /// When to detect.
     pub detect: DetectPolicy,
-    /// Boxes scoring below this are not reported (nor below the detector's `suspicious`).
-    pub min_score: f32,
+    /// The smallest box score reported, exactly (boxes below the detector's `suspicious` are
+    /// then `candidate`s); `None`: the detector's `suspicious`, at least
+    /// [`DEFAULT_MIN_SCORE`].
+    pub min_score: Option<f32>,
 }
+
+/// The box floor when none is asked for, under the detector's own `suspicious`.
+pub const DEFAULT_MIN_SCORE: f32 = 0.25;
+
+/// The lowest score a region may have to be shown as the place to look when a positive
+/// image has no box: below it the detector saw nothing there at all.
+pub const CANDIDATE_FLOOR: f32 = 0.01;
 
 /// What the models say of one image.
 #[derive(Clone, Debug)]
@@ -45,6 +54,8 @@ pub struct ImageReading {
     pub finding: Finding,
     /// Boxes in the original image's pixels, when the detector ran.
     pub boxes: Vec<ResultBox>,
+    /// Where to look, for a positive finding.
+    pub localization: Option<Localization>,
     /// Milliseconds spent in preprocessing, the classifier and the detector (`decode` and
     /// `total` are the caller's).
     pub timing: Timing,
@@ -87,6 +98,7 @@ impl Models {
             DetectPolicy::Never => false,
         };
         let mut boxes = Vec::new();
+        let mut candidate = None;
         let mut det_out = None;
         if let (true, Some(d)) = (run_detector, self.detector.as_mut()) {
             let t = Instant::now();
@@ -96,28 +108,44 @@ impl Models {
             let classes = d.manifest.labels.len().max(1);
             let anchors = raw.len() / (4 + classes);
             let dt = d.manifest.thresholds;
-            let floor = (dt.suspicious.get() as f32).max(o.min_score);
-            let dets = decode_yolov8(&raw, classes, anchors, floor)?;
+            let floor = o
+                .min_score
+                .unwrap_or((dt.suspicious.get() as f32).max(DEFAULT_MIN_SCORE));
+            // Decoded down to the candidate floor once: the reported boxes are those at the
+            // floor, the best of the rest is the candidate a positive image may need.
+            let dets = decode_yolov8(&raw, classes, anchors, floor.min(CANDIDATE_FLOOR))?;
+            let best = dets
+                .iter()
+                .max_by(|a, b| a.score.get().total_cmp(&b.score.get()))
+                .cloned();
+            let dets: Vec<_> = dets
+                .into_iter()
+                .filter(|k| k.score.get() >= f64::from(floor))
+                .collect();
             // The suppression the trainer evaluated with, from the manifest.
             let settings = d.manifest.nms.unwrap_or(NmsSettings::EDGE);
+            let to_box = |k: &fv_core::Detection| {
+                let b = pre.geometry.to_original(&k.bbox);
+                ResultBox {
+                    x1: b.x1,
+                    y1: b.y1,
+                    x2: b.x2,
+                    y2: b.y2,
+                    score: k.score,
+                    level: if k.score >= dt.definite {
+                        Level::Definite
+                    } else if k.score >= dt.suspicious {
+                        Level::Suspicious
+                    } else {
+                        Level::Candidate
+                    },
+                }
+            };
             boxes = nms(dets, &settings.with_floor(floor))
                 .iter()
-                .map(|k| {
-                    let b = pre.geometry.to_original(&k.bbox);
-                    ResultBox {
-                        x1: b.x1,
-                        y1: b.y1,
-                        x2: b.x2,
-                        y2: b.y2,
-                        score: k.score,
-                        level: if k.score >= dt.definite {
-                            Level::Definite
-                        } else {
-                            Level::Suspicious
-                        },
-                    }
-                })
+                .map(to_box)
                 .collect();
+            candidate = best.map(|k| to_box(&k));
             timing.detect = Some(ms(t));
             det_out = Some(raw);
         }
@@ -127,14 +155,31 @@ impl Models {
             }
             _ => alone,
         };
+        let finding = Finding::at(
+            reading.probability,
+            reading.thresholds.suspicious,
+            reading.thresholds.definite,
+        );
+        let localization = match finding {
+            Finding::NoFracture => None,
+            _ if det_out.is_none() => Some(Localization::NotRun),
+            _ if boxes.iter().any(|b| b.level != Level::Candidate) => Some(Localization::Boxes),
+            _ => match candidate {
+                Some(c) => {
+                    // The one best region, if it is not already among the boxes shown.
+                    if boxes.is_empty() {
+                        boxes.push(c);
+                    }
+                    Some(Localization::Candidate)
+                }
+                None => Some(Localization::NotFound),
+            },
+        };
         Ok(ImageReading {
             probability: reading.probability,
-            finding: Finding::at(
-                reading.probability,
-                reading.thresholds.suspicious,
-                reading.thresholds.definite,
-            ),
+            finding,
             boxes,
+            localization,
             timing,
         })
     }

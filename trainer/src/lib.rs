@@ -2,6 +2,7 @@
 //! and ONNX export. The binary in `main.rs` is a thin shell over this library.
 
 pub mod bench;
+pub mod carry;
 pub mod classify;
 pub mod data;
 pub mod detect;

@@ -101,6 +101,13 @@ enum Command {
         #[arg(long, default_value = "direct", value_parser = ["direct", "burn"])]
         convolutions: String,
     },
+    /// Resume points that travel in git: `save` packs a run's latest one compactly into
+    /// `checkpoints/<run>/` (commit it before the machine goes), `resume` restores the run
+    /// from it on any machine and continues its recorded command.
+    Carry {
+        #[command(subcommand)]
+        command: CarryCommand,
+    },
     /// One decision from both models: read the classifier run's validation and test images
     /// with both exported models as fv-edge does, fit the fusion on validation, report
     /// classifier, detector and fusion on test, and (with --write) put the fusion into the
@@ -332,6 +339,30 @@ struct DetectArgs {
 }
 
 #[derive(Subcommand)]
+enum CarryCommand {
+    /// Pack RUN's latest resume point (f16 weights, bf16 optimizer moments, the best
+    /// checkpoint, logs and the exact command) into a folder to commit.
+    Save {
+        /// The run folder.
+        #[arg(long, value_name = "RUN")]
+        run: PathBuf,
+        /// Where the pack goes (default `checkpoints/<run's folder name>`).
+        #[arg(long, value_name = "DIR")]
+        to: Option<PathBuf>,
+    },
+    /// Restore the run a pack names (unless it already holds a later resume point) and
+    /// continue it: its recorded command with --resume, and ARGS after `--`, which replace
+    /// the recorded flags of the same name (e.g. `-- --data DIR --max-steps 100`).
+    Resume {
+        /// The folder `carry save` wrote.
+        pack: PathBuf,
+        /// More arguments for the training command.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
 enum DataCommand {
     /// Load FracAtlas, check it, and report its classes, splits and flaws.
     Check {
@@ -364,6 +395,54 @@ fn main() {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Carry {
+            command: CarryCommand::Save { run, to },
+        } => {
+            let name = run
+                .file_name()
+                .with_context(|| format!("--run {}: name a run folder", run.display()))?;
+            let to = to.unwrap_or_else(|| PathBuf::from("checkpoints").join(name));
+            let r = fv_train::carry::pack(&run, &to)?;
+            println!(
+                "{}: {} of {} ({:.1} MB); continue on any machine with `fv-train carry resume {}`",
+                to.display(),
+                r.resume_dir,
+                r.run.display(),
+                r.bytes as f64 / 1e6,
+                to.display()
+            );
+            Ok(())
+        }
+        Command::Carry {
+            command: CarryCommand::Resume { pack, args },
+        } => {
+            let (record, restored) = fv_train::carry::unpack(&pack)?;
+            eprintln!(
+                "{} {} at {}",
+                if restored {
+                    "restored"
+                } else {
+                    "kept (it is as far or further)"
+                },
+                record.run.display(),
+                record.resume_dir
+            );
+            let mut argv = vec![std::env::args().next().unwrap_or_else(|| "fv-train".into())];
+            argv.extend(fv_train::carry::resume_command(&record, &args));
+            eprintln!("continuing: {}", argv[1..].join(" "));
+            let cli = Cli::try_parse_from(&argv).with_context(|| {
+                format!(
+                    "{}: the recorded command no longer parses; run it by hand with --resume",
+                    pack.join("carry.json").display()
+                )
+            })?;
+            anyhow::ensure!(
+                !matches!(cli.command, Command::Carry { .. }),
+                "{}: a pack's command cannot be another carry",
+                pack.display()
+            );
+            run(cli)
+        }
         Command::Data {
             command:
                 DataCommand::Check {

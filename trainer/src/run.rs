@@ -270,6 +270,8 @@ pub fn record_start(run: &Path, task: Task) -> anyhow::Result<()> {
     for (name, text) in [
         ("task", task.to_string()),
         ("command.txt", command.join(" ")),
+        // The arguments as given, for `fv-train carry resume` (a path may hold a space).
+        ("command.json", serde_json::to_string(&command)?),
         ("git_commit.txt", git_commit()),
     ] {
         let path = run.join(name);

@@ -135,6 +135,12 @@ impl Daemon {
         Daemon::spawn(dir, mqtt, extra_env, None)
     }
 
+    /// Runs under `wrapper` (a program and its first arguments, e.g. a mount namespace),
+    /// which ends by executing the rest of its arguments: fv-edge's command line.
+    pub fn spawn_wrapped(dir: &Path, extra_env: &[(&str, &str)], wrapper: &[&str]) -> Daemon {
+        Daemon::build(dir, None, extra_env, None, wrapper)
+    }
+
     /// Runs with all of: a broker, extra environment, a config file.
     pub fn spawn(
         dir: &Path,
@@ -142,9 +148,26 @@ impl Daemon {
         extra_env: &[(&str, &str)],
         config: Option<&Path>,
     ) -> Daemon {
+        Daemon::build(dir, mqtt, extra_env, config, &[])
+    }
+
+    fn build(
+        dir: &Path,
+        mqtt: Option<&str>,
+        extra_env: &[(&str, &str)],
+        config: Option<&Path>,
+        wrapper: &[&str],
+    ) -> Daemon {
         let watch = dir.join("watch");
         let state = dir.join("state");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_fv-edge"));
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(env!("CARGO_BIN_EXE_fv-edge"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_fv-edge")),
+        };
         cmd.arg("-v")
             .arg("run")
             .arg("--watch")

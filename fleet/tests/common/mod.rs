@@ -221,7 +221,8 @@ impl Drop for Fleet {
 pub fn publish(broker_port: u16, client: &str, messages: &[(String, String, bool)]) {
     use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
     let mut o = MqttOptions::new(client, "127.0.0.1", broker_port);
-    o.set_max_packet_size(1 << 20, 1 << 20);
+    // Large enough for the oversized messages a hostile unit sends.
+    o.set_max_packet_size(4 << 20, 4 << 20);
     let (c, mut conn) = Client::new(o, messages.len() + 10);
     for (topic, payload, retain) in messages {
         c.publish(topic, QoS::AtLeastOnce, *retain, payload.as_bytes())
