@@ -156,6 +156,9 @@ pub struct Layer {
     /// The fleet dashboard's web server (off unless `listen` is set).
     #[serde(default)]
     pub dashboard: crate::dashboard::DashboardSettings,
+    /// The reading screen for the radiographer (off unless `listen` is set).
+    #[serde(default)]
+    pub screen: crate::screen::ScreenSettings,
     /// The DICOM node (storage SCP, reports to the PACS).
     #[serde(default)]
     pub dicom: DicomSettings,
@@ -252,6 +255,8 @@ pub struct DaemonSettings {
     pub dicom: DicomSettings,
     /// The fleet page (on when `listen` is set).
     pub dashboard: crate::dashboard::DashboardSettings,
+    /// The reading screen (on when `listen` is set).
+    pub screen: crate::screen::ScreenSettings,
     /// A frame grabber.
     pub v4l: Option<V4lSettings>,
 }
@@ -304,6 +309,11 @@ impl Layer {
                 listen: get("FV_DASHBOARD"),
                 broker: get("FV_DASHBOARD_BROKER"),
                 prefix: None,
+            },
+            screen: crate::screen::ScreenSettings {
+                listen: get("FV_SCREEN"),
+                token: get("FV_SCREEN_TOKEN"),
+                recent: None,
             },
             dicom: DicomSettings {
                 listen: get("FV_DICOM_LISTEN"),
@@ -433,6 +443,7 @@ impl Layer {
             pacs,
             dicom: self.dicom.clone(),
             dashboard: self.dashboard.clone(),
+            screen: self.screen.clone(),
             v4l: self.v4l.clone(),
         })
     }
@@ -476,6 +487,7 @@ impl Layer {
             max_packet_bytes
         );
         merge!(self.dashboard, over.dashboard, listen, broker, prefix);
+        merge!(self.screen, over.screen, listen, token, recent);
         merge!(
             self.dicom,
             over.dicom,

@@ -193,6 +193,8 @@ struct Resolved {
     decode: DecodeOptions,
     /// Reports for the PACS, when one is configured.
     pacs: Option<SharedOutbox>,
+    /// The reading screen, when it is on.
+    screen: Option<Arc<crate::screen::Screen>>,
 }
 
 impl Resolved {
@@ -221,6 +223,7 @@ pub fn run(settings: DaemonSettings) -> anyhow::Result<()> {
         pacs,
         dicom,
         dashboard,
+        screen,
         v4l,
     } = settings;
     let (site, device) = (read.site.clone(), read.device_id.clone());
@@ -232,6 +235,7 @@ pub fn run(settings: DaemonSettings) -> anyhow::Result<()> {
         decode: read.decode.clone(),
         watch,
         pacs: None,
+        screen: None,
     };
     for d in [
         &r.watch,
@@ -317,6 +321,20 @@ pub fn run(settings: DaemonSettings) -> anyhow::Result<()> {
             Some(handle)
         }
     };
+
+    // The reading screen at the unit, when asked for.
+    if let Some(addr) = crate::screen::listen_addr(&screen)? {
+        let s = Arc::new(crate::screen::Screen::new(
+            screen.recent.unwrap_or(crate::screen::DEFAULT_RECENT),
+            outbox.clone(),
+            stats.clone(),
+        ));
+        let bound = crate::screen::serve(addr, screen.token.clone(), s.clone())?;
+        // Printed so that a script (and the tests) can find a port-0 listener.
+        println!("screen on http://{bound}/");
+        tracing::info!("reading screen on http://{bound}/");
+        r.screen = Some(s);
+    }
 
     // The fleet page, when asked for: static files only, so it cannot slow the readings.
     let _dashboard = match dashboard.listen {
@@ -565,11 +583,12 @@ fn process_frame(
     });
     queue(&outcome.message, &pipeline.config.uid_salt, outbox, stats)?;
     let m = &outcome.message;
-    let dir = r.dir_for(m);
+    let base = r.dir_for(m).join(name.replace(['#', '/'], "-"));
     write_local(
         m,
         outcome.input.as_ref().map(|i| &i.image),
-        &dir.join(name.replace(['#', '/'], "-")),
+        &base,
+        r.screen.as_deref(),
     )
 }
 
@@ -595,19 +614,27 @@ fn queue(
 
 /// The files a person sees, named `<base>.result.json` and `<base>.overlay.png`, or
 /// `<base>.error.json` for a failed input; each written whole and fsync'd.
+/// The reading screen, when on, shows the result as soon as its JSON is written and its
+/// overlay once that is rendered (a full-size PNG takes a while).
 fn write_local(
     m: &fv_core::result::ResultMessage,
     image: Option<&fv_core::imaging::XrayImage>,
     base: &Path,
+    screen: Option<&crate::screen::Screen>,
 ) -> anyhow::Result<()> {
     let with = |suffix: &str| PathBuf::from(format!("{}.{suffix}", base.display()));
     let json = serde_json::to_vec_pretty(m)?;
     if m.error.is_some() {
         let p = with("error.json");
-        return write_synced(&p, &json).with_context(|| format!("cannot write {}", p.display()));
+        write_synced(&p, &json).with_context(|| format!("cannot write {}", p.display()))?;
+        if let Some(s) = screen {
+            s.show(m);
+        }
+        return Ok(());
     }
     let p = with("result.json");
     write_synced(&p, &json).with_context(|| format!("cannot write {}", p.display()))?;
+    let shown = screen.map(|s| (s, s.show(m)));
     if let Some(image) = image {
         let png = with("overlay.png");
         let mut bytes = std::io::Cursor::new(Vec::new());
@@ -615,8 +642,13 @@ fn write_local(
             .write_to(&mut bytes, image::ImageFormat::Png)
             .map_err(anyhow::Error::from)
             .and_then(|()| Ok(write_synced(&png, bytes.get_ref())?));
-        if let Err(e) = written {
-            tracing::warn!("{}: cannot write the overlay: {e}", png.display());
+        match written {
+            Ok(()) => {
+                if let Some((s, seq)) = shown {
+                    s.overlay_ready(seq, png);
+                }
+            }
+            Err(e) => tracing::warn!("{}: cannot write the overlay: {e}", png.display()),
         }
     }
     Ok(())
@@ -748,7 +780,7 @@ fn process_file(
         };
         image = load_file(path, &full).ok().map(|i| i.image);
     }
-    write_local(&j.message, image.as_ref(), &j.dest)?;
+    write_local(&j.message, image.as_ref(), &j.dest, r.screen.as_deref())?;
     move_file(path, &j.dest).with_context(|| format!("cannot move to {}", j.dest.display()))?;
     sync_parent(&j.dest)?;
     sync_parent(path)?;

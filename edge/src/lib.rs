@@ -20,5 +20,6 @@ pub mod overlay;
 pub mod pacs;
 pub mod pipeline;
 pub mod scp;
+pub mod screen;
 pub mod sr;
 pub mod v4l;

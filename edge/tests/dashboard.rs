@@ -1,5 +1,6 @@
-//! The fleet dashboard: its state logic under node's test runner, and the end-to-end browser
-//! test (`dashboard/tests/e2e.mjs`: Mosquitto over WebSockets, two fv-edge daemons, this
+//! The fleet dashboard and the unit's reading screen: the dashboard's state logic under
+//! node's test runner, the reading screen with the network down
+//! (`dashboard/tests/screen-e2e.mjs`), and the end-to-end browser test (`dashboard/tests/e2e.mjs`: Mosquitto over WebSockets, two fv-edge daemons, this
 //! fv-edge serving the page, Debian's Chromium through playwright-core).
 //!
 //! Needs node, `npm ci` in dashboard/ and /usr/bin/chromium (`.ci/run` installs them). Without
@@ -54,4 +55,23 @@ fn browser_end_to_end() {
         ],
     );
     assert!(artifacts.join("dashboard-e2e.png").exists());
+}
+
+#[test]
+fn reading_screen_in_the_browser_with_the_network_down() {
+    let Some((node, chromium)) = browser_tools() else {
+        return;
+    };
+    let artifacts = Path::new(env!("CARGO_TARGET_TMPDIR")).join("screen-e2e");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    run_node(
+        &node,
+        &["dashboard/tests/screen-e2e.mjs"],
+        &[
+            ("FV_EDGE_BIN", env!("CARGO_BIN_EXE_fv-edge").as_ref()),
+            ("CHROMIUM", chromium.as_os_str()),
+            ("ARTIFACTS", artifacts.as_os_str()),
+        ],
+    );
+    assert!(artifacts.join("screen-e2e.png").exists());
 }

@@ -106,6 +106,30 @@ pub fn load_resume_point<M: Module>(
     Ok((model, optim))
 }
 
+/// Keeps the header of a step log (`epoch,step,…`, `step` counted over the whole run) and
+/// its lines up to global step `last`.
+pub fn truncate_log_after(path: &Path, last: usize) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
+    let kept: Vec<&str> = text
+        .lines()
+        .enumerate()
+        .filter(|(i, l)| {
+            *i == 0
+                || l.split(',')
+                    .nth(1)
+                    .and_then(|s| s.parse::<usize>().ok())
+                    .is_some_and(|step| step <= last)
+        })
+        .map(|(_, l)| l)
+        .collect();
+    if kept.len() < text.lines().count() {
+        std::fs::write(path, kept.join("\n") + "\n")
+            .with_context(|| format!("{}: cannot write", path.display()))?;
+    }
+    Ok(())
+}
+
 /// A summary written before runs could stop early describes a finished run.
 pub fn complete_by_default() -> bool {
     true
@@ -312,6 +336,18 @@ mod tests {
         let e = task_of(&old).unwrap_err().to_string();
         assert!(e.contains("segment"), "{e}");
         assert!(task_of(&tmp.path().join("none")).is_err());
+    }
+
+    #[test]
+    fn a_resumed_log_keeps_each_step_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("train_log.csv");
+        std::fs::write(&p, "epoch,step,lr\n1,1,0.1\n1,2,0.1\n1,3,0.1\n2,4,0.1\n").unwrap();
+        truncate_log_after(&p, 2).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&p).unwrap(),
+            "epoch,step,lr\n1,1,0.1\n1,2,0.1\n"
+        );
     }
 
     #[test]

@@ -379,6 +379,15 @@ pub fn train(
 
     let log_path = run.join("train_log.csv");
     let new_log = state.resume_dir.is_none() || !log_path.exists();
+    let per_epoch = pool.len().div_ceil(config.batch_size);
+    if !new_log {
+        // Steps logged after the resume point (a crash, or a carried pack made earlier) are
+        // done again: their lines go, so that each step is logged once.
+        crate::run::truncate_log_after(
+            &log_path,
+            per_epoch * state.epochs_done + state.step_in_epoch,
+        )?;
+    }
     let mut log = std::fs::OpenOptions::new()
         .create(true)
         .write(true)
@@ -391,7 +400,6 @@ pub fn train(
             "epoch,step,lr,box,cls,dfl,foreground,images_per_second"
         )?;
     }
-    let per_epoch = pool.len().div_ceil(config.batch_size);
     let bar = progress_bar((per_epoch * config.epochs) as u64, show_progress);
     bar.set_position((per_epoch * state.epochs_done + state.step_in_epoch) as u64);
     let started = Instant::now();
