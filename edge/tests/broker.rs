@@ -221,15 +221,6 @@ fn tls_with_username_and_password() {
     let dir = tmp.path().join("broker");
     std::fs::create_dir_all(&dir).unwrap();
     fv_e2e::make_certs(&dir, false);
-    // Mosquitto started as root reads its files as the `mosquitto` user.
-    use std::os::unix::fs::PermissionsExt as _;
-    for (p, mode) in [
-        (tmp.path(), 0o755),
-        (dir.as_path(), 0o755),
-        (&dir.join("server.key"), 0o644),
-    ] {
-        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
-    }
     let ok = std::process::Command::new("mosquitto_passwd")
         .args(["-b", "-c"])
         .arg(dir.join("passwd"))

@@ -527,6 +527,11 @@ fn hostile_peers_cost_little_and_a_real_modality_still_gets_through() {
         "the association is aborted: {answer:?}"
     );
     let grew = peak_rss(pid).saturating_sub(before);
+    eprintln!(
+        "peak RSS {} MiB before the 26-byte command, grew by {} KiB",
+        before >> 20,
+        grew >> 10
+    );
     assert!(
         grew < 64 << 20,
         "the 26-byte command cost {} MiB",

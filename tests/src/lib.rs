@@ -203,8 +203,12 @@ fn mosquitto_bin() -> PathBuf {
     .expect("mosquitto not found: install it (`apt-get install mosquitto`); .ci/run does")
 }
 
+/// The broker setting that goes with fv-fleet's `MAX_MESSAGE_BYTES` (README, "What a unit
+/// cannot do"): a larger message never travels.
+pub const MESSAGE_SIZE_LIMIT: &str = "message_size_limit 1048576\n";
+
 /// A Mosquitto broker on 127.0.0.1:`port`, persisting to `dir` so that sessions survive a
-/// restart.
+/// restart, with the message size limit a fleet's broker should have.
 pub struct Broker {
     pub port: u16,
     dir: PathBuf,
@@ -245,7 +249,7 @@ impl Broker {
         std::fs::write(
             self.dir.join("mosquitto.conf"),
             format!(
-                "{user}listener {} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nlog_dest file {}/mosquitto.log\n",
+                "{user}listener {} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nlog_dest file {}/mosquitto.log\n{MESSAGE_SIZE_LIMIT}",
                 self.port,
                 self.dir.display(),
                 self.dir.display()
@@ -319,7 +323,8 @@ pub fn unsafe_kill(pid: u32, sig: &str) {
 
 /// A CA and a server certificate for 127.0.0.1 (`ca.pem`, `server.pem`, `server.key`), and,
 /// with `client`, a client certificate from the same CA (`client.pem`, `client.key`), made
-/// with the openssl command in `dir`.
+/// with the openssl command in `dir`; readable by the `mosquitto` user, as which a broker
+/// started as root reads them.
 pub fn make_certs(dir: &Path, client: bool) {
     let run = |args: &[&str]| {
         let ok = Command::new("openssl")
@@ -378,5 +383,14 @@ pub fn make_certs(dir: &Path, client: bool) {
             "-out",
             &pem,
         ]);
+    }
+    use std::os::unix::fs::PermissionsExt as _;
+    let parent = dir.parent().unwrap_or(dir);
+    for (p, mode) in [
+        (parent, 0o755),
+        (dir, 0o755),
+        (&dir.join("server.key"), 0o644),
+    ] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
     }
 }
