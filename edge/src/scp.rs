@@ -406,12 +406,11 @@ impl Scp {
 }
 
 /// What a connection's thread tells the accept loop of itself.
-#[derive(Default)]
 struct Progress {
     /// Set once the association is accepted.
     associated: AtomicBool,
     /// When the connection opened.
-    opened: std::sync::OnceLock<Instant>,
+    opened: Instant,
     /// Milliseconds after `opened` at which the last PDU completed.
     last_pdu_ms: AtomicU64,
 }
@@ -424,15 +423,14 @@ impl Progress {
     }
 
     fn pdu(&self) {
-        let opened = self.opened.get_or_init(Instant::now);
         self.last_pdu_ms
-            .store(opened.elapsed().as_millis() as u64, Ordering::SeqCst);
+            .store(self.opened.elapsed().as_millis() as u64, Ordering::SeqCst);
     }
 
     /// How long since the connection last made progress: since it opened while it has not
     /// associated, since its last whole PDU after.
     fn stalled(&self) -> Duration {
-        let opened = *self.opened.get_or_init(Instant::now);
+        let opened = self.opened;
         if self.associated.load(Ordering::SeqCst) {
             opened.elapsed().saturating_sub(Duration::from_millis(
                 self.last_pdu_ms.load(Ordering::SeqCst),
@@ -479,8 +477,11 @@ impl Slots {
             }
         }
         let handle = stream.try_clone().ok()?;
-        let progress = Arc::new(Progress::default());
-        progress.opened.get_or_init(Instant::now);
+        let progress = Arc::new(Progress {
+            associated: AtomicBool::new(false),
+            opened: Instant::now(),
+            last_pdu_ms: AtomicU64::new(0),
+        });
         let id = self.next.fetch_add(1, Ordering::SeqCst);
         open.insert(
             id,

@@ -39,11 +39,17 @@ struct Shown {
     overlay: Option<PathBuf>,
 }
 
+/// The readings on the screen, newest first, and the number the next one gets.
+#[derive(Default)]
+struct Recent {
+    shown: VecDeque<Shown>,
+    next: u64,
+}
+
 /// What the page reads: the latest readings and the queues' state.
 pub struct Screen {
-    recent: Mutex<VecDeque<Shown>>,
+    recent: Mutex<Recent>,
     keep: usize,
-    next: Mutex<u64>,
     outbox: Option<SharedOutbox>,
     stats: Arc<Mutex<Stats>>,
 }
@@ -52,9 +58,8 @@ impl Screen {
     /// A screen keeping `keep` readings, reporting the fleet outbox and the PACS queue.
     pub fn new(keep: usize, outbox: Option<SharedOutbox>, stats: Arc<Mutex<Stats>>) -> Self {
         Screen {
-            recent: Mutex::new(VecDeque::new()),
+            recent: Mutex::default(),
             keep: keep.max(1),
-            next: Mutex::new(1),
             outbox,
             stats,
         }
@@ -62,35 +67,34 @@ impl Screen {
 
     /// A result was written locally: on the screen from now; returns its number.
     pub fn show(&self, message: &ResultMessage) -> u64 {
-        let seq = {
-            let mut n = self.next.lock().unwrap_or_else(|p| p.into_inner());
-            *n += 1;
-            *n - 1
-        };
-        let mut r = self.recent.lock().unwrap_or_else(|p| p.into_inner());
-        r.push_front(Shown {
+        let mut r = self.lock();
+        r.next += 1;
+        let seq = r.next;
+        r.shown.push_front(Shown {
             seq,
             message: message.clone(),
             overlay: None,
         });
-        r.truncate(self.keep);
+        r.shown.truncate(self.keep);
         seq
     }
 
     /// Reading `seq`'s overlay is written at `png`.
     pub fn overlay_ready(&self, seq: u64, png: PathBuf) {
-        let mut r = self.recent.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(s) = r.iter_mut().find(|s| s.seq == seq) {
+        if let Some(s) = self.lock().shown.iter_mut().find(|s| s.seq == seq) {
             s.overlay = Some(png);
         }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Recent> {
+        self.recent.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn state(&self) -> serde_json::Value {
         let today = crate::pipeline::now_rfc3339()[..10].to_owned();
         let readings: Vec<serde_json::Value> = self
-            .recent
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .shown
             .iter()
             .filter(|s| s.message.processed_at.starts_with(&today))
             .map(|s| {
@@ -125,9 +129,8 @@ impl Screen {
     }
 
     fn overlay(&self, seq: u64) -> Option<PathBuf> {
-        self.recent
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        self.lock()
+            .shown
             .iter()
             .find(|s| s.seq == seq)
             .and_then(|s| s.overlay.clone())
