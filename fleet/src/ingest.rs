@@ -395,9 +395,6 @@ pub async fn store_batch(store: &Store, records: &[Record]) -> Result<(), sqlx::
     let Err(e) = store.write(records).await else {
         return Ok(());
     };
-    if records.len() == 1 && matches!(records[0], Record::Rejected(_)) {
-        return Err(e);
-    }
     tracing::warn!(
         "a batch of {} was refused ({e}); storing one at a time",
         records.len()
