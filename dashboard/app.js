@@ -75,6 +75,7 @@ function drawToday(fleet, now) {
     cell(tr, c.fracture);
     cell(tr, c.suspicious);
     cell(tr, c.no_fracture);
+    cell(tr, c.not_applicable);
     cell(tr, c.failed);
     body.appendChild(tr);
   }
@@ -89,7 +90,7 @@ function drawDays(fleet, now) {
   box.replaceChildren();
   for (const site of fleet.sites()) {
     const series = fleet.series(site, DAYS, now);
-    const totals = series.map((d) => d.fracture + d.suspicious + d.no_fracture + d.failed);
+    const totals = series.map((d) => d.fracture + d.suspicious + d.no_fracture + d.not_applicable + d.failed);
     const max = Math.max(1, ...totals);
     const fig = document.createElement('figure');
     fig.dataset.site = site;
@@ -101,7 +102,8 @@ function drawDays(fleet, now) {
       // Stacked: fractures and suspicious at the bottom, where the eye starts.
       let y = 40;
       for (const [k, cls] of [['fracture', 'fracture'], ['suspicious', 'suspicious'],
-        ['no_fracture', 'no_fracture'], ['failed', 'failed']]) {
+        ['no_fracture', 'no_fracture'], ['not_applicable', 'not_applicable'],
+        ['failed', 'failed']]) {
         if (!d[k]) continue;
         const h = (d[k] / max) * 38;
         const r = document.createElementNS(SVG, 'rect');
@@ -165,6 +167,31 @@ async function api(cfg, path) {
   return r.json();
 }
 
+const pct = (v) => `${(v * 100).toFixed(0)} %`;
+
+/** The drift watch: flagged unit-days first, each figure with its expected interval. */
+function drawDrift(report) {
+  const section = $('#drift-watch');
+  section.hidden = false;
+  const body = $('#drift tbody');
+  body.replaceChildren();
+  for (const d of report.days.filter((x) => x.judgement)) {
+    const j = d.judgement;
+    const tr = document.createElement('tr');
+    tr.dataset.flagged = d.flagged ? 'yes' : 'no';
+    tr.dataset.unit = `${d.site}/${d.device}`;
+    cell(tr, d.site);
+    cell(tr, d.device);
+    cell(tr, d.day);
+    cell(tr, j.n);
+    for (const [f, fmt] of [[j.positive_rate, pct], [j.fracture_rate, pct],
+      [j.mean_probability, (v) => v.toFixed(2)], [j.not_applicable_share, pct]]) {
+      cell(tr, `${fmt(f.value)} (${fmt(f.expected.low)}–${fmt(f.expected.high)})`, f.outside ? 'drift' : '');
+    }
+    body.appendChild(tr);
+  }
+}
+
 /** Loads fv-fleet's history into the fleet; says on the page what it could not. */
 async function loadHistory(fleet, cfg) {
   const note = $('#history');
@@ -173,6 +200,8 @@ async function loadHistory(fleet, cfg) {
       api(cfg, 'sites'), api(cfg, `counts?days=${DAYS + 1}`), api(cfg, 'results?limit=50'), api(cfg, 'units'),
     ]);
     fleet.loadHistory({ sites, counts, results, units });
+    // Only where fv-fleet runs with --expect; a 404 leaves the section hidden.
+    api(cfg, 'drift?days=14').then(drawDrift, () => {});
     note.dataset.state = 'loaded';
     note.textContent = `History from fv-fleet: ${results.length} recent results, ${units.length} units, `
       + `counts by each site's day (${sites.map((s) => `${s.site}: ${s.zone}`).join(', ') || 'no sites yet'}).`;

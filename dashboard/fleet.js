@@ -5,7 +5,7 @@
 //   status    retained, {state: online|offline, reason, version, models, ts}; the last will
 //             says offline, so a unit that drops off the network turns offline on its own
 //   heartbeat {uptime_s, interval_s, outbox_depth, dropped, oversized, processed, failed,
-//              last_error, publisher, models, ts}
+//              not_applicable, last_error, publisher, models, ts}
 //   result    fractuvision.result/1 (core/schemas/result.schema.json), QoS 1: delivered at
 //             least once, so the same id can arrive twice and is counted once
 //
@@ -28,7 +28,7 @@ export class Fleet {
     this.recent = []; // newest first
     this.seen = new Set();
     this.seenOrder = [];
-    this.counts = new Map(); // "YYYY-MM-DD" -> site -> {fracture, suspicious, no_fracture, failed}
+    this.counts = new Map(); // "YYYY-MM-DD" -> site -> {fracture, suspicious, no_fracture, not_applicable, failed}
     this.zones = new Map(); // site -> IANA time zone, from fv-fleet (days are the site's own)
     this.history = false; // true once fv-fleet's history is loaded
   }
@@ -60,7 +60,8 @@ export class Fleet {
     for (const c of counts) {
       if (!this.counts.has(c.day)) this.counts.set(c.day, new Map());
       this.counts.get(c.day).set(c.site, {
-        fracture: c.fracture, suspicious: c.suspicious, no_fracture: c.no_fracture, failed: c.failed,
+        fracture: c.fracture, suspicious: c.suspicious, no_fracture: c.no_fracture,
+        not_applicable: c.not_applicable ?? 0, failed: c.failed,
       });
     }
     this.recent = [];
@@ -99,7 +100,7 @@ export class Fleet {
     for (let i = days - 1; i >= 0; i--) {
       const day = this.siteDay(site, new Date(now - i * 86400000));
       const c = this.counts.get(day)?.get(site);
-      out.push({ day, ...(c ?? { fracture: 0, suspicious: 0, no_fracture: 0, failed: 0 }) });
+      out.push({ day, ...(c ?? { fracture: 0, suspicious: 0, no_fracture: 0, not_applicable: 0, failed: 0 }) });
     }
     return out;
   }
@@ -194,7 +195,7 @@ export class Fleet {
       const day = this.siteDay(site, r.time ? new Date(r.time) : new Date(now));
       if (!this.counts.has(day)) this.counts.set(day, new Map());
       const perSite = this.counts.get(day);
-      if (!perSite.has(site)) perSite.set(site, { fracture: 0, suspicious: 0, no_fracture: 0, failed: 0 });
+      if (!perSite.has(site)) perSite.set(site, { fracture: 0, suspicious: 0, no_fracture: 0, not_applicable: 0, failed: 0 });
       const c = perSite.get(site);
       c[r.finding in c ? r.finding : 'failed'] += 1;
       return 'result';

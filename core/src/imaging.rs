@@ -36,6 +36,8 @@ pub struct XrayImage {
     /// The size as stored (in display orientation), where the pixels were decoded at a
     /// reduced scale ([`DecodeOptions::reduce_to`]); `None` when they are the full image.
     full_size: Option<(u32, u32)>,
+    /// How coloured the source was ([`XrayImage::colour`]); 0 for a grey source.
+    colour: f32,
 }
 
 impl XrayImage {
@@ -45,6 +47,7 @@ impl XrayImage {
             pixels: GrayPixels::U8(pixels),
             significant_bits: 8,
             full_size: None,
+            colour: 0.0,
         }
     }
 
@@ -56,6 +59,7 @@ impl XrayImage {
             pixels: GrayPixels::U16(pixels),
             significant_bits: significant_bits.clamp(1, 16),
             full_size: None,
+            colour: 0.0,
         }
     }
 
@@ -89,6 +93,14 @@ impl XrayImage {
     /// Height of the full image: [`XrayImage::height`] unless decoded at a reduced scale.
     pub fn full_height(&self) -> u32 {
         self.full_size.map_or_else(|| self.height(), |(_, h)| h)
+    }
+
+    /// How coloured the source was: the mean over its pixels of the spread between its
+    /// brightest and darkest channel, 0–1. A radiograph is grey (0, or JPEG's chroma noise
+    /// in a grey image stored as colour); a photograph or a colour Doppler frame is not. The
+    /// pixels here are grey either way.
+    pub fn colour(&self) -> f32 {
+        self.colour
     }
 
     /// Whether these pixels are a reduced-scale decode (enough for a model, not for an
@@ -506,12 +518,14 @@ pub fn decode_bytes(
     if let Some(orientation) = Orientation::from_exif(header.exif_orientation) {
         dynamic.apply_orientation(orientation);
     }
+    let colour = colourfulness(&dynamic);
     let mut image = match dynamic {
         DynamicImage::ImageLuma8(p) => XrayImage::from_gray8(p),
         DynamicImage::ImageLuma16(p) => XrayImage::from_gray16(p, 16),
         ref d if is_16_bit(d) => XrayImage::from_gray16(d.to_luma16(), 16),
         d => XrayImage::from_gray8(d.to_luma8()),
     };
+    image.colour = colour;
     if scale > 1 {
         image.full_size = Some(header.display_size());
     }
@@ -567,6 +581,23 @@ fn jpeg_scaled(
             })
         }
     })
+}
+
+/// [`XrayImage::colour`] of a decoded image, from every fourth pixel of every fourth row.
+fn colourfulness(d: &DynamicImage) -> f32 {
+    if !d.color().has_color() {
+        return 0.0;
+    }
+    let rgb = d.to_rgb8();
+    let (mut sum, mut n) = (0u64, 0u64);
+    for y in (0..rgb.height()).step_by(4) {
+        for x in (0..rgb.width()).step_by(4) {
+            let [r, g, b] = rgb.get_pixel(x, y).0;
+            sum += u64::from(r.max(g).max(b) - r.min(g).min(b));
+            n += 1;
+        }
+    }
+    sum as f32 / (255.0 * n.max(1) as f32)
 }
 
 fn is_16_bit(d: &DynamicImage) -> bool {
@@ -800,6 +831,18 @@ mod tests {
         let d = decode_bytes(&bytes, Path::new("a.tif"), &DecodeOptions::default()).unwrap();
         assert_eq!(d.header.format, SourceFormat::Tiff);
         assert_eq!(d.image.pixels(), &GrayPixels::U16(img));
+    }
+
+    #[test]
+    fn a_colour_source_is_measured_and_a_grey_one_stored_as_colour_is_not() {
+        let grey = image::RgbImage::from_fn(16, 16, |x, _| image::Rgb([x as u8 * 10; 3]));
+        let bytes = encode(DynamicImage::ImageRgb8(grey), ImageFormat::Png);
+        let d = decode_bytes(&bytes, "grey.png".as_ref(), &DecodeOptions::default()).unwrap();
+        assert_eq!(d.image.colour(), 0.0);
+        let red = image::RgbImage::from_pixel(16, 16, image::Rgb([200, 20, 20]));
+        let bytes = encode(DynamicImage::ImageRgb8(red), ImageFormat::Png);
+        let d = decode_bytes(&bytes, "red.png".as_ref(), &DecodeOptions::default()).unwrap();
+        assert!((d.image.colour() - 180.0 / 255.0).abs() < 1e-6);
     }
 
     #[test]

@@ -27,12 +27,15 @@
 pub mod broker;
 pub mod calibration;
 pub mod detection;
+pub mod drift;
+pub mod durable;
 pub mod imaging;
 pub mod manifest;
 pub mod metrics;
 pub mod preprocess;
 pub mod reading;
 pub mod result;
+pub mod scope;
 pub mod types;
 
 pub use types::{BoxXyxy, Detection, Probability};

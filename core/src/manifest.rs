@@ -128,6 +128,9 @@ pub enum OutputMeaning {
         alias = "yolov8: cx, cy, w, h in letterboxed input pixels, then one sigmoid score per label"
     )]
     Yolov8,
+    /// The image's distance from the training images, one value, read against
+    /// `applicability.threshold` ([`crate::scope`]).
+    ScopeDistance,
 }
 
 /// The two operating thresholds chosen on the validation split.
@@ -261,6 +264,14 @@ pub struct Manifest {
     /// its mirror, and the calibration, thresholds and fusion above are fitted to that mean.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub test_time_hflip: bool,
+    /// Which images the classifier reads at all: those its scope check finds near its
+    /// training images (classifiers; fitted by `fv-train scope`). Absent: every image is read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applicability: Option<crate::scope::Applicability>,
+    /// How the reading behaved on validation, per class, for the fleet's drift watch
+    /// (classifiers; written by `fv-train fuse --write`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected: Option<crate::drift::Expected>,
     /// How boxes are suppressed (detectors). Absent: [`crate::detection::NmsSettings::EDGE`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nms: Option<crate::detection::NmsSettings>,
@@ -380,6 +391,12 @@ impl Manifest {
         if self.test_time_hflip && self.task != Task::Classify {
             return Err("`test_time_hflip` belongs in a classifier's manifest".into());
         }
+        if let Some(a) = &self.applicability {
+            if self.task != Task::Classify {
+                return Err("`applicability` belongs in a classifier's manifest".into());
+            }
+            a.validate(&self.outputs)?;
+        }
         if let Some(f) = &self.fusion {
             if self.task != Task::Classify {
                 return Err("`fusion` belongs in a classifier's manifest".into());
@@ -472,6 +489,8 @@ mod tests {
             fusion: None,
             test_time_hflip: false,
             nms: None,
+            applicability: None,
+            expected: None,
             precision: Precision::Fp32,
             metrics: None,
             training: None,

@@ -53,6 +53,9 @@ pub enum Finding {
     Suspicious,
     /// Below `suspicious`.
     NoFracture,
+    /// Not read: the image is outside the models' scope (not a musculoskeletal radiograph of
+    /// the kind they learned; [`crate::scope`]). No probability is given.
+    NotApplicable,
 }
 
 /// How sure a box is, by the detector's thresholds.
@@ -167,7 +170,8 @@ pub struct ResultMessage {
     pub captured_at: Option<String>,
     /// When the result was made, RFC 3339 UTC.
     pub processed_at: String,
-    /// The classifier's probability of a fracture; absent when the input failed.
+    /// The classifier's probability of a fracture; absent when the input failed or is
+    /// `not_applicable`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fracture_probability: Option<Probability>,
     /// The reading at the classifier's thresholds; absent when the input failed.
@@ -180,6 +184,10 @@ pub struct ResultMessage {
     /// that a positive reading without a box is never silent about it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub localization: Option<Localization>,
+    /// The scope check, when the classifier has one: the image's distance from the training
+    /// images and the threshold above which it is `not_applicable`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<crate::scope::ScopeReading>,
     /// The models used.
     pub models: Vec<ModelRef>,
     /// Time per stage.

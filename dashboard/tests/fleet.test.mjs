@@ -47,7 +47,7 @@ test('a redelivered result (QoS 1, same id) is listed and counted once', () => {
   f.apply(`${P}/s/d/result`, result('b', 'no_fracture', 0.1), now);
   f.apply(`${P}/s/d/result`, JSON.stringify({ id: 'c', error: { code: 'decode', message: 'x' } }), now);
   assert.equal(f.recent.length, 3);
-  assert.deepEqual(f.today(now).get('s'), { fracture: 1, suspicious: 0, no_fracture: 1, failed: 1 });
+  assert.deepEqual(f.today(now).get('s'), { fracture: 1, suspicious: 0, no_fracture: 1, not_applicable: 0, failed: 1 });
   assert.equal(f.recent[0].finding, 'failed');
 });
 
@@ -94,8 +94,8 @@ test('history from fv-fleet, then live: a result already stored is counted once'
   f.loadHistory({
     sites: [{ site: 'tokyo', zone: 'Asia/Tokyo', today: '2026-12-05' }],
     counts: [
-      { site: 'tokyo', day: '2026-12-05', fracture: 2, suspicious: 0, no_fracture: 5, failed: 0 },
-      { site: 'tokyo', day: '2026-12-04', fracture: 1, suspicious: 1, no_fracture: 0, failed: 0 },
+      { site: 'tokyo', day: '2026-12-05', fracture: 2, suspicious: 0, no_fracture: 5, not_applicable: 1, failed: 0 },
+      { site: 'tokyo', day: '2026-12-04', fracture: 1, suspicious: 1, no_fracture: 0, not_applicable: 0, failed: 0 },
     ],
     results: [{ id: 'h1', site: 'tokyo', device: 'u1', processed_at: '2026-12-05T11:00:00Z',
       finding: 'fracture', probability: 0.9, boxes: 1, error: null }],
@@ -106,7 +106,7 @@ test('history from fv-fleet, then live: a result already stored is counted once'
     ],
   });
   assert.ok(f.history);
-  assert.deepEqual(f.today(now).get('tokyo'), { fracture: 2, suspicious: 0, no_fracture: 5, failed: 0 });
+  assert.deepEqual(f.today(now).get('tokyo'), { fracture: 2, suspicious: 0, no_fracture: 5, not_applicable: 1, failed: 0 });
   assert.equal(f.health(f.units.get('tokyo/old'), now), 'gone');
   assert.equal(f.units.get('tokyo/u1').online24h, 0.5);
   // The stored result comes again live (QoS 1 redelivery): not counted twice.

@@ -99,6 +99,20 @@ pub struct PacsSettings {
     pub address: Option<String>,
     /// Longest wait between attempts while the PACS is unreachable, in seconds (default 60).
     pub max_retry_s: Option<u64>,
+    /// What shows the marks in the PACS viewer beside each report (default
+    /// `secondary-capture`).
+    pub marks: Option<Marks>,
+}
+
+/// The object sent with each Structured Report so that the marks show in the PACS viewer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Marks {
+    /// The overlay as a Secondary Capture in the source's study ([`crate::sc`]).
+    #[default]
+    SecondaryCapture,
+    /// The report only.
+    None,
 }
 
 /// The configuration as read from one layer; every field optional so layers merge.
@@ -226,6 +240,8 @@ pub struct PacsTarget {
     pub calling_ae: String,
     /// The longest wait between attempts.
     pub max_retry: Duration,
+    /// What shows the marks in the viewer.
+    pub marks: Marks,
 }
 
 /// What `fv-edge run` needs, resolved once from the merged layers with every default here.
@@ -321,6 +337,7 @@ impl Layer {
                 pacs: PacsSettings {
                     address: get("FV_PACS"),
                     max_retry_s: None,
+                    marks: None,
                 },
                 ..Default::default()
             },
@@ -425,6 +442,7 @@ impl Layer {
                     .pacs
                     .max_retry_s
                     .map_or(DEFAULT_PACS_MAX_RETRY, |s| Duration::from_secs(s.max(1))),
+                marks: self.dicom.pacs.marks.unwrap_or_default(),
             }),
         };
         Ok(DaemonSettings {
@@ -503,7 +521,13 @@ impl Layer {
             handshake_timeout_s,
             min_free_mb
         );
-        merge!(self.dicom.pacs, over.dicom.pacs, address, max_retry_s);
+        merge!(
+            self.dicom.pacs,
+            over.dicom.pacs,
+            address,
+            max_retry_s,
+            marks
+        );
         self
     }
 }

@@ -64,24 +64,6 @@ fn move_file(from: &Path, to: &Path) -> std::io::Result<()> {
     }
 }
 
-/// Writes a file whole and durably: a temporary name, fsync, rename, fsync of the folder.
-fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write as _;
-    let tmp = PathBuf::from(format!("{}.tmp", path.display()));
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    sync_parent(path)
-}
-
-fn sync_parent(path: &Path) -> std::io::Result<()> {
-    match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => std::fs::File::open(dir)?.sync_all(),
-        _ => Ok(()),
-    }
-}
-
 /// Holds an exclusive lock on `STATE/lock` for the daemon's life: two daemons on one state
 /// directory would write over each other's outbox records and journal.
 fn lock_state(state: &Path) -> anyhow::Result<std::fs::File> {
@@ -179,7 +161,8 @@ fn uid_salt(configured: Option<String>, state: &Path) -> anyhow::Result<String> 
         uuid::Uuid::new_v4().simple(),
         uuid::Uuid::new_v4().simple()
     );
-    write_synced(&p, s.as_bytes()).with_context(|| format!("{}: cannot write", p.display()))?;
+    fv_core::durable::write(&p, s.as_bytes())
+        .with_context(|| format!("{}: cannot write", p.display()))?;
     Ok(s)
 }
 
@@ -193,6 +176,8 @@ struct Resolved {
     decode: DecodeOptions,
     /// Reports for the PACS, when one is configured.
     pacs: Option<SharedOutbox>,
+    /// What shows the marks in the PACS viewer.
+    marks: crate::config::Marks,
     /// The reading screen, when it is on.
     screen: Option<Arc<crate::screen::Screen>>,
 }
@@ -235,6 +220,7 @@ pub fn run(settings: DaemonSettings) -> anyhow::Result<()> {
         decode: read.decode.clone(),
         watch,
         pacs: None,
+        marks: crate::config::Marks::None,
         screen: None,
     };
     for d in [
@@ -282,8 +268,10 @@ pub fn run(settings: DaemonSettings) -> anyhow::Result<()> {
             stats.lock().expect("stats lock").pacs_outbox_depth =
                 Some(o.lock().expect("outbox lock").depth());
             r.pacs = Some(o.clone());
+            r.marks = target.marks;
             tracing::info!(
-                "Structured Reports go to {}@{} as {}",
+                "Structured Reports ({:?} for the marks) go to {}@{} as {}",
+                target.marks,
                 target.address.ae_title,
                 target.address.host_port,
                 target.calling_ae
@@ -626,14 +614,15 @@ fn write_local(
     let json = serde_json::to_vec_pretty(m)?;
     if m.error.is_some() {
         let p = with("error.json");
-        write_synced(&p, &json).with_context(|| format!("cannot write {}", p.display()))?;
+        fv_core::durable::write(&p, &json)
+            .with_context(|| format!("cannot write {}", p.display()))?;
         if let Some(s) = screen {
             s.show(m);
         }
         return Ok(());
     }
     let p = with("result.json");
-    write_synced(&p, &json).with_context(|| format!("cannot write {}", p.display()))?;
+    fv_core::durable::write(&p, &json).with_context(|| format!("cannot write {}", p.display()))?;
     let shown = screen.map(|s| (s, s.show(m)));
     if let Some(image) = image {
         let png = with("overlay.png");
@@ -641,7 +630,7 @@ fn write_local(
         let written = crate::overlay::render(image, m)
             .write_to(&mut bytes, image::ImageFormat::Png)
             .map_err(anyhow::Error::from)
-            .and_then(|()| Ok(write_synced(&png, bytes.get_ref())?));
+            .and_then(|()| Ok(fv_core::durable::write(&png, bytes.get_ref())?));
         match written {
             Ok(()) => {
                 if let Some((s, seq)) = shown {
@@ -661,14 +650,26 @@ fn count(stats: &Mutex<Stats>, m: &fv_core::result::ResultMessage) {
             s.failed += 1;
             s.last_error = Some(e.message.clone());
         }
-        None => s.processed += 1,
+        None => {
+            s.processed += 1;
+            if m.finding == Some(fv_core::result::Finding::NotApplicable) {
+                s.not_applicable += 1;
+            }
+        }
     }
 }
 
-/// A DICOM image's reading as a Structured Report: into the PACS outbox, and a copy beside
-/// the local result (`<name>.sr.dcm`). A report that cannot be made (the source lacks a UID
-/// it must reference) is logged; the reading itself stands.
-fn report(j: &Journal, path: &Path, pacs: &Mutex<Outbox>) -> anyhow::Result<()> {
+/// A DICOM image's reading as a Structured Report, and with `marks` its overlay as a Secondary
+/// Capture: into the PACS outbox, and copies beside the local result (`<name>.sr.dcm`,
+/// `<name>.sc.dcm`). An object that cannot be made (the source lacks a UID it must reference)
+/// is logged; the reading itself stands.
+fn report(
+    j: &Journal,
+    path: &Path,
+    pacs: &Mutex<Outbox>,
+    marks: crate::config::Marks,
+    image: Option<&fv_core::imaging::XrayImage>,
+) -> anyhow::Result<()> {
     let m = &j.message;
     if m.error.is_some() || m.source.kind != fv_core::result::SourceKind::Dicom {
         return Ok(());
@@ -680,12 +681,34 @@ fn report(j: &Journal, path: &Path, pacs: &Mutex<Outbox>) -> anyhow::Result<()> 
             return Ok(());
         }
     };
-    pacs.lock().expect("outbox lock").push(&sr.bytes)?;
-    let copy = PathBuf::from(format!("{}.sr.dcm", j.dest.display()));
-    if let Err(e) = write_synced(&copy, &sr.bytes) {
-        tracing::warn!("{}: cannot write the report's copy: {e}", copy.display());
+    let sc = match (marks, image) {
+        (crate::config::Marks::SecondaryCapture, Some(image)) => {
+            match crate::sc::capture(path, m, &crate::overlay::render(image, m)) {
+                Ok(sc) => Some(sc),
+                Err(e) => {
+                    tracing::warn!("no marks for the PACS: {e}");
+                    None
+                }
+            }
+        }
+        (crate::config::Marks::SecondaryCapture, None) => {
+            tracing::warn!("result {}: no pixels for the marks, report only", m.id);
+            None
+        }
+        (crate::config::Marks::None, _) => None,
+    };
+    for (object, suffix) in std::iter::once((&sr, "sr")).chain(sc.as_ref().map(|s| (s, "sc"))) {
+        pacs.lock().expect("outbox lock").push(&object.bytes)?;
+        let copy = PathBuf::from(format!("{}.{suffix}.dcm", j.dest.display()));
+        if let Err(e) = fv_core::durable::write(&copy, &object.bytes) {
+            tracing::warn!("{}: cannot write the copy: {e}", copy.display());
+        }
     }
-    tracing::info!("result {}: report queued for the PACS", m.id);
+    tracing::info!(
+        "result {}: report{} queued for the PACS",
+        m.id,
+        if sc.is_some() { " and marks" } else { "" }
+    );
     Ok(())
 }
 
@@ -730,7 +753,7 @@ fn process_file(
                     input: None,
                 }
             } else {
-                write_synced(
+                fv_core::durable::write(
                     &inflight_path,
                     &serde_json::to_vec(&InFlight {
                         journal: jpath.clone(),
@@ -746,7 +769,7 @@ fn process_file(
                 queued: false,
                 reported: false,
             };
-            write_synced(&jpath, &serde_json::to_vec(&j)?)
+            fv_core::durable::write(&jpath, &serde_json::to_vec(&j)?)
                 .with_context(|| format!("cannot write {}", jpath.display()))?;
             let _ = std::fs::remove_file(&inflight_path);
             image = outcome.input.map(|i| i.image);
@@ -757,33 +780,38 @@ fn process_file(
     if !j.queued {
         queue(&j.message, &pipeline.config.uid_salt, outbox, stats)?;
         j.queued = true;
-        write_synced(&jpath, &serde_json::to_vec(&j)?)
-            .with_context(|| format!("cannot write {}", jpath.display()))?;
-    }
-    if !j.reported {
-        if let Some(pacs) = &r.pacs {
-            report(&j, path, pacs)?;
-        }
-        j.reported = true;
-        write_synced(&jpath, &serde_json::to_vec(&j)?)
+        fv_core::durable::write(&jpath, &serde_json::to_vec(&j)?)
             .with_context(|| format!("cannot write {}", jpath.display()))?;
     }
     let overlay = PathBuf::from(format!("{}.overlay.png", j.dest.display()));
     let reduced = image.as_ref().is_some_and(|i| i.is_reduced());
-    if (image.is_none() || reduced) && j.message.error.is_none() && !overlay.exists() {
+    let marks_due = !j.reported
+        && r.pacs.is_some()
+        && r.marks != crate::config::Marks::None
+        && j.message.source.kind == fv_core::result::SourceKind::Dicom;
+    if (image.is_none() || reduced) && j.message.error.is_none() && (!overlay.exists() || marks_due)
+    {
         // A retry needs the pixels again (the result does not), and a reading made from a
-        // reduced-scale decode needs the full image: the radiographer's overlay is decoded
-        // whole, after the result is queued for delivery.
+        // reduced-scale decode needs the full image: the overlays are drawn on the image
+        // decoded whole, after the result is queued for delivery.
         let full = DecodeOptions {
             reduce_to: None,
             ..r.decode.clone()
         };
         image = load_file(path, &full).ok().map(|i| i.image);
     }
+    if !j.reported {
+        if let Some(pacs) = &r.pacs {
+            report(&j, path, pacs, r.marks, image.as_ref())?;
+        }
+        j.reported = true;
+        fv_core::durable::write(&jpath, &serde_json::to_vec(&j)?)
+            .with_context(|| format!("cannot write {}", jpath.display()))?;
+    }
     write_local(&j.message, image.as_ref(), &j.dest, r.screen.as_deref())?;
     move_file(path, &j.dest).with_context(|| format!("cannot move to {}", j.dest.display()))?;
-    sync_parent(&j.dest)?;
-    sync_parent(path)?;
+    fv_core::durable::sync_parent(&j.dest)?;
+    fv_core::durable::sync_parent(path)?;
     std::fs::remove_file(&jpath).with_context(|| format!("cannot remove {}", jpath.display()))?;
     let m = &j.message;
     match &m.error {

@@ -2,8 +2,9 @@
 //! DICOM, PNG/TIFF 16-bit and JPEG), runs the exported models through fv-runtime (tract, or
 //! ONNX Runtime where it loads), and publishes results over MQTT through an on-disk outbox,
 //! writing a local result and overlay for the person at the unit. As a DICOM node it also
-//! takes images by C-STORE and returns a Structured Report per DICOM image to the PACS. The
-//! binary in `main.rs` is a thin shell over this library.
+//! takes images by C-STORE and returns to the PACS, per DICOM image, a Structured Report and a
+//! Secondary Capture that shows the marks in any viewer. The binary in `main.rs` is a thin
+//! shell over this library.
 
 pub mod bench;
 pub mod config;
@@ -19,6 +20,7 @@ pub mod outbox;
 pub mod overlay;
 pub mod pacs;
 pub mod pipeline;
+pub mod sc;
 pub mod scp;
 pub mod screen;
 pub mod sr;

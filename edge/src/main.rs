@@ -290,6 +290,7 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
                     pacs: fv_edge::config::PacsSettings {
                         address: a.pacs,
                         max_retry_s: None,
+                        marks: None,
                     },
                     ..Default::default()
                 },

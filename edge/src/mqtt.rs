@@ -36,6 +36,8 @@ pub struct Stats {
     pub processed: u64,
     /// Inputs that failed.
     pub failed: u64,
+    /// Inputs read and found outside the models' scope (counted in `processed` too).
+    pub not_applicable: u64,
     /// The last failure's message (bounded, pseudonymous: what the fleet may see).
     pub last_error: Option<String>,
     /// Results set aside unsent because they exceed the packet limit.
@@ -574,6 +576,7 @@ impl Publisher {
             "oversized": stats.oversized,
             "processed": stats.processed,
             "failed": stats.failed,
+            "not_applicable": stats.not_applicable,
             "last_error": stats.last_error,
             "publisher": stats.publisher_stalled,
             "pacs_outbox_depth": stats.pacs_outbox_depth,

@@ -15,11 +15,13 @@ const AMBER: Rgb<u8> = Rgb([255, 170, 0]);
 const GREEN: Rgb<u8> = Rgb([60, 200, 90]);
 /// Not a finding colour: a candidate is a place to look, not a fracture the detector found.
 const CYAN: Rgb<u8> = Rgb([0, 200, 230]);
+const LILAC: Rgb<u8> = Rgb([190, 160, 255]);
 
 fn colour(f: Option<Finding>) -> Rgb<u8> {
     match f {
         Some(Finding::Fracture) => RED,
         Some(Finding::Suspicious) => AMBER,
+        Some(Finding::NotApplicable) => LILAC,
         _ => GREEN,
     }
 }
@@ -134,6 +136,7 @@ pub fn render(image: &XrayImage, m: &ResultMessage) -> RgbImage {
                 Finding::Fracture => "FRACTURE",
                 Finding::Suspicious => "suspicious, second look",
                 Finding::NoFracture => "no fracture found",
+                Finding::NotApplicable => "not read",
             },
             {
                 let found = m
@@ -153,6 +156,9 @@ pub fn render(image: &XrayImage, m: &ResultMessage) -> RgbImage {
                 }
             }
         ),
+        (None, Some(Finding::NotApplicable)) => {
+            "not read: outside the models' scope (not a limb radiograph they know)".to_owned()
+        }
         _ => "not read".to_owned(),
     };
     text(
@@ -208,6 +214,7 @@ mod tests {
             finding: Some(Finding::Fracture),
             boxes: vec![b(50.0, Level::Definite), b(350.0, Level::Suspicious)],
             localization: Some(Localization::Boxes),
+            scope: None,
             models: vec![],
             timing_ms: Timing::default(),
             error: None,

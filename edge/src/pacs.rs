@@ -8,6 +8,9 @@
 use crate::dimse::{status, Command};
 use crate::outbox::{Entry, SharedOutbox};
 use crate::sr::COMPREHENSIVE_SR;
+
+/// What fv-edge sends to the PACS: Structured Reports, and the marks as Secondary Captures.
+const SENT_CLASSES: [&str; 2] = [COMPREHENSIVE_SR, uids::SECONDARY_CAPTURE_IMAGE_STORAGE];
 use anyhow::Context as _;
 use dicom_dictionary_std::uids;
 use dicom_encoding::transfer_syntax::TransferSyntaxIndex as _;
@@ -109,29 +112,37 @@ impl PacsSender {
         }
     }
 
-    /// One association for up to 64 reports, in order; each removed once stored.
+    /// One association for up to 64 objects, in order; each removed once stored.
     fn send_batch(&self, pending: &[Entry]) -> anyhow::Result<()> {
-        let mut assoc = ClientAssociationOptions::new()
+        let mut options = ClientAssociationOptions::new()
             .calling_ae_title(self.calling_ae.as_str())
-            .called_ae_title(self.pacs.ae_title.as_str())
-            .with_presentation_context(
-                COMPREHENSIVE_SR,
+            .called_ae_title(self.pacs.ae_title.as_str());
+        for class in SENT_CLASSES {
+            options = options.with_presentation_context(
+                class,
                 vec![
                     uids::EXPLICIT_VR_LITTLE_ENDIAN,
                     uids::IMPLICIT_VR_LITTLE_ENDIAN,
                 ],
-            )
+            );
+        }
+        let mut assoc = options
             .connection_timeout(Duration::from_secs(10))
             .read_timeout(Duration::from_secs(60))
             .write_timeout(Duration::from_secs(60))
             .establish(self.pacs.host_port.as_str())
             .map_err(|e| anyhow::anyhow!("cannot associate: {e}"))?;
-        let pc = assoc
+        let accepted: Vec<_> = assoc
             .presentation_contexts()
             .iter()
-            .find(|p| p.reason == PresentationContextResultReason::Acceptance)
+            .filter(|p| p.reason == PresentationContextResultReason::Acceptance)
             .cloned()
-            .context("the PACS accepts no Comprehensive SR (no presentation context accepted)")?;
+            .collect();
+        anyhow::ensure!(
+            !accepted.is_empty(),
+            "the PACS accepts neither Comprehensive SR nor Secondary Capture (no presentation \
+             context accepted)"
+        );
         for (n, e) in pending.iter().enumerate() {
             if self.shutdown.load(Ordering::SeqCst) {
                 break;
@@ -145,7 +156,7 @@ impl PacsSender {
                     continue;
                 }
             };
-            let outcome = self.store(&mut assoc, &pc, (n % 0xFFFF) as u16 + 1, &bytes)?;
+            let outcome = self.store(&mut assoc, &accepted, (n % 0xFFFF) as u16 + 1, &bytes)?;
             let mut o = self.outbox.lock().expect("outbox lock");
             match outcome {
                 Sent::Stored => {
@@ -154,7 +165,7 @@ impl PacsSender {
                 }
                 Sent::Refused(why) => {
                     tracing::error!(
-                        "PACS {} refused report {} for good: {why}; set aside (its copy is in done/)",
+                        "PACS {} refused object {} for good: {why}; set aside (its copy is in done/)",
                         self.pacs.ae_title,
                         e.seq
                     );
@@ -170,21 +181,34 @@ impl PacsSender {
     fn store(
         &self,
         assoc: &mut dicom_ul::ClientAssociation<std::net::TcpStream>,
-        pc: &dicom_ul::pdu::PresentationContextNegotiated,
+        accepted: &[dicom_ul::pdu::PresentationContextNegotiated],
         message_id: u16,
         file: &[u8],
     ) -> anyhow::Result<Sent> {
         let obj = dicom_object::OpenFileOptions::new()
             .from_reader(&file[128..])
-            .map_err(|e| anyhow::anyhow!("a queued report does not parse: {e}"))?;
+            .map_err(|e| anyhow::anyhow!("a queued object does not parse: {e}"))?;
         let uid = obj.meta().media_storage_sop_instance_uid().to_owned();
+        let class = obj
+            .meta()
+            .media_storage_sop_class_uid()
+            .trim_end_matches('\0')
+            .to_owned();
+        let Some(pc) = accepted
+            .iter()
+            .find(|p| p.abstract_syntax.trim_end_matches('\0') == class)
+        else {
+            return Ok(Sent::Refused(format!(
+                "the PACS accepts no {class} (no presentation context accepted)"
+            )));
+        };
         let ts = dicom_transfer_syntax_registry::TransferSyntaxRegistry
             .get(&pc.transfer_syntax)
             .with_context(|| format!("transfer syntax {} unknown", pc.transfer_syntax))?;
         let mut data = Vec::new();
         obj.write_dataset_with_ts(&mut data, ts)
-            .map_err(|e| anyhow::anyhow!("cannot encode the report: {e}"))?;
-        let rq = Command::store_rq(message_id, COMPREHENSIVE_SR, uid.trim_end_matches('\0'));
+            .map_err(|e| anyhow::anyhow!("cannot encode the object: {e}"))?;
+        let rq = Command::store_rq(message_id, &class, uid.trim_end_matches('\0'));
         assoc.send(&rq.pdu(pc.id))?;
         {
             let mut w = assoc.send_pdata(pc.id);

@@ -117,6 +117,7 @@ impl Pipeline {
             finding: None,
             boxes: Vec::new(),
             localization: None,
+            scope: None,
             models,
             timing_ms: Timing::default(),
             error: None,
@@ -184,8 +185,9 @@ impl Pipeline {
 
     fn read(&mut self, input: &Input, m: &mut ResultMessage) -> anyhow::Result<Timing> {
         let r = self.models.read(&input.image, &self.config.read)?;
-        m.fracture_probability = Some(r.probability);
+        m.fracture_probability = r.probability;
         m.finding = Some(r.finding);
+        m.scope = r.scope;
         m.boxes = r.boxes;
         m.localization = r.localization;
         Ok(r.timing)

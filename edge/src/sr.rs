@@ -47,17 +47,17 @@ pub enum ReportError {
     Missing { path: String, what: &'static str },
 }
 
-type Item = InMemDicomObject;
+pub(crate) type Item = InMemDicomObject;
 
-fn el(tag: Tag, vr: VR, v: impl Into<PrimitiveValue>) -> DataElement<Item> {
+pub(crate) fn el(tag: Tag, vr: VR, v: impl Into<PrimitiveValue>) -> DataElement<Item> {
     DataElement::new(tag, vr, v.into())
 }
 
-fn seq(tag: Tag, items: Vec<Item>) -> DataElement<Item> {
+pub(crate) fn seq(tag: Tag, items: Vec<Item>) -> DataElement<Item> {
     DataElement::new(tag, VR::SQ, DataSetSequence::new(items, Length::UNDEFINED))
 }
 
-fn code(value: &str, scheme: &str, meaning: &str) -> Item {
+pub(crate) fn code(value: &str, scheme: &str, meaning: &str) -> Item {
     Item::from_element_iter([
         el(tags::CODE_VALUE, VR::SH, value),
         el(tags::CODING_SCHEME_DESIGNATOR, VR::SH, scheme),
@@ -139,19 +139,19 @@ fn image_ref(rel: &str, src: &Source) -> Item {
 }
 
 /// What the report takes from the source image.
-struct Source {
-    sop_class: String,
-    sop_instance: String,
-    study: String,
-    series: String,
+pub(crate) struct Source {
+    pub(crate) sop_class: String,
+    pub(crate) sop_instance: String,
+    pub(crate) study: String,
+    pub(crate) series: String,
     /// Patient and study identification, copied as they are (values, VRs, character set).
-    copied: Vec<DataElement<Item>>,
+    pub(crate) copied: Vec<DataElement<Item>>,
 }
 
 impl Source {
     /// The source image as a Referenced SOP Sequence item (the content tree's IMAGE item and the
     /// evidence sequence name it the same way).
-    fn sop_ref(&self) -> Item {
+    pub(crate) fn sop_ref(&self) -> Item {
         Item::from_element_iter([
             el(
                 tags::REFERENCED_SOP_CLASS_UID,
@@ -182,7 +182,7 @@ const COPIED: [(Tag, VR); 10] = [
     (tags::ACCESSION_NUMBER, VR::SH),
 ];
 
-fn read_source(path: &Path) -> Result<Source, ReportError> {
+pub(crate) fn read_source(path: &Path) -> Result<Source, ReportError> {
     let p = path.display().to_string();
     let obj: DefaultDicomObject = dicom_object::OpenFileOptions::new()
         .read_until(tags::PIXEL_DATA)
@@ -222,7 +222,7 @@ fn read_source(path: &Path) -> Result<Source, ReportError> {
 }
 
 /// `2026-12-02T09:41:17.123Z` → (`20261202`, `094117.123`); the clock now if unparseable.
-fn dicom_date_time(rfc3339: &str) -> (String, String) {
+pub(crate) fn dicom_date_time(rfc3339: &str) -> (String, String) {
     let t = humantime::parse_rfc3339_weak(rfc3339.trim_end_matches('Z'))
         .unwrap_or_else(|_| std::time::SystemTime::now());
     let s = humantime::format_rfc3339_millis(t).to_string(); // 2026-12-02T09:41:17.123Z
@@ -278,6 +278,10 @@ pub fn report(path: &Path, m: &ResultMessage) -> Result<Report, ReportError> {
             Finding::NoFracture => (
                 "NEGATIVE",
                 "No fracture found: below the suspicious operating point",
+            ),
+            Finding::NotApplicable => (
+                "NOT-APPLICABLE",
+                "Not read: the image is outside the algorithm's scope",
             ),
         };
         image_group.push(code_item(

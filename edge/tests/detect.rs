@@ -98,6 +98,8 @@ fn write_detector(dir: &Path) {
         fusion: None,
         test_time_hflip: false,
         nms: None,
+        applicability: None,
+        expected: None,
         precision: Precision::Fp32,
         metrics: None,
         training: None,

@@ -83,6 +83,20 @@ impl Pacs {
     }
 }
 
+/// Objects waiting in the daemon's PACS outbox.
+fn queued(d: &Daemon) -> usize {
+    d.depth_of("pacs-outbox")
+}
+
+/// The objects of SOP class `class` among `files`.
+fn of_class(files: &[PathBuf], class: &str) -> Vec<PathBuf> {
+    files
+        .iter()
+        .filter(|f| attr(f, tags::SOP_CLASS_UID).as_deref() == Some(class))
+        .cloned()
+        .collect()
+}
+
 impl Drop for Pacs {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -178,8 +192,12 @@ fn an_image_stored_by_storescu_brings_a_valid_report_to_the_pacs() {
     let dcm = tmp.path().join("image.dcm");
     dicom_from_jpeg(&sample("IMG0002322.jpg"), &dcm, "DX", true);
     assert!(store(&storescu, "XRAY1", port, &dcm).status.success());
-    wait_until("a report at the PACS", T, || !pacs.received().is_empty());
-    let sr = pacs.received()[0].clone();
+    // Stored means answered, and storescp answers once the file is written.
+    wait_until("the report and the marks stored at the PACS", T, || {
+        pacs.received().len() == 2 && queued(&d) == 0
+    });
+    let sr = of_class(&pacs.received(), uids::COMPREHENSIVE_SR_STORAGE)[0].clone();
+    let sc = of_class(&pacs.received(), uids::SECONDARY_CAPTURE_IMAGE_STORAGE)[0].clone();
 
     // What a PACS needs to file it: the source's patient and study, a new series, the image.
     assert_eq!(
@@ -222,18 +240,93 @@ fn an_image_stored_by_storescu_brings_a_valid_report_to_the_pacs() {
         "the probability and each box's score"
     );
 
-    // dciodvfy: no error in the IOD.
-    let v = run(Command::new(&dciodvfy).arg(&sr));
-    let text =
-        String::from_utf8_lossy(&v.stderr).into_owned() + &String::from_utf8_lossy(&v.stdout);
-    let errors: Vec<&str> = text.lines().filter(|l| l.starts_with("Error")).collect();
-    assert!(errors.is_empty(), "dciodvfy: {errors:#?}");
+    // dciodvfy: no error in either IOD.
+    for object in [&sr, &sc] {
+        let v = run(Command::new(&dciodvfy).arg(object));
+        let text =
+            String::from_utf8_lossy(&v.stderr).into_owned() + &String::from_utf8_lossy(&v.stdout);
+        let errors: Vec<&str> = text.lines().filter(|l| l.starts_with("Error")).collect();
+        assert!(
+            errors.is_empty(),
+            "dciodvfy {}: {errors:#?}",
+            object.display()
+        );
+    }
 
-    // The same image again: acknowledged, not read twice, no second report.
+    // The marks: in the source's study, a derived series of their own, the source referenced,
+    // and, rendered by DCMTK as a viewer would, the overlay the radiographer sees.
+    assert_eq!(attr(&sc, tags::PATIENT_ID).as_deref(), Some("PID-777"));
+    assert_eq!(
+        attr(&sc, tags::STUDY_INSTANCE_UID).as_deref(),
+        Some(STUDY_UID)
+    );
+    assert_eq!(
+        attr(&sc, tags::IMAGE_TYPE).as_deref(),
+        Some("DERIVED\\SECONDARY")
+    );
+    assert_eq!(
+        attr(&sc, tags::BURNED_IN_ANNOTATION).as_deref(),
+        Some("YES")
+    );
+    assert_ne!(
+        attr(&sc, tags::SERIES_INSTANCE_UID),
+        attr(&sr, tags::SERIES_INSTANCE_UID)
+    );
+    assert_eq!(all_values(&dcmdump, &sc, "0008,1155"), [SOP_UID]);
+    if let Some(dcm2pnm) = tool("dcm2pnm") {
+        let png = tmp.path().join("marks.png");
+        let r = run(Command::new(dcm2pnm).arg("+on").arg(&sc).arg(&png));
+        assert!(r.status.success(), "dcm2pnm: {r:?}");
+        let rendered = image::open(&png).unwrap().to_rgb8();
+        wait_until("the local overlay", T, || {
+            std::fs::read_dir(d.watch.join("done")).is_ok_and(|r| {
+                r.flatten()
+                    .any(|e| e.path().to_string_lossy().ends_with("overlay.png"))
+            })
+        });
+        let overlay = image::open(d.done_file("overlay.png")).unwrap().to_rgb8();
+        assert_eq!(rendered.dimensions(), overlay.dimensions());
+        let diff = rendered
+            .as_raw()
+            .iter()
+            .zip(overlay.as_raw())
+            .filter(|(a, b)| a != b)
+            .count();
+        assert_eq!(
+            diff, 0,
+            "the rendering differs from the overlay in {diff} values"
+        );
+        if let Ok(keep) = std::env::var("FV_KEEP_RENDERING") {
+            std::fs::copy(&png, keep).unwrap();
+        }
+    }
+
+    // The same image again: acknowledged, not read twice, nothing sent twice. Then another
+    // image: once it is read and its objects stored, with nothing left in the watch folder,
+    // the duplicate would have been read by then had it been written there.
     assert!(store(&storescu, "XRAY1", port, &dcm).status.success());
-    std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(d.done_results().len(), 1);
-    assert_eq!(pacs.received().len(), 1);
+    let other = tmp.path().join("other.dcm");
+    dicom_from_jpeg_as(
+        &sample("IMG0002322.jpg"),
+        &other,
+        "DX",
+        true,
+        uids::DIGITAL_X_RAY_IMAGE_STORAGE_FOR_PRESENTATION,
+        "1.2.826.0.1.3680043.8.498.99",
+    );
+    assert!(store(&storescu, "XRAY1", port, &other).status.success());
+    wait_until("the other image read and its objects stored", T, || {
+        d.done_results().len() >= 2 && pacs.received().len() >= 4 && queued(&d) == 0
+    });
+    let waiting: Vec<PathBuf> = std::fs::read_dir(&d.watch)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_file())
+        .collect();
+    assert!(waiting.is_empty(), "{waiting:?}");
+    assert_eq!(d.done_results().len(), 2);
+    assert_eq!(pacs.received().len(), 4);
     assert!(echo(&echoscu, "FVEDGE", port));
     assert!(d.stop("TERM").success());
 
@@ -271,23 +364,17 @@ fn reports_wait_for_a_pacs_that_is_down_across_a_kill_9() {
         );
         assert!(store(&storescu, "XRAY1", port, &f).status.success());
     }
-    let queued = |d: &Daemon| {
-        std::fs::read_dir(d.state.join("pacs-outbox"))
-            .map(|r| {
-                r.flatten()
-                    .filter(|e| e.path().extension().is_some_and(|x| x == "rec"))
-                    .count()
-            })
-            .unwrap_or(0)
-    };
-    wait_until("two reports queued for the PACS", T, || queued(&d) == 2);
+    wait_until("two reports and their marks queued for the PACS", T, || {
+        queued(&d) == 4
+    });
     d.stop("KILL");
 
     let pacs = Pacs::start(&storescp, &tmp.path().join("pacs"), pacs_port);
     let d = node(tmp.path(), port, pacs_port, None);
-    wait_until("both reports at the PACS", T, || pacs.received().len() == 2);
-    let mut referenced: Vec<String> = pacs
-        .received()
+    wait_until("both reports and their marks at the PACS", T, || {
+        pacs.received().len() == 4 && queued(&d) == 0
+    });
+    let mut referenced: Vec<String> = of_class(&pacs.received(), uids::COMPREHENSIVE_SR_STORAGE)
         .iter()
         .map(|f| {
             let obj = dicom_object::open_file(f).unwrap();

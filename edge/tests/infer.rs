@@ -199,3 +199,61 @@ fn a_model_that_does_not_match_its_manifest_refuses_to_start() {
         "{err}"
     );
 }
+
+/// What the shipped classifier's scope check decides, as `infer` reports it: the committed
+/// FracAtlas samples are read; a noise frame, a blank frame and a page of text made here are
+/// `not_applicable`, with no probability and no boxes. Each figure behind the threshold is in
+/// RESULTS.md; this holds the edge to the behaviour.
+#[test]
+fn images_outside_the_models_scope_are_not_applicable_with_no_probability() {
+    let tmp = tempfile::tempdir().unwrap();
+    let noise = tmp.path().join("noise.png");
+    let mut state = 0x2545_f491_u32;
+    image::GrayImage::from_fn(400, 480, |_, _| {
+        state ^= state << 13;
+        state ^= state >> 17;
+        state ^= state << 5;
+        image::Luma([(state >> 24) as u8])
+    })
+    .save(&noise)
+    .unwrap();
+    let blank = tmp.path().join("blank.png");
+    image::GrayImage::from_pixel(373, 454, image::Luma([255]))
+        .save(&blank)
+        .unwrap();
+    let page = tmp.path().join("page.png");
+    image::GrayImage::from_fn(850, 1100, |x, y| {
+        // Lines of "text": dark marks on white, 12 px rows, a margin.
+        let ink = (60..790).contains(&x) && y % 18 < 10 && (x / 7 + y / 18) % 6 != 0;
+        image::Luma([if ink && y > 60 && y < 1040 { 20 } else { 250 }])
+    })
+    .save(&page)
+    .unwrap();
+    let samples = [sample("IMG0002322.jpg"), sample("IMG0000002.jpg")];
+    let inputs: Vec<&Path> = samples
+        .iter()
+        .map(PathBuf::as_path)
+        .chain([noise.as_path(), blank.as_path(), page.as_path()])
+        .collect();
+    let (code, lines, text) = infer(&inputs, &[]);
+    assert_eq!(code, 0, "{text}");
+    for r in &lines[..2] {
+        assert_ne!(r["finding"], "not_applicable", "{r}");
+        let s = &r["scope"];
+        assert!(
+            s["distance"].as_f64().unwrap() <= s["threshold"].as_f64().unwrap(),
+            "{r}"
+        );
+        assert!(r["fracture_probability"].is_number(), "{r}");
+    }
+    for r in &lines[2..] {
+        assert_eq!(r["finding"], "not_applicable", "{r}");
+        assert!(r.get("fracture_probability").is_none(), "{r}");
+        assert_eq!(r["boxes"], serde_json::json!([]), "{r}");
+        let s = &r["scope"];
+        assert!(
+            s["distance"].as_f64().unwrap() > s["threshold"].as_f64().unwrap(),
+            "{r}"
+        );
+    }
+}

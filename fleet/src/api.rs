@@ -63,6 +63,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/results", get(results))
         .route("/results/{id}", get(result_by_id))
         .route("/counts", get(counts))
+        .route("/drift", get(drift))
         .route("/sites", get(sites))
         .route("/units", get(units))
         .route("/units/{site}/{device}/uptime", get(uptime))
@@ -291,6 +292,7 @@ struct DayCounts {
     fracture: i64,
     suspicious: i64,
     no_fracture: i64,
+    not_applicable: i64,
     failed: i64,
 }
 
@@ -311,12 +313,12 @@ async fn counts(
         .date()
         .saturating_sub(jiff::ToSpan::days(i64::from(days)))
         .to_string();
-    let mut table: BTreeMap<(String, String), [i64; 4]> = BTreeMap::new();
+    let mut table: BTreeMap<(String, String), [i64; 5]> = BTreeMap::new();
     for c in state.store.counts(&from).await? {
         let slot = FindingKey::ALL
             .iter()
             .position(|k| *k == c.finding)
-            .unwrap_or(3);
+            .unwrap_or(FindingKey::ALL.len() - 1);
         table.entry((c.site, c.day)).or_default()[slot] += c.n;
     }
     let rows: Vec<DayCounts> = table
@@ -327,7 +329,8 @@ async fn counts(
             fracture: n[0],
             suspicious: n[1],
             no_fracture: n[2],
-            failed: n[3],
+            not_applicable: n[3],
+            failed: n[4],
         })
         .collect();
     Ok(match q.format {
@@ -339,6 +342,7 @@ async fn counts(
                 "fracture",
                 "suspicious",
                 "no_fracture",
+                "not_applicable",
                 "failed",
             ],
             rows.iter().map(|r| {
@@ -348,11 +352,89 @@ async fn counts(
                     r.fracture.to_string(),
                     r.suspicious.to_string(),
                     r.no_fracture.to_string(),
+                    r.not_applicable.to_string(),
                     r.failed.to_string(),
                 ]
             }),
         ),
     })
+}
+
+#[derive(Deserialize)]
+struct DriftQuery {
+    days: Option<u32>,
+}
+
+/// One unit's day under the drift watch.
+#[derive(Serialize)]
+struct UnitDay {
+    site: String,
+    device: String,
+    day: String,
+    /// Results with a finding that day.
+    read: u64,
+    /// The figures against what validation expects (`None`: too few images to judge).
+    judgement: Option<fv_core::drift::DayJudgement>,
+    /// Any figure outside its interval.
+    flagged: bool,
+}
+
+/// `GET /api/drift?days=14`: each unit's days (site-local) against what the classifier's
+/// manifest expects (`--expect`); flagged days first.
+async fn drift(
+    State(state): State<Arc<ApiState>>,
+    Query(q): Query<DriftQuery>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let Some(expected) = &state.settings.expected else {
+        return Err(ApiError::NotFound(
+            "no drift watch: start fv-fleet with --expect models/<classifier>.json".into(),
+        ));
+    };
+    let days = q.days.unwrap_or(14);
+    if !(1..=400).contains(&days) {
+        return Err(ApiError::BadRequest(format!(
+            "days={days}: between 1 and 400"
+        )));
+    }
+    let from = jiff::Timestamp::now()
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .date()
+        .saturating_sub(jiff::ToSpan::days(i64::from(days)))
+        .to_string();
+    let mut table: BTreeMap<(String, String, String), fv_core::drift::DayCounts> = BTreeMap::new();
+    for c in state.store.unit_days(&from).await? {
+        let d = table.entry((c.site, c.device, c.day)).or_default();
+        let n = c.n.max(0) as u64;
+        match c.finding {
+            FindingKey::Failed => continue,
+            FindingKey::Fracture => d.fracture += n,
+            FindingKey::Suspicious => d.suspicious += n,
+            FindingKey::NotApplicable => d.not_applicable += n,
+            FindingKey::NoFracture => {}
+        }
+        d.read += n;
+        d.probability_sum += c.probability_sum;
+    }
+    let mut rows: Vec<UnitDay> = table
+        .into_iter()
+        .map(|((site, device, day), counts)| {
+            let judgement = expected.judge(&counts);
+            UnitDay {
+                site,
+                device,
+                day,
+                read: counts.read,
+                flagged: judgement.as_ref().is_some_and(|j| !j.flags.is_empty()),
+                judgement,
+            }
+        })
+        .collect();
+    rows.sort_by_key(|r| !r.flagged);
+    Ok(Json(serde_json::json!({
+        "expected": expected,
+        "min_images": fv_core::drift::MIN_IMAGES,
+        "days": rows,
+    })))
 }
 
 /// `GET /api/sites`: each site with its zone and its current day there.

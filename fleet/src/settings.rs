@@ -64,6 +64,10 @@ pub struct ServeArgs {
     /// is admitted (auto-enrolment).
     #[arg(long, env = "FV_FLEET_UNITS", value_name = "FILE")]
     pub units: Option<std::path::PathBuf>,
+    /// The classifier's manifest (`models/<name>.json`): its `expected` behaviour on
+    /// validation is what the drift watch compares each unit's day with (`/api/drift`).
+    #[arg(long, env = "FV_FLEET_EXPECT", value_name = "JSON")]
+    pub expect: Option<std::path::PathBuf>,
     /// With `mqtts://`: the broker's CA certificate (PEM).
     #[arg(long, env = "FV_FLEET_CA_FILE", value_name = "PEM")]
     pub ca_file: Option<std::path::PathBuf>,
@@ -84,6 +88,20 @@ pub struct ServeArgs {
         requires = "client_cert"
     )]
     pub client_key: Option<std::path::PathBuf>,
+}
+
+/// The `expected` section of the classifier manifest at `path`.
+fn expected_of(path: &std::path::Path) -> anyhow::Result<fv_core::drift::Expected> {
+    let m = fv_core::manifest::Manifest::from_path(path)
+        .map_err(|e| anyhow::anyhow!("--expect: {e}"))?;
+    m.expected.ok_or_else(|| {
+        anyhow::anyhow!(
+            "--expect {}: the manifest has no `expected` section; write it with `fv-train \
+             expect --classifier {} --predictions <fuse run>/predictions.csv`",
+            path.display(),
+            path.display()
+        )
+    })
 }
 
 fn parse_site_zone(s: &str) -> Result<(String, String), String> {
@@ -160,6 +178,8 @@ pub struct Settings {
     pub admission: crate::ingest::Admission,
     /// TLS to the broker (`mqtts://`).
     pub tls: Option<Tls>,
+    /// What the drift watch expects of a unit's day, from the classifier's manifest.
+    pub expected: Option<fv_core::drift::Expected>,
 }
 
 /// What a TLS connection to the broker needs, read once at start.
@@ -267,6 +287,7 @@ impl Settings {
                 Some(path) => crate::ingest::Admission::from_file(path)?,
                 None => crate::ingest::Admission::Any,
             },
+            expected: a.expect.as_deref().map(expected_of).transpose()?,
         })
     }
 }

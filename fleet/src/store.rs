@@ -156,15 +156,17 @@ pub enum FindingKey {
     Fracture,
     Suspicious,
     NoFracture,
+    NotApplicable,
     Failed,
 }
 
 impl FindingKey {
     /// Every key, in the order the dashboard shows them.
-    pub const ALL: [FindingKey; 4] = [
+    pub const ALL: [FindingKey; 5] = [
         FindingKey::Fracture,
         FindingKey::Suspicious,
         FindingKey::NoFracture,
+        FindingKey::NotApplicable,
         FindingKey::Failed,
     ];
 
@@ -174,6 +176,7 @@ impl FindingKey {
             FindingKey::Fracture => "fracture",
             FindingKey::Suspicious => "suspicious",
             FindingKey::NoFracture => "no_fracture",
+            FindingKey::NotApplicable => "not_applicable",
             FindingKey::Failed => "failed",
         }
     }
@@ -193,6 +196,7 @@ impl From<Option<fv_core::result::Finding>> for FindingKey {
             Some(Finding::Fracture) => FindingKey::Fracture,
             Some(Finding::Suspicious) => FindingKey::Suspicious,
             Some(Finding::NoFracture) => FindingKey::NoFracture,
+            Some(Finding::NotApplicable) => FindingKey::NotApplicable,
             None => FindingKey::Failed,
         }
     }
@@ -323,6 +327,17 @@ pub struct DayCount {
     pub day: String,
     pub finding: FindingKey,
     pub n: i64,
+}
+
+/// One unit's results of one day with one finding: how many, and their probabilities summed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UnitDayCount {
+    pub site: String,
+    pub device: String,
+    pub day: String,
+    pub finding: FindingKey,
+    pub n: i64,
+    pub probability_sum: f64,
 }
 
 /// A unit's latest state.
@@ -730,6 +745,30 @@ impl Store {
                     day: r.try_get(1)?,
                     finding: FindingKey::parse(&r.try_get::<String, _>(2)?),
                     n: r.try_get(3)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Results per unit, day and finding, from a site-local day on.
+    pub async fn unit_days(&self, from_day: &str) -> Result<Vec<UnitDayCount>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT site, device, day, finding, COUNT(*), COALESCE(SUM(probability), 0.0)
+             FROM results WHERE day >= $1
+             GROUP BY site, device, day, finding ORDER BY site, device, day, finding",
+        )
+        .bind(from_day)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(UnitDayCount {
+                    site: r.try_get(0)?,
+                    device: r.try_get(1)?,
+                    day: r.try_get(2)?,
+                    finding: FindingKey::parse(&r.try_get::<String, _>(3)?),
+                    n: r.try_get(4)?,
+                    probability_sum: r.try_get(5)?,
                 })
             })
             .collect()

@@ -469,3 +469,108 @@ fn over_tls_with_a_client_certificate_to_a_broker_that_asks_for_one() {
     publish(broker.port, "unit-plain", &results(0..3, "tls"));
     wait_stored(&fleet, None, 3);
 }
+
+/// A unit's result with a probability (`None` for `not_applicable`).
+fn reading(id: &str, device: &str, finding: &str, p: Option<f64>, at: &str) -> String {
+    let mut v: Value = serde_json::from_str(&result(id, "clinic-a", device, finding, at)).unwrap();
+    match p {
+        Some(p) => v["fracture_probability"] = p.into(),
+        None => {
+            v.as_object_mut().unwrap().remove("fracture_probability");
+        }
+    }
+    v.to_string()
+}
+
+#[test]
+fn the_drift_watch_flags_a_unit_whose_stream_shifts_and_not_a_steady_one() {
+    let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../models/efficientnet-lite0-fracatlas.json");
+    let expected = fv_core::manifest::Manifest::from_path(&manifest)
+        .unwrap()
+        .expected
+        .expect("the shipped classifier carries its validation behaviour");
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&dir.path().join("broker"), common::free_port());
+    let db = dir.path().join("fleet.sqlite");
+    let fleet = Fleet::start(
+        dir.path(),
+        &broker.url(),
+        db.to_str().unwrap(),
+        &["--expect", manifest.to_str().unwrap()],
+    );
+    let at = jiff::Timestamp::now().to_string();
+    // 60 images a day at FracAtlas' prevalence: the steady unit reads them as validation says
+    // (each class's rates and mean probability); after a plate change the drifting one marks
+    // nine in ten, sure of each, and refuses a sixth as out of scope.
+    let n = 60usize;
+    let (pi, pos, neg) = (0.18, &expected.fractured, &expected.not_fractured);
+    let count = |a: f64, b: f64| ((pi * a + (1.0 - pi) * b) * n as f64).round() as usize;
+    let fractures = count(pos.fracture, neg.fracture);
+    let marked = count(pos.positive, neg.positive);
+    let mean = pi * pos.mean_probability + (1.0 - pi) * neg.mean_probability;
+    let mut messages = Vec::new();
+    for i in 0..n {
+        let finding = match i {
+            i if i < fractures => "fracture",
+            i if i < marked => "suspicious",
+            _ => "no_fracture",
+        };
+        messages.push((
+            topic("clinic-a", "steady", "result"),
+            reading(&format!("steady-{i}"), "steady", finding, Some(mean), &at),
+            false,
+        ));
+        let (finding, p) = match i {
+            i if i < n / 6 => ("not_applicable", None),
+            i if i < n * 9 / 10 => ("suspicious", Some(0.7)),
+            _ => ("no_fracture", Some(0.1)),
+        };
+        messages.push((
+            topic("clinic-a", "drifting", "result"),
+            reading(&format!("drifting-{i}"), "drifting", finding, p, &at),
+            false,
+        ));
+    }
+    publish(broker.port, "units", &messages);
+    wait_stored(&fleet, None, 2 * n as i64);
+    let report = fleet.json("/api/drift?days=2", None);
+    let day = |device: &str| -> Value {
+        report["days"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["device"] == device)
+            .unwrap_or_else(|| panic!("no {device} in {report}"))
+            .clone()
+    };
+    let steady = day("steady");
+    assert_eq!(steady["flagged"], false, "{steady}");
+    assert_eq!(steady["read"], n);
+    let drifting = day("drifting");
+    assert_eq!(drifting["flagged"], true, "{drifting}");
+    let flags: Vec<&str> = drifting["judgement"]["flags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap())
+        .collect();
+    for f in ["positive_rate", "mean_probability", "not_applicable_share"] {
+        assert!(flags.contains(&f), "{f} not among {flags:?}");
+    }
+    // Flagged days come first, with the figures a person needs to act.
+    assert_eq!(report["days"][0]["device"], "drifting");
+    let j = &drifting["judgement"]["positive_rate"];
+    assert!(j["value"].as_f64().unwrap() > j["expected"]["high"].as_f64().unwrap());
+
+    // Without --expect the watch says how to turn it on.
+    let plain = Fleet::start(
+        dir.path(),
+        &broker.url(),
+        dir.path().join("other.sqlite").to_str().unwrap(),
+        &["--client-id", "fleet-plain"],
+    );
+    let (status, body) = plain.get("/api/drift", None);
+    assert_eq!(status, 404);
+    assert!(body.contains("--expect"), "{body}");
+}

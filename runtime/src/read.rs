@@ -8,6 +8,7 @@ use fv_core::imaging::XrayImage;
 use fv_core::preprocess::preprocess;
 use fv_core::reading::{fusion_with, image_reading, ClassifierViews};
 use fv_core::result::{Finding, Level, Localization, ResultBox, Timing};
+use fv_core::scope::ScopeReading;
 use fv_core::Probability;
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
@@ -48,10 +49,13 @@ pub const CANDIDATE_FLOOR: f32 = 0.01;
 /// What the models say of one image.
 #[derive(Clone, Debug)]
 pub struct ImageReading {
-    /// The image's fracture probability (fused with the detector's when the manifest says so).
-    pub probability: Probability,
-    /// That probability at the manifest's `suspicious` and `definite`.
+    /// The image's fracture probability (fused with the detector's when the manifest says
+    /// so); `None` when the image is outside the models' scope.
+    pub probability: Option<Probability>,
+    /// That probability at the manifest's `suspicious` and `definite`, or `not_applicable`.
     pub finding: Finding,
+    /// The classifier's scope check, when its manifest has one.
+    pub scope: Option<ScopeReading>,
     /// Boxes in the original image's pixels, when the detector ran.
     pub boxes: Vec<ResultBox>,
     /// Where to look, for a positive finding.
@@ -75,7 +79,36 @@ impl Models {
         timing.preprocess = ms(t);
         let t = Instant::now();
         let first = |out: Vec<Vec<f32>>| out.into_iter().next().unwrap_or_default();
-        let cls_out = first(c.engine.run(&pre.tensor)?);
+        let outputs = c.engine.run(&pre.tensor)?;
+        let scope = match &c.manifest.applicability {
+            Some(a) => {
+                // Graph outputs come in the manifest's order.
+                let at = c.manifest.outputs.iter().position(|o| o.name == a.output);
+                let value = at.and_then(|i| outputs.get(i)).and_then(|v| v.first());
+                let Some(&distance) = value else {
+                    anyhow::bail!(
+                        "{}: the graph has no output {} for the scope check its manifest \
+                         names; re-run `fv-train scope` on it",
+                        c.manifest.name,
+                        a.output
+                    );
+                };
+                Some(a.judge(distance, image.colour()))
+            }
+            None => None,
+        };
+        if let Some(s) = scope.filter(|s| !s.in_scope()) {
+            timing.classify = ms(t);
+            return Ok(ImageReading {
+                probability: None,
+                finding: Finding::NotApplicable,
+                scope: Some(s),
+                boxes: Vec::new(),
+                localization: None,
+                timing,
+            });
+        }
+        let cls_out = first(outputs);
         // The mirror too when the manifest's calibration was fitted to the mean of both.
         let mirrored = match c.manifest.test_time_hflip {
             true => Some(first(c.engine.run(&pre.tensor.mirrored())?)),
@@ -161,7 +194,7 @@ impl Models {
             reading.thresholds.definite,
         );
         let localization = match finding {
-            Finding::NoFracture => None,
+            Finding::NoFracture | Finding::NotApplicable => None,
             _ if det_out.is_none() => Some(Localization::NotRun),
             _ if boxes.iter().any(|b| b.level != Level::Candidate) => Some(Localization::Boxes),
             _ => match candidate {
@@ -176,8 +209,9 @@ impl Models {
             },
         };
         Ok(ImageReading {
-            probability: reading.probability,
+            probability: Some(reading.probability),
             finding,
+            scope,
             boxes,
             localization,
             timing,

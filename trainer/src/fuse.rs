@@ -16,6 +16,7 @@ use crate::data::classify::Sample;
 use crate::data::{FracAtlas, SplitPart};
 use anyhow::Context as _;
 use fv_core::calibration::Calibration;
+use fv_core::drift::{ClassBehaviour, Expected};
 use fv_core::imaging::{decode_file, DecodeOptions};
 use fv_core::manifest::{Manifest, Thresholds};
 use fv_core::metrics::classification::{roc_auc, BinaryReport, OperatingPoint, Scored};
@@ -422,6 +423,15 @@ pub fn fuse(o: &FuseOptions) -> anyhow::Result<FuseReport> {
         } else {
             m.fusion = None;
         }
+        let (reading, t, valid_preds) = match &m.fusion {
+            Some(f) => ("fusion", f.thresholds, preds(&valid, fused)),
+            None => ("classifier", m.thresholds, preds(&valid, |b| b.classifier)),
+        };
+        let refused = m
+            .applicability
+            .as_ref()
+            .map_or(0.0, |a| a.fitted.valid_refused);
+        m.expected = Some(expected(reading, &valid_preds, t, refused));
         let text = serde_json::to_string_pretty(&m)? + "\n";
         // The edge must accept what is written.
         Manifest::from_json(&text, &o.classifier)?;
@@ -429,6 +439,86 @@ pub fn fuse(o: &FuseOptions) -> anyhow::Result<FuseReport> {
             .with_context(|| format!("{}: cannot write", o.classifier.display()))?;
     }
     Ok(report)
+}
+
+/// The deployment prevalences the drift watch allows a unit by default: from a quiet clinic's
+/// case mix to an emergency department's (FracAtlas itself is 0.18).
+pub const PREVALENCE_RANGE: [f64; 2] = [0.10, 0.40];
+
+/// How the reading behaved on validation (`preds`, read at `t`), per class, for the fleet's
+/// drift watch; `not_applicable` is the share the scope check refused there.
+pub fn expected(
+    reading: &str,
+    preds: &[Prediction],
+    t: Thresholds,
+    not_applicable: f64,
+) -> Expected {
+    let class = |fractured: bool| {
+        let p: Vec<f64> = preds
+            .iter()
+            .filter(|x| x.fractured == fractured)
+            .map(|x| x.probability.get())
+            .collect();
+        let n = p.len().max(1) as f64;
+        let mean = p.iter().sum::<f64>() / n;
+        let at = |th: Probability| p.iter().filter(|&&v| v >= th.get()).count() as f64 / n;
+        ClassBehaviour {
+            n: p.len(),
+            positive: at(t.suspicious),
+            fracture: at(t.definite),
+            mean_probability: mean,
+            sd_probability: (p.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n).sqrt(),
+        }
+    };
+    Expected {
+        reading: reading.to_owned(),
+        fractured: class(true),
+        not_fractured: class(false),
+        not_applicable,
+        prevalence: PREVALENCE_RANGE,
+    }
+}
+
+/// Writes into the classifier's manifest the `expected` behaviour of the reading it ships
+/// with (the fusion when it has one), from the validation rows of a `fuse` run's
+/// `predictions.csv`.
+pub fn write_expected(classifier: &Path, predictions: &Path) -> anyhow::Result<Expected> {
+    let found = Found::open(classifier)?;
+    let mut m = found.manifest;
+    let (reading, t) = match &m.fusion {
+        Some(f) => ("fusion", f.thresholds),
+        None => ("classifier", m.thresholds),
+    };
+    let split = format!("valid-{reading}");
+    let mut rows = Vec::new();
+    let mut r = csv::Reader::from_path(predictions)
+        .with_context(|| format!("{}: cannot read", predictions.display()))?;
+    for rec in r.records() {
+        let rec = rec?;
+        if rec.get(0) == Some(split.as_str()) {
+            rows.push(Prediction {
+                id: rec.get(1).unwrap_or_default().to_owned(),
+                fractured: rec.get(2) == Some("1"),
+                probability: Probability::new(rec.get(3).unwrap_or_default().parse()?)?,
+            });
+        }
+    }
+    anyhow::ensure!(
+        rows.iter().any(|p| p.fractured) && rows.iter().any(|p| !p.fractured),
+        "{}: no {split} rows with both classes; run `fv-train fuse` for this classifier",
+        predictions.display()
+    );
+    let refused = m
+        .applicability
+        .as_ref()
+        .map_or(0.0, |a| a.fitted.valid_refused);
+    let e = expected(reading, &rows, t, refused);
+    m.expected = Some(e.clone());
+    let text = serde_json::to_string_pretty(&m)? + "\n";
+    Manifest::from_json(&text, classifier)?;
+    fv_core::durable::write(classifier, text.as_bytes())
+        .with_context(|| format!("{}: cannot write", classifier.display()))?;
+    Ok(e)
 }
 
 /// A table for the terminal and RESULTS.md.

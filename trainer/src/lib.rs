@@ -12,4 +12,5 @@ pub mod models;
 pub mod onnx;
 pub mod plots;
 pub mod run;
+pub mod scope;
 pub mod weights;

@@ -132,6 +132,51 @@ enum Command {
         #[arg(long)]
         write: bool,
     },
+    /// Give an exported classifier its scope check: images far from its training images (a
+    /// photograph, another modality, a blank frame) are `not_applicable` at the edge. Fitted
+    /// on training images, threshold chosen on validation (as is and under the fleet's
+    /// shifts); test and `--outside` folders are only reported.
+    Scope {
+        /// The classifier's manifest (the ONNX file beside it).
+        #[arg(long, value_name = "JSON")]
+        classifier: PathBuf,
+        /// The classifier's run folder (its data.json names the split).
+        #[arg(long, value_name = "RUN")]
+        run: PathBuf,
+        /// The FracAtlas folder.
+        #[arg(long, env = "FV_DATA", value_name = "DIR")]
+        data: PathBuf,
+        /// Training images for the embedding's mean and covariance.
+        #[arg(long, value_name = "N", default_value_t = 1500)]
+        train_images: usize,
+        /// Shifted copies of each validation image in the threshold's choice.
+        #[arg(long, value_name = "K", default_value_t = 3)]
+        shifts_per_image: usize,
+        /// The validation quantile the threshold sits at.
+        #[arg(long, value_name = "Q", default_value_t = 0.995)]
+        quantile: f64,
+        /// Folders of out-of-scope images to report refusals on (one kind each; they choose
+        /// nothing).
+        #[arg(long, value_name = "DIR")]
+        outside: Vec<PathBuf>,
+        /// Where scope.json and distances.csv go.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Write the check into the classifier's ONNX file and manifest.
+        #[arg(long)]
+        write: bool,
+    },
+    /// Write into a classifier's manifest how its reading behaved on validation, per class
+    /// (the fleet's drift watch compares each unit's day with it), from the validation rows
+    /// of a `fuse` run's predictions.csv (`fuse --write` does this itself).
+    Expect {
+        /// The classifier's manifest.
+        #[arg(long, value_name = "JSON")]
+        classifier: PathBuf,
+        /// The `fuse` run's predictions.csv.
+        #[arg(long, value_name = "CSV")]
+        predictions: PathBuf,
+    },
     /// Re-evaluate a run's best checkpoint (thresholds from validation), classifier or detector.
     Eval {
         /// The run folder written by `classify`.
@@ -668,6 +713,40 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 &backend,
             );
             println!("{}", serde_json::to_string(&r)?);
+            Ok(())
+        }
+        Command::Scope {
+            classifier,
+            run,
+            data,
+            train_images,
+            shifts_per_image,
+            quantile,
+            outside,
+            out,
+            write,
+        } => {
+            let report = fv_train::scope::scope(&fv_train::scope::ScopeOptions {
+                classifier,
+                run,
+                data,
+                train_images,
+                shifts_per_image,
+                quantile,
+                outside,
+                out: out.clone(),
+                write,
+            })?;
+            print!("{}", fv_train::scope::summary_table(&report));
+            println!("report: {}", out.join("scope.json").display());
+            Ok(())
+        }
+        Command::Expect {
+            classifier,
+            predictions,
+        } => {
+            let e = fv_train::fuse::write_expected(&classifier, &predictions)?;
+            println!("{}", serde_json::to_string_pretty(&e)?);
             Ok(())
         }
         Command::Fuse {

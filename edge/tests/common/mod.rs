@@ -223,13 +223,32 @@ impl Daemon {
     }
 
     pub fn outbox_depth(&self) -> usize {
-        std::fs::read_dir(self.state.join("outbox"))
+        self.depth_of("outbox")
+    }
+
+    /// Records waiting in the outbox folder `name` of the state directory.
+    pub fn depth_of(&self, name: &str) -> usize {
+        std::fs::read_dir(self.state.join(name))
             .map(|d| {
                 d.flatten()
                     .filter(|e| e.path().extension().is_some_and(|x| x == "rec"))
                     .count()
             })
             .unwrap_or(0)
+    }
+
+    /// The first file in `done/` whose name ends with `suffix`.
+    pub fn done_file(&self, suffix: &str) -> PathBuf {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(self.watch.join("done"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.to_string_lossy().ends_with(suffix))
+            .collect();
+        v.sort();
+        v.into_iter()
+            .next()
+            .unwrap_or_else(|| panic!("no *{suffix} in done/"))
     }
 
     /// Result files written beside done inputs.

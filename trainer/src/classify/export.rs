@@ -248,6 +248,8 @@ pub fn export_run(run: &RunDir, opts: &ExportOptions) -> anyhow::Result<Exported
         fusion: None,
         test_time_hflip: false,
         nms: None,
+        applicability: None,
+        expected: None,
         precision: opts.precision,
         metrics: test_metrics,
         training: Some(training_record(

@@ -4,6 +4,7 @@ pub mod check;
 pub mod classify;
 pub mod detect;
 pub mod fracatlas;
+pub mod shift;
 
 pub use fracatlas::{ClassificationSplitConfig, DatasetError, FracAtlas, ImageRecord, Split};
 

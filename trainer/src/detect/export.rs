@@ -297,6 +297,8 @@ pub fn export_detector_run(run: &Path, opts: &ExportOptions) -> anyhow::Result<E
         fusion: None,
         test_time_hflip: false,
         nms: Some(fv_core::detection::NmsSettings::EDGE),
+        applicability: None,
+        expected: None,
         precision: opts.precision,
         metrics: test_metrics,
         training: Some(training_record(
