@@ -130,6 +130,7 @@ pub enum OutputMeaning {
     Yolov8,
     /// The image's distance from the training images, one value, read against
     /// `applicability.threshold` ([`crate::scope`]).
+    #[serde(rename = "scope_distance")]
     ScopeDistance,
 }
 

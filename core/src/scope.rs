@@ -133,7 +133,7 @@ mod tests {
             },
         };
         assert!(a.judge(1.0, 0.0).in_scope());
-        assert!(a.judge(2.0, 0.05).in_scope());
+        assert!(a.judge(2.0, 0.04).in_scope());
         assert!(!a.judge(2.01, 0.0).in_scope());
         assert!(!a.judge(f32::NAN, 0.0).in_scope());
         assert!(!a.judge(1.0, 0.2).in_scope());

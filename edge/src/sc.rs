@@ -76,6 +76,7 @@ pub fn capture(path: &Path, m: &ResultMessage, overlay: &RgbImage) -> Result<Rep
         el(tags::MODALITY, VR::CS, "OT"),
         el(tags::SERIES_NUMBER, VR::IS, "9002"),
         el(tags::SERIES_DESCRIPTION, VR::LO, SERIES_DESCRIPTION),
+        // Type 2C, which dciodvfy wants present: empty (a capture of the whole image).
         el(tags::LATERALITY, VR::CS, PrimitiveValue::Empty),
         el(tags::MANUFACTURER, VR::LO, "FractuVision"),
         el(tags::MANUFACTURER_MODEL_NAME, VR::LO, "fv-edge"),

@@ -284,7 +284,19 @@ fn an_image_stored_by_storescu_brings_a_valid_report_to_the_pacs() {
                     .any(|e| e.path().to_string_lossy().ends_with("overlay.png"))
             })
         });
+        // The capture is the overlay at most 1024 pixels on its long side.
         let overlay = image::open(d.done_file("overlay.png")).unwrap().to_rgb8();
+        let (w, h) = overlay.dimensions();
+        let k = f64::from(fv_edge::sc::MAX_SIDE) / f64::from(w.max(h));
+        let overlay = if k < 1.0 {
+            let (sw, sh) = (
+                (f64::from(w) * k).round() as u32,
+                (f64::from(h) * k).round() as u32,
+            );
+            image::imageops::resize(&overlay, sw, sh, image::imageops::FilterType::Triangle)
+        } else {
+            overlay
+        };
         assert_eq!(rendered.dimensions(), overlay.dimensions());
         let diff = rendered
             .as_raw()
@@ -315,9 +327,22 @@ fn an_image_stored_by_storescu_brings_a_valid_report_to_the_pacs() {
         "1.2.826.0.1.3680043.8.498.99",
     );
     assert!(store(&storescu, "XRAY1", port, &other).status.success());
-    wait_until("the other image read and its objects stored", T, || {
-        d.done_results().len() >= 2 && pacs.received().len() >= 4 && queued(&d) == 0
-    });
+    // An input is moved to done/ last, after its result and its PACS objects.
+    let moved = |d: &Daemon| {
+        std::fs::read_dir(d.watch.join("done")).map_or(0, |r| {
+            r.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| {
+                    n.ends_with(".dcm") && !n.ends_with(".sr.dcm") && !n.ends_with(".sc.dcm")
+                })
+                .count()
+        })
+    };
+    wait_until(
+        "the other image read, its objects stored, itself moved",
+        T,
+        || moved(&d) >= 2 && pacs.received().len() >= 4 && queued(&d) == 0,
+    );
     let waiting: Vec<PathBuf> = std::fs::read_dir(&d.watch)
         .unwrap()
         .flatten()
