@@ -430,15 +430,18 @@ enum DataCommand {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    let argv: Vec<String> = std::env::args().collect();
+    let cli = Cli::parse_from(&argv);
     fv_runtime::init_logging(cli.verbose);
-    if let Err(e) = run(cli) {
+    if let Err(e) = run(cli, &argv) {
         eprintln!("fv-train: error: {e:#}");
         std::process::exit(2);
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+/// Runs `cli`; `argv` is the command it was parsed from, recorded in a training run's folder
+/// (for `carry resume`, the run's own command, never the carry).
+fn run(cli: Cli, argv: &[String]) -> anyhow::Result<()> {
     match cli.command {
         Command::Carry {
             command: CarryCommand::Save { run, to },
@@ -486,7 +489,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 "{}: a pack's command cannot be another carry",
                 pack.display()
             );
-            run(cli)
+            run(cli, &argv)
         }
         Command::Data {
             command:
@@ -566,7 +569,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 limit_per_class: a.limit_per_class,
             };
             let device = a.device.device()?;
-            record_start(&a.out, Task::Classify)?;
+            record_start(&a.out, Task::Classify, argv)?;
             let (summary, metrics) = classify(
                 &a.data,
                 &run_data,
@@ -620,7 +623,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             config.session_step_limit = a.resume.max_steps;
             a.resume.check(&a.out)?;
             let device = a.device.device()?;
-            record_start(&a.out, Task::Detect)?;
+            record_start(&a.out, Task::Detect, argv)?;
             let atlas = FracAtlas::open(&a.data)
                 .with_context(|| format!("loading FracAtlas from {}", a.data.display()))?;
             let summary = detect::train(&atlas, &config, &a.out, &device, !a.no_progress)?;

@@ -286,11 +286,11 @@ pub fn task_of(run: &Path) -> anyhow::Result<Task> {
     }
 }
 
-/// Records, when a run starts, what it trains, the exact command and the commit: the
-/// manifest's provenance and [`task_of`] read them back.
-pub fn record_start(run: &Path, task: Task) -> anyhow::Result<()> {
+/// Records, when a run starts, what it trains, the exact command (`command`: the arguments
+/// that train it, also when `carry resume` runs them) and the commit: the manifest's
+/// provenance, [`task_of`] and `carry` read them back.
+pub fn record_start(run: &Path, task: Task, command: &[String]) -> anyhow::Result<()> {
     std::fs::create_dir_all(run).with_context(|| format!("{}: cannot create", run.display()))?;
-    let command: Vec<String> = std::env::args().collect();
     for (name, text) in [
         ("task", task.to_string()),
         ("command.txt", command.join(" ")),
@@ -313,7 +313,12 @@ mod tests {
     fn a_run_says_its_task_and_older_runs_are_told_by_their_config() {
         let tmp = tempfile::tempdir().unwrap();
         let det = tmp.path().join("det");
-        record_start(&det, Task::Detect).unwrap();
+        let command = ["fv-train", "detect", "--out", "det"].map(String::from);
+        record_start(&det, Task::Detect, &command).unwrap();
+        let recorded: Vec<String> =
+            serde_json::from_str(&std::fs::read_to_string(det.join("command.json")).unwrap())
+                .unwrap();
+        assert_eq!(recorded, command);
         assert_eq!(task_of(&det).unwrap(), Task::Detect);
         assert!(det.join("command.txt").is_file() && det.join("git_commit.txt").is_file());
         // Before `task` was recorded: a detector's config parses as one, a classifier's not.
