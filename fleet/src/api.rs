@@ -296,23 +296,27 @@ struct DayCounts {
     failed: i64,
 }
 
-/// `GET /api/counts?days=30&format=`: results per site and site-local day, by finding.
-async fn counts(
-    State(state): State<Arc<ApiState>>,
-    Query(q): Query<CountsQuery>,
-) -> ApiResult<Response> {
-    let days = q.days.unwrap_or(30);
+/// The first site-local day `days` back, as stored (`YYYY-MM-DD`): a day early in UTC
+/// covers every site's zone; the exact cut is each site's own.
+fn first_day(days: u32) -> ApiResult<String> {
     if !(1..=400).contains(&days) {
         return Err(ApiError::BadRequest(format!(
             "days={days}: between 1 and 400"
         )));
     }
-    // A day early in UTC covers every site's zone; the exact cut is each site's own.
-    let from = jiff::Timestamp::now()
+    Ok(jiff::Timestamp::now()
         .to_zoned(jiff::tz::TimeZone::UTC)
         .date()
         .saturating_sub(jiff::ToSpan::days(i64::from(days)))
-        .to_string();
+        .to_string())
+}
+
+/// `GET /api/counts?days=30&format=`: results per site and site-local day, by finding.
+async fn counts(
+    State(state): State<Arc<ApiState>>,
+    Query(q): Query<CountsQuery>,
+) -> ApiResult<Response> {
+    let from = first_day(q.days.unwrap_or(30))?;
     let mut table: BTreeMap<(String, String), [i64; 5]> = BTreeMap::new();
     for c in state.store.counts(&from).await? {
         let slot = FindingKey::ALL
@@ -390,17 +394,7 @@ async fn drift(
             "no drift watch: start fv-fleet with --expect models/<classifier>.json".into(),
         ));
     };
-    let days = q.days.unwrap_or(14);
-    if !(1..=400).contains(&days) {
-        return Err(ApiError::BadRequest(format!(
-            "days={days}: between 1 and 400"
-        )));
-    }
-    let from = jiff::Timestamp::now()
-        .to_zoned(jiff::tz::TimeZone::UTC)
-        .date()
-        .saturating_sub(jiff::ToSpan::days(i64::from(days)))
-        .to_string();
+    let from = first_day(q.days.unwrap_or(14))?;
     let mut table: BTreeMap<(String, String, String), fv_core::drift::DayCounts> = BTreeMap::new();
     for c in state.store.unit_days(&from).await? {
         let d = table.entry((c.site, c.device, c.day)).or_default();

@@ -11,9 +11,9 @@
 use crate::classify::eval::{
     calibrate, scored, write_predictions, ChosenThresholds, Prediction, SplitReport,
 };
-use crate::classify::{split_samples, RunData};
+use crate::classify::run_split_samples;
 use crate::data::classify::Sample;
-use crate::data::{FracAtlas, SplitPart};
+use crate::data::SplitPart;
 use anyhow::Context as _;
 use fv_core::calibration::Calibration;
 use fv_core::drift::{ClassBehaviour, Expected};
@@ -217,18 +217,7 @@ pub fn fuse(o: &FuseOptions) -> anyhow::Result<FuseReport> {
             && d.manifest.task == fv_core::manifest::Task::Detect,
         "--classifier must be a classifier's manifest and --detector a detector's"
     );
-    let run_data: RunData = serde_json::from_str(
-        &std::fs::read_to_string(o.run.join("data.json")).with_context(|| {
-            format!(
-                "{}: no data.json; pass the classifier's run folder",
-                o.run.display()
-            )
-        })?,
-    )?;
-    let data = FracAtlas::open(&o.data)
-        .with_context(|| format!("loading FracAtlas from {}", o.data.display()))?;
-    let split = data.classification_split(&run_data.split)?;
-    let [_, valid_s, test_s] = split_samples(&data, &split, run_data.limit_per_class);
+    let [_, valid_s, test_s] = run_split_samples(&o.run, &o.data)?;
     let mut failures = Vec::new();
     let mut read_all = |samples: &[Sample]| -> Vec<BothReadings> {
         let results: Vec<_> = samples

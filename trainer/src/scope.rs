@@ -14,10 +14,9 @@
 //!    scope. Test images and any out-of-scope folder are read with the final graph and
 //!    reported; they choose nothing.
 
-use crate::classify::{split_samples, RunData};
+use crate::classify::run_split_samples;
 use crate::data::classify::Sample;
 use crate::data::shift::Shift;
-use crate::data::FracAtlas;
 use crate::onnx::graph::{self, float_tensor, float_value, node, Index};
 use anyhow::Context as _;
 use fv_core::imaging::{decode_file, DecodeOptions, XrayImage};
@@ -447,18 +446,7 @@ pub fn scope(o: &ScopeOptions) -> anyhow::Result<ScopeReport> {
     );
     let shape = checked.input_shape();
 
-    let run_data: RunData = serde_json::from_str(
-        &std::fs::read_to_string(o.run.join("data.json")).with_context(|| {
-            format!(
-                "{}: no data.json; pass the classifier's run folder",
-                o.run.display()
-            )
-        })?,
-    )?;
-    let data = FracAtlas::open(&o.data)
-        .with_context(|| format!("loading FracAtlas from {}", o.data.display()))?;
-    let split = data.classification_split(&run_data.split)?;
-    let [mut train_s, valid_s, test_s] = split_samples(&data, &split, run_data.limit_per_class);
+    let [mut train_s, valid_s, test_s] = run_split_samples(&o.run, &o.data)?;
     train_s.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(17));
     train_s.truncate(o.train_images);
 

@@ -70,6 +70,24 @@ pub fn split_samples(data: &FracAtlas, split: &Split, limit: Option<usize>) -> [
     [take(&split.train), take(&split.valid), take(&split.test)]
 }
 
+/// The samples of the split a classifier run (`run`, its `data.json`) was trained on, from
+/// the FracAtlas folder `data`: what `fuse` and `scope` read the exported model on.
+pub fn run_split_samples(run: &Path, data: &Path) -> anyhow::Result<[Vec<Sample>; 3]> {
+    let path = run.join("data.json");
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "{}: no data.json; pass the classifier's run folder",
+            run.display()
+        )
+    })?;
+    let run_data: RunData = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not a run's data.json", path.display()))?;
+    let fracatlas = FracAtlas::open(data)
+        .with_context(|| format!("loading FracAtlas from {}", data.display()))?;
+    let split = fracatlas.classification_split(&run_data.split)?;
+    Ok(split_samples(&fracatlas, &split, run_data.limit_per_class))
+}
+
 /// Trains, then evaluates the best epoch on validation (thresholds) and test; no metrics
 /// when training stopped at `config.session_step_limit` before its last epoch.
 pub fn classify(
