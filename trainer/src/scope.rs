@@ -160,10 +160,20 @@ fn strip(model: &mut graph::ModelProto) -> anyhow::Result<()> {
 /// rarely in all of them.
 fn residual_outputs(g: &graph::GraphProto) -> Vec<String> {
     let index = Index::new(g);
+    // A tensor computed from initializers alone (a reshaped bias) is a constant: an `Add` with
+    // one is a bias, not a residual connection (the head's logits are made so).
+    let mut constant: std::collections::HashSet<&str> =
+        g.initializer.iter().map(|t| t.name.as_str()).collect();
+    for n in &g.node {
+        let inputs = n.input.iter().filter(|i| !i.is_empty());
+        if inputs.clone().all(|i| constant.contains(i.as_str())) {
+            constant.extend(n.output.iter().map(String::as_str));
+        }
+    }
     g.node
         .iter()
         .filter(|n| n.op_type == "Add" && n.input.len() == 2)
-        .filter(|n| n.input.iter().all(|i| !index.initializer.contains_key(i)))
+        .filter(|n| n.input.iter().all(|i| !constant.contains(i.as_str())))
         .filter(|n| n.input.iter().all(|i| index.producer.contains_key(i)))
         .map(|n| n.output[0].clone())
         .collect()
