@@ -172,7 +172,8 @@ const pct = (v) => `${(v * 100).toFixed(0)} %`;
 /** The drift watch: flagged unit-days first, each figure with its expected interval. */
 function drawDrift(report) {
   const section = $('#drift-watch');
-  section.hidden = false;
+  section.hidden = !report.enabled;
+  if (!report.enabled) return;
   const body = $('#drift tbody');
   body.replaceChildren();
   for (const d of report.days.filter((x) => x.judgement)) {
@@ -200,7 +201,7 @@ async function loadHistory(fleet, cfg) {
       api(cfg, 'sites'), api(cfg, `counts?days=${DAYS + 1}`), api(cfg, 'results?limit=50'), api(cfg, 'units'),
     ]);
     fleet.loadHistory({ sites, counts, results, units });
-    // Only where fv-fleet runs with --expect; a 404 leaves the section hidden.
+    // Shown only where fv-fleet runs with --expect (`enabled`).
     api(cfg, 'drift?days=14').then(drawDrift, () => {});
     note.dataset.state = 'loaded';
     note.textContent = `History from fv-fleet: ${results.length} recent results, ${units.length} units, `

@@ -384,15 +384,17 @@ struct UnitDay {
 }
 
 /// `GET /api/drift?days=14`: each unit's days (site-local) against what the classifier's
-/// manifest expects (`--expect`); flagged days first.
+/// manifest expects (`--expect`); flagged days first. `enabled: false` without `--expect`.
 async fn drift(
     State(state): State<Arc<ApiState>>,
     Query(q): Query<DriftQuery>,
 ) -> ApiResult<Json<serde_json::Value>> {
+    // Off is an answer, not an error: the page asks on every load and hides the section.
     let Some(expected) = &state.settings.expected else {
-        return Err(ApiError::NotFound(
-            "no drift watch: start fv-fleet with --expect models/<classifier>.json".into(),
-        ));
+        return Ok(Json(serde_json::json!({
+            "enabled": false,
+            "why": "no drift watch: start fv-fleet with --expect models/<classifier>.json",
+        })));
     };
     let from = first_day(q.days.unwrap_or(14))?;
     let mut table: BTreeMap<(String, String, String), fv_core::drift::DayCounts> = BTreeMap::new();
@@ -425,6 +427,7 @@ async fn drift(
         .collect();
     rows.sort_by_key(|r| !r.flagged);
     Ok(Json(serde_json::json!({
+        "enabled": true,
         "expected": expected,
         "min_images": fv_core::drift::MIN_IMAGES,
         "days": rows,

@@ -163,7 +163,7 @@ fn survives_everything(db: &str, token: Option<&str>) {
     assert_eq!(per_site.as_array().unwrap().len(), 220);
     let csv = fleet2.get("/api/counts?format=csv", token).1;
     assert!(
-        csv.starts_with("site,day,fracture,suspicious,no_fracture,failed"),
+        csv.starts_with("site,day,fracture,suspicious,no_fracture,not_applicable,failed"),
         "{csv}"
     );
 
@@ -565,14 +565,14 @@ fn the_drift_watch_flags_a_unit_whose_stream_shifts_and_not_a_steady_one() {
     let j = &drifting["judgement"]["positive_rate"];
     assert!(j["value"].as_f64().unwrap() > j["expected"]["high"].as_f64().unwrap());
 
-    // Without --expect the watch says how to turn it on.
+    // Without --expect the watch is off and says how to turn it on.
     let plain = Fleet::start(
         dir.path(),
         &broker.url(),
         dir.path().join("other.sqlite").to_str().unwrap(),
         &["--client-id", "fleet-plain"],
     );
-    let (status, body) = plain.get("/api/drift", None);
-    assert_eq!(status, 404);
-    assert!(body.contains("--expect"), "{body}");
+    let off = plain.json("/api/drift", None);
+    assert_eq!(off["enabled"], false, "{off}");
+    assert!(off["why"].as_str().unwrap().contains("--expect"), "{off}");
 }
