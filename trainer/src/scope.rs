@@ -317,8 +317,8 @@ fn shrunk_covariance(x: &DMatrix<f64>) -> (Vec<f64>, DMatrix<f64>, f64) {
     let (n, d) = x.shape();
     let mean: Vec<f64> = (0..d).map(|j| x.column(j).mean()).collect();
     let mut c = x.clone();
-    for j in 0..d {
-        c.column_mut(j).add_scalar_mut(-mean[j]);
+    for (j, m) in mean.iter().enumerate() {
+        c.column_mut(j).add_scalar_mut(-m);
     }
     let s = c.transpose() * &c / n as f64;
     let mu = s.trace() / d as f64;
