@@ -57,6 +57,23 @@ impl Interval {
     fn contains(&self, v: f64) -> bool {
         self.low <= v && v <= self.high
     }
+
+    /// From each end of the prevalence range's (value, standard deviation): the lowest value
+    /// less [`Z`] deviations to the highest plus, within 0–1.
+    fn around(ends: [(f64, f64); 2]) -> Interval {
+        Interval {
+            low: ends
+                .iter()
+                .map(|(v, s)| v - Z * s)
+                .fold(f64::INFINITY, f64::min)
+                .max(0.0),
+            high: ends
+                .iter()
+                .map(|(v, s)| v + Z * s)
+                .fold(0.0, f64::max)
+                .min(1.0),
+        }
+    }
 }
 
 /// One unit's day, counted.
@@ -128,19 +145,7 @@ impl Expected {
                     + (1.0 - pi) * (1.0 - pi) * b * (1.0 - b) / neg.n.max(1) as f64;
                 (r, var.sqrt())
             };
-            let ends = self.prevalence.map(at);
-            Interval {
-                low: ends
-                    .iter()
-                    .map(|(r, s)| r - Z * s)
-                    .fold(f64::INFINITY, f64::min)
-                    .max(0.0),
-                high: ends
-                    .iter()
-                    .map(|(r, s)| r + Z * s)
-                    .fold(0.0, f64::max)
-                    .min(1.0),
-            }
+            Interval::around(self.prevalence.map(at))
         };
         let mean = {
             let at = |pi: f64| {
@@ -152,19 +157,7 @@ impl Expected {
                     + (1.0 - pi).powi(2) * neg.sd_probability.powi(2) / neg.n.max(1) as f64;
                 (m, var.sqrt())
             };
-            let ends = self.prevalence.map(at);
-            Interval {
-                low: ends
-                    .iter()
-                    .map(|(m, s)| m - Z * s)
-                    .fold(f64::INFINITY, f64::min)
-                    .max(0.0),
-                high: ends
-                    .iter()
-                    .map(|(m, s)| m + Z * s)
-                    .fold(0.0, f64::max)
-                    .min(1.0),
-            }
+            Interval::around(self.prevalence.map(at))
         };
         // Refusals: validation's share, at least 1 %, and only too many is a sign.
         let q = self.not_applicable.max(0.01);

@@ -23,7 +23,7 @@ use fv_core::imaging::{decode_file, DecodeOptions, XrayImage};
 use fv_core::manifest::{sha256_hex, Manifest, OutputMeaning, OutputSpec};
 use fv_core::metrics::classification::{roc_auc, Scored};
 use fv_core::preprocess::preprocess;
-use fv_core::scope::{Applicability, ScopeFit};
+use fv_core::scope::{Applicability, ScopeFit, ScopeReading};
 use fv_core::Probability;
 use fv_runtime::{Found, TractEngine};
 use nalgebra::DMatrix;
@@ -347,11 +347,8 @@ fn whitening(sigma: DMatrix<f64>) -> anyhow::Result<Vec<f32>> {
         .l()
         .solve_lower_triangular(&DMatrix::identity(d, d))
         .context("the Cholesky factor is singular")?;
-    let w = l_inv.transpose();
-    Ok((0..d)
-        .flat_map(|i| (0..d).map(move |j| (i, j)))
-        .map(|(i, j)| w[(i, j)] as f32)
-        .collect())
+    // Column-major storage of L⁻¹ is row-major storage of L⁻ᵀ.
+    Ok(l_inv.iter().map(|&v| v as f32).collect())
 }
 
 fn quantile(sorted: &[f64], q: f64) -> f64 {
@@ -386,11 +383,18 @@ pub const MIN_MAX_COLOUR: f64 = 0.02;
 fn set_report(set: &str, d: &[&Distance], threshold: f64, max_colour: f64) -> SetReport {
     let mut v: Vec<f64> = d.iter().filter_map(|d| d.distance).collect();
     v.sort_by(f64::total_cmp);
+    // The edge's own decision, from fv-core.
     let refused = d
         .iter()
-        .filter(|d| d.distance.is_some())
-        .filter(|d| {
-            !(d.distance.unwrap_or(f64::NAN) <= threshold && d.colour.unwrap_or(0.0) <= max_colour)
+        .filter_map(|d| Some((d.distance?, d.colour.unwrap_or(0.0))))
+        .filter(|&(distance, colour)| {
+            !ScopeReading {
+                distance,
+                threshold,
+                colour,
+                max_colour: Some(max_colour),
+            }
+            .in_scope()
         })
         .count();
     SetReport {
