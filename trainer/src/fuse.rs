@@ -383,7 +383,7 @@ pub fn fuse(o: &FuseOptions) -> anyhow::Result<FuseReport> {
         .collect();
     if let Err(e) = crate::plots::evaluation_plots(
         &o.out,
-        &refs,
+        &crate::classify::eval::scored_parts(&refs),
         report.thresholds["fusion"].definite.threshold,
     ) {
         tracing::warn!("{}: could not draw the figures: {e}", o.out.display());

@@ -1,7 +1,7 @@
 //! The PNG figures beside `metrics.json`: ROC and precision-recall curves, the reliability
 //! diagram, loss curves and the confusion matrix at the `definite` threshold.
 
-use crate::classify::eval::{scored, Prediction};
+use fv_core::metrics::classification::Scored;
 use fv_core::metrics::classification::{calibration_bins, pr_curve, roc_curve, Confusion};
 use fv_core::Probability;
 use plotters::prelude::*;
@@ -64,31 +64,31 @@ pub(crate) fn curves(
     Ok(())
 }
 
-/// `roc.png`, `pr.png`, `calibration.png` and `confusion_test.png` (at `definite`) in `dir`.
+/// `roc.png`, `pr.png`, `calibration.png` and `confusion_test.png` (at `definite`) in `dir`,
+/// from each split's scored predictions.
 pub fn evaluation_plots(
     dir: &Path,
-    parts: &[(&str, &[Prediction])],
+    parts: &[(&str, Vec<Scored>)],
     definite: Probability,
 ) -> PlotResult {
     let mut roc = Vec::new();
     let mut pr = Vec::new();
     let mut cal = Vec::new();
-    for (name, preds) in parts {
-        let s = scored(preds);
-        if let Some(c) = roc_curve(&s) {
-            let auc = fv_core::metrics::classification::roc_auc(&s).unwrap_or(f64::NAN);
+    for (name, s) in parts {
+        if let Some(c) = roc_curve(s) {
+            let auc = fv_core::metrics::classification::roc_auc(s).unwrap_or(f64::NAN);
             roc.push((
                 format!("{name} (AUC {auc:.3})"),
                 c.iter().map(|p| (p.fpr, p.tpr)).collect(),
             ));
         }
-        if let Some(c) = pr_curve(&s) {
-            let ap = fv_core::metrics::classification::average_precision(&s).unwrap_or(f64::NAN);
+        if let Some(c) = pr_curve(s) {
+            let ap = fv_core::metrics::classification::average_precision(s).unwrap_or(f64::NAN);
             let mut pts = vec![(0.0, c.first().map_or(1.0, |p| p.precision))];
             pts.extend(c.iter().map(|p| (p.recall, p.precision)));
             pr.push((format!("{name} (AP {ap:.3})"), pts));
         }
-        let bins = calibration_bins(&s, 10);
+        let bins = calibration_bins(s, 10);
         cal.push((
             name.to_string(),
             bins.iter()
@@ -117,11 +117,11 @@ pub fn evaluation_plots(
         &cal,
         true,
     )?;
-    if let Some((name, preds)) = parts.iter().find(|(n, _)| *n == "test").or(parts.last()) {
+    if let Some((name, s)) = parts.iter().find(|(n, _)| *n == "test").or(parts.last()) {
         confusion(
             &dir.join(format!("confusion_{name}.png")),
             name,
-            &Confusion::at(&scored(preds), definite),
+            &Confusion::at(s, definite),
             definite,
         )?;
     }
@@ -180,7 +180,7 @@ pub fn loss_plot(path: &Path, steps: &[(f64, f64)], epoch_auc: &[Option<f64>]) -
         .x_label_area_size(30)
         .y_label_area_size(50)
         .build_cartesian_2d(0f64..xmax, 0f64..ymax)?;
-    c.configure_mesh().x_desc("images seen").draw()?;
+    c.configure_mesh().x_desc("step").draw()?;
     c.draw_series(LineSeries::new(
         steps.iter().copied(),
         COLOURS[0].stroke_width(2),

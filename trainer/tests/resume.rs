@@ -127,13 +127,15 @@ fn resumed_runs_end_with_the_weights_of_an_uninterrupted_one() {
     let b: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(mid.state()).unwrap()).unwrap();
     let loss = |v: &serde_json::Value| -> Vec<f64> {
-        v["epoch_loss"]
+        v["epochs"]
             .as_array()
             .unwrap()
             .iter()
-            .map(|x| x.as_f64().unwrap())
+            .map(|e| e["loss"].as_f64().unwrap())
             .collect()
     };
+    assert_eq!(loss(&a).len(), 2);
+    assert_eq!(s[0].epoch_loss, loss(&a));
     for (x, y) in loss(&a).iter().zip(loss(&b)) {
         assert!((x - y).abs() < 1e-4, "{:?} vs {:?}", loss(&a), loss(&b));
     }

@@ -1,21 +1,66 @@
 //! Evaluation a clinician can trust: metrics at the natural class balance, with operating
 //! thresholds chosen on the validation split only and then applied, unchanged, to test.
 
-use super::train::{predict, TrainConfig};
-use crate::data::classify::{load_planes, Plane, Sample};
+use super::train::TrainConfig;
+use crate::data::classify::{batch_tensor, load_planes, Plane, Sample};
 use crate::data::SplitPart;
 use crate::models::Classifier;
+use burn::tensor::activation::softmax;
+use burn::tensor::{Device, Tensor};
 use fv_core::calibration::Calibration;
 use fv_core::manifest::TestMetrics;
 use fv_core::metrics::classification::{
-    expected_calibration_error, threshold_for_sensitivity, threshold_for_specificity, BinaryReport,
-    OperatingPoint, Scored,
+    expected_calibration_error, roc_auc, threshold_for_sensitivity, threshold_for_specificity,
+    BinaryReport, OperatingPoint, Scored,
 };
 use fv_core::Probability;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::Path;
+
+/// The probability of the `fractured` class (index 1) for each row of two-class logits.
+pub(crate) fn fracture_probabilities(logits: Tensor<2>) -> Vec<Probability> {
+    // An f32 tensor read as f32 cannot fail to convert.
+    let v: Vec<f32> = softmax(logits, 1)
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .expect("f32 data");
+    v.chunks(2)
+        .map(|c| Probability::saturating(c[1] as f64))
+        .collect()
+}
+
+/// Probabilities of a fracture for `planes`, in order, on a non-autodiff device.
+pub fn predict(
+    model: &Classifier,
+    planes: &[&Plane],
+    config: &TrainConfig,
+    device: &Device,
+) -> Vec<Probability> {
+    let (mean, std) = config.model.mean_std();
+    let mut out = Vec::with_capacity(planes.len());
+    for chunk in planes.chunks(config.eval_batch_size.max(1)) {
+        out.extend(fracture_probabilities(
+            model.forward(batch_tensor(chunk, mean, std, device)),
+        ));
+    }
+    out
+}
+
+/// ROC-AUC of `probs` against the labels of `samples`, in the same order.
+pub(crate) fn auc_of(probs: &[Probability], samples: &[(Sample, Plane)]) -> Option<f64> {
+    let scored: Vec<Scored> = probs
+        .iter()
+        .zip(samples)
+        .map(|(p, (s, _))| Scored {
+            score: *p,
+            positive: s.label,
+        })
+        .collect();
+    roc_auc(&scored)
+}
 
 /// One image's prediction.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -79,6 +124,11 @@ pub fn calibrate(
         }
     }
     (c, before)
+}
+
+/// Each split's predictions as fv-core's metrics take them.
+pub fn scored_parts<'a>(parts: &[(&'a str, &[Prediction])]) -> Vec<(&'a str, Vec<Scored>)> {
+    parts.iter().map(|(n, p)| (*n, scored(p))).collect()
 }
 
 /// The predictions as fv-core's metrics take them.

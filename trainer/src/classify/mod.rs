@@ -9,7 +9,8 @@ pub mod ssl;
 pub mod train;
 
 use self::eval::{
-    calibrate, score, write_predictions, ChosenThresholds, ClassifyMetrics, SplitReport,
+    calibrate, score, scored_parts, write_predictions, ChosenThresholds, ClassifyMetrics,
+    SplitReport,
 };
 use self::train::{build_model, TrainConfig, TrainSummary};
 use crate::data::classify::Sample;
@@ -207,9 +208,11 @@ pub fn evaluate(
         .collect();
     write_predictions(&run.0.join("predictions.csv"), &refs)?;
     // Figures help a reader but are not worth failing a finished evaluation for.
-    if let Err(e) =
-        crate::plots::evaluation_plots(&run.0, &refs, metrics.thresholds.definite.threshold)
-    {
+    if let Err(e) = crate::plots::evaluation_plots(
+        &run.0,
+        &scored_parts(&refs),
+        metrics.thresholds.definite.threshold,
+    ) {
         tracing::warn!(
             "{}: could not draw the evaluation figures: {e}",
             run.0.display()
@@ -237,7 +240,7 @@ pub fn summary_table(m: &ClassifyMetrics) -> String {
     s
 }
 
-/// `(images seen, loss)` from a run's `train_log.csv`, whatever its stage columns.
+/// `(step, loss)` from a run's `train_log.csv`.
 fn read_loss_log(path: &Path) -> Vec<(f64, f64)> {
     let Ok(text) = std::fs::read_to_string(path) else {
         return Vec::new();
@@ -245,7 +248,7 @@ fn read_loss_log(path: &Path) -> Vec<(f64, f64)> {
     let mut lines = text.lines();
     let header: Vec<&str> = lines.next().unwrap_or_default().split(',').collect();
     let col = |name: &str| header.iter().position(|h| *h == name);
-    let (Some(i), Some(l)) = (col("images"), col("loss")) else {
+    let (Some(i), Some(l)) = (col("step"), col("loss")) else {
         return Vec::new();
     };
     lines

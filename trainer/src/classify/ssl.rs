@@ -1,43 +1,301 @@
-//! Training `resnet-ssl-mlp`: SimCLR pretraining of the ResNet on the training images
-//! (labels unused), then the MLP on the frozen 32-dimensional embeddings of the fractured
-//! training images plus the first `max_non_fractured` non-fractured ones.
+//! Training `resnet-ssl-mlp`, both stages through the training driver ([`fit`]): SimCLR
+//! pretraining of the ResNet on the training images (labels unused) in `RUN/simclr/`, then
+//! the MLP on the frozen 32-dimensional embeddings of the fractured training images plus the
+//! first `max_non_fractured` non-fractured ones, in `RUN/` itself.
 
+use super::eval::{auc_of, fracture_probabilities};
 use super::train::{
-    auc_of, class_weights, fracture_probabilities, weighted_ce, TrainConfig, TrainSummary,
+    build_model, class_weights, weighted_ce, ClassifyEpoch, TrainConfig, TrainSummary,
 };
 use crate::data::classify::{batch_tensor, load_planes, Augment, Plane, Sample};
 use crate::models::resnet_ssl::{nt_xent, ResnetSslMlp};
 use crate::models::Classifier;
-use crate::run::{save_checkpoint, say, RunDir};
-use burn::module::Module;
+use crate::run::fit::{Fitted, Loss, Plan, Task};
+use crate::run::{fit, RunDir};
 use burn::optim::decay::WeightDecayConfig;
-use burn::optim::{AdamConfig, GradientsParams};
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::optim::{AdamConfig, ModuleOptimizer};
+use burn::tensor::{Device, Int, Tensor, TensorData};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
-use std::io::Write as _;
-use std::time::Instant;
+use serde::{Deserialize, Serialize};
 
 fn model_batch(planes: &[&Plane], config: &TrainConfig, device: &Device) -> Tensor<4> {
     let (mean, std) = config.model.mean_std();
     batch_tensor(planes, mean, std, device)
 }
 
+/// The two-stage model inside a classifier (`ssl::train` is only called for it).
+fn parts(model: &Classifier) -> &ResnetSslMlp {
+    match model {
+        Classifier::ResnetSslMlp(m) => m,
+        _ => unreachable!("ssl::train is only called for resnet-ssl-mlp"),
+    }
+}
+
 /// Embeddings of `planes` by the frozen backbone, `[n, embedding]` on `device`.
 fn embed(
-    model: &ResnetSslMlp,
+    model: &Classifier,
     planes: &[&Plane],
     config: &TrainConfig,
     device: &Device,
 ) -> Tensor<2> {
     let parts: Vec<Tensor<2>> = planes
         .chunks(config.eval_batch_size.max(1))
-        .map(|c| model.backbone.forward(model_batch(c, config, device)))
+        .map(|c| {
+            parts(model)
+                .backbone
+                .forward(model_batch(c, config, device))
+        })
         .collect();
     Tensor::cat(parts, 0)
 }
 
-/// Runs both stages; writes the same files as [`super::train::train`].
+/// What both stages may change on resume: the epoch counts, the checkpoint interval and the
+/// session's limit.
+fn resumable(c: &TrainConfig) -> TrainConfig {
+    let mut r = c.clone();
+    r.epochs = 0;
+    r.ssl.epochs = 0;
+    r.checkpoint_minutes = 0.0;
+    r.session_step_limit = None;
+    r
+}
+
+/// The batches of a shuffled epoch over `n` items, without a last batch of one (NT-Xent
+/// needs negatives, batch norm two rows).
+fn shuffled_batches(n: usize, batch_size: usize, seed: u64) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..n).collect();
+    order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed));
+    order
+        .chunks(batch_size)
+        .filter(|b| b.len() >= 2)
+        .map(<[usize]>::to_vec)
+        .collect()
+}
+
+/// One SimCLR epoch: its loss and speed (no validation: the latest epoch is kept).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SimclrEpoch {
+    /// Epoch (1-based).
+    pub epoch: usize,
+    /// Mean NT-Xent loss.
+    pub loss: f64,
+    /// Augmented views per second.
+    pub images_per_second: f64,
+}
+
+/// Stage 1: SimCLR on the training images.
+struct Simclr<'a> {
+    config: &'a TrainConfig,
+    train_set: &'a [(Sample, Plane)],
+}
+
+impl Task for Simclr<'_> {
+    type Config = TrainConfig;
+    type Model = Classifier;
+    type Epoch = SimclrEpoch;
+    const LOSS_PARTS: &'static [&'static str] = &["nt_xent"];
+
+    fn config(&self) -> &TrainConfig {
+        self.config
+    }
+    fn resumable(c: &TrainConfig) -> TrainConfig {
+        resumable(c)
+    }
+    fn plan(&self) -> Plan {
+        let c = self.config;
+        Plan {
+            epochs: c.ssl.epochs,
+            seed: c.seed,
+            checkpoint_minutes: c.checkpoint_minutes,
+            step_limit: c.session_step_limit,
+            log_every: c.log_every,
+        }
+    }
+    fn optimizer(&self) -> ModuleOptimizer {
+        AdamConfig::new().init()
+    }
+    fn init(&self, ad: &Device) -> anyhow::Result<Classifier> {
+        Ok(Classifier::new(self.config.model, 2, ad))
+    }
+    fn blank(&self, ad: &Device) -> Classifier {
+        Classifier::new(self.config.model, 2, ad)
+    }
+    fn batches(&self, epoch: usize) -> Vec<Vec<usize>> {
+        let c = self.config;
+        shuffled_batches(
+            self.train_set.len(),
+            c.ssl.batch_size,
+            c.seed ^ (0x5151 + epoch as u64),
+        )
+    }
+    fn lr(&self, _: usize, _: usize, _: usize) -> f64 {
+        self.config.ssl.lr
+    }
+    fn loss(
+        &self,
+        model: &Classifier,
+        _epoch: usize,
+        global: usize,
+        batch: &[usize],
+        ad: &Device,
+    ) -> anyhow::Result<Loss> {
+        let c = self.config;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(
+            (c.seed ^ 0x5151) ^ ((global as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+        );
+        let s = c.image_size as usize;
+        let mut views: Vec<Plane> = Vec::with_capacity(2 * batch.len());
+        for _ in 0..2 {
+            views.extend(
+                batch
+                    .iter()
+                    .map(|&i| c.ssl.augment.apply(&self.train_set[i].1, s, &mut rng)),
+            );
+        }
+        let refs: Vec<&Plane> = views.iter().collect();
+        let m = parts(model);
+        let z = m
+            .projection
+            .forward(m.backbone.forward(model_batch(&refs, c, ad)));
+        let value = nt_xent(z, c.ssl.temperature);
+        let v = value.clone().into_scalar::<f32>() as f64;
+        Ok(Loss {
+            value,
+            parts: vec![v],
+            extra: Vec::new(),
+            images: views.len(),
+        })
+    }
+    fn validate(
+        &self,
+        _model: &Classifier,
+        epoch: usize,
+        mean_loss: &[f64],
+        images_per_second: f64,
+    ) -> anyhow::Result<(SimclrEpoch, Option<f64>)> {
+        Ok((
+            SimclrEpoch {
+                epoch: epoch + 1,
+                loss: mean_loss[0],
+                images_per_second,
+            },
+            None,
+        ))
+    }
+    fn describe(&self, e: &SimclrEpoch) -> String {
+        format!("SimCLR epoch {}: loss {:.4}", e.epoch, e.loss)
+    }
+}
+
+/// Stage 2: the MLP head on the frozen embeddings; the backbone gets no gradient.
+struct MlpHead<'a> {
+    config: &'a TrainConfig,
+    /// The model SimCLR left (`RUN/simclr/last.safetensors`).
+    pretrained: &'a std::path::Path,
+    train_emb: Tensor<2>,
+    labels: Vec<bool>,
+    valid_emb: Tensor<2>,
+    valid_set: &'a [(Sample, Plane)],
+    class_w: [f32; 2],
+}
+
+impl Task for MlpHead<'_> {
+    type Config = TrainConfig;
+    type Model = Classifier;
+    type Epoch = ClassifyEpoch;
+    const LOSS_PARTS: &'static [&'static str] = &["loss"];
+
+    fn config(&self) -> &TrainConfig {
+        self.config
+    }
+    fn resumable(c: &TrainConfig) -> TrainConfig {
+        resumable(c)
+    }
+    fn plan(&self) -> Plan {
+        let c = self.config;
+        Plan {
+            epochs: c.epochs,
+            seed: c.seed,
+            checkpoint_minutes: c.checkpoint_minutes,
+            step_limit: c.session_step_limit,
+            log_every: 1,
+        }
+    }
+    fn optimizer(&self) -> ModuleOptimizer {
+        AdamConfig::new()
+            .with_weight_decay(Some(WeightDecayConfig::new(self.config.ssl.mlp_l2)))
+            .init()
+    }
+    fn init(&self, ad: &Device) -> anyhow::Result<Classifier> {
+        build_model(self.config, Some(self.pretrained), ad)
+    }
+    fn blank(&self, ad: &Device) -> Classifier {
+        Classifier::new(self.config.model, 2, ad)
+    }
+    fn batches(&self, epoch: usize) -> Vec<Vec<usize>> {
+        let c = self.config;
+        shuffled_batches(
+            self.labels.len(),
+            c.batch_size.max(2),
+            c.seed ^ (0x4d4c50 + epoch as u64),
+        )
+    }
+    fn lr(&self, _: usize, _: usize, _: usize) -> f64 {
+        self.config.lr
+    }
+    fn loss(
+        &self,
+        model: &Classifier,
+        _epoch: usize,
+        _global: usize,
+        batch: &[usize],
+        ad: &Device,
+    ) -> anyhow::Result<Loss> {
+        let idx: Vec<i64> = batch.iter().map(|&i| i as i64).collect();
+        let idx = Tensor::<1, Int>::from_data(TensorData::new(idx, [batch.len()]), ad);
+        let x = self.train_emb.clone().select(0, idx);
+        let labels: Vec<bool> = batch.iter().map(|&i| self.labels[i]).collect();
+        let value = weighted_ce(parts(model).head.forward(x), &labels, self.class_w);
+        let v = value.clone().into_scalar::<f32>() as f64;
+        Ok(Loss {
+            value,
+            parts: vec![v],
+            extra: Vec::new(),
+            images: batch.len(),
+        })
+    }
+    fn validate(
+        &self,
+        model: &Classifier,
+        epoch: usize,
+        mean_loss: &[f64],
+        images_per_second: f64,
+    ) -> anyhow::Result<(ClassifyEpoch, Option<f64>)> {
+        let probs = fracture_probabilities(parts(model).head.forward(self.valid_emb.clone()));
+        let auc = auc_of(&probs, self.valid_set);
+        Ok((
+            ClassifyEpoch {
+                epoch: epoch + 1,
+                loss: mean_loss[0],
+                valid_roc_auc: auc,
+                images_per_second,
+            },
+            auc,
+        ))
+    }
+    fn describe(&self, e: &ClassifyEpoch) -> String {
+        format!(
+            "MLP epoch {}: loss {:.4}, valid ROC-AUC {}",
+            e.epoch,
+            e.loss,
+            e.valid_roc_auc.map_or("n/a".into(), |a| format!("{a:.4}"))
+        )
+    }
+}
+
+/// Runs both stages; writes the same files as [`super::train::train`], SimCLR's run in
+/// `RUN/simclr/` and its epoch losses in `RUN/ssl_loss.json`.
 pub fn train(
     config: &TrainConfig,
     train_samples: &[Sample],
@@ -47,12 +305,9 @@ pub fn train(
     show_progress: bool,
 ) -> anyhow::Result<TrainSummary> {
     let ssl = &config.ssl;
-    std::fs::create_dir_all(&run.0)?;
-    std::fs::write(run.config(), serde_json::to_string_pretty(config)?)?;
-    device.seed(config.seed);
     let s = config.image_size as usize;
-    let cache = ssl.augment.cache_size(config.image_size);
-    let (train_set, mut failures) = load_planes(train_samples, cache);
+    let (train_set, mut failures) =
+        load_planes(train_samples, ssl.augment.cache_size(config.image_size));
     let (valid_set, vf) = load_planes(valid_samples, config.image_size);
     failures.extend(vf);
     anyhow::ensure!(
@@ -60,92 +315,38 @@ pub fn train(
         "SimCLR needs at least two training images"
     );
 
-    let ad = device.clone().autodiff();
-    let Classifier::ResnetSslMlp(mut model) = Classifier::new(config.model, 2, &ad) else {
-        unreachable!("ssl::train is only called for resnet-ssl-mlp")
-    };
-    let mut log = std::fs::File::create(run.log())?;
-    writeln!(log, "stage,epoch,step,images,loss,images_per_second")?;
-    let started = Instant::now();
-    let mut images_seen = 0usize;
-
-    // Stage 1: SimCLR.
-    let mut optim = AdamConfig::new().init();
-    let steps = train_set.len().div_ceil(ssl.batch_size) * ssl.epochs;
-    let bar = if show_progress {
-        indicatif::ProgressBar::new(steps as u64)
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
-    let mut ssl_loss = Vec::new();
-    for epoch in 0..ssl.epochs {
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(config.seed ^ (0x5151 + epoch as u64));
-        let mut order: Vec<usize> = (0..train_set.len()).collect();
-        order.shuffle(&mut rng);
-        let t0 = Instant::now();
-        let (mut sum, mut n, mut seen) = (0.0, 0usize, 0usize);
-        for (step, batch) in order.chunks(ssl.batch_size).enumerate() {
-            if batch.len() < 2 {
-                continue; // NT-Xent needs negatives.
-            }
-            let mut views: Vec<Plane> = Vec::with_capacity(2 * batch.len());
-            for _ in 0..2 {
-                views.extend(
-                    batch
-                        .iter()
-                        .map(|&i| ssl.augment.apply(&train_set[i].1, s, &mut rng)),
-                );
-            }
-            let refs: Vec<&Plane> = views.iter().collect();
-            let z = model
-                .projection
-                .forward(model.backbone.forward(model_batch(&refs, config, &ad)));
-            let loss = nt_xent(z, ssl.temperature);
-            let v = loss.clone().into_scalar::<f32>() as f64;
-            anyhow::ensure!(
-                v.is_finite(),
-                "SimCLR loss became {v}; lower the SSL learning rate"
-            );
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
-            model = optim.step(ssl.lr, model, grads);
-            sum += v;
-            n += 1;
-            seen += batch.len();
-            images_seen += 2 * batch.len();
-            let ips = 2.0 * seen as f64 / t0.elapsed().as_secs_f64().max(1e-9);
-            if (step + 1) % config.log_every.max(1) == 0 {
-                writeln!(
-                    log,
-                    "simclr,{},{},{},{:.6},{:.2}",
-                    epoch + 1,
-                    step + 1,
-                    images_seen,
-                    sum / n as f64,
-                    ips
-                )?;
-            }
-            bar.set_message(format!(
-                "SimCLR epoch {} loss {:.4} {:.1} views/s",
-                epoch + 1,
-                sum / n as f64,
-                ips
-            ));
-            bar.inc(1);
-        }
-        ssl_loss.push(sum / n.max(1) as f64);
-        say(
-            &bar,
-            format!(
-                "SimCLR epoch {}: loss {:.4}",
-                epoch + 1,
-                sum / n.max(1) as f64
-            ),
-        );
+    let simclr_run = RunDir(run.0.join("simclr"));
+    let stage1 = fit(
+        &Simclr {
+            config,
+            train_set: &train_set,
+        },
+        &simclr_run,
+        device,
+        show_progress,
+    )?;
+    if !stage1.complete {
+        let stopped = Fitted {
+            state: Default::default(),
+            complete: false,
+            images_per_second: stage1.images_per_second,
+        };
+        return Ok(TrainSummary::of(&stopped, &failures));
     }
-    bar.finish_and_clear();
+    std::fs::write(
+        run.0.join("ssl_loss.json"),
+        serde_json::to_string(
+            &stage1
+                .state
+                .epochs
+                .iter()
+                .map(|e| e.loss)
+                .collect::<Vec<_>>(),
+        )?,
+    )?;
 
-    // Stage 2: the MLP on frozen embeddings.
-    let frozen = model.valid();
+    // Stage 2 reads the images as they are: the embeddings of the centred views, once.
+    let frozen = build_model(config, Some(&simclr_run.last()), device)?;
     let identity = Augment {
         min_crop: 1.0,
         max_rotation_deg: 0.0,
@@ -166,82 +367,21 @@ pub fn train(
         .collect();
     let centre_refs: Vec<&Plane> = centre.iter().collect();
     let labels: Vec<bool> = chosen.iter().map(|&i| train_set[i].0.label).collect();
-    let train_emb = embed(&frozen, &centre_refs, config, device);
     let valid_refs: Vec<&Plane> = valid_set.iter().map(|(_, p)| p).collect();
-    let valid_emb = embed(&frozen, &valid_refs, config, device);
-    let train_emb = Tensor::<2>::from_data(train_emb.into_data(), &ad);
-
-    let class_w = class_weights(labels.iter().copied(), config.class_weighted_loss);
-    let mut head = model.head.clone();
-    let mut head_optim = AdamConfig::new()
-        .with_weight_decay(Some(WeightDecayConfig::new(ssl.mlp_l2)))
-        .init();
-    let (mut best_head, mut best_auc, mut best_epoch) = (head.valid(), None::<f64>, 0);
-    let mut epoch_loss = Vec::new();
-    let mut epoch_auc = Vec::new();
-    for epoch in 0..config.epochs {
-        let mut order: Vec<usize> = (0..labels.len()).collect();
-        order.shuffle(&mut rng);
-        let (mut sum, mut n) = (0.0, 0usize);
-        for batch in order.chunks(config.batch_size.max(2)) {
-            if batch.len() < 2 {
-                continue; // batch norm needs two rows
-            }
-            let idx: Vec<i64> = batch.iter().map(|&i| i as i64).collect();
-            let idx =
-                Tensor::<1, burn::tensor::Int>::from_data(TensorData::new(idx, [batch.len()]), &ad);
-            let x = train_emb.clone().select(0, idx);
-            let batch_labels: Vec<bool> = batch.iter().map(|&i| labels[i]).collect();
-            let loss = weighted_ce(head.forward(x), &batch_labels, class_w);
-            sum += loss.clone().into_scalar::<f32>() as f64;
-            n += 1;
-            let grads = GradientsParams::from_grads(loss.backward(), &head);
-            head = head_optim.step(config.lr, head, grads);
-        }
-        let probs = fracture_probabilities(head.valid().forward(valid_emb.clone()));
-        let auc = auc_of(&probs, &valid_set);
-        epoch_loss.push(sum / n.max(1) as f64);
-        epoch_auc.push(auc);
-        writeln!(
-            log,
-            "mlp,{},{},{},{:.6},",
-            epoch + 1,
-            n,
-            labels.len() * (epoch + 1),
-            sum / n.max(1) as f64
-        )?;
-        if auc.is_some() && (best_auc.is_none() || auc > best_auc) {
-            best_auc = auc;
-            best_epoch = epoch + 1;
-            best_head = head.valid();
-        }
-    }
-    let last = Classifier::ResnetSslMlp(ResnetSslMlp {
-        backbone: frozen.backbone.clone(),
-        projection: frozen.projection.clone(),
-        head: head.valid(),
-    });
-    save_checkpoint(&last, &run.last())?;
-    let best = Classifier::ResnetSslMlp(ResnetSslMlp {
-        backbone: frozen.backbone,
-        projection: frozen.projection,
-        head: best_head,
-    });
-    save_checkpoint(&best, &run.best())?;
-    std::fs::write(
-        run.0.join("ssl_loss.json"),
-        serde_json::to_string(&ssl_loss)?,
-    )?;
-    Ok(TrainSummary {
-        best_epoch,
-        best_valid_roc_auc: best_auc,
-        epoch_loss,
-        epoch_valid_roc_auc: epoch_auc,
-        images_per_second: images_seen as f64 / started.elapsed().as_secs_f64().max(1e-9),
-        load_failures: failures
-            .iter()
-            .map(|f| format!("{}: {}", f.id, f.message))
-            .collect(),
-        complete: true,
-    })
+    let ad = device.clone().autodiff();
+    let pretrained = simclr_run.last();
+    let task = MlpHead {
+        config,
+        pretrained: &pretrained,
+        train_emb: Tensor::<2>::from_data(
+            embed(&frozen, &centre_refs, config, device).into_data(),
+            &ad,
+        ),
+        valid_emb: embed(&frozen, &valid_refs, config, device),
+        class_w: class_weights(labels.iter().copied(), config.class_weighted_loss),
+        labels,
+        valid_set: &valid_set,
+    };
+    let stage2 = fit(&task, run, device, show_progress)?;
+    Ok(TrainSummary::of(&stage2, &failures))
 }

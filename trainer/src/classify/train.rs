@@ -1,31 +1,24 @@
-//! The classification training loop: AdamW, class-weighted cross-entropy, validation every
-//! epoch, the best epoch chosen on validation ROC-AUC, checkpoints and resume.
+//! Supervised classification as a task of the training driver ([`fit`]): AdamW,
+//! class-weighted cross-entropy, validation ROC-AUC every epoch (the best epoch's measure).
 //!
 //! Written by hand (forward, loss, backward, step) rather than with burn's `Learner`, which
 //! keeps burn-train and its terminal UI out of the build.
 
+use super::eval::{auc_of, predict};
 use crate::data::classify::{
-    batch_tensor, load_planes, load_planes_cached, Augment, Plane, Sample,
+    batch_tensor, load_planes, load_planes_cached, Augment, LoadFailure, Plane, Sample,
 };
 use crate::models::{Classifier, ModelKind};
-use crate::run::{
-    load_resume_point, progress_bar, save_checkpoint, save_resume_point, say, ResumeState, RunDir,
-    Session,
-};
+use crate::run::fit::{Fitted, Loss, Plan, Task};
+use crate::run::{fit, RunDir};
 use crate::weights::load_safetensors;
-use anyhow::Context as _;
-use burn::module::Module;
-use burn::optim::{AdamWConfig, GradientsParams};
-use burn::tensor::activation::{log_softmax, softmax};
+use burn::optim::{AdamWConfig, ModuleOptimizer};
+use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Tensor, TensorData};
-use fv_core::metrics::classification::{roc_auc, Scored};
-use fv_core::Probability;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 /// The self-supervised stage and the MLP's own settings.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -276,39 +269,6 @@ pub struct TrainSummary {
     pub complete: bool,
 }
 
-/// Where a run stands: written after every checkpoint, read on resume.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-struct RunState {
-    epochs_done: usize,
-    best_epoch: usize,
-    best_valid_roc_auc: Option<f64>,
-    epoch_loss: Vec<f64>,
-    epoch_valid_roc_auc: Vec<Option<f64>>,
-    /// Steps done in the epoch under way.
-    #[serde(default)]
-    step_in_epoch: usize,
-    /// Running loss of the epoch under way, so its mean survives a resume.
-    #[serde(default)]
-    partial_loss_sum: f64,
-    #[serde(default)]
-    partial_loss_n: usize,
-    /// Training images seen over the whole run.
-    #[serde(default)]
-    images_seen: usize,
-    /// The folder (under the run) with the weights and optimizer moments of this state.
-    #[serde(default)]
-    resume_dir: Option<String>,
-}
-
-impl ResumeState for RunState {
-    fn point_name(&self) -> String {
-        format!("resume-e{:03}-s{:06}", self.epochs_done, self.step_in_epoch)
-    }
-    fn set_resume_dir(&mut self, name: String) {
-        self.resume_dir = Some(name);
-    }
-}
-
 /// Builds a model for `config` on `device`, from `checkpoint` if given, otherwise from the
 /// pretrained weights with a fresh head.
 pub fn build_model(
@@ -336,36 +296,6 @@ pub fn build_model(
         }
         (None, None) => model,
     })
-}
-
-/// The probability of the `fractured` class (index 1) for each row of two-class logits.
-pub(crate) fn fracture_probabilities(logits: Tensor<2>) -> Vec<Probability> {
-    // An f32 tensor read as f32 cannot fail to convert.
-    let v: Vec<f32> = softmax(logits, 1)
-        .into_data()
-        .convert::<f32>()
-        .try_into_vec::<f32>()
-        .expect("f32 data");
-    v.chunks(2)
-        .map(|c| Probability::saturating(c[1] as f64))
-        .collect()
-}
-
-/// Probabilities of a fracture for `planes`, in order, on a non-autodiff device.
-pub fn predict(
-    model: &Classifier,
-    planes: &[&Plane],
-    config: &TrainConfig,
-    device: &Device,
-) -> Vec<Probability> {
-    let (mean, std) = config.model.mean_std();
-    let mut out = Vec::with_capacity(planes.len());
-    for chunk in planes.chunks(config.eval_batch_size.max(1)) {
-        out.extend(fracture_probabilities(
-            model.forward(batch_tensor(chunk, mean, std, device)),
-        ));
-    }
-    out
 }
 
 /// Per-class loss weights `[not fractured, fractured]`: inverse training frequency,
@@ -405,21 +335,167 @@ pub fn weighted_ce(logits: Tensor<2>, labels: &[bool], class_w: [f32; 2]) -> Ten
     (nll * w.clone()).sum() / w.sum()
 }
 
-/// ROC-AUC of `probs` against the labels of `samples`, in the same order.
-pub(crate) fn auc_of(probs: &[Probability], samples: &[(Sample, Plane)]) -> Option<f64> {
-    let scored: Vec<Scored> = probs
-        .iter()
-        .zip(samples)
-        .map(|(p, (s, _))| Scored {
-            score: *p,
-            positive: s.label,
-        })
-        .collect();
-    roc_auc(&scored)
+/// One finished epoch of a classification run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClassifyEpoch {
+    /// Epoch (1-based).
+    pub epoch: usize,
+    /// Mean training loss.
+    pub loss: f64,
+    /// Validation ROC-AUC (`None` without both classes).
+    pub valid_roc_auc: Option<f64>,
+    /// Training images per second.
+    pub images_per_second: f64,
 }
 
-/// Trains a classifier. Writes `config.json`, `train_log.csv`, `last.safetensors`,
-/// `best.safetensors` and `state.json` under `run`; resumes from `state.json` if present.
+impl TrainSummary {
+    /// The summary of a fitted run, with the images that could not be loaded.
+    pub(crate) fn of(fitted: &Fitted<ClassifyEpoch>, failures: &[LoadFailure]) -> Self {
+        let s = &fitted.state;
+        TrainSummary {
+            best_epoch: s.best_epoch,
+            best_valid_roc_auc: s.best_score,
+            epoch_loss: s.epochs.iter().map(|e| e.loss).collect(),
+            epoch_valid_roc_auc: s.epochs.iter().map(|e| e.valid_roc_auc).collect(),
+            images_per_second: fitted.images_per_second,
+            load_failures: failures
+                .iter()
+                .map(|f| format!("{}: {}", f.id, f.message))
+                .collect(),
+            complete: fitted.complete,
+        }
+    }
+}
+
+/// Supervised classification as a [`Task`] of the training driver.
+struct Classification<'a> {
+    config: &'a TrainConfig,
+    train_set: Vec<(Sample, Plane)>,
+    labels: Vec<bool>,
+    valid_set: Vec<(Sample, Plane)>,
+    class_w: [f32; 2],
+    device: &'a Device,
+}
+
+impl Task for Classification<'_> {
+    type Config = TrainConfig;
+    type Model = Classifier;
+    type Epoch = ClassifyEpoch;
+    const LOSS_PARTS: &'static [&'static str] = &["loss"];
+
+    fn config(&self) -> &TrainConfig {
+        self.config
+    }
+    fn resumable(c: &TrainConfig) -> TrainConfig {
+        TrainConfig {
+            epochs: 0,
+            checkpoint_minutes: 0.0,
+            session_step_limit: None,
+            ..c.clone()
+        }
+    }
+    fn plan(&self) -> Plan {
+        let c = self.config;
+        Plan {
+            epochs: c.epochs,
+            seed: c.seed,
+            checkpoint_minutes: c.checkpoint_minutes,
+            step_limit: c.session_step_limit,
+            log_every: c.log_every,
+        }
+    }
+    fn optimizer(&self) -> ModuleOptimizer {
+        let c = self.config;
+        AdamWConfig::new()
+            .with_epsilon(c.eps)
+            .with_beta_1(c.betas.0)
+            .with_beta_2(c.betas.1)
+            .with_weight_decay(c.weight_decay)
+            .init()
+    }
+    fn init(&self, ad: &Device) -> anyhow::Result<Classifier> {
+        build_model(self.config, None, ad)
+    }
+    fn blank(&self, ad: &Device) -> Classifier {
+        Classifier::new(self.config.model, 2, ad)
+    }
+    fn batches(&self, epoch: usize) -> Vec<Vec<usize>> {
+        let c = self.config;
+        epoch_order(c.sampling, &self.labels, c.seed, epoch)
+            .chunks(c.batch_size)
+            .map(<[usize]>::to_vec)
+            .collect()
+    }
+    fn lr(&self, global: usize, per_epoch: usize, total: usize) -> f64 {
+        self.config
+            .schedule
+            .lr(self.config.lr, global, per_epoch, total)
+    }
+    fn loss(
+        &self,
+        model: &Classifier,
+        _epoch: usize,
+        global: usize,
+        batch: &[usize],
+        ad: &Device,
+    ) -> anyhow::Result<Loss> {
+        let c = self.config;
+        // Augmentation and dropout draw from generators seeded by the step alone.
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(
+            c.seed ^ ((global as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+        );
+        ad.seed(c.seed.wrapping_add(global as u64 + 1));
+        let s = c.image_size as usize;
+        let views: Vec<Plane> = batch
+            .iter()
+            .map(|&i| c.augment.apply(&self.train_set[i].1, s, &mut rng))
+            .collect();
+        let refs: Vec<&Plane> = views.iter().collect();
+        let (mean, std) = c.model.mean_std();
+        let x = batch_tensor(&refs, mean, std, ad);
+        let labels: Vec<bool> = batch.iter().map(|&i| self.labels[i]).collect();
+        let value = weighted_ce(model.forward(x), &labels, self.class_w);
+        let v = value.clone().into_scalar::<f32>() as f64;
+        Ok(Loss {
+            value,
+            parts: vec![v],
+            extra: Vec::new(),
+            images: batch.len(),
+        })
+    }
+    fn validate(
+        &self,
+        model: &Classifier,
+        epoch: usize,
+        mean_loss: &[f64],
+        images_per_second: f64,
+    ) -> anyhow::Result<(ClassifyEpoch, Option<f64>)> {
+        let planes: Vec<&Plane> = self.valid_set.iter().map(|(_, p)| p).collect();
+        let probs = predict(model, &planes, self.config, self.device);
+        let auc = auc_of(&probs, &self.valid_set);
+        Ok((
+            ClassifyEpoch {
+                epoch: epoch + 1,
+                loss: mean_loss[0],
+                valid_roc_auc: auc,
+                images_per_second,
+            },
+            auc,
+        ))
+    }
+    fn describe(&self, e: &ClassifyEpoch) -> String {
+        format!(
+            "epoch {}: train loss {:.4}, valid ROC-AUC {}",
+            e.epoch,
+            e.loss,
+            e.valid_roc_auc.map_or("n/a".into(), |a| format!("{a:.4}"))
+        )
+    }
+}
+
+/// Trains a classifier through [`fit`]: `config.json`, `train_log.csv`, `last.safetensors`,
+/// `best.safetensors` (the best validation ROC-AUC) and `state.json` under `run`; resumes
+/// from `state.json` if present.
 pub fn train(
     config: &TrainConfig,
     train_samples: &[Sample],
@@ -428,231 +504,25 @@ pub fn train(
     device: &Device,
     show_progress: bool,
 ) -> anyhow::Result<TrainSummary> {
-    std::fs::create_dir_all(&run.0).with_context(|| format!("creating {}", run.0.display()))?;
-    let mut state: RunState = match std::fs::read_to_string(run.state()) {
-        Ok(text) => {
-            let saved: TrainConfig = serde_json::from_str(
-                &std::fs::read_to_string(run.config()).context("resuming: reading config.json")?,
-            )?;
-            // Only the epoch count and the checkpoint interval may change: resuming extends a run.
-            let same = |c: &TrainConfig| TrainConfig {
-                epochs: 0,
-                checkpoint_minutes: 0.0,
-                session_step_limit: None,
-                ..c.clone()
-            };
-            anyhow::ensure!(
-                same(&saved) == same(config),
-                "{} holds a run with another configuration; resume with the same flags or use a new --out",
-                run.0.display()
-            );
-            serde_json::from_str(&text).context("resuming: reading state.json")?
-        }
-        Err(_) => RunState::default(),
-    };
-    std::fs::write(run.config(), serde_json::to_string_pretty(config)?)?;
-
     // Cache larger than the input so random crops keep detail; decoded once per run into
     // RUN/cache/, so that a resumed run starts in seconds, not minutes.
-    let s = config.image_size as usize;
     let cache = config.augment.cache_size(config.image_size);
-    let cache_dir = run.0.join("cache");
-    let (train_set, mut failures) = load_planes_cached(train_samples, cache, &cache_dir);
+    let (train_set, mut failures) = load_planes_cached(train_samples, cache, &run.0.join("cache"));
     let (valid_set, valid_failures) = load_planes(valid_samples, config.image_size);
     failures.extend(valid_failures);
     for f in &failures {
         tracing::warn!("skipped {}: {}", f.id, f.message);
     }
     anyhow::ensure!(!train_set.is_empty(), "no training image could be loaded");
-
-    let ad = device.clone().autodiff();
-    let mut optim = AdamWConfig::new()
-        .with_epsilon(config.eps)
-        .with_beta_1(config.betas.0)
-        .with_beta_2(config.betas.1)
-        .with_weight_decay(config.weight_decay)
-        .init();
-    let mut model = match state.resume_dir.as_ref().map(|d| run.0.join(d)) {
-        Some(dir) => {
-            let (model, loaded) =
-                load_resume_point(&dir, Classifier::new(config.model, 2, &ad), optim)?;
-            optim = loaded;
-            tracing::info!(
-                "resuming at epoch {} step {} from {}",
-                state.epochs_done + 1,
-                state.step_in_epoch,
-                dir.display()
-            );
-            model
-        }
-        // Runs from before resume checkpoints: weights only, optimizer moments afresh.
-        None if state.epochs_done > 0 => build_model(config, Some(&run.last()), &ad)?,
-        None => {
-            device.seed(config.seed);
-            build_model(config, None, &ad)?
-        }
-    };
-
     let labels: Vec<bool> = train_set.iter().map(|(s, _)| s.label).collect();
-    let class_w = class_weights(labels.iter().copied(), config.class_weighted_loss);
-
-    let new_log = !run.log().exists();
-    let mut log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(run.log())?;
-    if new_log {
-        writeln!(log, "epoch,step,images,loss,images_per_second")?;
-    }
-
-    let steps_per_epoch = epoch_order(config.sampling, &labels, config.seed, 0)
-        .len()
-        .div_ceil(config.batch_size);
-    let total = steps_per_epoch * config.epochs;
-    let bar = progress_bar(total as u64, show_progress);
-    bar.set_position((steps_per_epoch * state.epochs_done + state.step_in_epoch) as u64);
-
-    let started = Instant::now();
-    let mut session = Session::new(config.checkpoint_minutes, config.session_step_limit);
-    let mut images_this_session = 0usize;
-    let mut stopped = false;
-    let valid_planes: Vec<&Plane> = valid_set.iter().map(|(_, p)| p).collect();
-    let (mean, std) = config.model.mean_std();
-    for epoch in state.epochs_done..config.epochs {
-        bar.set_prefix(format!("{}/{}", epoch + 1, config.epochs));
-        let order = epoch_order(config.sampling, &labels, config.seed, epoch);
-        let mut window = Vec::new();
-        let epoch_start = Instant::now();
-        let mut epoch_images = 0usize;
-        for (step, batch) in order
-            .chunks(config.batch_size)
-            .enumerate()
-            .skip(state.step_in_epoch)
-        {
-            let global = epoch * steps_per_epoch + step;
-            // Augmentation and dropout draw from generators seeded by the step alone, so
-            // that a resumed run repeats exactly what an uninterrupted one does.
-            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(
-                config.seed ^ ((global as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)),
-            );
-            ad.seed(config.seed.wrapping_add(global as u64 + 1));
-            let views: Vec<Plane> = batch
-                .iter()
-                .map(|&i| config.augment.apply(&train_set[i].1, s, &mut rng))
-                .collect();
-            let refs: Vec<&Plane> = views.iter().collect();
-            let b = batch.len();
-            let x = batch_tensor(&refs, mean, std, &ad);
-            let batch_labels: Vec<bool> = batch.iter().map(|&i| labels[i]).collect();
-            let loss = weighted_ce(model.forward(x), &batch_labels, class_w);
-            let loss_value: f64 = loss.clone().into_scalar::<f32>() as f64;
-            anyhow::ensure!(
-                loss_value.is_finite(),
-                "the loss became {loss_value} at epoch {} step {}; lower --lr",
-                epoch + 1,
-                step + 1
-            );
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
-            let lr = config
-                .schedule
-                .lr(config.lr, global, steps_per_epoch, total);
-            model = optim.step(lr, model, grads);
-
-            state.partial_loss_sum += loss_value;
-            state.partial_loss_n += 1;
-            state.images_seen += b;
-            state.step_in_epoch = step + 1;
-            images_this_session += b;
-            epoch_images += b;
-            window.push(loss_value);
-            let ips = epoch_images as f64 / epoch_start.elapsed().as_secs_f64().max(1e-9);
-            if (step + 1) % config.log_every.max(1) == 0 || step + 1 == steps_per_epoch {
-                let mean_loss = window.iter().sum::<f64>() / window.len() as f64;
-                writeln!(
-                    log,
-                    "{},{},{},{:.6},{:.2}",
-                    epoch + 1,
-                    step + 1,
-                    state.images_seen,
-                    mean_loss,
-                    ips
-                )?;
-                window.clear();
-            }
-            bar.set_message(format!(
-                "loss {:.4}  {:.1} img/s  lr {lr:.2e}",
-                state.partial_loss_sum / state.partial_loss_n as f64,
-                ips
-            ));
-            bar.inc(1);
-            let next = session.after_step(step + 1 == steps_per_epoch);
-            if next.save {
-                log.flush()?;
-                // `valid()` folds in the batch-norm statistics of the last step, which a
-                // running state keeps apart until it is read.
-                save_resume_point(&run.0, &model.valid(), &optim, &mut state)?;
-                session.saved();
-            }
-            if next.stop {
-                stopped = true;
-                break;
-            }
-        }
-        if stopped {
-            say(&bar, Session::stopped_in_epoch(epoch, state.step_in_epoch));
-            break;
-        }
-        log.flush()?;
-
-        let eval_model = model.valid();
-        let probs = predict(&eval_model, &valid_planes, config, device);
-        let auc = auc_of(&probs, &valid_set);
-        let epoch_loss = state.partial_loss_sum / state.partial_loss_n.max(1) as f64;
-        state.epoch_loss.push(epoch_loss);
-        state.epoch_valid_roc_auc.push(auc);
-        say(
-            &bar,
-            format!(
-                "epoch {}: train loss {:.4}, valid ROC-AUC {}",
-                epoch + 1,
-                epoch_loss,
-                auc.map_or("n/a".into(), |a| format!("{a:.4}"))
-            ),
-        );
-        save_checkpoint(&eval_model, &run.last())?;
-        let better = match (auc, state.best_valid_roc_auc) {
-            (Some(a), Some(b)) => a > b,
-            (Some(_), None) => true,
-            (None, _) => state.best_epoch == 0,
-        };
-        if better {
-            state.best_epoch = epoch + 1;
-            state.best_valid_roc_auc = auc;
-            save_checkpoint(&eval_model, &run.best())?;
-        }
-        state.epochs_done = epoch + 1;
-        state.step_in_epoch = 0;
-        state.partial_loss_sum = 0.0;
-        state.partial_loss_n = 0;
-        save_resume_point(&run.0, &eval_model, &optim, &mut state)?;
-        session.saved();
-        if session.stops_after_epoch(epoch, config.epochs) {
-            stopped = true;
-            say(&bar, Session::stopped_after_epoch(epoch));
-            break;
-        }
-    }
-    bar.finish_and_clear();
-    Ok(TrainSummary {
-        best_epoch: state.best_epoch,
-        best_valid_roc_auc: state.best_valid_roc_auc,
-        epoch_loss: state.epoch_loss,
-        epoch_valid_roc_auc: state.epoch_valid_roc_auc,
-        images_per_second: images_this_session as f64 / started.elapsed().as_secs_f64().max(1e-9),
-        load_failures: failures
-            .iter()
-            .map(|f| format!("{}: {}", f.id, f.message))
-            .collect(),
-        complete: !stopped,
-    })
+    let task = Classification {
+        config,
+        class_w: class_weights(labels.iter().copied(), config.class_weighted_loss),
+        labels,
+        train_set,
+        valid_set,
+        device,
+    };
+    let fitted = fit(&task, run, device, show_progress)?;
+    Ok(TrainSummary::of(&fitted, &failures))
 }

@@ -1,11 +1,15 @@
 //! What every training run shares, classifier or detector: its folder, resumable
 //! checkpoints (weights, optimizer moments, the progress record that names them), the
-//! PyTorch-layout checkpoint files, the progress bar and the commit it was made from.
+//! PyTorch-layout checkpoint files, the progress bar and the commit it was made from; and
+//! [`fit`], the training loop every task goes through.
+
+pub mod fit;
+pub use fit::fit;
 
 use anyhow::Context as _;
 use burn::module::Module;
 use burn::store::{BurnToPyTorchAdapter, BurnpackStore, ModuleSnapshot, SafetensorsStore};
-use fv_core::manifest::Task;
+use fv_core::manifest::Task as ManifestTask;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
@@ -261,35 +265,25 @@ pub fn git_commit() -> String {
 }
 
 /// What a run folder trains, as recorded in `RUN/task` when the run starts (fv-core's
-/// manifest [`Task`], in its spelling), so that `eval` and `export` never have to guess from
-/// the shape of `config.json`. Runs made before the record existed have none: a detector's
-/// `config.json` parses as a [`crate::detect::DetectConfig`], a classifier's never does.
-pub fn task_of(run: &Path) -> anyhow::Result<Task> {
+/// manifest [`ManifestTask`], in its spelling), so that `eval` and `export` never guess it.
+pub fn task_of(run: &Path) -> anyhow::Result<ManifestTask> {
     let path = run.join("task");
-    match std::fs::read_to_string(&path) {
-        Ok(text) => text
-            .trim()
-            .parse()
-            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let config = run.join("config.json");
-            let text = std::fs::read_to_string(&config).with_context(|| {
-                format!(
-                    "{}: cannot read; pass a run folder made by fv-train classify or detect",
-                    config.display()
-                )
-            })?;
-            let detect = serde_json::from_str::<crate::detect::DetectConfig>(&text).is_ok();
-            Ok(if detect { Task::Detect } else { Task::Classify })
-        }
-        Err(e) => Err(e).with_context(|| format!("{}: cannot read", path.display())),
-    }
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "{}: cannot read; pass a run folder made by fv-train classify or detect (a run made \
+             before the task was recorded: write `classify` or `detect` into that file)",
+            path.display()
+        )
+    })?;
+    text.trim()
+        .parse()
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
 /// Records, when a run starts, what it trains, the exact command (`command`: the arguments
 /// that train it, also when `carry resume` runs them) and the commit: the manifest's
 /// provenance, [`task_of`] and `carry` read them back.
-pub fn record_start(run: &Path, task: Task, command: &[String]) -> anyhow::Result<()> {
+pub fn record_start(run: &Path, task: ManifestTask, command: &[String]) -> anyhow::Result<()> {
     std::fs::create_dir_all(run).with_context(|| format!("{}: cannot create", run.display()))?;
     for (name, text) in [
         ("task", task.to_string()),
@@ -310,37 +304,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_run_says_its_task_and_older_runs_are_told_by_their_config() {
+    fn a_run_says_its_task_and_a_run_without_the_record_is_refused_with_the_fix() {
         let tmp = tempfile::tempdir().unwrap();
         let det = tmp.path().join("det");
         let command = ["fv-train", "detect", "--out", "det"].map(String::from);
-        record_start(&det, Task::Detect, &command).unwrap();
+        record_start(&det, ManifestTask::Detect, &command).unwrap();
         let recorded: Vec<String> =
             serde_json::from_str(&std::fs::read_to_string(det.join("command.json")).unwrap())
                 .unwrap();
         assert_eq!(recorded, command);
-        assert_eq!(task_of(&det).unwrap(), Task::Detect);
+        assert_eq!(task_of(&det).unwrap(), ManifestTask::Detect);
         assert!(det.join("command.txt").is_file() && det.join("git_commit.txt").is_file());
-        // Before `task` was recorded: a detector's config parses as one, a classifier's not.
         let old = tmp.path().join("old");
         std::fs::create_dir_all(&old).unwrap();
-        let config = crate::detect::DetectConfig::study(crate::detect::DetectorKind::Yolov8Effl0);
-        std::fs::write(
-            old.join("config.json"),
-            serde_json::to_string(&config).unwrap(),
-        )
-        .unwrap();
-        assert_eq!(task_of(&old).unwrap(), Task::Detect);
-        std::fs::write(
-            old.join("config.json"),
-            "{\"model\": \"efficientnet-lite0\"}",
-        )
-        .unwrap();
-        assert_eq!(task_of(&old).unwrap(), Task::Classify);
+        let e = format!("{:#}", task_of(&old).unwrap_err());
+        assert!(e.contains("write `classify` or `detect`"), "{e}");
         std::fs::write(old.join("task"), "segment\n").unwrap();
         let e = task_of(&old).unwrap_err().to_string();
         assert!(e.contains("segment"), "{e}");
-        assert!(task_of(&tmp.path().join("none")).is_err());
     }
 
     #[test]
