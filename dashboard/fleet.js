@@ -1,13 +1,13 @@
 // The fleet's state, built from MQTT messages. No DOM and no MQTT here, so that node's test
 // runner checks it (tests/fleet.test.mjs) and the page only draws it.
 //
-// Topics (see fv-edge's edge/src/mqtt.rs): PREFIX/SITE/DEVICE/{status,heartbeat,result}.
-//   status    retained, {state: online|offline, reason, version, models, ts}; the last will
-//             says offline, so a unit that drops off the network turns offline on its own
-//   heartbeat {uptime_s, interval_s, outbox_depth, dropped, oversized, processed, failed,
-//              not_applicable, last_error, publisher, models, ts}
-//   result    fractuvision.result/1 (core/schemas/result.schema.json), QoS 1: delivered at
-//             least once, so the same id can arrive twice and is counted once
+// Topics and messages: fv-core's `wire` module, whose types generate the schemas this
+// reads: PREFIX/SITE/DEVICE/{status,heartbeat,result}.
+//   status    core/schemas/status.schema.json, retained; the last will says offline, so a
+//             unit that drops off the network turns offline on its own
+//   heartbeat core/schemas/heartbeat.schema.json
+//   result    core/schemas/result.schema.json, QoS 1: delivered at least once, so the same
+//             id can arrive twice and is counted once
 //
 // Served by fv-fleet, the page first loads the fleet's history from its API (loadHistory);
 // live messages then add to it, a result already in the history counted once by its id.

@@ -37,5 +37,6 @@ pub mod reading;
 pub mod result;
 pub mod scope;
 pub mod types;
+pub mod wire;
 
 pub use types::{BoxXyxy, Detection, Probability};

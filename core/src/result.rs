@@ -210,21 +210,6 @@ impl Finding {
     }
 }
 
-/// The JSON Schemas committed under `core/schemas/`, generated from these types.
-pub fn schemas() -> [(&'static str, serde_json::Value); 2] {
-    let to_value = |s: schemars::Schema| serde_json::to_value(s).expect("a schema is JSON");
-    [
-        (
-            "result.schema.json",
-            to_value(schemars::schema_for!(ResultMessage)),
-        ),
-        (
-            "manifest.schema.json",
-            to_value(schemars::schema_for!(crate::manifest::Manifest)),
-        ),
-    ]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,7 +1,7 @@
 //! The committed JSON Schemas (`core/schemas/`) are the ones the Rust types generate, and the
 //! committed model manifests validate against theirs. `FV_BLESS=1` rewrites the schema files.
 
-use fv_core::result::schemas;
+use fv_core::wire::schemas;
 use std::path::{Path, PathBuf};
 
 fn schema_dir() -> PathBuf {
@@ -88,4 +88,51 @@ fn result_schema_accepts_results_and_refuses_identifiers() {
     let mut bad = ok;
     bad["finding"] = serde_json::json!("maybe");
     assert!(!validator.is_valid(&bad));
+}
+
+/// What fv-edge publishes validates against the committed schemas, and what fv-fleet reads
+/// back is what was published.
+#[test]
+fn status_and_heartbeat_as_built_validate_and_read_back() {
+    use fv_core::wire::{HeartbeatMessage, StatusMessage, UnitState};
+    let status = StatusMessage {
+        state: UnitState::Offline,
+        reason: Some("shutdown".into()),
+        site: "clinic-a".into(),
+        device: "unit-1".into(),
+        version: "0.1.0".into(),
+        models: Vec::new(),
+        heartbeat_s: 30,
+        ts: "2026-12-06T10:00:00Z".into(),
+    };
+    let heartbeat = HeartbeatMessage {
+        uptime_s: 61,
+        interval_s: 30,
+        outbox_depth: 2,
+        processed: 5,
+        failed: 1,
+        not_applicable: 1,
+        pacs_outbox_depth: Some(0),
+        ts: "2026-12-06T10:00:01Z".into(),
+        ..HeartbeatMessage::default()
+    };
+    for (file, v) in [
+        ("status.schema.json", serde_json::to_value(&status).unwrap()),
+        (
+            "heartbeat.schema.json",
+            serde_json::to_value(&heartbeat).unwrap(),
+        ),
+    ] {
+        let validator = jsonschema::validator_for(&committed(file)).unwrap();
+        let errors: Vec<String> = validator.iter_errors(&v).map(|e| e.to_string()).collect();
+        assert!(errors.is_empty(), "{file}: {errors:?}");
+        // A required field under another name is refused by the schema.
+        let mut renamed = v.clone();
+        let ts = renamed.as_object_mut().unwrap().remove("ts").unwrap();
+        renamed["timestamp"] = ts;
+        assert!(!validator.is_valid(&renamed), "{file}");
+    }
+    let back: HeartbeatMessage =
+        serde_json::from_value(serde_json::to_value(&heartbeat).unwrap()).unwrap();
+    assert_eq!(back, heartbeat);
 }

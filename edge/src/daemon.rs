@@ -8,11 +8,12 @@
 
 use crate::config::DaemonSettings;
 use crate::input::{file_name, load_file};
-use crate::mqtt::{Publisher, Stats, Topics};
+use crate::mqtt::{Publisher, Stats};
 use crate::outbox::{Outbox, SharedOutbox};
 use crate::pipeline::{file_source, fleet_name, Pipeline, PipelineConfig};
 use anyhow::Context as _;
 use fv_core::imaging::DecodeOptions;
+use fv_core::wire::{Topics, TOPIC_PREFIX};
 use fv_runtime::models::load_dir;
 use notify::Watcher as _;
 use std::collections::HashMap;
@@ -347,7 +348,7 @@ pub fn run(settings: DaemonSettings) -> anyhow::Result<()> {
                 credentials: m.credentials,
                 ca_file: m.ca_file,
                 heartbeat: m.heartbeat,
-                topics: Topics::new(&site, &device),
+                topics: Topics::new(TOPIC_PREFIX, &site, &device),
                 outbox: outbox.clone().expect("an outbox with a broker"),
                 max_packet_bytes: m.max_packet_bytes,
                 models: refs,

@@ -18,7 +18,7 @@ pub struct DashboardSettings {
     pub listen: Option<String>,
     /// The broker's WebSockets URL the page connects to, e.g. `ws://broker:9001`.
     pub broker: Option<String>,
-    /// Topic prefix (default [`crate::mqtt::TOPIC_PREFIX`]).
+    /// Topic prefix (default [`fv_core::wire::TOPIC_PREFIX`]).
     pub prefix: Option<String>,
 }
 
@@ -59,7 +59,7 @@ pub fn serve(settings: &DashboardSettings) -> anyhow::Result<Server> {
             "prefix": settings
                 .prefix
                 .as_deref()
-                .unwrap_or(crate::mqtt::TOPIC_PREFIX),
+                .unwrap_or(fv_core::wire::TOPIC_PREFIX),
         })
         .to_string()
     });

@@ -105,7 +105,7 @@ enum Command {
         #[arg(long, value_name = "URL")]
         broker: Option<String>,
         /// Topic prefix.
-        #[arg(long, default_value = fv_edge::mqtt::TOPIC_PREFIX)]
+        #[arg(long, default_value = fv_core::wire::TOPIC_PREFIX)]
         prefix: String,
     },
 }

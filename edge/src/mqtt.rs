@@ -17,6 +17,7 @@
 use crate::outbox::{Entry, SharedOutbox};
 use anyhow::Context as _;
 use fv_core::result::ModelRef;
+use fv_core::wire::{HeartbeatMessage, StatusMessage, Topics, UnitState};
 use rumqttc::{
     Client, ConnectionError, Event, LastWill, MqttOptions, Outgoing, Packet, QoS, TlsConfiguration,
     Transport,
@@ -52,32 +53,6 @@ pub struct Stats {
     pub pacs_stalled: Option<String>,
     /// Why the DICOM node refuses objects right now (too little disk).
     pub dicom_refusing: Option<String>,
-}
-
-/// The first levels of every topic: the product and the version of the message schema.
-pub const TOPIC_PREFIX: &str = "fractuvision/v1";
-
-/// `{TOPIC_PREFIX}/{site}/{device}/…`.
-#[derive(Clone, Debug)]
-pub struct Topics {
-    /// Results, QoS 1.
-    pub result: String,
-    /// Retained online/offline.
-    pub status: String,
-    /// Health.
-    pub heartbeat: String,
-}
-
-impl Topics {
-    /// The topics of one device.
-    pub fn new(site: &str, device: &str) -> Self {
-        let base = format!("{TOPIC_PREFIX}/{site}/{device}");
-        Topics {
-            result: format!("{base}/result"),
-            status: format!("{base}/status"),
-            heartbeat: format!("{base}/heartbeat"),
-        }
-    }
 }
 
 /// What the publisher needs.
@@ -177,17 +152,17 @@ impl Backoff {
 }
 
 impl Publisher {
-    fn status(&self, state: &str, reason: Option<&str>) -> Vec<u8> {
-        serde_json::to_vec(&serde_json::json!({
-            "state": state,
-            "reason": reason,
-            "site": self.site,
-            "device": self.client_id,
-            "version": env!("CARGO_PKG_VERSION"),
-            "models": self.models,
-            "heartbeat_s": self.heartbeat.as_secs(),
-            "ts": crate::pipeline::now_rfc3339(),
-        }))
+    fn status(&self, state: UnitState, reason: Option<&str>) -> Vec<u8> {
+        serde_json::to_vec(&StatusMessage {
+            state,
+            reason: reason.map(str::to_owned),
+            site: self.site.clone(),
+            device: self.client_id.clone(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            models: self.models.clone(),
+            heartbeat_s: self.heartbeat.as_secs(),
+            ts: crate::pipeline::now_rfc3339(),
+        })
         .expect("status is JSON")
     }
 
@@ -202,7 +177,7 @@ impl Publisher {
         o.set_max_packet_size(1 << 20, self.max_packet_bytes);
         o.set_last_will(LastWill::new(
             &self.topics.status,
-            self.status("offline", Some("connection lost")),
+            self.status(UnitState::Offline, Some("connection lost")),
             QoS::AtLeastOnce,
             true,
         ));
@@ -393,7 +368,7 @@ impl Publisher {
                         &self.topics.status,
                         QoS::AtLeastOnce,
                         true,
-                        self.status("offline", Some("shutdown")),
+                        self.status(UnitState::Offline, Some("shutdown")),
                     )
                     .is_ok()
                 {
@@ -454,7 +429,7 @@ impl Publisher {
                             &self.topics.status,
                             QoS::AtLeastOnce,
                             true,
-                            self.status("online", None),
+                            self.status(UnitState::Online, None),
                         )
                         .is_ok()
                     {
@@ -567,25 +542,24 @@ impl Publisher {
             let o = self.outbox.lock().expect("outbox lock");
             (o.depth(), o.dropped())
         };
-        serde_json::json!({
-            "uptime_s": started.elapsed().as_secs(),
-            // Lets a dashboard judge staleness without knowing our config.
-            "interval_s": self.heartbeat.as_secs(),
-            "outbox_depth": depth,
-            "dropped": dropped,
-            "oversized": stats.oversized,
-            "processed": stats.processed,
-            "failed": stats.failed,
-            "not_applicable": stats.not_applicable,
-            "last_error": stats.last_error,
-            "publisher": stats.publisher_stalled,
-            "pacs_outbox_depth": stats.pacs_outbox_depth,
-            "pacs_sent": stats.pacs_sent,
-            "pacs": stats.pacs_stalled,
-            "dicom": stats.dicom_refusing,
-            "models": self.models,
-            "ts": crate::pipeline::now_rfc3339(),
+        serde_json::to_string(&HeartbeatMessage {
+            uptime_s: started.elapsed().as_secs(),
+            interval_s: self.heartbeat.as_secs(),
+            outbox_depth: depth as u64,
+            dropped,
+            oversized: stats.oversized,
+            processed: stats.processed,
+            failed: stats.failed,
+            not_applicable: stats.not_applicable,
+            last_error: stats.last_error,
+            publisher: stats.publisher_stalled,
+            pacs_outbox_depth: stats.pacs_outbox_depth.map(|d| d as u64),
+            pacs_sent: stats.pacs_sent,
+            pacs: stats.pacs_stalled,
+            dicom: stats.dicom_refusing,
+            models: self.models.clone(),
+            ts: crate::pipeline::now_rfc3339(),
         })
-        .to_string()
+        .expect("a heartbeat is JSON")
     }
 }

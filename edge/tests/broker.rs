@@ -84,6 +84,7 @@ fn results_arrive_validate_and_shutdown_is_clean() {
     assert_eq!(local, sub.result_ids());
 
     let hb = &sub.on("/heartbeat")[0].json;
+    assert_valid_as("heartbeat", hb);
     for k in [
         "uptime_s",
         "outbox_depth",
@@ -100,6 +101,9 @@ fn results_arrive_validate_and_shutdown_is_clean() {
     assert!(status.success(), "SIGTERM must exit 0: {status:?}");
     let statuses = sub.on("/status");
     assert_eq!(statuses.first().unwrap().json["state"], "online");
+    for m in &statuses {
+        assert_valid_as("status", &m.json);
+    }
     wait_until("the offline status", T, || {
         sub.on("/status")
             .last()

@@ -8,6 +8,10 @@ use crate::settings::{Settings, Zones};
 use crate::store::{
     now_ms, FindingKey, HeartbeatRow, Record, RejectedRow, ResultRow, StatusRow, Store, UnitState,
 };
+use fv_core::result::RESULT_SCHEMA;
+use fv_core::wire::{
+    self, filters, parse_topic, HeartbeatMessage, Kind, ResultMessage, StatusMessage,
+};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
 use serde::Deserialize;
 use std::time::Duration;
@@ -59,100 +63,9 @@ fn key_field<'a>(what: &str, v: &'a str) -> Result<&'a str, String> {
     }
 }
 
-/// The message kinds a unit publishes under `PREFIX/SITE/DEVICE/`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
-    Result,
-    Status,
-    Heartbeat,
-}
-
-impl Kind {
-    pub const ALL: [Kind; 3] = [Kind::Result, Kind::Status, Kind::Heartbeat];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Result => "result",
-            Kind::Status => "status",
-            Kind::Heartbeat => "heartbeat",
-        }
-    }
-}
-
-/// The topic filters the ingester subscribes to; in a shared subscription's group, each
-/// message goes to one ingester of the group.
-pub fn filters(prefix: &str, share_group: Option<&str>) -> Vec<String> {
-    let share = share_group
-        .map(|g| format!("$share/{g}/"))
-        .unwrap_or_default();
-    Kind::ALL
-        .iter()
-        .map(|k| format!("{share}{prefix}/+/+/{}", k.as_str()))
-        .collect()
-}
-
-/// `(site, device, kind)` of a unit's topic, or None for anything else.
-pub fn parse_topic<'a>(prefix: &str, topic: &'a str) -> Option<(&'a str, &'a str, Kind)> {
-    let rest = topic.strip_prefix(prefix)?.strip_prefix('/')?;
-    let mut parts = rest.split('/');
-    let (site, device, kind) = (parts.next()?, parts.next()?, parts.next()?);
-    if parts.next().is_some() || site.is_empty() || device.is_empty() {
-        return None;
-    }
-    let kind = Kind::ALL.into_iter().find(|k| k.as_str() == kind)?;
-    Some((site, device, kind))
-}
-
-#[derive(Deserialize)]
-struct IncomingResult {
-    id: String,
-    #[serde(default)]
-    site: Option<String>,
-    #[serde(default)]
-    device: Option<String>,
-    processed_at: String,
-    #[serde(default)]
-    finding: Option<fv_core::result::Finding>,
-    #[serde(default)]
-    fracture_probability: Option<f64>,
-    #[serde(default)]
-    boxes: Vec<serde::de::IgnoredAny>,
-    #[serde(default)]
-    error: Option<IncomingError>,
-}
-
-#[derive(Deserialize)]
-struct IncomingError {
-    code: String,
-}
-
-#[derive(Deserialize)]
-struct IncomingStatus {
-    state: String,
-    #[serde(default)]
-    reason: Option<String>,
-    #[serde(default)]
-    version: Option<String>,
-    #[serde(default)]
-    models: Option<serde_json::Value>,
-    ts: String,
-}
-
-#[derive(Deserialize)]
-struct IncomingHeartbeat {
-    ts: String,
-    #[serde(default)]
-    interval_s: Option<i64>,
-    #[serde(default)]
-    outbox_depth: Option<i64>,
-    #[serde(default)]
-    pacs_outbox_depth: Option<i64>,
-    #[serde(default)]
-    processed: Option<i64>,
-    #[serde(default)]
-    failed: Option<i64>,
-    #[serde(default)]
-    models: Option<serde_json::Value>,
+/// A count as the database's signed integer.
+fn saturating_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
 }
 
 /// Which units may write into the fleet's history: every unit (auto-enrolment), or those a
@@ -265,17 +178,23 @@ pub fn record(rules: &Rules, topic: &str, payload: &[u8], received_ms: i64) -> R
                 Err(e) => return reject(format!("result is not JSON: {e}")),
             };
             // Read from the parsed value by reference: no second parse, no copy.
-            let r = match IncomingResult::deserialize(&message) {
+            let r = match ResultMessage::deserialize(&message) {
                 Ok(r) => r,
-                Err(e) => return reject(format!("not a fractuvision.result/1 message: {e}")),
+                Err(e) => return reject(format!("not a {RESULT_SCHEMA} message: {e}")),
             };
+            if r.schema != RESULT_SCHEMA {
+                return reject(format!(
+                    "schema `{}`, not {RESULT_SCHEMA}",
+                    storable(&r.schema, 40)
+                ));
+            }
             if let Err(why) = key_field("id", &r.id) {
                 return reject(why);
             }
             for (what, said, topic_says) in
                 [("site", &r.site, &site), ("device", &r.device, &device)]
             {
-                if let Some(said) = said.as_deref().filter(|s| s != topic_says) {
+                if said != topic_says {
                     return reject(format!(
                         "published under {what} `{topic_says}` but its {what} is `{}`",
                         storable(said, 40)
@@ -307,7 +226,7 @@ pub fn record(rules: &Rules, topic: &str, payload: &[u8], received_ms: i64) -> R
                 device,
                 processed_ms: processed.as_millisecond(),
                 finding,
-                probability: r.fracture_probability.filter(|p| p.is_finite()),
+                probability: r.fracture_probability.map(|p| p.get()),
                 boxes: r.boxes.len() as i64,
                 error: r.error.map(|e| storable(&e.code, MAX_FIELD_CHARS)),
                 received_ms,
@@ -315,7 +234,7 @@ pub fn record(rules: &Rules, topic: &str, payload: &[u8], received_ms: i64) -> R
                 message: message.to_string(),
             })
         }
-        Kind::Status => match serde_json::from_slice::<IncomingStatus>(payload) {
+        Kind::Status => match serde_json::from_slice::<StatusMessage>(payload) {
             Ok(s) => {
                 if let Err(why) = key_field("ts", &s.ts) {
                     return reject(format!("status: {why}"));
@@ -324,20 +243,19 @@ pub fn record(rules: &Rules, topic: &str, payload: &[u8], received_ms: i64) -> R
                     site,
                     device,
                     ts: s.ts,
-                    state: if s.state == "online" {
-                        UnitState::Online
-                    } else {
-                        UnitState::Offline
+                    state: match s.state {
+                        wire::UnitState::Online => UnitState::Online,
+                        wire::UnitState::Offline => UnitState::Offline,
                     },
                     reason: s.reason.map(|r| storable(&r, 1024)),
-                    version: s.version.map(|v| storable(&v, MAX_FIELD_CHARS)),
-                    models: s.models.map(|m| m.to_string()),
+                    version: Some(storable(&s.version, MAX_FIELD_CHARS)),
+                    models: Some(serde_json::to_string(&s.models).expect("models are JSON")),
                     received_ms,
                 })
             }
             Err(e) => reject(format!("status: {e}")),
         },
-        Kind::Heartbeat => match serde_json::from_slice::<IncomingHeartbeat>(payload) {
+        Kind::Heartbeat => match serde_json::from_slice::<HeartbeatMessage>(payload) {
             Ok(h) => {
                 if let Err(why) = key_field("ts", &h.ts) {
                     return reject(format!("heartbeat: {why}"));
@@ -347,12 +265,12 @@ pub fn record(rules: &Rules, topic: &str, payload: &[u8], received_ms: i64) -> R
                     device,
                     ts: h.ts,
                     received_ms,
-                    interval_s: h.interval_s,
-                    outbox_depth: h.outbox_depth,
-                    pacs_outbox_depth: h.pacs_outbox_depth,
-                    processed: h.processed,
-                    failed: h.failed,
-                    models: h.models.map(|m| m.to_string()),
+                    interval_s: Some(saturating_i64(h.interval_s)),
+                    outbox_depth: Some(saturating_i64(h.outbox_depth)),
+                    pacs_outbox_depth: h.pacs_outbox_depth.map(saturating_i64),
+                    processed: Some(saturating_i64(h.processed)),
+                    failed: Some(saturating_i64(h.failed)),
+                    models: Some(serde_json::to_string(&h.models).expect("models are JSON")),
                 })
             }
             Err(e) => reject(format!("heartbeat: {e}")),
@@ -574,21 +492,18 @@ pub async fn run(store: Store, settings: Settings, mut shutdown: watch::Receiver
 mod tests {
     use super::*;
 
-    #[test]
-    fn topics() {
-        let p = "fractuvision/v1";
-        assert_eq!(
-            parse_topic(p, "fractuvision/v1/clinic-a/unit-1/result"),
-            Some(("clinic-a", "unit-1", Kind::Result))
-        );
-        assert_eq!(parse_topic(p, "fractuvision/v1/a/b/other"), None);
-        assert_eq!(parse_topic(p, "fractuvision/v1/a/b/result/x"), None);
-        assert_eq!(parse_topic(p, "fractuvision/v2/a/b/result"), None);
-        assert_eq!(filters(p, None)[0], "fractuvision/v1/+/+/result");
-        assert_eq!(
-            filters(p, Some("fleet"))[2],
-            "$share/fleet/fractuvision/v1/+/+/heartbeat"
-        );
+    /// A complete result message with `changes` applied on top.
+    fn result(changes: serde_json::Value) -> Vec<u8> {
+        let mut m = serde_json::json!({"schema": "fractuvision.result/1", "id": "r",
+            "site": "a", "device": "b", "source": {"kind": "file", "name": "SMITH_JOHN.jpg"},
+            "study": null, "captured_at": null, "processed_at": "2026-12-04T20:00:00Z",
+            "models": [], "boxes": [],
+            "timing_ms": {"decode": 1.0, "preprocess": 1.0, "classify": 1.0, "detect": null,
+                "total": 3.0}});
+        for (k, v) in changes.as_object().unwrap() {
+            m[k] = v.clone();
+        }
+        m.to_string().into_bytes()
     }
 
     #[test]
@@ -598,11 +513,13 @@ mod tests {
             zones: Zones::parse("UTC", &[("clinic-a".into(), "Asia/Tokyo".into())]).unwrap(),
             admission: Admission::Any,
         };
-        let msg = br#"{"schema":"fractuvision.result/1","id":"r1","site":"clinic-a",
-            "device":"unit-1","source":{"kind":"file","name":"SMITH_JOHN.jpg"},
-            "processed_at":"2026-12-04T20:00:00Z","models":[],"timing_ms":{},
-            "finding":"suspicious","fracture_probability":0.4,"boxes":[{}, {}]}"#;
-        let Record::Result(r) = record(&rules, "fractuvision/v1/clinic-a/unit-1/result", msg, 7)
+        let b = serde_json::json!({"x1": 1.0, "y1": 2.0, "x2": 3.0, "y2": 4.0, "score": 0.5,
+            "level": "definite"});
+        let msg = result(
+            serde_json::json!({"id": "r1", "site": "clinic-a", "device": "unit-1",
+            "finding": "suspicious", "fracture_probability": 0.4, "boxes": [b, b]}),
+        );
+        let Record::Result(r) = record(&rules, "fractuvision/v1/clinic-a/unit-1/result", &msg, 7)
         else {
             panic!("not a result")
         };
@@ -624,21 +541,24 @@ mod tests {
             admission: Admission::Any,
         };
         let big = vec![b' '; MAX_MESSAGE_BYTES + 1];
-        let nul_id = br#"{"id":"a\u0000b","processed_at":"2026-12-04T20:00:00Z"}"#;
-        let long_id = format!(
-            r#"{{"id":"{}","processed_at":"2026-12-04T20:00:00Z"}}"#,
-            "x".repeat(8192)
-        );
-        let other_site =
-            br#"{"id":"r","site":"clinic-b","device":"b","processed_at":"2026-12-04T20:00:00Z"}"#;
+        let nul_id = result(serde_json::json!({"id": "a\u{0}b"}));
+        let long_id = result(serde_json::json!({"id": "x".repeat(8192)}));
+        let other_site = result(serde_json::json!({"site": "clinic-b"}));
+        let bad_time = result(serde_json::json!({"processed_at": "yesterday"}));
+        let mut no_time: serde_json::Value =
+            serde_json::from_slice(&result(serde_json::json!({}))).unwrap();
+        no_time.as_object_mut().unwrap().remove("processed_at");
+        let no_time = no_time.to_string();
+        let leak = result(serde_json::json!({"patient_name": "DOE^JOHN"}));
+        let other_schema = result(serde_json::json!({"schema": "fractuvision.result/2"}));
+        let renamed_heartbeat = br#"{"uptime_s":1,"interval":10,"outbox_depth":0,"processed":0,
+            "failed":0,"ts":"2026-12-04T20:00:00Z"}"#;
+        let bad_status = br#"{"state":"asleep","site":"a","device":"b","version":"1",
+            "models":[],"heartbeat_s":10,"ts":"2026-12-04T20:00:00Z"}"#;
         for (topic, payload, why) in [
             ("fractuvision/v1/a/b/result", &big[..], "over the 1048576"),
             ("fractuvision/v1/a/b/result", &nul_id[..], "id `a\\u0000b`"),
-            (
-                "fractuvision/v1/a/b/result",
-                long_id.as_bytes(),
-                "not 1 to 128",
-            ),
+            ("fractuvision/v1/a/b/result", &long_id[..], "not 1 to 128"),
             (
                 "fractuvision/v1/a/b/result",
                 &other_site[..],
@@ -647,10 +567,27 @@ mod tests {
             ("fractuvision/v1/a/b/result", &b"not json"[..], "not JSON"),
             (
                 "fractuvision/v1/a/b/result",
-                br#"{"id":"x"}"#,
+                no_time.as_bytes(),
                 "processed_at",
             ),
+            (
+                "fractuvision/v1/a/b/result",
+                &bad_time[..],
+                "not an RFC 3339",
+            ),
+            ("fractuvision/v1/a/b/result", &leak[..], "patient_name"),
+            (
+                "fractuvision/v1/a/b/result",
+                &other_schema[..],
+                "fractuvision.result/2",
+            ),
             ("fractuvision/v1/a/b/heartbeat", b"[]", "heartbeat"),
+            (
+                "fractuvision/v1/a/b/heartbeat",
+                &renamed_heartbeat[..],
+                "interval_s",
+            ),
+            ("fractuvision/v1/a/b/status", &bad_status[..], "asleep"),
         ] {
             match record(&rules, topic, payload, 1) {
                 Record::Rejected(r) => {
@@ -662,12 +599,12 @@ mod tests {
         }
         // A registry admits the units it lists and no other.
         rules.admission = Admission::Registered([("a".into(), "b".into())].into());
-        let ok = br#"{"id":"r","site":"a","device":"b","processed_at":"2026-12-04T20:00:00Z"}"#;
+        let ok = result(serde_json::json!({}));
         assert!(matches!(
-            record(&rules, "fractuvision/v1/a/b/result", ok, 1),
+            record(&rules, "fractuvision/v1/a/b/result", &ok, 1),
             Record::Result(_)
         ));
-        match record(&rules, "fractuvision/v1/a/c/result", ok, 1) {
+        match record(&rules, "fractuvision/v1/a/c/result", &ok, 1) {
             Record::Rejected(r) => assert!(r.reason.contains("registry"), "{}", r.reason),
             other => panic!("{other:?}"),
         }

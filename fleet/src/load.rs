@@ -103,9 +103,9 @@ pub async fn run(a: LoadArgs) -> anyhow::Result<()> {
                     "id": format!("load-{run_id}-{i}-{seq}"),
                     "site": site, "device": device,
                     "source": {"kind": "file", "name": format!("img{seq}.jpg")},
-                    "processed_at": now,
+                    "study": null, "captured_at": null, "processed_at": now,
                     "models": [{"name": "classifier", "version": "load", "precision": "fp32", "sha256": "0"}],
-                    "timing_ms": {"decode": 1.0, "inference": 10.0, "total": 12.0},
+                    "timing_ms": {"decode": 1.0, "preprocess": 1.0, "classify": 10.0, "detect": null, "total": 12.0},
                     "finding": finding, "fracture_probability": p, "boxes": [],
                 });
                 if client
@@ -116,7 +116,8 @@ pub async fn run(a: LoadArgs) -> anyhow::Result<()> {
                     published.fetch_add(1, Ordering::Relaxed);
                 }
                 if seq.is_multiple_of((10.0 * a.rate).max(1.0) as u64) {
-                    let hb = json!({"ts": now, "interval_s": 10, "outbox_depth": 0, "processed": seq});
+                    let hb = json!({"ts": now, "uptime_s": seq, "interval_s": 10, "outbox_depth": 0,
+                        "processed": seq, "failed": 0});
                     let _ = client
                         .publish(format!("{base}/heartbeat"), QoS::AtMostOnce, false, hb.to_string())
                         .await;

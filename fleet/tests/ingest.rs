@@ -77,13 +77,15 @@ fn survives_everything(db: &str, token: Option<&str>) {
     let mut first = vec![
         (
             topic("clinic-a", "unit-1", "status"),
-            r#"{"state":"online","ts":"2026-12-05T08:00:00Z","version":"0.1.0","models":[]}"#
+            r#"{"state":"online","site":"clinic-a","device":"unit-1","version":"0.1.0",
+                "models":[],"heartbeat_s":10,"ts":"2026-12-05T08:00:00Z"}"#
                 .into(),
             true,
         ),
         (
             topic("clinic-a", "unit-1", "heartbeat"),
-            r#"{"ts":"2026-12-05T08:00:01Z","interval_s":10,"outbox_depth":3,"processed":5}"#
+            r#"{"ts":"2026-12-05T08:00:01Z","uptime_s":1,"interval_s":10,"outbox_depth":3,
+                "processed":5,"failed":0}"#
                 .into(),
             false,
         ),

@@ -31,19 +31,29 @@ pub fn models_dir() -> PathBuf {
     workspace().join("models")
 }
 
-pub fn result_validator() -> jsonschema::Validator {
-    let p = workspace().join("core/schemas/result.schema.json");
+/// The committed schema of one MQTT message (`result`, `status`, `heartbeat`).
+pub fn validator(message: &str) -> jsonschema::Validator {
+    let p = workspace().join(format!("core/schemas/{message}.schema.json"));
     let schema: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
     jsonschema::validator_for(&schema).unwrap()
 }
 
+pub fn result_validator() -> jsonschema::Validator {
+    validator("result")
+}
+
 pub fn assert_valid(v: &serde_json::Value) {
-    let errors: Vec<String> = result_validator()
+    assert_valid_as("result", v)
+}
+
+/// `v` validates against the committed schema of `message`.
+pub fn assert_valid_as(message: &str, v: &serde_json::Value) {
+    let errors: Vec<String> = validator(message)
         .iter_errors(v)
         .map(|e| e.to_string())
         .collect();
-    assert!(errors.is_empty(), "{errors:?} in {v}");
+    assert!(errors.is_empty(), "{message}: {errors:?} in {v}");
 }
 
 // Each test binary uses its own part of these.
