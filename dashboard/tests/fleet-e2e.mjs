@@ -110,11 +110,18 @@ try {
   // session resumes. Nothing is counted twice, in the store or on the page.
   broker.kill('SIGTERM');
   await new Promise((r) => broker.once('exit', r));
+  const restartedAt = Date.now();
   broker = start('mosquitto', mosquitto, ['-c', conf]);
   await waitFor('mosquitto again', 10000, () => listening(mqttPort));
   await waitFor('fv-fleet to resume its session', 30000,
     () => (fleet.log.match(/connected to/g) ?? []).length >= 2);
-  await new Promise((r) => setTimeout(r, 3000));
+  // Both units beat again after the restart: the fleet's resumed session has delivered
+  // whatever the broker held for it before these, so a redelivered result is in by now.
+  await waitFor('a heartbeat from each unit after the restart', 30000, async () => {
+    const r = await fetch(`${api}/api/units`, { headers: { Authorization: `Bearer ${TOKEN}` } });
+    const units = await r.json();
+    return units.length === 2 && units.every((u) => u.heartbeat_at && Date.parse(u.heartbeat_at) > restartedAt);
+  });
   const after = await stats(api);
   if (after.results !== 10) throw new Error(`after the broker restart the store holds ${after.results}`);
   await page.reload();

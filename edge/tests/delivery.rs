@@ -308,8 +308,14 @@ fn a_failed_move_is_retried_without_a_second_result() {
     wait_until("its result at the broker", T, || {
         sub.result_ids().len() >= 2
     });
-    std::thread::sleep(Duration::from_secs(2));
+    // The clean stop publishes `offline` after the outbox has drained, on the same
+    // session: a second copy of a result under another id would have come before it.
     d.stop("TERM");
+    wait_until("the offline status after the drain", T, || {
+        sub.on("/status")
+            .last()
+            .is_some_and(|m| m.json["state"] == "offline")
+    });
     let results = sub.on("/result");
     let ids_at_broker = sub.result_ids();
     assert_eq!(
@@ -345,7 +351,6 @@ fn a_second_daemon_on_one_state_directory_refuses_to_start() {
     wait_until("the first daemon's lock", T, || {
         first.state.join("lock").exists()
     });
-    std::thread::sleep(Duration::from_millis(500));
     let second = output_within(
         std::process::Command::new(env!("CARGO_BIN_EXE_fv-edge"))
             .args(["run", "--watch"])

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{publish, result, Broker, Fleet, Postgres};
+use common::{publish, result, wait_until, Broker, Fleet, Postgres};
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -98,35 +98,49 @@ fn survives_everything(db: &str, token: Option<&str>) {
     let batch = results(0..20, "a");
     first.extend(batch.iter().cloned());
     first.extend(batch.iter().cloned());
+    // Published last on the same session, so delivered after every duplicate before it.
+    first.extend(results(0..1, "sentinel"));
     publish(broker.port, "unit-pub-1", &first);
-    wait_stored(&fleet, token, 20);
+    wait_until("the sentinel stored", Duration::from_secs(60), || {
+        all_ids(&fleet, token).contains(&"sentinel-0".to_owned())
+    });
     // Duplicates (QoS 1 delivers at least once) are stored once.
-    std::thread::sleep(Duration::from_millis(500));
     let stats = fleet.json("/api/stats", token);
-    assert_eq!(stats["results"], 20, "{stats}");
+    assert_eq!(stats["results"], 21, "{stats}");
     assert_eq!(stats["rejected"], 1, "{stats}");
 
-    // The ingester dies in the middle of a burst: what it had not stored, it had not
-    // acknowledged, and the broker delivers it again.
-    let burst = results(20..420, "b");
+    // The ingester dies in the middle of a burst, once it has stored some of it and not
+    // all: what it had not stored, it had not acknowledged, and the broker delivers it again.
+    let burst = results(21..421, "b");
     let port = broker.port;
     let publisher = std::thread::spawn(move || publish(port, "unit-pub-2", &burst));
-    std::thread::sleep(Duration::from_millis(150));
+    let mut at_kill = 0;
+    wait_until("part of the burst stored", Duration::from_secs(60), || {
+        at_kill = stored(&fleet, token);
+        at_kill > 21
+    });
     fleet.kill9();
+    assert!(
+        at_kill < 421,
+        "the whole burst was stored before the kill ({at_kill}): the kill was not mid-burst"
+    );
     publisher.join().unwrap();
     // More arrive while it is down; then the broker restarts (sessions kept on disk).
-    publish(broker.port, "unit-pub-3", &results(420..430, "c"));
+    publish(broker.port, "unit-pub-3", &results(421..431, "c"));
     broker.stop();
     broker.restart();
-    publish(broker.port, "unit-pub-4", &results(430..440, "d"));
+    publish(broker.port, "unit-pub-4", &results(431..441, "d"));
+    publish(broker.port, "unit-pub-4", &results(441..442, "sentinel"));
     let fleet2 = Fleet::start(dir.path(), &broker.url(), db, &extra);
-    wait_stored(&fleet2, token, 440);
-    std::thread::sleep(Duration::from_millis(500));
+    wait_until("the last sentinel stored", Duration::from_secs(60), || {
+        all_ids(&fleet2, token).contains(&"sentinel-441".to_owned())
+    });
+    wait_stored(&fleet2, token, 442);
     let ids = all_ids(&fleet2, token);
     let unique: BTreeSet<&String> = ids.iter().collect();
     assert_eq!(
         (ids.len(), unique.len()),
-        (440, 440),
+        (442, 442),
         "fleet log:\n{}\nbroker log:\n{}",
         fleet2.log(),
         broker.log()
@@ -145,7 +159,7 @@ fn survives_everything(db: &str, token: Option<&str>) {
                 .sum::<i64>()
         })
         .sum();
-    assert_eq!(total, 440, "{counts}");
+    assert_eq!(total, 442, "{counts}");
     let sites = fleet2.json("/api/sites", token);
     let tokyo = jiff::Timestamp::now()
         .to_zoned(jiff::tz::TimeZone::get("Asia/Tokyo").unwrap())
@@ -162,7 +176,7 @@ fn survives_everything(db: &str, token: Option<&str>) {
         "{sites}"
     );
     let per_site = fleet2.json("/api/results?site=clinic-b&limit=1000", token);
-    assert_eq!(per_site.as_array().unwrap().len(), 220);
+    assert_eq!(per_site.as_array().unwrap().len(), 221);
     let csv = fleet2.get("/api/counts?format=csv", token).1;
     assert!(
         csv.starts_with("site,day,fracture,suspicious,no_fracture,not_applicable,failed"),
@@ -292,8 +306,9 @@ fn ingesters_in_a_share_group_split_the_stream_and_store_it_once() {
         &["--client-id", "ingest-b", "--share-group", "fleet"],
     );
     publish(broker.port, "unit-pub", &results(0..200, "s"));
+    // Every message is stored once: the count reaches 200, and two ingesters taking the
+    // same message would show as a duplicate id or a larger count, not a smaller one.
     wait_stored(&a, None, 200);
-    std::thread::sleep(Duration::from_millis(500));
     let ids = all_ids(&b, None);
     assert_eq!(ids.iter().collect::<BTreeSet<_>>().len(), 200);
     assert_eq!(ids.len(), 200);

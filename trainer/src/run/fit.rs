@@ -334,7 +334,15 @@ pub fn fit<T: Task>(
             if (step + 1) % plan.log_every.max(1) == 0 || step + 1 == per_epoch {
                 let n = window.len() as f64;
                 let means: Vec<String> = (0..window[0].len())
-                    .map(|c| format!("{:.5}", window.iter().map(|w| w[c]).sum::<f64>() / n))
+                    .map(|c| {
+                        let m = window.iter().map(|w| w[c]).sum::<f64>() / n;
+                        // Counts (a detector's foreground anchors) stay whole numbers.
+                        if m.fract() == 0.0 {
+                            format!("{m:.0}")
+                        } else {
+                            format!("{m:.5}")
+                        }
+                    })
                     .collect();
                 writeln!(
                     log,
