@@ -242,17 +242,8 @@ impl Outbox {
     pub fn push(&mut self, payload: &[u8]) -> anyhow::Result<Entry> {
         let seq = self.next_seq;
         let path = self.dir.join(format!("{seq:020}.rec"));
-        let tmp = path.with_extension("tmp");
         let record = encode(payload);
-        let write = || -> std::io::Result<()> {
-            let mut f = File::create(&tmp)?;
-            f.write_all(&record)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &path)?;
-            fsync_dir(&self.dir)
-        };
-        if let Err(e) = write() {
-            let _ = std::fs::remove_file(&tmp);
+        if let Err(e) = fv_core::durable::write(&path, &record) {
             let hint = match e.raw_os_error() {
                 Some(28) => " (the disk is full: free space in the state directory)",
                 Some(30) => {

@@ -195,9 +195,9 @@ impl Scp {
             f.sync_all()?;
             drop(f);
             std::fs::File::create(&marker)?.sync_all()?;
-            std::fs::File::open(self.received())?.sync_all()?;
+            fv_core::durable::sync_parent(&marker)?;
             std::fs::rename(&part, &dest)?;
-            if let Err(e) = std::fs::File::open(&self.inbox).and_then(|d| d.sync_all()) {
+            if let Err(e) = fv_core::durable::sync_parent(&dest) {
                 // Not durable: take it back unless the watch loop already has it.
                 if std::fs::rename(&dest, &part).is_ok() {
                     return Err(e);

@@ -3,7 +3,7 @@
 //! the MLP on the frozen 32-dimensional embeddings of the fractured training images plus the
 //! first `max_non_fractured` non-fractured ones, in `RUN/` itself.
 
-use super::eval::{auc_of, fracture_probabilities};
+use super::eval::fracture_probabilities;
 use super::train::{
     build_model, class_weights, weighted_ce, ClassifyEpoch, TrainConfig, TrainSummary,
 };
@@ -273,24 +273,16 @@ impl Task for MlpHead<'_> {
         images_per_second: f64,
     ) -> anyhow::Result<(ClassifyEpoch, Option<f64>)> {
         let probs = fracture_probabilities(parts(model).head.forward(self.valid_emb.clone()));
-        let auc = auc_of(&probs, self.valid_set);
-        Ok((
-            ClassifyEpoch {
-                epoch: epoch + 1,
-                loss: mean_loss[0],
-                valid_roc_auc: auc,
-                images_per_second,
-            },
-            auc,
+        Ok(ClassifyEpoch::scored(
+            epoch,
+            mean_loss,
+            images_per_second,
+            &probs,
+            self.valid_set,
         ))
     }
     fn describe(&self, e: &ClassifyEpoch) -> String {
-        format!(
-            "MLP epoch {}: loss {:.4}, valid ROC-AUC {}",
-            e.epoch,
-            e.loss,
-            e.valid_roc_auc.map_or("n/a".into(), |a| format!("{a:.4}"))
-        )
+        e.describe("MLP")
     }
 }
 

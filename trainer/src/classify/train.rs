@@ -348,6 +348,38 @@ pub struct ClassifyEpoch {
     pub images_per_second: f64,
 }
 
+impl ClassifyEpoch {
+    /// The record of epoch `epoch` (0-based) whose validation gave `probs` for `valid`,
+    /// with its score (the ROC-AUC) for [`Task::validate`].
+    pub(crate) fn scored(
+        epoch: usize,
+        mean_loss: &[f64],
+        images_per_second: f64,
+        probs: &[fv_core::Probability],
+        valid: &[(Sample, Plane)],
+    ) -> (Self, Option<f64>) {
+        let auc = auc_of(probs, valid);
+        let record = ClassifyEpoch {
+            epoch: epoch + 1,
+            loss: mean_loss[0],
+            valid_roc_auc: auc,
+            images_per_second,
+        };
+        (record, auc)
+    }
+
+    /// The line after the epoch, `stage` naming what trained.
+    pub(crate) fn describe(&self, stage: &str) -> String {
+        format!(
+            "{stage} epoch {}: train loss {:.4}, valid ROC-AUC {}",
+            self.epoch,
+            self.loss,
+            self.valid_roc_auc
+                .map_or("n/a".into(), |a| format!("{a:.4}"))
+        )
+    }
+}
+
 impl TrainSummary {
     /// The summary of a fitted run, with the images that could not be loaded.
     pub(crate) fn of(fitted: &Fitted<ClassifyEpoch>, failures: &[LoadFailure]) -> Self {
@@ -472,24 +504,16 @@ impl Task for Classification<'_> {
     ) -> anyhow::Result<(ClassifyEpoch, Option<f64>)> {
         let planes: Vec<&Plane> = self.valid_set.iter().map(|(_, p)| p).collect();
         let probs = predict(model, &planes, self.config, self.device);
-        let auc = auc_of(&probs, &self.valid_set);
-        Ok((
-            ClassifyEpoch {
-                epoch: epoch + 1,
-                loss: mean_loss[0],
-                valid_roc_auc: auc,
-                images_per_second,
-            },
-            auc,
+        Ok(ClassifyEpoch::scored(
+            epoch,
+            mean_loss,
+            images_per_second,
+            &probs,
+            &self.valid_set,
         ))
     }
     fn describe(&self, e: &ClassifyEpoch) -> String {
-        format!(
-            "epoch {}: train loss {:.4}, valid ROC-AUC {}",
-            e.epoch,
-            e.loss,
-            e.valid_roc_auc.map_or("n/a".into(), |a| format!("{a:.4}"))
-        )
+        e.describe("classifier")
     }
 }
 

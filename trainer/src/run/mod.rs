@@ -76,11 +76,8 @@ pub fn save_resume_point<M: Module, S: ResumeState>(
     }
     state.set_resume_dir(name.clone());
     let state_path = run.join("state.json");
-    let tmp = state_path.with_extension("tmp");
-    std::fs::write(&tmp, serde_json::to_string_pretty(state)?)?;
-    std::fs::File::open(&tmp)?.sync_all()?;
-    std::fs::rename(&tmp, &state_path)
-        .with_context(|| format!("writing {}", state_path.display()))?;
+    fv_core::durable::write(&state_path, serde_json::to_string_pretty(state)?.as_bytes())
+        .with_context(|| format!("{}: cannot write", state_path.display()))?;
     for e in std::fs::read_dir(run)?.flatten() {
         let n = e.file_name().to_string_lossy().into_owned();
         if n.starts_with("resume-") && n != name {
@@ -216,15 +213,16 @@ impl Session {
 
 /// Saves a model in PyTorch layout, like the pretrained files, so one loader reads both.
 pub fn save_checkpoint<M: Module>(model: &M, path: &Path) -> anyhow::Result<()> {
-    let tmp = path.with_extension("tmp");
+    let tmp = fv_core::durable::temporary(path);
     let mut store = SafetensorsStore::from_file(&tmp)
         .with_to_adapter(BurnToPyTorchAdapter)
         .skip_enum_variants(true);
     model
         .save_into(&mut store)
         .map_err(|e| anyhow::anyhow!("{}: cannot save checkpoint: {e}", tmp.display()))?;
-    // Rename so that a crash never leaves a half-written checkpoint under the real name.
-    std::fs::rename(&tmp, path).with_context(|| format!("moving checkpoint to {}", path.display()))
+    // A crash never leaves a half-written checkpoint under the real name.
+    fv_core::durable::commit(&tmp, path)
+        .with_context(|| format!("{}: cannot write the checkpoint", path.display()))
 }
 
 /// The training progress bar (steps, epoch, message, ETA), or a hidden one for background runs.
