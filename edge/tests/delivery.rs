@@ -189,11 +189,10 @@ fn python3() -> Option<&'static str> {
 #[test]
 fn records_leave_the_outbox_only_on_their_own_puback_across_a_reset() {
     let Some(py) = python3() else {
-        assert!(
-            std::env::var("FV_REQUIRE_PYTHON").as_deref() != Ok("1"),
-            "FV_REQUIRE_PYTHON=1 but python3 is missing"
+        fv_e2e::missing(
+            "PYTHON",
+            "python3 not found (the scripted broker is a Python script)",
         );
-        eprintln!("skipped: python3 not found (the scripted broker is a Python script)");
         return;
     };
     let tmp = tempfile::tempdir().unwrap();

@@ -22,12 +22,10 @@ fn have_ort() -> bool {
     if std::env::var_os("ORT_DYLIB_PATH").is_some() {
         return true;
     }
-    assert!(
-        std::env::var_os("FV_REQUIRE_ORT").is_none(),
-        "FV_REQUIRE_ORT is set but ORT_DYLIB_PATH is not"
-    );
-    eprintln!("skipped: ORT_DYLIB_PATH is not set (pip install onnxruntime; see .ci/run)");
-    false
+    !fv_e2e::missing(
+        "ORT",
+        "ORT_DYLIB_PATH is not set (pip install onnxruntime; see .ci/run)",
+    )
 }
 
 #[test]

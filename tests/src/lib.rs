@@ -110,14 +110,21 @@ pub fn run(name: &str, args: &[&str], cwd: &Path) -> Run {
     }
 }
 
-/// A missing tool for a browser test: says so and returns true (skip), unless
-/// FV_REQUIRE_BROWSER=1 (CI), which makes it a failure.
-pub fn browser_missing(what: &str) -> bool {
-    if std::env::var("FV_REQUIRE_BROWSER").as_deref() == Ok("1") {
-        panic!("FV_REQUIRE_BROWSER=1 but {what}");
+/// What a test needs is missing (`what`: what and how to install it): the test says so and
+/// is skipped (returns true), unless `FV_REQUIRE_{switch}` is set to 1, as CI sets every
+/// switch (`.ci/run`), which makes it a failure. The one place the skip rule lives.
+pub fn missing(switch: &str, what: &str) -> bool {
+    let var = format!("FV_REQUIRE_{switch}");
+    if std::env::var(&var).as_deref() == Ok("1") {
+        panic!("{var}=1 but {what}");
     }
-    eprintln!("skipped: {what}");
+    eprintln!("skipped: {what} ({var}=1 makes this a failure)");
     true
+}
+
+/// A missing tool for a browser test (see [`missing`]).
+pub fn browser_missing(what: &str) -> bool {
+    missing("BROWSER", what)
 }
 
 /// `node` on PATH.

@@ -30,10 +30,10 @@ impl Postgres {
                 .max()
         });
         let Some(bin) = bin else {
-            if std::env::var("FV_REQUIRE_POSTGRES").as_deref() == Ok("1") {
-                panic!("FV_REQUIRE_POSTGRES=1 but PostgreSQL is not installed (apt-get install postgresql)");
-            }
-            eprintln!("skipped: PostgreSQL is not installed (apt-get install postgresql)");
+            fv_e2e::missing(
+                "POSTGRES",
+                "PostgreSQL is not installed (apt-get install postgresql)",
+            );
             return None;
         };
         let dir = tempfile::tempdir().unwrap();
