@@ -420,7 +420,7 @@ pub fn run(o: &BenchOptions, progress: &mut dyn FnMut(&str)) -> anyhow::Result<R
                 .decode_options(&DecodeOptions::default(), reduced);
             let run_once = |p: &mut Pipeline| {
                 let outcome = p.process(file_source(path), || {
-                    crate::input::load_file(path, &options)
+                    crate::sources::input::load_file(path, &options)
                 });
                 match outcome.message.error {
                     Some(e) => Err(anyhow::anyhow!("{}: {}", path.display(), e.message)),
@@ -549,14 +549,16 @@ fn ratios(engines: &[EngineRow], paths: &[PathRow]) -> Vec<Ratio> {
 }
 
 fn load_sample(path: &Path) -> anyhow::Result<fv_core::imaging::XrayImage> {
-    Ok(crate::input::load_file(path, &DecodeOptions::default())
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "{} (the bench reads the committed FracAtlas sample: pass --samples DIR)",
-                e.message
-            )
-        })?
-        .image)
+    Ok(
+        crate::sources::input::load_file(path, &DecodeOptions::default())
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "{} (the bench reads the committed FracAtlas sample: pass --samples DIR)",
+                    e.message
+                )
+            })?
+            .image,
+    )
 }
 
 fn load_gray8(path: &Path) -> anyhow::Result<image::GrayImage> {

@@ -1,7 +1,7 @@
 //! Configuration: defaults, then the TOML file, then command-line flags, then `FV_*`
 //! environment variables (which override both, so a service manager can pin a value).
 
-use crate::outbox::OutboxLimits;
+use crate::sinks::outbox::OutboxLimits;
 use anyhow::Context as _;
 use fv_core::imaging::DecodeOptions;
 use fv_core::manifest::Precision;
@@ -39,11 +39,11 @@ pub struct V4lSettings {
     /// Device, e.g. `/dev/video0`.
     pub device: PathBuf,
     /// Pixel format.
-    pub format: crate::v4l::FrameFormat,
+    pub format: crate::sources::v4l::FrameFormat,
     /// Requested width and height (default: the device's).
     pub size: Option<(u32, u32)>,
     /// Which frames are read.
-    pub trigger: crate::v4l::Trigger,
+    pub trigger: crate::sources::v4l::Trigger,
 }
 
 /// The DICOM node: the storage SCP and where reports go (`[dicom]`).
@@ -108,7 +108,7 @@ pub struct PacsSettings {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Marks {
-    /// The overlay as a Secondary Capture in the source's study ([`crate::sc`]).
+    /// The overlay as a Secondary Capture in the source's study ([`crate::sinks::sc`]).
     #[default]
     SecondaryCapture,
     /// The report only.
@@ -145,6 +145,9 @@ pub struct Layer {
     pub quarantine: Option<PathBuf>,
     /// When the detector runs.
     pub detect: Option<DetectPolicy>,
+    /// The share of fractures in this unit's stream, which the reported probability is
+    /// corrected to (default: the classifier manifest's, FracAtlas' 0.176).
+    pub prevalence: Option<f64>,
     /// Smallest box score reported, exactly (below the detector's `suspicious`, boxes are
     /// `candidate`s); unset: the detector's `suspicious`, at least 0.25.
     pub min_score: Option<f32>,
@@ -172,7 +175,7 @@ pub struct Layer {
     pub dashboard: crate::dashboard::DashboardSettings,
     /// The reading screen for the radiographer (off unless `listen` is set).
     #[serde(default)]
-    pub screen: crate::screen::ScreenSettings,
+    pub screen: crate::sinks::screen::ScreenSettings,
     /// The DICOM node (storage SCP, reports to the PACS).
     #[serde(default)]
     pub dicom: DicomSettings,
@@ -235,7 +238,7 @@ pub struct MqttConnection {
 #[derive(Clone, Debug)]
 pub struct PacsTarget {
     /// The PACS.
-    pub address: crate::pacs::PacsAddress,
+    pub address: crate::sinks::pacs::PacsAddress,
     /// Our AE title towards it.
     pub calling_ae: String,
     /// The longest wait between attempts.
@@ -272,7 +275,7 @@ pub struct DaemonSettings {
     /// The fleet page (on when `listen` is set).
     pub dashboard: crate::dashboard::DashboardSettings,
     /// The reading screen (on when `listen` is set).
-    pub screen: crate::screen::ScreenSettings,
+    pub screen: crate::sinks::screen::ScreenSettings,
     /// A frame grabber.
     pub v4l: Option<V4lSettings>,
 }
@@ -310,6 +313,12 @@ impl Layer {
             precision,
             engine,
             threads: parse("FV_THREADS")?.map(|n| n as usize),
+            prevalence: get("FV_PREVALENCE")
+                .map(|v| {
+                    v.parse()
+                        .map_err(|e| anyhow::anyhow!("FV_PREVALENCE={v}: {e}"))
+                })
+                .transpose()?,
             state: get("FV_STATE").map(PathBuf::from),
             watch: get("FV_WATCH").map(PathBuf::from),
             detect,
@@ -326,7 +335,7 @@ impl Layer {
                 broker: get("FV_DASHBOARD_BROKER"),
                 prefix: None,
             },
-            screen: crate::screen::ScreenSettings {
+            screen: crate::sinks::screen::ScreenSettings {
                 listen: get("FV_SCREEN"),
                 token: get("FV_SCREEN_TOKEN"),
                 recent: None,
@@ -365,6 +374,7 @@ impl Layer {
                 detector: self.detector.clone(),
                 engine: self.engine.unwrap_or_default(),
                 engine_cache: Some(engine_cache),
+                prevalence: self.prevalence,
             },
             threads: self.threads,
             read: ReadOptions {
@@ -428,7 +438,7 @@ impl Layer {
                         .map_or(DEFAULT_HEARTBEAT, |s| Duration::from_secs(s.max(1))),
                     max_packet_bytes: m
                         .max_packet_bytes
-                        .unwrap_or(crate::mqtt::DEFAULT_MAX_PACKET_BYTES),
+                        .unwrap_or(crate::sinks::mqtt::DEFAULT_MAX_PACKET_BYTES),
                 })
             }
         };
@@ -485,6 +495,7 @@ impl Layer {
             quarantine,
             detect,
             min_score,
+            prevalence,
             max_pixels,
             max_input_bytes,
             reduced_decode,

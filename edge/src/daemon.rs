@@ -1,33 +1,25 @@
-//! `fv-edge run`: the watch folder, the worker, local results and the MQTT publisher.
-//!
-//! A file is taken only when complete: names starting with `.` or ending in `.tmp`, `.part`
-//! or `.partial` are being written (write, then rename), and any other file must keep its
-//! size and modification time for `settle_ms`. Each input ends in `done/` (with its result
-//! JSON and overlay PNG) or in `quarantine/` (with `.error.json`); its result goes to the
-//! outbox first, so a crash at any point loses nothing (at worst an input is read twice).
+//! `fv-edge run`: starts each source and sink on its own thread (one small function each),
+//! then runs the worker over the watch folder ([`crate::sources::watch`]) and the frame
+//! grabber. Each input ends in `done/` (with its result JSON and overlay PNG) or in
+//! `quarantine/` (with `.error.json`); its result goes to the outbox first, so a crash at any
+//! point loses nothing (at worst an input is read twice).
 
 use crate::config::DaemonSettings;
-use crate::input::{file_name, load_file};
-use crate::mqtt::{Publisher, Stats};
-use crate::outbox::{Outbox, SharedOutbox};
+use crate::health::Stats;
 use crate::pipeline::{file_source, fleet_name, Pipeline, PipelineConfig};
+use crate::sinks::mqtt::Publisher;
+use crate::sinks::outbox::{Outbox, SharedOutbox};
+use crate::sources::input::{file_name, load_file};
+use crate::sources::watch::WatchFolder;
 use anyhow::Context as _;
 use fv_core::imaging::DecodeOptions;
 use fv_core::wire::{Topics, TOPIC_PREFIX};
 use fv_runtime::models::load_dir;
-use notify::Watcher as _;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
-
-fn in_progress(name: &str) -> bool {
-    name.starts_with('.')
-        || [".tmp", ".part", ".partial"]
-            .iter()
-            .any(|s| name.to_ascii_lowercase().ends_with(s))
-}
+use std::time::{Duration, Instant};
 
 /// The kind of a failure, as the fleet may see it: the I/O error's kind where there is one
 /// (`StorageFull`, `PermissionDenied`, …), never its text.
@@ -180,7 +172,7 @@ struct Resolved {
     /// What shows the marks in the PACS viewer.
     marks: crate::config::Marks,
     /// The reading screen, when it is on.
-    screen: Option<Arc<crate::screen::Screen>>,
+    screen: Option<Arc<crate::sinks::screen::Screen>>,
 }
 
 impl Resolved {
@@ -249,88 +241,43 @@ pub fn run(settings: DaemonSettings) -> anyhow::Result<()> {
             read: read.read,
         },
     };
-    let outbox_dir = r.state.join("outbox");
     // Without a broker nothing would drain the outbox: results are local files only.
     let outbox: Option<SharedOutbox> = match mqtt {
-        Some(_) => Some(Arc::new(Mutex::new(Outbox::open(&outbox_dir, limits)?))),
+        Some(_) => Some(Arc::new(Mutex::new(Outbox::open(
+            &r.state.join("outbox"),
+            limits,
+        )?))),
         None => None,
     };
 
     let shutdown = Arc::new(AtomicBool::new(false));
     let stats = Arc::new(Mutex::new(Stats::default()));
-    // Reports to the PACS: their own durable outbox, drained by their own thread.
     let pacs_sender = match pacs {
         None => None,
         Some(target) => {
-            let o: SharedOutbox = Arc::new(Mutex::new(Outbox::open(
-                &r.state.join("pacs-outbox"),
-                limits,
-            )?));
-            stats.lock().expect("stats lock").pacs_outbox_depth =
-                Some(o.lock().expect("outbox lock").depth());
-            r.pacs = Some(o.clone());
             r.marks = target.marks;
-            tracing::info!(
-                "Structured Reports ({:?} for the marks) go to {}@{} as {}",
-                target.marks,
-                target.address.ae_title,
-                target.address.host_port,
-                target.calling_ae
-            );
-            let sender = crate::pacs::PacsSender {
-                pacs: target.address,
-                calling_ae: target.calling_ae,
-                outbox: o,
-                max_retry: target.max_retry,
-                stats: stats.clone(),
-                shutdown: shutdown.clone(),
-            };
-            Some(
-                std::thread::Builder::new()
-                    .name("pacs".into())
-                    .spawn(move || sender.run())?,
-            )
-        }
-    };
-    // The storage SCP writes complete objects into the watch folder.
-    let scp = match &dicom.listen {
-        None => None,
-        Some(listen) => {
-            let mut scp = crate::scp::Scp::from_settings(
-                &dicom,
-                &r.watch,
-                &r.state,
-                r.decode.max_file_bytes,
-                &pipeline.config.uid_salt,
-            )?;
-            scp.health = Some(stats.clone());
-            let (addr, handle) = scp.start(listen, shutdown.clone())?;
-            // Printed so that a script (and the tests) can find a port-0 listener.
-            println!("dicom on {addr}");
+            let (o, handle) = start_pacs(target, &r.state, limits, &stats, &shutdown)?;
+            r.pacs = Some(o);
             Some(handle)
         }
     };
-
-    // The reading screen at the unit, when asked for.
-    if let Some(addr) = crate::screen::listen_addr(&screen)? {
-        let s = Arc::new(crate::screen::Screen::new(
-            screen.recent.unwrap_or(crate::screen::DEFAULT_RECENT),
-            outbox.clone(),
-            stats.clone(),
-        ));
-        let bound = crate::screen::serve(addr, screen.token.clone(), s.clone())?;
-        // Printed so that a script (and the tests) can find a port-0 listener.
-        println!("screen on http://{bound}/");
-        tracing::info!("reading screen on http://{bound}/");
-        r.screen = Some(s);
-    }
-
+    let scp = match &dicom.listen {
+        None => None,
+        Some(listen) => Some(start_scp(
+            &dicom,
+            listen,
+            &r,
+            &pipeline.config.uid_salt,
+            &stats,
+            &shutdown,
+        )?),
+    };
+    r.screen = start_screen(&screen, &outbox, &stats)?;
     // The fleet page, when asked for: static files only, so it cannot slow the readings.
     let _dashboard = match dashboard.listen {
         Some(_) => Some(crate::dashboard::serve(&dashboard)?),
         None => None,
     };
-
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, shutdown.clone())?;
     }
@@ -340,57 +287,179 @@ pub fn run(settings: DaemonSettings) -> anyhow::Result<()> {
             tracing::info!("no MQTT broker configured: results are written locally only");
             None
         }
-        Some(m) => {
-            let p = Publisher {
-                url: m.url,
-                client_id: device.clone(),
-                site: site.clone(),
-                credentials: m.credentials,
-                ca_file: m.ca_file,
-                heartbeat: m.heartbeat,
-                topics: Topics::new(TOPIC_PREFIX, &site, &device),
-                outbox: outbox.clone().expect("an outbox with a broker"),
-                max_packet_bytes: m.max_packet_bytes,
-                models: refs,
-                stats: stats.clone(),
-                shutdown: shutdown.clone(),
-                worker_done: worker_done.clone(),
-            };
-            // A URL or CA file that no retry can fix stops the start, saying what to fix.
-            let options = p.options().context("the [mqtt] configuration")?;
-            Some(
-                std::thread::Builder::new()
-                    .name("mqtt".into())
-                    .spawn(move || p.run(options))?,
-            )
-        }
+        Some(m) => Some(start_publisher(
+            m,
+            (&site, &device),
+            outbox.clone().expect("an outbox with a broker"),
+            refs,
+            &stats,
+            &shutdown,
+            &worker_done,
+        )?),
     };
-
-    let (tx, rx) = std::sync::mpsc::channel::<()>();
-    let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-        // Our own scan opens the directory, which inotify reports as an access: waking on
-        // those would make the loop feed itself and spin a core while idle.
-        if ev.is_ok_and(|ev| !matches!(ev.kind, notify::EventKind::Access(_))) {
-            let _ = tx.send(());
-        }
-    })
-    .context("cannot start the file watcher (inotify)")?;
-    watcher
-        .watch(&r.watch, notify::RecursiveMode::NonRecursive)
-        .with_context(|| format!("{}: cannot watch", r.watch.display()))?;
+    let mut folder = WatchFolder::new(&r.watch, r.settle)?;
     tracing::info!(
         "watching {} (site {site}, device {device}); done → {}, quarantine → {}",
         r.watch.display(),
         r.done.display(),
         r.quarantine.display()
     );
-
     let (frames_tx, frames) = std::sync::mpsc::sync_channel::<Frame>(2);
     let grabber = match v4l {
         None => None,
         Some(v) => Some(spawn_grabber(v, shutdown.clone(), frames_tx)?),
     };
 
+    work(
+        &mut pipeline,
+        &mut folder,
+        &frames,
+        &r,
+        outbox.as_deref(),
+        &stats,
+        &shutdown,
+    );
+
+    tracing::info!("stopping: finishing up");
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    if let Some(g) = grabber {
+        let _ = g.join();
+    }
+    worker_done.store(true, Ordering::SeqCst);
+    if let Some(h) = publisher {
+        let _ = h.join();
+    }
+    for h in [scp, pacs_sender].into_iter().flatten() {
+        let _ = h.join();
+    }
+    Ok(())
+}
+
+/// Reports to the PACS: their own durable outbox, drained by their own thread.
+fn start_pacs(
+    target: crate::config::PacsTarget,
+    state: &Path,
+    limits: crate::sinks::outbox::OutboxLimits,
+    stats: &Arc<Mutex<Stats>>,
+    shutdown: &Arc<AtomicBool>,
+) -> anyhow::Result<(SharedOutbox, std::thread::JoinHandle<()>)> {
+    let o: SharedOutbox = Arc::new(Mutex::new(Outbox::open(
+        &state.join("pacs-outbox"),
+        limits,
+    )?));
+    stats.lock().expect("stats lock").pacs_outbox_depth =
+        Some(o.lock().expect("outbox lock").depth());
+    tracing::info!(
+        "Structured Reports ({:?} for the marks) go to {}@{} as {}",
+        target.marks,
+        target.address.ae_title,
+        target.address.host_port,
+        target.calling_ae
+    );
+    let sender = crate::sinks::pacs::PacsSender {
+        pacs: target.address,
+        calling_ae: target.calling_ae,
+        outbox: o.clone(),
+        max_retry: target.max_retry,
+        stats: stats.clone(),
+        shutdown: shutdown.clone(),
+    };
+    let handle = std::thread::Builder::new()
+        .name("pacs".into())
+        .spawn(move || sender.run())?;
+    Ok((o, handle))
+}
+
+/// The DICOM node: it writes complete objects into the watch folder.
+fn start_scp(
+    dicom: &crate::config::DicomSettings,
+    listen: &str,
+    r: &Resolved,
+    uid_salt: &str,
+    stats: &Arc<Mutex<Stats>>,
+    shutdown: &Arc<AtomicBool>,
+) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    let mut scp = crate::sources::scp::Scp::from_settings(
+        dicom,
+        &r.watch,
+        &r.state,
+        r.decode.max_file_bytes,
+        uid_salt,
+    )?;
+    scp.health = Some(stats.clone());
+    let (addr, handle) = scp.start(listen, shutdown.clone())?;
+    // Printed so that a script (and the tests) can find a port-0 listener.
+    println!("dicom on {addr}");
+    Ok(handle)
+}
+
+/// The reading screen at the unit, when asked for.
+fn start_screen(
+    screen: &crate::sinks::screen::ScreenSettings,
+    outbox: &Option<SharedOutbox>,
+    stats: &Arc<Mutex<Stats>>,
+) -> anyhow::Result<Option<Arc<crate::sinks::screen::Screen>>> {
+    let Some(addr) = crate::sinks::screen::listen_addr(screen)? else {
+        return Ok(None);
+    };
+    let s = Arc::new(crate::sinks::screen::Screen::new(
+        screen
+            .recent
+            .unwrap_or(crate::sinks::screen::DEFAULT_RECENT),
+        outbox.clone(),
+        stats.clone(),
+    ));
+    let bound = crate::sinks::screen::serve(addr, screen.token.clone(), s.clone())?;
+    // Printed so that a script (and the tests) can find a port-0 listener.
+    println!("screen on http://{bound}/");
+    tracing::info!("reading screen on http://{bound}/");
+    Ok(Some(s))
+}
+
+/// The MQTT publisher, draining the outbox to the broker.
+fn start_publisher(
+    m: crate::config::MqttConnection,
+    (site, device): (&str, &str),
+    outbox: SharedOutbox,
+    models: Vec<fv_core::result::ModelRef>,
+    stats: &Arc<Mutex<Stats>>,
+    shutdown: &Arc<AtomicBool>,
+    worker_done: &Arc<AtomicBool>,
+) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    let p = Publisher {
+        url: m.url,
+        client_id: device.to_owned(),
+        site: site.to_owned(),
+        credentials: m.credentials,
+        ca_file: m.ca_file,
+        heartbeat: m.heartbeat,
+        topics: Topics::new(TOPIC_PREFIX, site, device),
+        outbox,
+        max_packet_bytes: m.max_packet_bytes,
+        models,
+        stats: stats.clone(),
+        shutdown: shutdown.clone(),
+        worker_done: worker_done.clone(),
+    };
+    // A URL or CA file that no retry can fix stops the start, saying what to fix.
+    let options = p.options().context("the [mqtt] configuration")?;
+    Ok(std::thread::Builder::new()
+        .name("mqtt".into())
+        .spawn(move || p.run(options))?)
+}
+
+/// The worker: reads each settled file of the watch folder and each grabbed frame until
+/// shutdown. An input whose result cannot be stored stays where it is and is retried with
+/// backoff.
+fn work(
+    pipeline: &mut Pipeline,
+    folder: &mut WatchFolder,
+    frames: &std::sync::mpsc::Receiver<Frame>,
+    r: &Resolved,
+    outbox: Option<&Mutex<Outbox>>,
+    stats: &Mutex<Stats>,
+    shutdown: &AtomicBool,
+) {
     // Under systemd (Type=notify): ready now, then a watchdog ping from this loop, so a hung
     // decoder or engine gets the service restarted.
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
@@ -404,63 +473,25 @@ pub fn run(settings: DaemonSettings) -> anyhow::Result<()> {
             }
         }
     };
-
-    // path → (size, modified, first time seen with these)
-    let mut seen: HashMap<PathBuf, (u64, Option<SystemTime>, Instant)> = HashMap::new();
-    // Inputs whose result could not be stored (a full disk, say): retried with backoff.
     let mut retry: HashMap<PathBuf, (Instant, Duration)> = HashMap::new();
-    let mut listing_failed: Option<Instant> = None;
     while !shutdown.load(Ordering::SeqCst) {
         ping();
-        let mut ready = Vec::new();
-        let mut present = Vec::new();
-        // A failed listing (EMFILE while a peer holds many connections, say) passes: the
-        // loop tries again rather than ending the daemon.
-        let listing = match std::fs::read_dir(&r.watch) {
-            Ok(l) => l,
-            Err(e) => {
-                if listing_failed.is_none_or(|t: Instant| t.elapsed() > Duration::from_secs(60)) {
-                    tracing::error!("{}: cannot list: {e}; trying again", r.watch.display());
-                    listing_failed = Some(Instant::now());
-                }
-                std::thread::sleep(Duration::from_millis(500));
-                continue;
-            }
-        };
-        for e in listing.flatten() {
-            let p = e.path();
-            let Ok(meta) = e.metadata() else { continue };
-            if !meta.is_file() || in_progress(&file_name(&p)) {
-                continue;
-            }
-            present.push(p.clone());
-            let key = (meta.len(), meta.modified().ok());
-            let entry = seen
-                .entry(p.clone())
-                .or_insert((key.0, key.1, Instant::now()));
-            if (entry.0, entry.1) != key {
-                *entry = (key.0, key.1, Instant::now());
-            } else if entry.2.elapsed() >= r.settle {
-                ready.push((key.1, p));
-            }
-        }
-        seen.retain(|p, _| present.contains(p));
+        let ready = folder.ready();
         while let Ok(f) = frames.try_recv() {
-            if let Err(e) = process_frame(&mut pipeline, f, &r, outbox.as_deref(), &stats) {
+            if let Err(e) = process_frame(pipeline, f, r, outbox, stats) {
                 tracing::error!("frame: {e:#}");
             }
         }
-        ready.sort();
-        for (_, path) in ready {
+        for path in ready {
             if shutdown.load(Ordering::SeqCst) {
                 break;
             }
             if retry.get(&path).is_some_and(|(at, _)| Instant::now() < *at) {
                 continue;
             }
-            seen.remove(&path);
+            folder.taken(&path);
             ping();
-            match process_file(&mut pipeline, &path, &r, outbox.as_deref(), &stats) {
+            match process_file(pipeline, &path, r, outbox, stats) {
                 Ok(()) => {
                     retry.remove(&path);
                 }
@@ -480,28 +511,15 @@ pub fn run(settings: DaemonSettings) -> anyhow::Result<()> {
                 }
             }
         }
-        retry.retain(|p, _| present.contains(p));
-        let _ = rx.recv_timeout(Duration::from_millis(250));
+        retry.retain(|p, _| folder.holds(p));
+        folder.wait(Duration::from_millis(250));
     }
-    tracing::info!("stopping: finishing up");
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
-    if let Some(g) = grabber {
-        let _ = g.join();
-    }
-    worker_done.store(true, Ordering::SeqCst);
-    if let Some(h) = publisher {
-        let _ = h.join();
-    }
-    for h in [scp, pacs_sender].into_iter().flatten() {
-        let _ = h.join();
-    }
-    Ok(())
 }
 
 /// A frame from the grabber.
 struct Frame {
     name: String,
-    image: Result<fv_core::imaging::XrayImage, crate::input_error::InputError>,
+    image: Result<fv_core::imaging::XrayImage, crate::sources::input_error::InputError>,
     captured_at: String,
 }
 
@@ -514,7 +532,7 @@ fn spawn_grabber(
     Ok(std::thread::Builder::new()
         .name("v4l".into())
         .spawn(move || {
-            let r = crate::v4l::capture(
+            let r = crate::sources::v4l::capture(
                 &v.device,
                 v.format,
                 v.size,
@@ -562,7 +580,7 @@ fn process_frame(
     let name = f.name.clone();
     let captured_at = f.captured_at;
     let outcome = pipeline.process(source, || {
-        f.image.map(|image| crate::input::Input {
+        f.image.map(|image| crate::sources::input::Input {
             image,
             kind: fv_core::result::SourceKind::V4l,
             name: name.clone(),
@@ -609,7 +627,7 @@ fn write_local(
     m: &fv_core::result::ResultMessage,
     image: Option<&fv_core::imaging::XrayImage>,
     base: &Path,
-    screen: Option<&crate::screen::Screen>,
+    screen: Option<&crate::sinks::screen::Screen>,
 ) -> anyhow::Result<()> {
     let with = |suffix: &str| PathBuf::from(format!("{}.{suffix}", base.display()));
     let json = serde_json::to_vec_pretty(m)?;
@@ -628,7 +646,7 @@ fn write_local(
     if let Some(image) = image {
         let png = with("overlay.png");
         let mut bytes = std::io::Cursor::new(Vec::new());
-        let written = crate::overlay::render(image, m)
+        let written = crate::sinks::overlay::render(image, m)
             .write_to(&mut bytes, image::ImageFormat::Png)
             .map_err(anyhow::Error::from)
             .and_then(|()| Ok(fv_core::durable::write(&png, bytes.get_ref())?));
@@ -675,7 +693,7 @@ fn report(
     if m.error.is_some() || m.source.kind != fv_core::result::SourceKind::Dicom {
         return Ok(());
     }
-    let sr = match crate::sr::report(path, m) {
+    let sr = match crate::sinks::sr::report(path, m) {
         Ok(sr) => sr,
         Err(e) => {
             tracing::warn!("no report for the PACS: {e}");
@@ -684,7 +702,7 @@ fn report(
     };
     let sc = match (marks, image) {
         (crate::config::Marks::SecondaryCapture, Some(image)) => {
-            match crate::sc::capture(path, m, &crate::overlay::render(image, m)) {
+            match crate::sinks::sc::capture(path, m, &crate::sinks::overlay::render(image, m)) {
                 Ok(sc) => Some(sc),
                 Err(e) => {
                     tracing::warn!("no marks for the PACS: {e}");
@@ -741,7 +759,7 @@ fn process_file(
                 .filter(|f: &InFlight| f.journal == jpath);
             let attempts = earlier.map_or(0, |f| f.attempts);
             let outcome = if attempts >= MAX_ATTEMPTS {
-                let e = crate::input_error::InputError {
+                let e = crate::sources::input_error::InputError {
                     code: "crashed",
                     message: format!(
                         "{}: fv-edge stopped {attempts} times while reading this file (out of memory, or a decoder's abort); quarantined so that the inputs behind it are read",

@@ -63,6 +63,10 @@ enum Command {
         /// Decode large JPEGs at the DCT scale the models need (twice their input), not whole.
         #[arg(long)]
         reduced_decode: bool,
+        /// The share of fractures in the stream; the probability is corrected to it
+        /// (default: the classifier manifest's, FracAtlas' 0.176).
+        #[arg(long, value_name = "SHARE")]
+        prevalence: Option<f64>,
     },
     /// The daemon: watch a folder, read each image, write local results, publish over MQTT.
     Run(Box<RunArgs>),
@@ -145,6 +149,10 @@ struct RunArgs {
     /// Threads for one inference (default: the cores available).
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
+    /// The share of fractures in this unit's stream; the probability is corrected to it
+    /// (default: the classifier manifest's, FracAtlas' 0.176).
+    #[arg(long, value_name = "SHARE")]
+    prevalence: Option<f64>,
     /// Seconds between heartbeats (default 30).
     #[arg(long, value_name = "S")]
     heartbeat: Option<u64>,
@@ -215,6 +223,7 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             engine,
             threads,
             reduced_decode,
+            prevalence,
         } => {
             // The same layers as `run` (flags, then `FV_*` over them), resolved once.
             let flags = Layer {
@@ -226,6 +235,7 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
                 engine,
                 threads,
                 reduced_decode: reduced_decode.then_some(true),
+                prevalence,
                 ..Default::default()
             };
             let layer = flags.merge(&Layer::from_env(|k| std::env::var(k).ok())?);
@@ -249,8 +259,9 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             let mut out = std::io::stdout().lock();
             let mut all_ok = true;
             for f in files {
-                let outcome =
-                    pipeline.process(file_source(&f), || fv_edge::input::load_file(&f, &options));
+                let outcome = pipeline.process(file_source(&f), || {
+                    fv_edge::sources::input::load_file(&f, &options)
+                });
                 all_ok &= outcome.message.error.is_none();
                 if !emit(&mut out, &serde_json::to_string(&outcome.message)?)? {
                     break;
@@ -273,6 +284,7 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
                 detect: a.detect,
                 engine: a.engine,
                 threads: a.threads,
+                prevalence: a.prevalence,
                 settle_ms: a.settle_ms,
                 mqtt: MqttSettings {
                     url: a.mqtt,

@@ -2,8 +2,8 @@
 //! fv-core's preprocessing, the engines, the outputs read at the thresholds chosen on
 //! validation); this module adds who, what and when.
 
-use crate::input::Input;
-use crate::input_error::InputError;
+use crate::sources::input::Input;
+use crate::sources::input_error::InputError;
 use fv_core::result::{ResultMessage, Source, SourceKind, Study, Timing, RESULT_SCHEMA};
 use fv_runtime::{Model, Models, ReadOptions};
 use sha2::{Digest, Sha256};
@@ -205,7 +205,7 @@ pub fn file_source(path: &std::path::Path) -> Source {
         } else {
             SourceKind::File
         },
-        name: crate::input::file_name(path),
+        name: crate::sources::input::file_name(path),
     }
 }
 

@@ -95,6 +95,7 @@ fn write_detector(dir: &Path) {
             definite: Probability::new(0.8).unwrap(),
         },
         probability_calibration: None,
+        prevalence: None,
         fusion: None,
         test_time_hflip: false,
         nms: None,

@@ -283,7 +283,7 @@ fn an_image_stored_by_storescu_brings_a_valid_report_to_the_pacs() {
         // The capture is the overlay at most 1024 pixels on its long side.
         let overlay = image::open(d.done_file("overlay.png")).unwrap().to_rgb8();
         let (w, h) = overlay.dimensions();
-        let k = f64::from(fv_edge::sc::MAX_SIDE) / f64::from(w.max(h));
+        let k = f64::from(fv_edge::sinks::sc::MAX_SIDE) / f64::from(w.max(h));
         let overlay = if k < 1.0 {
             let (sw, sh) = (
                 (f64::from(w) * k).round() as u32,

@@ -1,6 +1,6 @@
 //! DICOM stored samples to display pixels, value by value: modality rescale, the first VOI
 //! window (or the range of the values present), MONOCHROME1 inversion, signed samples, 8- and
-//! 16-bit containers. `fv_edge::dicom` folds these into one lookup table over the stored
+//! 16-bit containers. `fv_edge::sources::dicom` folds these into one lookup table over the stored
 //! values; these are the values the earlier float conversion gave.
 
 mod common;
@@ -53,7 +53,7 @@ fn display(s: Stored, columns: u16) -> Vec<u16> {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("row.dcm");
     common::write_dicom(elements, uids::EXPLICIT_VR_LITTLE_ENDIAN, &path);
-    let image = fv_edge::dicom::load(&path, &DecodeOptions::default())
+    let image = fv_edge::sources::dicom::load(&path, &DecodeOptions::default())
         .unwrap_or_else(|e| panic!("{}", e.message))
         .image;
     match image.pixels() {

@@ -45,7 +45,7 @@ fn dicom() {
     for f in &files {
         let bytes = std::fs::read(f).unwrap();
         let t = std::time::Instant::now();
-        let r = fv_edge::dicom::from_bytes(&bytes, f, &options());
+        let r = fv_edge::sources::dicom::from_bytes(&bytes, f, &options());
         if f.to_string_lossy().contains("/regressions/") {
             // Each made dicom-rs reserve and zero-fill ~1 GB for a value the file did not
             // hold: now refused up front, at once.
@@ -60,7 +60,7 @@ fn dicom() {
         if f.to_string_lossy().contains("/seeds/") {
             let d = r.unwrap_or_else(|e| panic!("seed {}: {}", f.display(), e.message));
             // The same bytes read from the file give the same image.
-            let from_file = fv_edge::dicom::load(f, &options()).unwrap();
+            let from_file = fv_edge::sources::dicom::load(f, &options()).unwrap();
             assert_eq!(d.image, from_file.image);
         }
     }

@@ -1,11 +1,11 @@
 //! A real V4L2 device, when this machine has one: one frame is captured and converted. CI
 //! machines and this project's build machine have none, so there it says so and passes;
-//! the format conversions and the trigger are unit-tested in `edge/src/v4l.rs`. On a unit with
+//! the format conversions and the trigger are unit-tested in `edge/src/sources/v4l.rs`. On a unit with
 //! a frame grabber, `FV_REQUIRE_V4L=1` makes a missing device a failure.
 
 #![cfg(feature = "v4l")]
 
-use fv_edge::v4l::{capture, FrameFormat, Trigger};
+use fv_edge::sources::v4l::{capture, FrameFormat, Trigger};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 #[test]

@@ -10,7 +10,7 @@
 //! like the report's, so sending it again is the same instance to the PACS.
 
 use crate::dimse::derived_uid;
-use crate::sr::{code, dicom_date_time, el, read_source, seq, Item, Report, ReportError};
+use crate::sinks::sr::{code, dicom_date_time, el, read_source, seq, Item, Report, ReportError};
 use dicom_core::{DataElement, PrimitiveValue, VR};
 use dicom_dictionary_std::{tags, uids};
 use fv_core::result::ResultMessage;

@@ -14,7 +14,8 @@
 //! retained `status` says online, with a last will that says offline; a `heartbeat` reports
 //! health every few seconds, including a publisher that is stalled and why.
 
-use crate::outbox::{Entry, SharedOutbox};
+use crate::health::Stats;
+use crate::sinks::outbox::{Entry, SharedOutbox};
 use anyhow::Context as _;
 use fv_core::result::ModelRef;
 use fv_core::wire::{HeartbeatMessage, StatusMessage, Topics, UnitState};
@@ -22,38 +23,12 @@ use rumqttc::{
     Client, ConnectionError, Event, LastWill, MqttOptions, Outgoing, Packet, QoS, TlsConfiguration,
     Transport,
 };
-use serde::Serialize;
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-/// Counters shared with the worker, reported in heartbeats.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct Stats {
-    /// Inputs read successfully.
-    pub processed: u64,
-    /// Inputs that failed.
-    pub failed: u64,
-    /// Inputs read and found outside the models' scope (counted in `processed` too).
-    pub not_applicable: u64,
-    /// The last failure's message (bounded, pseudonymous: what the fleet may see).
-    pub last_error: Option<String>,
-    /// Results set aside unsent because they exceed the packet limit.
-    pub oversized: u64,
-    /// Why the publisher cannot do its work right now (`None` when it can).
-    pub publisher_stalled: Option<String>,
-    /// Structured Reports waiting for the PACS (`None`: no PACS configured).
-    pub pacs_outbox_depth: Option<usize>,
-    /// Reports the PACS has stored since start.
-    pub pacs_sent: u64,
-    /// Why the PACS sender cannot deliver right now.
-    pub pacs_stalled: Option<String>,
-    /// Why the DICOM node refuses objects right now (too little disk).
-    pub dicom_refusing: Option<String>,
-}
 
 /// What the publisher needs.
 pub struct Publisher {
@@ -225,7 +200,7 @@ impl Publisher {
             match r {
                 Ok(()) => return,
                 Err(panic) => {
-                    let what = crate::input::panic_message(panic.as_ref());
+                    let what = crate::sources::input::panic_message(panic.as_ref());
                     tracing::error!("mqtt: the publisher panicked: {what}; restarting it in 5 s");
                     self.stall(Some(format!("publisher restarted after a panic: {what}")));
                     std::thread::sleep(Duration::from_secs(5));

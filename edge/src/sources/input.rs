@@ -1,8 +1,8 @@
 //! One input image, from whatever source: decoded to grayscale in display orientation, with
 //! what the result message may say about it (never a patient identifier).
 
-use crate::dicom;
-use crate::input_error::InputError;
+use crate::sources::dicom;
+use crate::sources::input_error::InputError;
 use fv_core::imaging::{decode_bytes, read_bounded, DecodeOptions, XrayImage};
 use fv_core::result::SourceKind;
 use std::path::Path;

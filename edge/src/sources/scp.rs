@@ -91,7 +91,7 @@ pub struct Scp {
     /// The device's UID salt, for the file names.
     pub salt: String,
     /// Where the node says it refuses objects for want of space (the heartbeat's `dicom`).
-    pub health: Option<Arc<Mutex<crate::mqtt::Stats>>>,
+    pub health: Option<Arc<Mutex<crate::health::Stats>>>,
     /// Numbers each receive's temporary file.
     receives: Arc<AtomicU64>,
     /// Held while a received object is handed to the watch folder: one UID, one file.
@@ -829,7 +829,7 @@ impl Session<'_> {
             Ok(Published::New(dest)) => {
                 tracing::info!(
                     "DICOM: received {} ({} bytes) from {}",
-                    crate::input::file_name(&dest),
+                    crate::sources::input::file_name(&dest),
                     store.bytes,
                     self.calling
                 );

@@ -6,8 +6,8 @@
 //! image's result (`<name>.sr.dcm`) for a person to send again.
 
 use crate::dimse::{status, Command};
-use crate::outbox::{Entry, SharedOutbox};
-use crate::sr::COMPREHENSIVE_SR;
+use crate::sinks::outbox::{Entry, SharedOutbox};
+use crate::sinks::sr::COMPREHENSIVE_SR;
 
 /// What fv-edge sends to the PACS: Structured Reports, and the marks as Secondary Captures.
 const SENT_CLASSES: [&str; 2] = [COMPREHENSIVE_SR, uids::SECONDARY_CAPTURE_IMAGE_STORAGE];
@@ -63,7 +63,7 @@ pub struct PacsSender {
     /// Longest backoff.
     pub max_retry: Duration,
     /// For the heartbeat (`pacs_*`).
-    pub stats: Arc<Mutex<crate::mqtt::Stats>>,
+    pub stats: Arc<Mutex<crate::health::Stats>>,
     /// Stop when set (after the outbox is empty, or the PACS is unreachable).
     pub shutdown: Arc<AtomicBool>,
 }

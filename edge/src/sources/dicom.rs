@@ -6,7 +6,7 @@
 //! colour images, and pixel data dicom-rs 0.10.1 cannot decode (JPEG Extended 12-bit among
 //! them).
 
-use crate::input_error::{bounded, InputError};
+use crate::sources::input_error::{bounded, InputError};
 use dicom_dictionary_std::tags;
 use dicom_object::DefaultDicomObject;
 use dicom_pixeldata::{Lut, PixelDecoder as _, PixelRepresentation, Rescale};

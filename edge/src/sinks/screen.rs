@@ -7,8 +7,8 @@
 //! reaches MQTT or the fleet. It listens on loopback unless configured otherwise, and then
 //! only with a token (`?token=` or `Authorization: Bearer`).
 
-use crate::mqtt::Stats;
-use crate::outbox::SharedOutbox;
+use crate::health::Stats;
+use crate::sinks::outbox::SharedOutbox;
 use anyhow::Context as _;
 use fv_core::result::ResultMessage;
 use serde::{Deserialize, Serialize};

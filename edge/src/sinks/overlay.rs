@@ -8,7 +8,7 @@ use fv_core::result::{Finding, Level, Localization, ResultMessage};
 use image::{Rgb, RgbImage};
 
 /// DejaVu Sans (free licence: trainer/assets/DejaVuSans.LICENSE), shared with the trainer.
-static FONT: &[u8] = include_bytes!("../../trainer/assets/DejaVuSans.ttf");
+static FONT: &[u8] = include_bytes!("../../../trainer/assets/DejaVuSans.ttf");
 
 const RED: Rgb<u8> = Rgb([230, 40, 40]);
 const AMBER: Rgb<u8> = Rgb([255, 170, 0]);

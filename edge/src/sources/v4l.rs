@@ -5,7 +5,7 @@
 //! capture loop needs the `v4l` cargo feature (default; its build runs bindgen, so it needs
 //! libclang) and a `/dev/video*` device.
 
-use crate::input_error::InputError;
+use crate::sources::input_error::InputError;
 use fv_core::imaging::{decode_bytes, DecodeOptions, Gray16, Gray8, XrayImage};
 use serde::{Deserialize, Serialize};
 
