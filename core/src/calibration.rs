@@ -25,6 +25,58 @@ pub enum Calibration {
     },
 }
 
+/// FracAtlas' share of fractured images (717 of 4083): the default deployment prevalence,
+/// nearer a clinic's stream than validation's 33 %.
+pub const FRACATLAS_PREVALENCE: f64 = 717.0 / 4083.0;
+
+/// A change of prior: a probability calibrated on data with `fitted` fractures, read on a
+/// stream with `deployment` of them. Bayes' rule moves the log-odds by
+/// `logit(deployment) − logit(fitted)` and leaves the likelihood ratio, so the ranking and
+/// the sensitivity and specificity at each threshold stay as they were when the thresholds
+/// move the same way ([`Prevalence::threshold`]).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Prevalence {
+    /// The share of fractured images the calibration, fusion and thresholds were fitted on
+    /// (validation's).
+    pub fitted: f64,
+    /// The share the reported probability is corrected to.
+    pub deployment: f64,
+}
+
+/// A prevalence that is not a share strictly between 0 and 1.
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[error("a prevalence of {0} is not a share strictly between 0 and 1 (FracAtlas: 0.176)")]
+pub struct PrevalenceError(pub f64);
+
+impl Prevalence {
+    /// Checks both shares.
+    pub fn new(fitted: f64, deployment: f64) -> Result<Self, PrevalenceError> {
+        for v in [fitted, deployment] {
+            if !(v > 0.0 && v < 1.0) {
+                return Err(PrevalenceError(v));
+            }
+        }
+        Ok(Prevalence { fitted, deployment })
+    }
+
+    fn shift(&self) -> f64 {
+        let l = |v: f64| (v / (1.0 - v)).ln();
+        l(self.deployment.clamp(1e-6, 1.0 - 1e-6)) - l(self.fitted.clamp(1e-6, 1.0 - 1e-6))
+    }
+
+    /// `p` (at `fitted`) at `deployment`.
+    pub fn apply(&self, p: Probability) -> Probability {
+        Probability::saturating(sigmoid(logit(p) + self.shift()))
+    }
+
+    /// A threshold on the fitted scale moved to the deployment scale: an image passes it
+    /// after the correction exactly when it passed before.
+    pub fn threshold(&self, t: Probability) -> Probability {
+        self.apply(t)
+    }
+}
+
 /// `ln(p / (1 − p))`, clamped to ±30 so that a saturated softmax stays finite.
 pub fn logit(p: Probability) -> f64 {
     let p = p.get().clamp(1e-13, 1.0 - 1e-13);
@@ -223,5 +275,31 @@ mod tests {
         assert!(out.windows(2).all(|w| w[0] <= w[1]), "{out:?}");
         assert!(Calibration::fit_platt(&raw, &[true; 4]).is_none());
         assert!(logit(p(1.0)).is_finite() && logit(p(0.0)).is_finite());
+    }
+
+    #[test]
+    fn a_prior_shift_moves_probability_and_thresholds_together() {
+        let p = |v| Probability::new(v).unwrap();
+        let at = Prevalence::new(82.0 / 245.0, super::FRACATLAS_PREVALENCE).unwrap();
+        // Fewer fractures in the stream: every probability comes down.
+        assert!(at.apply(p(0.5)).get() < 0.5);
+        // Odds scale by (0.176/0.824)/(0.335/0.665): 0.5 → about 0.298.
+        assert!(
+            (at.apply(p(0.5)).get() - 0.2977).abs() < 1e-3,
+            "{:?}",
+            at.apply(p(0.5))
+        );
+        // The same images pass a moved threshold as passed the old one.
+        for (v, t) in [(0.59, 0.594), (0.60, 0.594), (0.10, 0.107), (0.11, 0.107)] {
+            assert_eq!(
+                at.apply(p(v)) >= at.threshold(p(t)),
+                p(v) >= p(t),
+                "{v} against {t}"
+            );
+        }
+        // At its own prevalence nothing moves.
+        let same = Prevalence::new(0.3, 0.3).unwrap();
+        assert!((same.apply(p(0.42)).get() - 0.42).abs() < 1e-12);
+        assert_eq!(Prevalence::new(0.3, 1.0), Err(PrevalenceError(1.0)));
     }
 }

@@ -260,6 +260,12 @@ pub struct Manifest {
     /// that detector installed ([`crate::reading::image_reading`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fusion: Option<crate::reading::Fusion>,
+    /// The prevalence the calibration, fusion and thresholds were fitted at, and the one
+    /// the reported probability is corrected to (classifiers; written by `fv-train fuse
+    /// --write`; a unit may set its own deployment prevalence). Absent: the probability is
+    /// reported at the prevalence it was fitted at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prevalence: Option<crate::calibration::Prevalence>,
     /// Horizontal-flip test-time augmentation (classifiers; chosen on validation by `fv-train
     /// fuse`): the raw probability is the mean of the raw probabilities on the image and on
     /// its mirror, and the calibration, thresholds and fusion above are fitted to that mean.
@@ -487,6 +493,7 @@ mod tests {
                 definite: Probability::new(0.7).unwrap(),
             },
             probability_calibration: None,
+            prevalence: None,
             fusion: None,
             test_time_hflip: false,
             nms: None,

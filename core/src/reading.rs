@@ -277,23 +277,35 @@ pub fn image_reading(
     detector: Option<(&Manifest, &[f32])>,
 ) -> Result<ImageReading, ReadoutError> {
     let raw = views.raw(classifier)?;
-    if let Some((dm, out)) = detector {
-        if let Some(f) = fusion_with(classifier, Some(dm)) {
-            let top = detector_top_score(dm, out)?;
-            return Ok(ImageReading {
-                probability: f.probability(raw, top),
-                thresholds: f.thresholds,
-                source: ReadingSource::Fusion,
-            });
-        }
-    }
-    Ok(ImageReading {
-        // The manifest's thresholds are on the calibrated scale when it has a calibration.
-        probability: classifier
-            .probability_calibration
-            .map_or(raw, |c| c.apply(raw)),
-        thresholds: classifier.thresholds,
-        source: ReadingSource::Classifier,
+    let fusion =
+        detector.and_then(|(dm, out)| fusion_with(classifier, Some(dm)).map(|f| (f, dm, out)));
+    let fitted = match fusion {
+        Some((f, dm, out)) => ImageReading {
+            probability: f.probability(raw, detector_top_score(dm, out)?),
+            thresholds: f.thresholds,
+            source: ReadingSource::Fusion,
+        },
+        None => ImageReading {
+            // The manifest's thresholds are on the calibrated scale when it has a calibration.
+            probability: classifier
+                .probability_calibration
+                .map_or(raw, |c| c.apply(raw)),
+            thresholds: classifier.thresholds,
+            source: ReadingSource::Classifier,
+        },
+    };
+    Ok(match classifier.prevalence {
+        None => fitted,
+        // The probability at the stream's prevalence, the thresholds moved with it: the same
+        // images reach each finding.
+        Some(at) => ImageReading {
+            probability: at.apply(fitted.probability),
+            thresholds: Thresholds {
+                suspicious: at.threshold(fitted.thresholds.suspicious),
+                definite: at.threshold(fitted.thresholds.definite),
+            },
+            source: fitted.source,
+        },
     })
 }
 

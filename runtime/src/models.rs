@@ -283,6 +283,9 @@ pub struct Selection {
     pub engine: EngineKind,
     /// Where TensorRT engines are cached (the state dir's `engine-cache`).
     pub engine_cache: Option<PathBuf>,
+    /// The share of fractures in this unit's stream, which the classifier's probability is
+    /// corrected to (default: its manifest's `prevalence.deployment`).
+    pub prevalence: Option<f64>,
 }
 
 /// Loads the classifier (required) and the detector (optional) from `dir`.
@@ -308,6 +311,20 @@ pub fn load_dir(dir: &Path, sel: &Selection) -> anyhow::Result<Models> {
         sel.precision,
         dir,
     )?;
+    let mut classifier = classifier;
+    if let Some(deployment) = sel.prevalence {
+        let m = &mut classifier.manifest;
+        let fitted = m.prevalence.map(|p| p.fitted).with_context(|| {
+            format!(
+                "{}: its manifest says no prevalence it was fitted at; set one with `fv-train expect --prevalence` before setting a unit's",
+                m.name
+            )
+        })?;
+        m.prevalence = Some(
+            fv_core::calibration::Prevalence::new(fitted, deployment)
+                .with_context(|| format!("the unit's prevalence for {}", m.name))?,
+        );
+    }
     let cache = sel
         .engine_cache
         .clone()

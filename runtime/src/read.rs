@@ -224,11 +224,13 @@ mod tests {
     use fv_core::reading::{image_reading, ClassifierViews};
     use fv_core::Probability;
 
-    /// A committed manifest, read on the image alone (the tests below give one view).
+    /// A committed manifest, read on the image alone (the tests below give one view) at
+    /// the prevalence it was fitted at (the correction has its own test).
     fn manifest(name: &str) -> fv_core::manifest::Manifest {
         let path = format!("{}/../models/{name}.json", env!("CARGO_MANIFEST_DIR"));
         let mut m = fv_core::manifest::Manifest::from_path(std::path::Path::new(&path)).unwrap();
         m.test_time_hflip = false;
+        m.prevalence = None;
         m
     }
 
@@ -250,6 +252,31 @@ mod tests {
         assert!((raw - 0.75).abs() < 1e-6);
         assert_eq!(calibrated, c.apply(Probability::saturating(raw)));
         assert!(calibrated.get() < raw);
+    }
+
+    #[test]
+    fn at_another_prevalence_the_probability_moves_and_every_finding_stays() {
+        use fv_core::calibration::Prevalence;
+        use fv_core::result::Finding;
+        let m = manifest("efficientnet-lite0-fracatlas");
+        let read = |m: &fv_core::manifest::Manifest, p: f32| {
+            let r = image_reading(m, ClassifierViews::single(&[1.0 - p, p]), None).unwrap();
+            let t = r.thresholds;
+            (
+                r.probability,
+                Finding::at(r.probability, t.suspicious, t.definite),
+            )
+        };
+        let at = Prevalence::new(0.335, 0.176).unwrap();
+        let mut shifted = m.clone();
+        shifted.prevalence = Some(at);
+        for raw in [0.02f32, 0.2, 0.4, 0.55, 0.7, 0.9, 0.99] {
+            let (p0, f0) = read(&m, raw);
+            let (p1, f1) = read(&shifted, raw);
+            assert_eq!(p1, at.apply(p0), "{raw}");
+            assert!(p1 < p0, "fewer fractures in the stream: {raw}");
+            assert_eq!(f1, f0, "{raw}: the same finding at the moved thresholds");
+        }
     }
 
     #[test]

@@ -15,7 +15,7 @@ use crate::classify::run_split_samples;
 use crate::data::classify::Sample;
 use crate::data::SplitPart;
 use anyhow::Context as _;
-use fv_core::calibration::Calibration;
+use fv_core::calibration::{Calibration, Prevalence};
 use fv_core::drift::{ClassBehaviour, Expected};
 use fv_core::imaging::{decode_file, DecodeOptions};
 use fv_core::manifest::{Manifest, Thresholds};
@@ -420,7 +420,7 @@ pub fn fuse(o: &FuseOptions) -> anyhow::Result<FuseReport> {
             .applicability
             .as_ref()
             .map_or(0.0, |a| a.fitted.valid_refused);
-        m.expected = Some(expected(reading, &valid_preds, t, refused));
+        m.expected = Some(expected(reading, &valid_preds, t, refused, m.prevalence));
         let text = serde_json::to_string_pretty(&m)? + "\n";
         // The edge must accept what is written.
         Manifest::from_json(&text, &o.classifier)?;
@@ -441,12 +441,27 @@ pub fn expected(
     preds: &[Prediction],
     t: Thresholds,
     not_applicable: f64,
+    prevalence: Option<Prevalence>,
 ) -> Expected {
+    // What the unit reports: corrected to the deployment prevalence when the manifest says so.
+    let (shift, t) = match prevalence {
+        Some(at) => (
+            Box::new(move |p: Probability| at.apply(p)) as Box<dyn Fn(Probability) -> Probability>,
+            Thresholds {
+                suspicious: at.threshold(t.suspicious),
+                definite: at.threshold(t.definite),
+            },
+        ),
+        None => (
+            Box::new(|p| p) as Box<dyn Fn(Probability) -> Probability>,
+            t,
+        ),
+    };
     let class = |fractured: bool| {
         let p: Vec<f64> = preds
             .iter()
             .filter(|x| x.fractured == fractured)
-            .map(|x| x.probability.get())
+            .map(|x| shift(x.probability).get())
             .collect();
         let n = p.len().max(1) as f64;
         let mean = p.iter().sum::<f64>() / n;
@@ -468,23 +483,15 @@ pub fn expected(
     }
 }
 
-/// Writes into the classifier's manifest the `expected` behaviour of the reading it ships
-/// with (the fusion when it has one), from the validation rows of a `fuse` run's
-/// `predictions.csv`.
-pub fn write_expected(classifier: &Path, predictions: &Path) -> anyhow::Result<Expected> {
-    let found = Found::open(classifier)?;
-    let mut m = found.manifest;
-    let (reading, t) = match &m.fusion {
-        Some(f) => ("fusion", f.thresholds),
-        None => ("classifier", m.thresholds),
-    };
-    let split = format!("valid-{reading}");
+/// The rows of `split` (`valid-fusion`, `test-classifier`, …) of a `fuse` run's
+/// `predictions.csv`, which must hold both classes.
+fn prediction_rows(predictions: &Path, split: &str) -> anyhow::Result<Vec<Prediction>> {
     let mut rows = Vec::new();
     let mut r = csv::Reader::from_path(predictions)
         .with_context(|| format!("{}: cannot read", predictions.display()))?;
     for rec in r.records() {
         let rec = rec?;
-        if rec.get(0) == Some(split.as_str()) {
+        if rec.get(0) == Some(split) {
             rows.push(Prediction {
                 id: rec.get(1).unwrap_or_default().to_owned(),
                 fractured: rec.get(2) == Some("1"),
@@ -497,17 +504,111 @@ pub fn write_expected(classifier: &Path, predictions: &Path) -> anyhow::Result<E
         "{}: no {split} rows with both classes; run `fv-train fuse` for this classifier",
         predictions.display()
     );
+    Ok(rows)
+}
+
+/// The reading a classifier ships with (the fusion when it has one) and its thresholds.
+fn shipped_reading(m: &Manifest) -> (&'static str, Thresholds) {
+    match &m.fusion {
+        Some(f) => ("fusion", f.thresholds),
+        None => ("classifier", m.thresholds),
+    }
+}
+
+/// Writes into the classifier's manifest the `expected` behaviour of the reading it ships
+/// with (the fusion when it has one), from the validation rows of a `fuse` run's
+/// `predictions.csv`, at the manifest's deployment prevalence when it has one.
+pub fn write_expected(classifier: &Path, predictions: &Path) -> anyhow::Result<Expected> {
+    let found = Found::open(classifier)?;
+    let mut m = found.manifest;
+    let (reading, t) = shipped_reading(&m);
+    let rows = prediction_rows(predictions, &format!("valid-{reading}"))?;
     let refused = m
         .applicability
         .as_ref()
         .map_or(0.0, |a| a.fitted.valid_refused);
-    let e = expected(reading, &rows, t, refused);
+    let e = expected(reading, &rows, t, refused, m.prevalence);
     m.expected = Some(e.clone());
     let text = serde_json::to_string_pretty(&m)? + "\n";
     Manifest::from_json(&text, classifier)?;
     fv_core::durable::write(classifier, text.as_bytes())
         .with_context(|| format!("{}: cannot write", classifier.display()))?;
     Ok(e)
+}
+
+/// The calibration at the clinic's prevalence (`fv-train expect --prevalence`): ECE on test,
+/// weighted to each prevalence, before and after the prior correction, with 95 % bootstrap
+/// intervals.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PrevalenceReport {
+    /// The reading corrected (`fusion` or `classifier`).
+    pub reading: String,
+    /// The correction written into the manifest.
+    pub prevalence: Prevalence,
+    /// Test images, fractured and not.
+    pub test_n: [usize; 2],
+    /// ECE (10 bins) on test weighted to `prevalence.deployment`, as the probability was
+    /// reported before (`[value, low, high]`).
+    pub ece_at_deployment_before: [f64; 3],
+    /// The same for the corrected probability.
+    pub ece_at_deployment_after: [f64; 3],
+    /// ECE on test at its own composition, before and after.
+    pub ece_at_test_composition: [f64; 2],
+}
+
+/// Sets the classifier's deployment prevalence: the fitted one is the share of fractured
+/// images among the validation rows of a `fuse` run's `predictions.csv` (where calibration,
+/// fusion and thresholds were fitted), `deployment` the stream's. Rewrites `expected` at the
+/// new prevalence and reports the test ECE weighted to it, before and after.
+pub fn write_prevalence(
+    classifier: &Path,
+    predictions: &Path,
+    deployment: f64,
+) -> anyhow::Result<PrevalenceReport> {
+    use fv_core::metrics::classification::{
+        bootstrap_interval, expected_calibration_error, expected_calibration_error_at,
+    };
+    let found = Found::open(classifier)?;
+    let mut m = found.manifest;
+    let (reading, _) = shipped_reading(&m);
+    let valid = prediction_rows(predictions, &format!("valid-{reading}"))?;
+    let test = prediction_rows(predictions, &format!("test-{reading}"))?;
+    let fitted = valid.iter().filter(|p| p.fractured).count() as f64 / valid.len() as f64;
+    let at = Prevalence::new(fitted, deployment)?;
+    let before = scored(&test);
+    let after: Vec<Scored> = before
+        .iter()
+        .map(|s| Scored {
+            score: at.apply(s.score),
+            positive: s.positive,
+        })
+        .collect();
+    let ece = |s: &[Scored]| expected_calibration_error_at(s, 10, deployment);
+    let with_interval = |s: &[Scored]| -> anyhow::Result<[f64; 3]> {
+        let v = ece(s).context("test needs both classes")?;
+        let (lo, hi) = bootstrap_interval(s, ece, 2000, 17).context("test needs both classes")?;
+        Ok([v, lo, hi])
+    };
+    let plain = |s: &[Scored]| expected_calibration_error(s, 10).unwrap_or(f64::NAN);
+    let report = PrevalenceReport {
+        reading: reading.to_owned(),
+        prevalence: at,
+        test_n: [
+            test.iter().filter(|p| p.fractured).count(),
+            test.iter().filter(|p| !p.fractured).count(),
+        ],
+        ece_at_deployment_before: with_interval(&before)?,
+        ece_at_deployment_after: with_interval(&after)?,
+        ece_at_test_composition: [plain(&before), plain(&after)],
+    };
+    m.prevalence = Some(at);
+    let text = serde_json::to_string_pretty(&m)? + "\n";
+    Manifest::from_json(&text, classifier)?;
+    fv_core::durable::write(classifier, text.as_bytes())
+        .with_context(|| format!("{}: cannot write", classifier.display()))?;
+    // The drift watch's expectation follows what the unit now reports.
+    write_expected(classifier, predictions)?;
+    Ok(report)
 }
 
 /// A table for the terminal and RESULTS.md.

@@ -168,7 +168,8 @@ enum Command {
     },
     /// Write into a classifier's manifest how its reading behaved on validation, per class
     /// (the fleet's drift watch compares each unit's day with it), from the validation rows
-    /// of a `fuse` run's predictions.csv (`fuse --write` does this itself).
+    /// of a `fuse` run's predictions.csv (`fuse --write` does this itself); with
+    /// `--prevalence`, first the prevalence its probability is corrected to.
     Expect {
         /// The classifier's manifest.
         #[arg(long, value_name = "JSON")]
@@ -176,6 +177,11 @@ enum Command {
         /// The `fuse` run's predictions.csv.
         #[arg(long, value_name = "CSV")]
         predictions: PathBuf,
+        /// Correct the reported probability from validation's share of fractures to this
+        /// deployment prevalence (FracAtlas: 0.176), thresholds moved with it; prints the
+        /// test ECE at that prevalence before and after.
+        #[arg(long, value_name = "SHARE")]
+        prevalence: Option<f64>,
     },
     /// Re-evaluate a run's best checkpoint (thresholds from validation), classifier or detector.
     Eval {
@@ -747,7 +753,12 @@ fn run(cli: Cli, argv: &[String]) -> anyhow::Result<()> {
         Command::Expect {
             classifier,
             predictions,
+            prevalence,
         } => {
+            if let Some(deployment) = prevalence {
+                let r = fv_train::fuse::write_prevalence(&classifier, &predictions, deployment)?;
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            }
             let e = fv_train::fuse::write_expected(&classifier, &predictions)?;
             println!("{}", serde_json::to_string_pretty(&e)?);
             Ok(())

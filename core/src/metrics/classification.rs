@@ -262,6 +262,86 @@ pub fn expected_calibration_error(samples: &[Scored], n_bins: usize) -> Option<f
     )
 }
 
+/// Expected calibration error as it would be on a stream with fraction `prevalence` of
+/// fractures: each fractured sample weighs `prevalence / p` and each other `(1 − prevalence)
+/// / (1 − p)`, `p` the samples' own share, so that the weighted set has that prevalence with
+/// each class as sampled (a clinic's stream at FracAtlas' 18 % from a 23 % test split).
+/// `None` without both classes or with `prevalence` outside (0, 1).
+pub fn expected_calibration_error_at(
+    samples: &[Scored],
+    n_bins: usize,
+    prevalence: f64,
+) -> Option<f64> {
+    let n = samples.len() as f64;
+    let pos = samples.iter().filter(|s| s.positive).count() as f64;
+    if pos == 0.0 || pos == n || !(prevalence > 0.0 && prevalence < 1.0) {
+        return None;
+    }
+    let (w_pos, w_neg) = (prevalence / (pos / n), (1.0 - prevalence) / (1.0 - pos / n));
+    let n_bins = n_bins.max(1);
+    let (mut w, mut wp, mut wy) = (vec![0.0; n_bins], vec![0.0; n_bins], vec![0.0; n_bins]);
+    for s in samples {
+        let p = s.score.get();
+        let bin = (1..n_bins)
+            .filter(|&k| (k as f64 / n_bins as f64) < p)
+            .count();
+        let weight = if s.positive { w_pos } else { w_neg };
+        w[bin] += weight;
+        wp[bin] += weight * p;
+        wy[bin] += weight * s.positive as u8 as f64;
+    }
+    let total: f64 = w.iter().sum();
+    Some(
+        (0..n_bins)
+            .filter(|&b| w[b] > 0.0)
+            .map(|b| w[b] / total * (wy[b] / w[b] - wp[b] / w[b]).abs())
+            .sum(),
+    )
+}
+
+/// A 95 % percentile-bootstrap interval of `statistic` over `samples`: `resamples` draws with
+/// replacement, stratified by class (each draw keeps the number of fractured and other
+/// images, as a split of fixed composition), from a fixed `seed`. `None` when the statistic
+/// is undefined on the samples or on most draws.
+pub fn bootstrap_interval(
+    samples: &[Scored],
+    statistic: impl Fn(&[Scored]) -> Option<f64>,
+    resamples: usize,
+    seed: u64,
+) -> Option<(f64, f64)> {
+    statistic(samples)?;
+    let (pos, neg): (Vec<&Scored>, Vec<&Scored>) = samples.iter().partition(|s| s.positive);
+    let mut state = seed;
+    // SplitMix64: enough for resampling indices, and the same interval on every machine.
+    let mut next = |n: usize| {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        ((z ^ (z >> 31)) % n as u64) as usize
+    };
+    let mut values = Vec::with_capacity(resamples);
+    let mut draw = Vec::with_capacity(samples.len());
+    for _ in 0..resamples {
+        draw.clear();
+        for class in [&pos, &neg] {
+            for _ in 0..class.len() {
+                draw.push(*class[next(class.len())]);
+            }
+        }
+        if let Some(v) = statistic(&draw) {
+            values.push(v);
+        }
+    }
+    if values.len() * 2 < resamples.max(1) {
+        return None;
+    }
+    values.sort_by(f64::total_cmp);
+    let at =
+        |q: f64| values[((q * (values.len() - 1) as f64).round() as usize).min(values.len() - 1)];
+    Some((at(0.025), at(0.975)))
+}
+
 /// A threshold with the rates it gives on the data it was chosen on.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct OperatingPoint {
@@ -424,5 +504,55 @@ mod tests {
         assert_eq!(op.sensitivity, 0.75);
         let op = threshold_for_specificity(&v, 1.0).unwrap();
         assert_eq!(op.threshold.get(), 0.95);
+    }
+
+    #[test]
+    fn ece_at_the_samples_own_prevalence_is_the_plain_ece_and_another_reweighs_the_classes() {
+        let p = |v| Probability::new(v).unwrap();
+        let samples: Vec<Scored> = [
+            (0.9, true),
+            (0.8, true),
+            (0.3, false),
+            (0.2, false),
+            (0.6, false),
+        ]
+        .iter()
+        .map(|&(v, y)| Scored {
+            score: p(v),
+            positive: y,
+        })
+        .collect();
+        let plain = expected_calibration_error(&samples, 10).unwrap();
+        let same = expected_calibration_error_at(&samples, 10, 0.4).unwrap();
+        assert!((plain - same).abs() < 1e-12, "{plain} vs {same}");
+        // Fewer fractures: the false alarm at 0.6 weighs more.
+        let low = expected_calibration_error_at(&samples, 10, 0.1).unwrap();
+        assert!(low > plain, "{low} vs {plain}");
+        assert!(expected_calibration_error_at(&samples, 10, 0.0).is_none());
+    }
+
+    #[test]
+    fn a_bootstrap_interval_holds_the_estimate_and_narrows_with_more_samples() {
+        let make = |n: usize| -> Vec<Scored> {
+            (0..n)
+                .map(|i| Scored {
+                    score: Probability::new((i % 10) as f64 / 10.0 + 0.05).unwrap(),
+                    positive: i % 10 >= 4 && i % 3 != 0,
+                })
+                .collect()
+        };
+        let small = make(60);
+        let auc = roc_auc(&small).unwrap();
+        let (lo, hi) = bootstrap_interval(&small, roc_auc, 500, 7).unwrap();
+        assert!(lo <= auc && auc <= hi && lo < hi, "{lo} {auc} {hi}");
+        let (lo2, hi2) = bootstrap_interval(&make(600), roc_auc, 500, 7).unwrap();
+        assert!(hi2 - lo2 < hi - lo, "{lo2}..{hi2} against {lo}..{hi}");
+        assert_eq!(
+            bootstrap_interval(&small, roc_auc, 500, 7),
+            Some((lo, hi)),
+            "seeded"
+        );
+        let one_class: Vec<Scored> = small.iter().filter(|s| s.positive).copied().collect();
+        assert!(bootstrap_interval(&one_class, roc_auc, 100, 7).is_none());
     }
 }

@@ -245,6 +245,7 @@ pub fn export_run(run: &RunDir, opts: &ExportOptions) -> anyhow::Result<Exported
             .to_vec(),
         thresholds,
         probability_calibration: calibration,
+        prevalence: None,
         fusion: None,
         test_time_hflip: false,
         nms: None,

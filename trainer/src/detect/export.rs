@@ -294,6 +294,7 @@ pub fn export_detector_run(run: &Path, opts: &ExportOptions) -> anyhow::Result<E
         labels: vec![fv_core::reading::FRACTURE_BOX.into()],
         thresholds: t.scores,
         probability_calibration: None,
+        prevalence: None,
         fusion: None,
         test_time_hflip: false,
         nms: Some(fv_core::detection::NmsSettings::EDGE),
