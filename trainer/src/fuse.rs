@@ -611,6 +611,59 @@ pub fn write_prevalence(
     Ok(report)
 }
 
+/// One figure on test with its 95 % stratified bootstrap interval.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WithInterval {
+    /// The figure.
+    pub name: String,
+    /// On the whole test split.
+    pub value: f64,
+    /// 2.5th and 97.5th percentiles over 2 000 stratified resamples.
+    pub interval: [f64; 2],
+}
+
+/// The shipped reading's test figures (`fv-train intervals`), from a `fuse` run's
+/// `predictions.csv`, at the manifest's thresholds (on the scale they were fitted on), each
+/// with its bootstrap interval.
+pub fn test_intervals(classifier: &Path, predictions: &Path) -> anyhow::Result<Vec<WithInterval>> {
+    use fv_core::metrics::classification::{average_precision, bootstrap_interval};
+    let m = Found::open(classifier)?.manifest;
+    let (reading, t) = shipped_reading(&m);
+    let test = scored(&prediction_rows(predictions, &format!("test-{reading}"))?);
+    let at = |th: Probability, sens: bool| {
+        move |s: &[Scored]| {
+            let r = BinaryReport::new(s, th);
+            if sens {
+                r.sensitivity
+            } else {
+                r.specificity
+            }
+        }
+    };
+    type Figure<'a> = (&'a str, Box<dyn Fn(&[Scored]) -> Option<f64>>);
+    let figures: Vec<Figure> = vec![
+        ("roc_auc", Box::new(roc_auc)),
+        ("pr_auc", Box::new(average_precision)),
+        ("sensitivity@suspicious", Box::new(at(t.suspicious, true))),
+        ("specificity@suspicious", Box::new(at(t.suspicious, false))),
+        ("sensitivity@definite", Box::new(at(t.definite, true))),
+        ("specificity@definite", Box::new(at(t.definite, false))),
+    ];
+    figures
+        .into_iter()
+        .map(|(name, f)| {
+            let value = f(&test).context("test needs both classes")?;
+            let (lo, hi) =
+                bootstrap_interval(&test, &f, 2000, 17).context("test needs both classes")?;
+            Ok(WithInterval {
+                name: format!("{reading} {name}"),
+                value,
+                interval: [lo, hi],
+            })
+        })
+        .collect()
+}
+
 /// A table for the terminal and RESULTS.md.
 pub fn summary_table(r: &FuseReport) -> String {
     let mut s = String::from(

@@ -183,6 +183,16 @@ enum Command {
         #[arg(long, value_name = "SHARE")]
         prevalence: Option<f64>,
     },
+    /// The shipped reading's test figures with 95 % bootstrap intervals, from a `fuse` run's
+    /// predictions.csv at the classifier manifest's thresholds.
+    Intervals {
+        /// The classifier's manifest.
+        #[arg(long, value_name = "JSON")]
+        classifier: PathBuf,
+        /// The `fuse` run's predictions.csv.
+        #[arg(long, value_name = "CSV")]
+        predictions: PathBuf,
+    },
     /// Re-evaluate a run's best checkpoint (thresholds from validation), classifier or detector.
     Eval {
         /// The run folder written by `classify`.
@@ -748,6 +758,19 @@ fn run(cli: Cli, argv: &[String]) -> anyhow::Result<()> {
             })?;
             print!("{}", fv_train::scope::summary_table(&report));
             println!("report: {}", out.join("scope.json").display());
+            Ok(())
+        }
+        Command::Intervals {
+            classifier,
+            predictions,
+        } => {
+            let figures = fv_train::fuse::test_intervals(&classifier, &predictions)?;
+            for f in &figures {
+                println!(
+                    "{:<36} {:.3} ({:.3}–{:.3})",
+                    f.name, f.value, f.interval[0], f.interval[1]
+                );
+            }
             Ok(())
         }
         Command::Expect {
