@@ -115,70 +115,159 @@ pub enum Marks {
     None,
 }
 
-/// The configuration as read from one layer; every field optional so layers merge.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Layer {
-    /// Site name (a topic level).
-    pub site: Option<String>,
-    /// Device id (a topic level and the MQTT client id).
-    pub device_id: Option<String>,
-    /// Models directory.
-    pub models: Option<PathBuf>,
-    /// Precision to run when the models directory has several.
-    pub precision: Option<Precision>,
-    /// Classifier name when the directory has several.
-    pub classifier: Option<String>,
-    /// Detector name when the directory has several.
-    pub detector: Option<String>,
-    /// Engine: `tract` (default), `ort-cpu`, `tensorrt`.
-    pub engine: Option<fv_runtime::engine::EngineKind>,
-    /// Threads for one inference (default: the cores available).
-    pub threads: Option<usize>,
-    /// State directory (outbox, salt).
-    pub state: Option<PathBuf>,
-    /// Watch folder.
-    pub watch: Option<PathBuf>,
-    /// Where done inputs go (default `<watch>/done`).
-    pub done: Option<PathBuf>,
-    /// Where bad inputs go (default `<watch>/quarantine`).
-    pub quarantine: Option<PathBuf>,
-    /// When the detector runs.
-    pub detect: Option<DetectPolicy>,
-    /// The share of fractures in this unit's stream, which the reported probability is
-    /// corrected to (default: the classifier manifest's, FracAtlas' 0.176).
-    pub prevalence: Option<f64>,
-    /// Smallest box score reported, exactly (below the detector's `suspicious`, boxes are
-    /// `candidate`s); unset: the detector's `suspicious`, at least 0.25.
-    pub min_score: Option<f32>,
-    /// Largest image accepted, in pixels.
-    pub max_pixels: Option<u64>,
-    /// Largest input file accepted, in bytes (default 1 GiB), checked before it is read.
-    pub max_input_bytes: Option<u64>,
-    /// Decode a large JPEG at 1/2, 1/4 or 1/8 scale in the DCT, keeping twice the largest
-    /// model input (default false: decoded whole, as the models were validated). The
-    /// overlay is drawn on the full image either way.
-    pub reduced_decode: Option<bool>,
-    /// A file is taken once its size and time are unchanged for this long.
-    pub settle_ms: Option<u64>,
-    /// Secret for hashing StudyInstanceUIDs (default: generated once in the state dir).
-    pub uid_salt: Option<String>,
-    /// MQTT.
-    #[serde(default)]
-    pub mqtt: MqttSettings,
-    /// Outbox bounds.
-    pub outbox: Option<OutboxLimits>,
-    /// A frame grabber, read besides (or instead of) the watch folder.
-    pub v4l: Option<V4lSettings>,
-    /// The fleet dashboard's web server (off unless `listen` is set).
-    #[serde(default)]
-    pub dashboard: crate::dashboard::DashboardSettings,
-    /// The reading screen for the radiographer (off unless `listen` is set).
-    #[serde(default)]
-    pub screen: crate::sinks::screen::ScreenSettings,
-    /// The DICOM node (storage SCP, reports to the PACS).
-    #[serde(default)]
-    pub dicom: DicomSettings,
+/// Declares [`Layer`] once. A reading setting (`read { … }`) is a config key, a flag of
+/// both `fv-edge infer` and `fv-edge run` ([`ReadFlags`], flattened into each), an `FV_*`
+/// variable, and a line of the layer merge, all from its one line here; adding one is that
+/// line and its use in [`Layer::read_settings`]. The daemon's own settings (`daemon { … }`)
+/// are keys, with their flags and variables written out below.
+macro_rules! layer {
+    (
+        read {
+            $( $(#[doc = $rdoc:literal])* [$($arg:tt)*] $rf:ident : $rt:ty = $env:literal, )*
+        }
+        daemon {
+            $( $(#[$dm:meta])* $df:ident : $dt:ty, )*
+        }
+    ) => {
+        /// The configuration as read from one layer; every field optional so layers merge.
+        #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct Layer {
+            $( $(#[doc = $rdoc])* #[doc = concat!("\n\nFlag `--", stringify!($rf), "` (underscores as dashes), variable `", $env, "`.")] pub $rf: Option<$rt>, )*
+            $( $(#[$dm])* pub $df: $dt, )*
+        }
+
+        /// How an image is read, as flags: flattened into `fv-edge infer` and `fv-edge run`.
+        #[derive(Clone, Debug, Default, clap::Args)]
+        pub struct ReadFlags {
+            $( $(#[doc = $rdoc])* #[arg(long, $($arg)*)] pub $rf: Option<$rt>, )*
+        }
+
+        impl ReadFlags {
+            /// These flags as a layer.
+            pub fn layer(self) -> Layer {
+                Layer { $( $rf: self.$rf, )* ..Default::default() }
+            }
+        }
+
+        impl Layer {
+            /// The `FV_*` variables of the reading settings.
+            pub const READ_VARIABLES: &'static [&'static str] = &[$($env),*];
+
+            fn merge_read(&mut self, over: &Layer) {
+                $( if over.$rf.is_some() { self.$rf = over.$rf.clone(); } )*
+            }
+
+            /// The reading settings from their variables, parsed as their flags are.
+            fn read_from_env(&mut self, get: &impl Fn(&str) -> Option<String>) -> anyhow::Result<()> {
+                $( if let Some(v) = get($env) {
+                    self.$rf = Some(env_value::<$rt>($env, &v, clap::value_parser!($rt))?);
+                } )*
+                Ok(())
+            }
+        }
+    };
+}
+
+/// `value` of variable `key`, parsed as clap parses the flag of the same setting.
+fn env_value<T: Clone + Send + Sync + 'static>(
+    key: &str,
+    value: &str,
+    parser: impl clap::builder::IntoResettable<clap::builder::ValueParser>,
+) -> anyhow::Result<T> {
+    let matches = clap::Command::new("fv-edge")
+        .arg(
+            clap::Arg::new("value")
+                .long("value")
+                .allow_hyphen_values(true)
+                .value_parser(parser),
+        )
+        .try_get_matches_from(["fv-edge".to_owned(), format!("--value={value}")])
+        .map_err(|e| {
+            // clap's own words (the possible values among them), less its usage tips.
+            let said: Vec<String> = e
+                .to_string()
+                .lines()
+                .map(|l| l.trim().trim_start_matches("error: ").to_owned())
+                .filter(|l| {
+                    !l.is_empty()
+                        && !l.starts_with("For more information")
+                        && !l.starts_with("Usage")
+                })
+                .collect();
+            anyhow::anyhow!("{key}={value}: {}", said.join("; "))
+        })?;
+    Ok(matches
+        .get_one::<T>("value")
+        .cloned()
+        .expect("a value clap parsed is there"))
+}
+
+layer! {
+    read {
+        /// Site name (a topic level).
+        [] site: String = "FV_SITE",
+        /// Device id (a topic level and the MQTT client id; default: the host name).
+        [] device_id: String = "FV_DEVICE_ID",
+        /// Models directory (default `models`).
+        [value_name = "DIR"] models: PathBuf = "FV_MODELS",
+        /// Precision to run when the models directory has several (default fp32).
+        [value_name = "fp32|fp16|int8"] precision: Precision = "FV_PRECISION",
+        /// Classifier name when the directory has several.
+        [value_name = "NAME"] classifier: String = "FV_CLASSIFIER",
+        /// Detector name when the directory has several.
+        [value_name = "NAME"] detector: String = "FV_DETECTOR",
+        /// Engine (default auto: ONNX Runtime when its library loads, else tract).
+        [value_enum] engine: fv_runtime::engine::EngineKind = "FV_ENGINE",
+        /// Threads for one inference (default: the cores available).
+        [value_name = "N"] threads: usize = "FV_THREADS",
+        /// When the detector (if any) runs (default suspicious).
+        [value_enum] detect: DetectPolicy = "FV_DETECT",
+        /// Smallest box score reported, exactly (below the detector's `suspicious`, boxes are
+        /// `candidate`s); unset: the detector's `suspicious`, at least 0.25.
+        [value_name = "S"] min_score: f32 = "FV_MIN_SCORE",
+        /// The share of fractures in this unit's stream, which the reported probability is
+        /// corrected to (default: the classifier manifest's, FracAtlas' 0.176).
+        [value_name = "SHARE"] prevalence: f64 = "FV_PREVALENCE",
+        /// Largest image accepted, in pixels.
+        [value_name = "N"] max_pixels: u64 = "FV_MAX_PIXELS",
+        /// Largest input file accepted, in bytes (default 1 GiB), checked before it is read.
+        [value_name = "BYTES"] max_input_bytes: u64 = "FV_MAX_INPUT_BYTES",
+        /// Decode a large JPEG at 1/2, 1/4 or 1/8 scale in the DCT, keeping twice the largest
+        /// model input (default false: decoded whole, as the models were validated). The
+        /// overlay is drawn on the full image either way.
+        [num_args = 0..=1, default_missing_value = "true", value_name = "BOOL"] reduced_decode: bool = "FV_REDUCED_DECODE",
+    }
+    daemon {
+        /// State directory (outbox, salt).
+        state: Option<PathBuf>,
+        /// Watch folder.
+        watch: Option<PathBuf>,
+        /// Where done inputs go (default `<watch>/done`).
+        done: Option<PathBuf>,
+        /// Where bad inputs go (default `<watch>/quarantine`).
+        quarantine: Option<PathBuf>,
+        /// A file is taken once its size and time are unchanged for this long.
+        settle_ms: Option<u64>,
+        /// Secret for hashing StudyInstanceUIDs (default: generated once in the state dir).
+        uid_salt: Option<String>,
+        /// MQTT.
+        #[serde(default)]
+        mqtt: MqttSettings,
+        /// Outbox bounds.
+        outbox: Option<OutboxLimits>,
+        /// A frame grabber, read besides (or instead of) the watch folder.
+        v4l: Option<V4lSettings>,
+        /// The fleet dashboard's web server (off unless `listen` is set).
+        #[serde(default)]
+        dashboard: crate::dashboard::DashboardSettings,
+        /// The reading screen for the radiographer (off unless `listen` is set).
+        #[serde(default)]
+        screen: crate::sinks::screen::ScreenSettings,
+        /// The DICOM node (storage SCP, reports to the PACS).
+        #[serde(default)]
+        dicom: DicomSettings,
+    }
 }
 
 /// The site name when none is configured (a topic level).
@@ -300,28 +389,9 @@ impl Layer {
                 .map(|v| v.parse().map_err(|e| anyhow::anyhow!("{k}={v}: {e}")))
                 .transpose()
         };
-        let precision = get("FV_PRECISION")
-            .map(|v| v.parse::<Precision>())
-            .transpose()
-            .map_err(|e| anyhow::anyhow!("FV_PRECISION: {e}"))?;
-        let engine = env_enum("FV_ENGINE", get("FV_ENGINE"))?;
-        let detect = env_enum("FV_DETECT", get("FV_DETECT"))?;
-        Ok(Layer {
-            site: get("FV_SITE"),
-            device_id: get("FV_DEVICE_ID"),
-            models: get("FV_MODELS").map(PathBuf::from),
-            precision,
-            engine,
-            threads: parse("FV_THREADS")?.map(|n| n as usize),
-            prevalence: get("FV_PREVALENCE")
-                .map(|v| {
-                    v.parse()
-                        .map_err(|e| anyhow::anyhow!("FV_PREVALENCE={v}: {e}"))
-                })
-                .transpose()?,
+        let mut layer = Layer {
             state: get("FV_STATE").map(PathBuf::from),
             watch: get("FV_WATCH").map(PathBuf::from),
-            detect,
             uid_salt: get("FV_UID_SALT"),
             mqtt: MqttSettings {
                 url: get("FV_MQTT"),
@@ -351,7 +421,9 @@ impl Layer {
                 ..Default::default()
             },
             ..Default::default()
-        })
+        };
+        layer.read_from_env(&get)?;
+        Ok(layer)
     }
 
     /// The reading settings of the merged layers; TensorRT engines are cached in
@@ -478,32 +550,8 @@ impl Layer {
 
     /// `over`'s values replace this layer's where set.
     pub fn merge(mut self, over: &Layer) -> Layer {
-        merge!(
-            self,
-            over,
-            site,
-            device_id,
-            models,
-            precision,
-            classifier,
-            detector,
-            engine,
-            threads,
-            state,
-            watch,
-            done,
-            quarantine,
-            detect,
-            min_score,
-            prevalence,
-            max_pixels,
-            max_input_bytes,
-            reduced_decode,
-            settle_ms,
-            uid_salt,
-            outbox,
-            v4l
-        );
+        self.merge_read(over);
+        merge!(self, over, state, watch, done, quarantine, settle_ms, uid_salt, outbox, v4l);
         merge!(
             self.mqtt,
             over.mqtt,
@@ -541,22 +589,6 @@ impl Layer {
         );
         self
     }
-}
-
-/// An `FV_*` value of an enum the command line also takes, read as clap reads the flag.
-fn env_enum<T: clap::ValueEnum>(key: &str, value: Option<String>) -> anyhow::Result<Option<T>> {
-    value
-        .map(|v| {
-            T::from_str(&v, false).map_err(|_| {
-                let names: Vec<String> = T::value_variants()
-                    .iter()
-                    .filter_map(|x| x.to_possible_value())
-                    .map(|p| p.get_name().to_owned())
-                    .collect();
-                anyhow::anyhow!("{key}={v}: use one of {}", names.join(", "))
-            })
-        })
-        .transpose()
 }
 
 /// A topic level must not contain `/`, `+`, `#` or be empty.
@@ -697,5 +729,44 @@ mod tests {
             e.contains("FV_DETECT=sometimes") && e.contains("always, suspicious, never"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_reading_setting_is_a_key_a_flag_and_a_variable_from_one_declaration() {
+        use clap::Parser as _;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            read: ReadFlags,
+        }
+        let file: Layer = toml::from_str("prevalence = 0.2\nreduced_decode = true\n").unwrap();
+        let flags = Cli::parse_from(["fv-edge", "--prevalence", "0.3", "--reduced-decode"])
+            .read
+            .layer();
+        let env = Layer::from_env(|k| match k {
+            "FV_PREVALENCE" => Some("0.4".into()),
+            "FV_REDUCED_DECODE" => Some("false".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(
+            (file.prevalence, file.reduced_decode),
+            (Some(0.2), Some(true))
+        );
+        assert_eq!(
+            (flags.prevalence, flags.reduced_decode),
+            (Some(0.3), Some(true))
+        );
+        assert_eq!(
+            (env.prevalence, env.reduced_decode),
+            (Some(0.4), Some(false))
+        );
+        let merged = file.merge(&flags).merge(&env);
+        assert_eq!(merged.prevalence, Some(0.4));
+        assert!(Layer::READ_VARIABLES.contains(&"FV_PREVALENCE"));
+        let e = Layer::from_env(|k| (k == "FV_THREADS").then(|| "many".to_owned()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("FV_THREADS=many: invalid value"), "{e}");
     }
 }

@@ -5,11 +5,9 @@
 
 use clap::{Parser, Subcommand};
 use fv_core::imaging::DecodeOptions;
-use fv_core::manifest::Precision;
-use fv_edge::config::{Layer, MqttSettings};
+use fv_edge::config::{Layer, MqttSettings, ReadFlags};
 use fv_edge::pipeline::{file_source, Pipeline, PipelineConfig};
 use fv_runtime::engine::EngineKind;
-use fv_runtime::DetectPolicy;
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -38,35 +36,8 @@ enum Command {
         /// Images: DICOM, PNG, TIFF or JPEG.
         #[arg(required = true, value_name = "FILE")]
         files: Vec<PathBuf>,
-        /// Models directory (manifests beside ONNX files; default `models`).
-        #[arg(long, value_name = "DIR")]
-        models: Option<PathBuf>,
-        /// Precision to run when the directory holds several (default fp32).
-        #[arg(long, value_name = "fp32|fp16|int8")]
-        precision: Option<Precision>,
-        /// Smallest detector box score reported, exactly: boxes below the detector's
-        /// `suspicious` threshold come as `candidate` (default: that threshold, at least 0.25).
-        #[arg(long, value_name = "S")]
-        min_score: Option<f32>,
-        /// When the detector (if any) runs (default suspicious).
-        #[arg(long, value_enum)]
-        detect: Option<DetectPolicy>,
-        /// Refuse images with more pixels than this.
-        #[arg(long)]
-        max_pixels: Option<u64>,
-        /// Inference engine (default auto: ONNX Runtime when its library loads, else tract).
-        #[arg(long, value_enum)]
-        engine: Option<EngineKind>,
-        /// Threads for one inference (default: the cores available).
-        #[arg(long, value_name = "N")]
-        threads: Option<usize>,
-        /// Decode large JPEGs at the DCT scale the models need (twice their input), not whole.
-        #[arg(long)]
-        reduced_decode: bool,
-        /// The share of fractures in the stream; the probability is corrected to it
-        /// (default: the classifier manifest's, FracAtlas' 0.176).
-        #[arg(long, value_name = "SHARE")]
-        prevalence: Option<f64>,
+        #[command(flatten)]
+        read: ReadFlags,
     },
     /// The daemon: watch a folder, read each image, write local results, publish over MQTT.
     Run(Box<RunArgs>),
@@ -128,31 +99,8 @@ struct RunArgs {
     /// State directory: outbox and the UID salt (default ./state).
     #[arg(long, value_name = "DIR")]
     state: Option<PathBuf>,
-    /// Site name (MQTT topic level).
-    #[arg(long)]
-    site: Option<String>,
-    /// Device id (MQTT topic level and client id; default: host name).
-    #[arg(long)]
-    device_id: Option<String>,
-    /// Models directory (default ./models).
-    #[arg(long, value_name = "DIR")]
-    models: Option<PathBuf>,
-    /// Precision to run when the directory holds several (default fp32).
-    #[arg(long, value_name = "fp32|fp16|int8")]
-    precision: Option<Precision>,
-    /// When the detector (if any) runs (default suspicious).
-    #[arg(long, value_enum)]
-    detect: Option<DetectPolicy>,
-    /// Inference engine (default auto: ONNX Runtime when its library loads, else tract).
-    #[arg(long, value_enum)]
-    engine: Option<EngineKind>,
-    /// Threads for one inference (default: the cores available).
-    #[arg(long, value_name = "N")]
-    threads: Option<usize>,
-    /// The share of fractures in this unit's stream; the probability is corrected to it
-    /// (default: the classifier manifest's, FracAtlas' 0.176).
-    #[arg(long, value_name = "SHARE")]
-    prevalence: Option<f64>,
+    #[command(flatten)]
+    read: ReadFlags,
     /// Seconds between heartbeats (default 30).
     #[arg(long, value_name = "S")]
     heartbeat: Option<u64>,
@@ -213,31 +161,9 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             }
             Ok(all_ok)
         }
-        Command::Infer {
-            files,
-            models,
-            precision,
-            min_score,
-            detect,
-            max_pixels,
-            engine,
-            threads,
-            reduced_decode,
-            prevalence,
-        } => {
+        Command::Infer { files, read } => {
             // The same layers as `run` (flags, then `FV_*` over them), resolved once.
-            let flags = Layer {
-                models,
-                precision,
-                min_score,
-                detect,
-                max_pixels,
-                engine,
-                threads,
-                reduced_decode: reduced_decode.then_some(true),
-                prevalence,
-                ..Default::default()
-            };
+            let flags = read.layer();
             let layer = flags.merge(&Layer::from_env(|k| std::env::var(k).ok())?);
             let read = layer.read_settings(std::env::temp_dir().join("fv-edge-engine-cache"))?;
             fv_runtime::engine::set_threads(read.threads);
@@ -275,16 +201,8 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
                 None => Layer::default(),
             };
             let flags = Layer {
-                site: a.site,
-                device_id: a.device_id,
-                models: a.models,
-                precision: a.precision,
                 state: a.state,
                 watch: a.watch,
-                detect: a.detect,
-                engine: a.engine,
-                threads: a.threads,
-                prevalence: a.prevalence,
                 settle_ms: a.settle_ms,
                 mqtt: MqttSettings {
                     url: a.mqtt,
@@ -306,7 +224,7 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
                     },
                     ..Default::default()
                 },
-                ..Default::default()
+                ..a.read.layer()
             };
             let env = Layer::from_env(|k| std::env::var(k).ok())?;
             fv_edge::daemon::run(file.merge(&flags).merge(&env).daemon_settings()?)?;
