@@ -159,13 +159,7 @@ impl Task for Simclr<'_> {
             .projection
             .forward(m.backbone.forward(model_batch(&refs, c, ad)));
         let value = nt_xent(z, c.ssl.temperature);
-        let v = value.clone().into_scalar::<f32>() as f64;
-        Ok(Loss {
-            value,
-            parts: vec![v],
-            extra: Vec::new(),
-            images: views.len(),
-        })
+        Ok(Loss::single(value, views.len()))
     }
     fn validate(
         &self,
@@ -257,13 +251,7 @@ impl Task for MlpHead<'_> {
         let x = self.train_emb.clone().select(0, idx);
         let labels: Vec<bool> = batch.iter().map(|&i| self.labels[i]).collect();
         let value = weighted_ce(parts(model).head.forward(x), &labels, self.class_w);
-        let v = value.clone().into_scalar::<f32>() as f64;
-        Ok(Loss {
-            value,
-            parts: vec![v],
-            extra: Vec::new(),
-            images: batch.len(),
-        })
+        Ok(Loss::single(value, batch.len()))
     }
     fn validate(
         &self,

@@ -487,13 +487,7 @@ impl Task for Classification<'_> {
         let x = batch_tensor(&refs, mean, std, ad);
         let labels: Vec<bool> = batch.iter().map(|&i| self.labels[i]).collect();
         let value = weighted_ce(model.forward(x), &labels, self.class_w);
-        let v = value.clone().into_scalar::<f32>() as f64;
-        Ok(Loss {
-            value,
-            parts: vec![v],
-            extra: Vec::new(),
-            images: batch.len(),
-        })
+        Ok(Loss::single(value, batch.len()))
     }
     fn validate(
         &self,

@@ -45,6 +45,19 @@ pub struct Loss {
     pub images: usize,
 }
 
+impl Loss {
+    /// A loss of one part, over `images` images.
+    pub fn single(value: Tensor<1>, images: usize) -> Self {
+        let v = value.clone().into_scalar::<f32>() as f64;
+        Loss {
+            value,
+            parts: vec![v],
+            extra: Vec::new(),
+            images,
+        }
+    }
+}
+
 /// What a task tells the driver: its model, data, step and validation. It holds its data,
 /// loaded before [`fit`] is called.
 pub trait Task {
