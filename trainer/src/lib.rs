@@ -13,4 +13,5 @@ pub mod onnx;
 pub mod plots;
 pub mod run;
 pub mod scope;
+pub mod shifts;
 pub mod weights;

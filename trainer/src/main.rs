@@ -183,6 +183,25 @@ enum Command {
         #[arg(long, value_name = "SHARE")]
         prevalence: Option<f64>,
     },
+    /// The shipped reading under the fleet's shift suite: each image of a split as it is and
+    /// under each shift, read as fv-edge reads it; ROC-AUC and both operating points per shift.
+    Shifts {
+        /// The models directory.
+        #[arg(long, value_name = "DIR", default_value = "models")]
+        models: PathBuf,
+        /// The classifier's run folder (its data.json names the split).
+        #[arg(long, value_name = "RUN")]
+        run: PathBuf,
+        /// The FracAtlas folder.
+        #[arg(long, value_name = "DIR")]
+        data: PathBuf,
+        /// Which part of the split.
+        #[arg(long, value_enum, default_value = "test")]
+        split: fv_train::data::SplitPart,
+        /// Where shifts.json and predictions.csv go.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
     /// The shipped reading's test figures with 95 % bootstrap intervals, from a `fuse` run's
     /// predictions.csv at the classifier manifest's thresholds.
     Intervals {
@@ -758,6 +777,24 @@ fn run(cli: Cli, argv: &[String]) -> anyhow::Result<()> {
             })?;
             print!("{}", fv_train::scope::summary_table(&report));
             println!("report: {}", out.join("scope.json").display());
+            Ok(())
+        }
+        Command::Shifts {
+            models,
+            run,
+            data,
+            split,
+            out,
+        } => {
+            let report = fv_train::shifts::shifts(&fv_train::shifts::ShiftOptions {
+                models,
+                run,
+                data,
+                split,
+                out: out.clone(),
+            })?;
+            print!("{}", fv_train::shifts::table(&report));
+            println!("report: {}", out.join("shifts.json").display());
             Ok(())
         }
         Command::Intervals {
