@@ -144,6 +144,18 @@ pub struct Thresholds {
 }
 
 impl Thresholds {
+    /// Both thresholds moved to the prevalence the probability is corrected to, when there
+    /// is a correction: an image passes each as it passed before.
+    pub fn at(self, prevalence: Option<crate::calibration::Prevalence>) -> Thresholds {
+        match prevalence {
+            Some(p) => Thresholds {
+                suspicious: p.threshold(self.suspicious),
+                definite: p.threshold(self.definite),
+            },
+            None => self,
+        }
+    }
+
     /// `suspicious` must not be above `definite`; `what` names the pair in the error.
     fn check_order(&self, what: &str) -> Result<(), String> {
         if self.suspicious > self.definite {

@@ -294,18 +294,13 @@ pub fn image_reading(
             source: ReadingSource::Classifier,
         },
     };
-    Ok(match classifier.prevalence {
-        None => fitted,
-        // The probability at the stream's prevalence, the thresholds moved with it: the same
-        // images reach each finding.
-        Some(at) => ImageReading {
-            probability: at.apply(fitted.probability),
-            thresholds: Thresholds {
-                suspicious: at.threshold(fitted.thresholds.suspicious),
-                definite: at.threshold(fitted.thresholds.definite),
-            },
-            source: fitted.source,
-        },
+    // The probability at the stream's prevalence, the thresholds moved with it: the same
+    // images reach each finding.
+    let at = classifier.prevalence;
+    Ok(ImageReading {
+        probability: at.map_or(fitted.probability, |p| p.apply(fitted.probability)),
+        thresholds: fitted.thresholds.at(at),
+        source: fitted.source,
     })
 }
 

@@ -444,19 +444,8 @@ pub fn expected(
     prevalence: Option<Prevalence>,
 ) -> Expected {
     // What the unit reports: corrected to the deployment prevalence when the manifest says so.
-    let (shift, t) = match prevalence {
-        Some(at) => (
-            Box::new(move |p: Probability| at.apply(p)) as Box<dyn Fn(Probability) -> Probability>,
-            Thresholds {
-                suspicious: at.threshold(t.suspicious),
-                definite: at.threshold(t.definite),
-            },
-        ),
-        None => (
-            Box::new(|p| p) as Box<dyn Fn(Probability) -> Probability>,
-            t,
-        ),
-    };
+    let shift = |p: Probability| prevalence.map_or(p, |at| at.apply(p));
+    let t = t.at(prevalence);
     let class = |fractured: bool| {
         let p: Vec<f64> = preds
             .iter()
@@ -626,28 +615,26 @@ pub struct WithInterval {
 /// `predictions.csv`, at the manifest's thresholds (on the scale they were fitted on), each
 /// with its bootstrap interval.
 pub fn test_intervals(classifier: &Path, predictions: &Path) -> anyhow::Result<Vec<WithInterval>> {
-    use fv_core::metrics::classification::{average_precision, bootstrap_interval};
+    use fv_core::metrics::classification::{
+        average_precision, bootstrap_interval, sensitivity_at, specificity_at,
+    };
     let m = Found::open(classifier)?.manifest;
     let (reading, t) = shipped_reading(&m);
     let test = scored(&prediction_rows(predictions, &format!("test-{reading}"))?);
-    let at = |th: Probability, sens: bool| {
-        move |s: &[Scored]| {
-            let r = BinaryReport::new(s, th);
-            if sens {
-                r.sensitivity
-            } else {
-                r.specificity
-            }
-        }
-    };
     type Figure<'a> = (&'a str, Box<dyn Fn(&[Scored]) -> Option<f64>>);
     let figures: Vec<Figure> = vec![
         ("roc_auc", Box::new(roc_auc)),
         ("pr_auc", Box::new(average_precision)),
-        ("sensitivity@suspicious", Box::new(at(t.suspicious, true))),
-        ("specificity@suspicious", Box::new(at(t.suspicious, false))),
-        ("sensitivity@definite", Box::new(at(t.definite, true))),
-        ("specificity@definite", Box::new(at(t.definite, false))),
+        (
+            "sensitivity@suspicious",
+            Box::new(sensitivity_at(t.suspicious)),
+        ),
+        (
+            "specificity@suspicious",
+            Box::new(specificity_at(t.suspicious)),
+        ),
+        ("sensitivity@definite", Box::new(sensitivity_at(t.definite))),
+        ("specificity@definite", Box::new(specificity_at(t.definite))),
     ];
     figures
         .into_iter()

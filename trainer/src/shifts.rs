@@ -10,7 +10,9 @@ use crate::data::shift::Shift;
 use crate::data::SplitPart;
 use anyhow::Context as _;
 use fv_core::imaging::{decode_file, DecodeOptions};
-use fv_core::metrics::classification::{bootstrap_interval, roc_auc, BinaryReport, Scored};
+use fv_core::metrics::classification::{
+    bootstrap_interval, roc_auc, sensitivity_at, specificity_at, Scored,
+};
 use fv_runtime::{DetectPolicy, ReadOptions, Selection};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -81,62 +83,39 @@ pub fn shifts(o: &ShiftOptions) -> anyhow::Result<Vec<UnderShift>> {
     };
     let mut conditions: Vec<Option<Shift>> = vec![None];
     conditions.extend(Shift::SUITE.iter().copied().map(Some));
-    let mut rows: Vec<(String, String, bool, f64)> = Vec::new();
-    let mut scored: Vec<(String, Vec<Scored>, fv_core::manifest::Thresholds)> = Vec::new();
-    for shift in &conditions {
-        let name = shift.map_or_else(|| "none".to_owned(), |s| s.name());
-        let mut these = Vec::new();
-        let mut thresholds = None;
-        for (i, s) in samples.iter().enumerate() {
-            let decoded = decode_file(&s.path, &DecodeOptions::default())
-                .with_context(|| format!("{}: cannot decode", s.path.display()))?;
-            let image = match shift {
-                Some(sh) => sh.apply(&decoded.image, i as u64),
-                None => decoded.image,
+    // The thresholds the unit applies: the fusion's with its detector, at the manifest's
+    // prevalence, as `image_reading` moves them.
+    let m = &models.classifier.manifest;
+    let t = fv_core::reading::fusion_with(m, models.detector.as_ref().map(|d| &d.manifest))
+        .map_or(m.thresholds, |f| f.thresholds)
+        .at(m.prevalence);
+    // Each image decoded once, then read under every condition.
+    let mut scored: Vec<Vec<Scored>> = vec![Vec::new(); conditions.len()];
+    for (i, s) in samples.iter().enumerate() {
+        let decoded = decode_file(&s.path, &DecodeOptions::default())
+            .with_context(|| format!("{}: cannot decode", s.path.display()))?;
+        for (shift, these) in conditions.iter().zip(&mut scored) {
+            let r = match shift {
+                Some(sh) => models.read(&sh.apply(&decoded.image, i as u64), &options)?,
+                None => models.read(&decoded.image, &options)?,
             };
-            let r = models.read(&image, &options)?;
-            let p = r
-                .probability
-                .context("a probability with the scope check aside")?;
-            thresholds.get_or_insert_with(|| {
-                let m = &models.classifier.manifest;
-                let t =
-                    fv_core::reading::fusion_with(m, models.detector.as_ref().map(|d| &d.manifest))
-                        .map_or(m.thresholds, |f| f.thresholds);
-                match m.prevalence {
-                    Some(at) => fv_core::manifest::Thresholds {
-                        suspicious: at.threshold(t.suspicious),
-                        definite: at.threshold(t.definite),
-                    },
-                    None => t,
-                }
-            });
             these.push(Scored {
-                score: p,
+                score: r
+                    .probability
+                    .context("a probability with the scope check aside")?,
                 positive: s.label,
             });
-            rows.push((name.clone(), s.id.clone(), s.label, p.get()));
         }
-        tracing::info!("{name}: {} images read", these.len());
-        scored.push((name, these, thresholds.context("no image in the split")?));
     }
-    let base = roc_auc(&scored[0].1).unwrap_or(f64::NAN);
-    let report: Vec<UnderShift> = scored
+    let name = |c: &Option<Shift>| c.map_or_else(|| "none".to_owned(), |s| s.name());
+    let base = roc_auc(&scored[0]).unwrap_or(f64::NAN);
+    let report: Vec<UnderShift> = conditions
         .iter()
-        .map(|(name, s, t)| {
-            let at = |th: fv_core::Probability, sens: bool| {
-                move |x: &[Scored]| {
-                    let r = BinaryReport::new(x, th);
-                    if sens {
-                        r.sensitivity
-                    } else {
-                        r.specificity
-                    }
-                }
-            };
+        .zip(&scored)
+        .map(|(c, s)| {
             let auc = figure(s, roc_auc);
             UnderShift {
-                shift: name.clone(),
+                shift: name(c),
                 n: [
                     s.iter().filter(|x| x.positive).count(),
                     s.iter().filter(|x| !x.positive).count(),
@@ -144,12 +123,12 @@ pub fn shifts(o: &ShiftOptions) -> anyhow::Result<Vec<UnderShift>> {
                 roc_auc_change: auc.value - base,
                 roc_auc: auc,
                 suspicious: [
-                    figure(s, at(t.suspicious, true)),
-                    figure(s, at(t.suspicious, false)),
+                    figure(s, sensitivity_at(t.suspicious)),
+                    figure(s, specificity_at(t.suspicious)),
                 ],
                 definite: [
-                    figure(s, at(t.definite, true)),
-                    figure(s, at(t.definite, false)),
+                    figure(s, sensitivity_at(t.definite)),
+                    figure(s, specificity_at(t.definite)),
                 ],
             }
         })
@@ -160,8 +139,11 @@ pub fn shifts(o: &ShiftOptions) -> anyhow::Result<Vec<UnderShift>> {
         serde_json::to_string_pretty(&report)?.as_bytes(),
     )?;
     let mut csv = String::from("shift,id,fractured,probability\n");
-    for (shift, id, y, p) in &rows {
-        csv += &format!("{shift},{id},{},{p:.6}\n", *y as u8);
+    for (c, these) in conditions.iter().zip(&scored) {
+        for (sample, x) in samples.iter().zip(these) {
+            let (shift, id, p) = (name(c), &sample.id, x.score.get());
+            csv += &format!("{shift},{id},{},{p:.6}\n", x.positive as u8);
+        }
     }
     write(&o.out.join("predictions.csv"), csv.as_bytes())?;
     Ok(report)

@@ -299,6 +299,17 @@ pub fn expected_calibration_error_at(
     )
 }
 
+/// Sensitivity of calling `score >= threshold` fractured (`None` without fractured samples),
+/// as a statistic for [`bootstrap_interval`].
+pub fn sensitivity_at(threshold: Probability) -> impl Fn(&[Scored]) -> Option<f64> {
+    move |s| BinaryReport::new(s, threshold).sensitivity
+}
+
+/// Specificity of the same call (`None` without other samples).
+pub fn specificity_at(threshold: Probability) -> impl Fn(&[Scored]) -> Option<f64> {
+    move |s| BinaryReport::new(s, threshold).specificity
+}
+
 /// A 95 % percentile-bootstrap interval of `statistic` over `samples`: `resamples` draws with
 /// replacement, stratified by class (each draw keeps the number of fractured and other
 /// images, as a split of fixed composition), from a fixed `seed`. `None` when the statistic
