@@ -201,6 +201,11 @@ enum Command {
         /// Where shifts.json and predictions.csv go.
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
+        /// The scale check instead of the suite: only the images whose long side exceeds
+        /// PX, each as it is and resampled to PX (any split, training included: the check
+        /// pairs each image with itself, so it asks whether scale alone moves the reading).
+        #[arg(long, value_name = "PX")]
+        scale_check: Option<u32>,
     },
     /// The shipped reading's test figures with 95 % bootstrap intervals, from a `fuse` run's
     /// predictions.csv at the classifier manifest's thresholds.
@@ -342,6 +347,15 @@ struct ClassifyArgs {
     /// constant rate, the study's).
     #[arg(long, value_name = "EPOCHS")]
     warmup_epochs: Option<f64>,
+    /// Augment each training view with another unit's exposure and processing (gamma,
+    /// contrast, unsharp masking, noise, bit depth; the shift suite's photometric kinds).
+    #[arg(long)]
+    photometric: bool,
+    /// Resample training images whose long side exceeds PX to PX before anything else
+    /// (FracAtlas' high-resolution images are all in training and skew positive: 454 puts
+    /// them at the scale of the rest).
+    #[arg(long, value_name = "PX")]
+    long_side: Option<u32>,
     #[command(flatten)]
     resume: ResumeArgs,
     /// At most N images per class in each split part (smoke runs).
@@ -585,6 +599,10 @@ fn run(cli: Cli, argv: &[String]) -> anyhow::Result<()> {
             config.seed = a.seed.unwrap_or(config.seed);
             config.class_weighted_loss = !a.unweighted_loss && a.sampling != Sampling::Balanced;
             config.sampling = a.sampling;
+            if a.photometric {
+                config.augment.photometric = Some(Default::default());
+            }
+            config.long_side = a.long_side;
             config.checkpoint_minutes = a.resume.checkpoint_minutes;
             config.session_step_limit = a.resume.max_steps;
             if let Some(w) = a.warmup_epochs {
@@ -785,6 +803,7 @@ fn run(cli: Cli, argv: &[String]) -> anyhow::Result<()> {
             data,
             split,
             out,
+            scale_check,
         } => {
             let report = fv_train::shifts::shifts(&fv_train::shifts::ShiftOptions {
                 models,
@@ -792,6 +811,7 @@ fn run(cli: Cli, argv: &[String]) -> anyhow::Result<()> {
                 data,
                 split,
                 out: out.clone(),
+                scale_check,
             })?;
             print!("{}", fv_train::shifts::table(&report));
             println!("report: {}", out.join("shifts.json").display());

@@ -4,6 +4,10 @@
 //! (`fv_runtime::Models::read`: both views, the fusion, the prevalence correction), with the
 //! scope check set aside so that every image gets a probability; ROC-AUC and each operating
 //! point's sensitivity and specificity per shift, with 95 % bootstrap intervals.
+//!
+//! The scale check (`scale_check`) reads only the images larger than a long side, as they
+//! are and resampled to it: a reading that moves with scale alone is the resolution shortcut
+//! (FracAtlas' high-resolution images are all in training and skew positive).
 
 use crate::classify::run_split_samples;
 use crate::data::shift::Shift;
@@ -30,6 +34,9 @@ pub struct ShiftOptions {
     pub split: SplitPart,
     /// Where `shifts.json` and `predictions.csv` go.
     pub out: PathBuf,
+    /// The scale check instead of the suite: only the images whose long side exceeds this,
+    /// as they are and resampled to it.
+    pub scale_check: Option<u32>,
 }
 
 /// One figure and its 95 % interval.
@@ -56,6 +63,8 @@ pub struct UnderShift {
     pub suspicious: [Figure; 2],
     /// The same at `definite`.
     pub definite: [Figure; 2],
+    /// Mean probability of the fractured and of the other images.
+    pub mean_probability: [f64; 2],
 }
 
 fn figure(s: &[Scored], f: impl Fn(&[Scored]) -> Option<f64>) -> Figure {
@@ -67,11 +76,38 @@ fn figure(s: &[Scored], f: impl Fn(&[Scored]) -> Option<f64>) -> Figure {
 /// Reads every image under every shift; writes `OUT/shifts.json` and `OUT/predictions.csv`.
 pub fn shifts(o: &ShiftOptions) -> anyhow::Result<Vec<UnderShift>> {
     let [train, valid, test] = run_split_samples(&o.run, &o.data)?;
-    drop(train);
-    let samples = match o.split {
-        SplitPart::Valid => valid,
-        SplitPart::Test => test,
-        SplitPart::Train => anyhow::bail!("read the shifts on validation or test"),
+    let samples = match (o.split, o.scale_check) {
+        (SplitPart::Valid, _) => valid,
+        (SplitPart::Test, _) => test,
+        (SplitPart::Train, Some(_)) => train,
+        (SplitPart::Train, None) => {
+            anyhow::bail!(
+                "read the shift suite on validation or test (training: --scale-check only)"
+            )
+        }
+    };
+    let mut conditions: Vec<Option<Shift>> = vec![None];
+    let samples = match o.scale_check {
+        None => {
+            conditions.extend(Shift::SUITE.iter().copied().map(Some));
+            samples
+        }
+        Some(px) => {
+            conditions.push(Some(Shift::LongSide(px)));
+            let mut larger = Vec::new();
+            for s in samples {
+                let h = fv_core::imaging::inspect_file(&s.path)
+                    .with_context(|| format!("{}: cannot read its header", s.path.display()))?;
+                if h.stored_width.max(h.stored_height) > px {
+                    larger.push(s);
+                }
+            }
+            anyhow::ensure!(
+                !larger.is_empty(),
+                "no image of this split has a long side over {px} px"
+            );
+            larger
+        }
     };
     let mut models = fv_runtime::models::load_dir(&o.models, &Selection::default())?;
     // Every image gets a probability: the scope check's refusals under the shifts are
@@ -81,8 +117,6 @@ pub fn shifts(o: &ShiftOptions) -> anyhow::Result<Vec<UnderShift>> {
         detect: DetectPolicy::Suspicious,
         min_score: None,
     };
-    let mut conditions: Vec<Option<Shift>> = vec![None];
-    conditions.extend(Shift::SUITE.iter().copied().map(Some));
     // The thresholds the unit applies: the fusion's with its detector, at the manifest's
     // prevalence, as `image_reading` moves them.
     let m = &models.classifier.manifest;
@@ -130,6 +164,14 @@ pub fn shifts(o: &ShiftOptions) -> anyhow::Result<Vec<UnderShift>> {
                     figure(s, sensitivity_at(t.definite)),
                     figure(s, specificity_at(t.definite)),
                 ],
+                mean_probability: [true, false].map(|fractured| {
+                    let p: Vec<f64> = s
+                        .iter()
+                        .filter(|x| x.positive == fractured)
+                        .map(|x| x.score.get())
+                        .collect();
+                    p.iter().sum::<f64>() / p.len().max(1) as f64
+                }),
             }
         })
         .collect();
@@ -158,18 +200,20 @@ fn write(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 pub fn table(r: &[UnderShift]) -> String {
     let f = |x: &Figure| format!("{:.3} ({:.3}–{:.3})", x.value, x.interval[0], x.interval[1]);
     let mut s = String::from(
-        "| shift | ROC-AUC (95 %) | change | `suspicious` sens | `suspicious` spec | `definite` sens | `definite` spec |\n| --- | --- | --- | --- | --- | --- | --- |\n",
+        "| shift | ROC-AUC (95 %) | change | `suspicious` sens | `suspicious` spec | `definite` sens | `definite` spec | mean p (fractured / not) |\n| --- | --- | --- | --- | --- | --- | --- | --- |\n",
     );
     for u in r {
         s += &format!(
-            "| {} | {} | {:+.3} | {} | {} | {} | {} |\n",
+            "| {} | {} | {:+.3} | {} | {} | {} | {} | {:.3} / {:.3} |\n",
             u.shift,
             f(&u.roc_auc),
             u.roc_auc_change,
             f(&u.suspicious[0]),
             f(&u.suspicious[1]),
             f(&u.definite[0]),
-            f(&u.definite[1])
+            f(&u.definite[1]),
+            u.mean_probability[0],
+            u.mean_probability[1]
         );
     }
     s

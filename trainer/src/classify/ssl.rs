@@ -331,6 +331,7 @@ pub fn train(
         min_crop: 1.0,
         max_rotation_deg: 0.0,
         flip: 0.0,
+        photometric: None,
     };
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(config.seed);
     let mut chosen: Vec<usize> = (0..train_set.len())

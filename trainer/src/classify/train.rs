@@ -50,6 +50,7 @@ impl Default for SslSettings {
                 min_crop: 0.5,
                 max_rotation_deg: 15.0,
                 flip: 0.5,
+                photometric: None,
             },
             mlp_l2: 0.01,
             max_non_fractured: 1000,
@@ -85,6 +86,11 @@ pub struct TrainConfig {
     pub class_weighted_loss: bool,
     /// Training augmentation.
     pub augment: Augment,
+    /// Training images whose long side exceeds this are resampled to it before anything
+    /// else, so that no training image is at a scale that validation, test and the other
+    /// training images never show (none in runs that do not say).
+    #[serde(default)]
+    pub long_side: Option<u32>,
     /// Seed for initialization, shuffling and augmentation.
     pub seed: u64,
     /// Log the running loss every this many steps.
@@ -224,6 +230,7 @@ impl TrainConfig {
             weight_decay: 0.01,
             class_weighted_loss: true,
             augment: Augment::default(),
+            long_side: None,
             seed: 42,
             log_every: 10,
             ssl: SslSettings::default(),
@@ -525,7 +532,8 @@ pub fn train(
     // Cache larger than the input so random crops keep detail; decoded once per run into
     // RUN/cache/, so that a resumed run starts in seconds, not minutes.
     let cache = config.augment.cache_size(config.image_size);
-    let (train_set, mut failures) = load_planes_cached(train_samples, cache, &run.0.join("cache"));
+    let (train_set, mut failures) =
+        load_planes_cached(train_samples, cache, config.long_side, &run.0.join("cache"));
     let (valid_set, valid_failures) = load_planes(valid_samples, config.image_size);
     failures.extend(valid_failures);
     for f in &failures {

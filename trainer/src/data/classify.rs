@@ -3,9 +3,12 @@
 //!
 //! Evaluation images are preprocessed exactly as at the edge: `fv_core::preprocess` to the
 //! model's input size. Training images are cached somewhat larger and randomly cropped,
-//! flipped and rotated; there is no colour jitter or blur (the study's augmentations).
+//! flipped and rotated (the study's augmentations); a run may add the exposure and
+//! processing changes of another unit ([`Photometric`]) and bring its high-resolution
+//! images to the scale of the rest (`load_planes_cached`'s `long_side`).
 
 use super::fracatlas::FracAtlas;
+use super::shift::Shift;
 use fv_core::imaging::{decode_file, DecodeOptions};
 use fv_core::preprocess::{preprocess, InputSpec, ResizeMode};
 use rand::{Rng, RngExt};
@@ -60,6 +63,16 @@ pub struct LoadFailure {
 /// Decodes and resizes every sample to a `size`×`size` plane in `[0, 1]`, in parallel.
 /// Images that fail are returned apart, never silently replaced.
 pub fn load_planes(samples: &[Sample], size: u32) -> (Vec<(Sample, Plane)>, Vec<LoadFailure>) {
+    load_planes_from(samples, size, None)
+}
+
+/// [`load_planes`], an image whose long side exceeds `long_side` first resampled to it
+/// (the shift suite's [`Shift::LongSide`]).
+fn load_planes_from(
+    samples: &[Sample],
+    size: u32,
+    long_side: Option<u32>,
+) -> (Vec<(Sample, Plane)>, Vec<LoadFailure>) {
     let spec = InputSpec {
         channels: 1,
         mean: vec![0.0],
@@ -73,7 +86,13 @@ pub fn load_planes(samples: &[Sample], size: u32) -> (Vec<(Sample, Plane)>, Vec<
                 id: s.id.clone(),
                 message: e.to_string(),
             })?;
-            let p = preprocess(&d.image, &spec);
+            let image = match long_side {
+                Some(n) if d.image.width().max(d.image.height()) > n => {
+                    Shift::LongSide(n).apply(&d.image, 0)
+                }
+                _ => d.image,
+            };
+            let p = preprocess(&image, &spec);
             Ok((
                 s.clone(),
                 Plane {
@@ -89,13 +108,19 @@ pub fn load_planes(samples: &[Sample], size: u32) -> (Vec<(Sample, Plane)>, Vec<
 /// [`load_planes`] through an on-disk cache under `dir`: a plane is decoded from its
 /// 2304×2880 JPEG once per run and read back (16 bits a pixel) on every later start.
 /// Planes are always quantized to 16 bits, fresh or cached, so that a resumed run sees
-/// exactly the pixels an uninterrupted one saw.
+/// exactly the pixels an uninterrupted one saw. With `long_side`, an image whose long side
+/// exceeds it is resampled to it first: FracAtlas' high-resolution images are all in
+/// training and skew positive, so at their own scale their texture alone predicts the label.
 pub fn load_planes_cached(
     samples: &[Sample],
     size: u32,
+    long_side: Option<u32>,
     dir: &Path,
 ) -> (Vec<(Sample, Plane)>, Vec<LoadFailure>) {
-    let dir = dir.join(size.to_string());
+    let dir = match long_side {
+        None => dir.join(size.to_string()),
+        Some(n) => dir.join(format!("{size}-long{n}")),
+    };
     let n = size as usize * size as usize;
     let file_of = |s: &Sample| {
         let len = std::fs::metadata(&s.path).map(|m| m.len()).unwrap_or(0);
@@ -118,7 +143,7 @@ pub fn load_planes_cached(
         .filter(|(_, c)| c.is_none())
         .map(|(s, _)| s.clone())
         .collect();
-    let (fresh, failures) = load_planes(&missing, size);
+    let (fresh, failures) = load_planes_from(&missing, size, long_side);
     if !fresh.is_empty() {
         if let Err(e) = std::fs::create_dir_all(&dir) {
             tracing::warn!("{}: cannot cache planes: {e}", dir.display());
@@ -160,6 +185,9 @@ pub struct Augment {
     pub max_rotation_deg: f32,
     /// Probability of a horizontal flip.
     pub flip: f32,
+    /// Exposure and processing changes (none in runs that do not say).
+    #[serde(default)]
+    pub photometric: Option<Photometric>,
 }
 
 impl Default for Augment {
@@ -168,8 +196,115 @@ impl Default for Augment {
             min_crop: 0.8,
             max_rotation_deg: 10.0,
             flip: 0.5,
+            photometric: None,
         }
     }
+}
+
+/// What another unit's detector and processing do to the same anatomy: the photometric
+/// kinds of the shift suite (`data::shift`), each drawn per view with probability `p` at a
+/// random strength up to (or within) the suite's.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Photometric {
+    /// Probability that each change is applied to a view.
+    pub p: f32,
+    /// Gamma range, drawn log-uniformly.
+    pub gamma: (f32, f32),
+    /// Contrast factor range about the view's mean.
+    pub contrast: (f32, f32),
+    /// Largest unsharp-masking amount (`v + a·(v − blur(v))`, blur σ 1–3 px).
+    pub unsharp: f32,
+    /// Largest Gaussian noise standard deviation, on the 0–255 scale.
+    pub noise: f32,
+    /// Fewest grey-level bits kept.
+    pub min_bits: u8,
+}
+
+impl Default for Photometric {
+    /// Each change a third of the time, up to a little beyond the suite's strengths.
+    fn default() -> Self {
+        Photometric {
+            p: 0.3,
+            gamma: (0.55, 1.8),
+            contrast: (0.55, 1.5),
+            unsharp: 2.0,
+            noise: 12.0,
+            min_bits: 5,
+        }
+    }
+}
+
+impl Photometric {
+    /// Applies the drawn changes to `view` in place (values in `[0, 1]`).
+    pub fn apply<R: Rng + ?Sized>(&self, view: &mut Plane, rng: &mut R) {
+        let n = view.size;
+        if rng.random::<f32>() < self.p {
+            let (lo, hi) = (self.gamma.0.ln(), self.gamma.1.ln());
+            let g = rng.random_range(lo..=hi).exp();
+            view.data.iter_mut().for_each(|v| *v = v.max(0.0).powf(g));
+        }
+        if rng.random::<f32>() < self.p {
+            let c = rng.random_range(self.contrast.0..=self.contrast.1);
+            let mean = view.data.iter().sum::<f32>() / view.data.len().max(1) as f32;
+            view.data
+                .iter_mut()
+                .for_each(|v| *v = mean + c * (*v - mean));
+        }
+        if rng.random::<f32>() < self.p {
+            let a = rng.random_range(0.0..=self.unsharp);
+            let sigma = rng.random_range(1.0..=3.0);
+            let blurred = gaussian_blur(&view.data, n, sigma);
+            for (v, b) in view.data.iter_mut().zip(blurred) {
+                *v += a * (*v - b);
+            }
+        }
+        if rng.random::<f32>() < self.p {
+            let sigma = rng.random_range(0.0..=self.noise) / 255.0;
+            for v in view.data.iter_mut() {
+                let (u1, u2): (f32, f32) = (rng.random::<f32>().max(1e-7), rng.random());
+                *v += sigma * (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos();
+            }
+        }
+        view.data.iter_mut().for_each(|v| *v = v.clamp(0.0, 1.0));
+        if rng.random::<f32>() < self.p {
+            let bits = rng.random_range(self.min_bits.clamp(1, 8)..=7);
+            let levels = f32::from(1u16 << bits);
+            view.data
+                .iter_mut()
+                .for_each(|v| *v = (*v * levels).floor().min(levels - 1.0) / levels);
+        }
+    }
+}
+
+/// A separable Gaussian blur of an `n`×`n` plane, edges clamped.
+fn gaussian_blur(data: &[f32], n: usize, sigma: f32) -> Vec<f32> {
+    let r = (3.0 * sigma).ceil() as isize;
+    let k: Vec<f32> = (-r..=r)
+        .map(|i| (-(i * i) as f32 / (2.0 * sigma * sigma)).exp())
+        .collect();
+    let total: f32 = k.iter().sum();
+    let k: Vec<f32> = k.iter().map(|w| w / total).collect();
+    let last = n as isize - 1;
+    let pass = |src: &[f32], horizontal: bool| -> Vec<f32> {
+        let mut out = vec![0.0; src.len()];
+        for y in 0..n {
+            for x in 0..n {
+                let mut acc = 0.0;
+                for (j, w) in k.iter().enumerate() {
+                    let d = j as isize - r;
+                    let (sx, sy) = if horizontal {
+                        ((x as isize + d).clamp(0, last) as usize, y)
+                    } else {
+                        (x, (y as isize + d).clamp(0, last) as usize)
+                    };
+                    acc += w * src[sy * n + sx];
+                }
+                out[y * n + x] = acc;
+            }
+        }
+        out
+    };
+    pass(&pass(data, true), false)
 }
 
 impl Augment {
@@ -208,7 +343,11 @@ impl Augment {
                 data[y * out + x] = bilinear(src, sx, sy);
             }
         }
-        Plane { size: out, data }
+        let mut view = Plane { size: out, data };
+        if let Some(p) = &self.photometric {
+            p.apply(&mut view, rng);
+        }
+        view
     }
 }
 
@@ -268,6 +407,7 @@ mod tests {
             min_crop: 1.0,
             max_rotation_deg: 0.0,
             flip: 0.0,
+            photometric: None,
         };
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
         let out = none.apply(&src, 8, &mut rng);
@@ -276,6 +416,79 @@ mod tests {
         }
         let flipped = Augment { flip: 1.0, ..none }.apply(&src, 8, &mut rng);
         assert!((flipped.data[0] - src.data[7]).abs() < 1e-5);
+    }
+
+    #[test]
+    fn photometric_changes_stay_in_range_and_replay_from_the_seed() {
+        let src = Plane {
+            size: 32,
+            data: (0..1024)
+                .map(|i| ((i * 37) % 1024) as f32 / 1024.0)
+                .collect(),
+        };
+        let all = Photometric {
+            p: 1.0,
+            ..Photometric::default()
+        };
+        let view = |seed| {
+            let mut v = src.clone();
+            all.apply(&mut v, &mut rand_chacha::ChaCha8Rng::seed_from_u64(seed));
+            v
+        };
+        let a = view(3);
+        assert_ne!(a, src);
+        assert_eq!(a, view(3));
+        assert!(a.data.iter().all(|v| (0.0..=1.0).contains(v)));
+        // Every change applied, bit depth last: at most 128 grey levels remain.
+        let mut levels: Vec<u32> = a.data.iter().map(|v| (v * 65536.0) as u32).collect();
+        levels.sort_unstable();
+        levels.dedup();
+        assert!(levels.len() <= 128, "{} levels", levels.len());
+        let none = Photometric { p: 0.0, ..all };
+        let mut b = src.clone();
+        none.apply(&mut b, &mut rand_chacha::ChaCha8Rng::seed_from_u64(3));
+        assert_eq!(b, src);
+    }
+
+    #[test]
+    fn long_side_brings_large_images_to_the_scale_of_the_rest() {
+        use fv_core::imaging::Gray8;
+        let dir = tempfile::tempdir().unwrap();
+        // Fine stripes survive a direct resize to 16 px differently from a resize through
+        // 40 px: the plane shows which path the image took.
+        let sample = |name: &str, w: u32, h: u32| {
+            let path = dir.path().join(name);
+            Gray8::from_fn(w, h, |x, _| image::Luma([if x % 2 == 0 { 250 } else { 5 }]))
+                .save(&path)
+                .unwrap();
+            Sample {
+                id: name.into(),
+                path,
+                label: false,
+            }
+        };
+        let big = sample("big.png", 400, 300);
+        let small = sample("small.png", 30, 20);
+        let cache = dir.path().join("cache");
+        let (direct, f) = load_planes_cached(&[big.clone(), small.clone()], 16, None, &cache);
+        assert!(f.is_empty());
+        let (scaled, f) = load_planes_cached(&[big, small], 16, Some(40), &cache);
+        assert!(f.is_empty());
+        assert_ne!(
+            direct[0].1, scaled[0].1,
+            "the large image was not resampled"
+        );
+        let resampled = Shift::LongSide(40).apply(
+            &fv_core::imaging::decode_file(&dir.path().join("big.png"), &Default::default())
+                .unwrap()
+                .image,
+            0,
+        );
+        assert_eq!(resampled.width(), 40);
+        // An image already within the limit is read as it is.
+        assert_eq!(direct[1].1, scaled[1].1);
+        // The two settings cache apart.
+        assert!(cache.join("16").is_dir() && cache.join("16-long40").is_dir());
     }
 
     #[test]
