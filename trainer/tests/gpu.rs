@@ -99,10 +99,15 @@ fn a_few_steps_on_wgpu_follow_the_cpu() {
         on_cpu.last() < on_cpu.first(),
         "the CPU run learns: {on_cpu:?}"
     );
+    // The first loss is the forward pass alone: the two devices agree to float rounding
+    // (1.2e-5 on lavapipe). Each step then feeds the small differences of summation order
+    // back through AdamW, and they grow (6.7e-4 by the fourth step on lavapipe), so the
+    // training steps are held to 1 %: a wrong gradient moves the loss by tenths.
     for (i, (c, g)) in on_cpu.iter().zip(&on_gpu).enumerate() {
+        let tolerance = if i == 0 { 1e-4 } else { 1e-2 };
         assert!(
-            (c - g).abs() <= 1e-3 * c.abs().max(1.0),
-            "step {i}: cpu {c} against wgpu {g}"
+            (c - g).abs() <= tolerance * c.abs().max(1.0),
+            "step {i}: cpu {c} against wgpu {g} (tolerance {tolerance})"
         );
     }
 }
