@@ -16,6 +16,7 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use subtle::ConstantTimeEq as _;
 
 /// `[screen]` in the config.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -159,18 +160,20 @@ pub fn listen_addr(s: &ScreenSettings) -> anyhow::Result<Option<SocketAddr>> {
     Ok(Some(addr))
 }
 
+/// Whether the request carries the token. Compared in constant time: a timing difference
+/// would let a host on the clinic's network guess the token byte by byte.
 fn authorised(request: &tiny_http::Request, token: Option<&str>) -> bool {
     let Some(token) = token else {
         return true;
     };
-    let bearer = request
-        .headers()
-        .iter()
-        .any(|h| h.field.equiv("Authorization") && h.value.as_str() == format!("Bearer {token}"));
-    let query = request
-        .url()
-        .split_once('?')
-        .is_some_and(|(_, q)| q.split('&').any(|kv| kv == format!("token={token}")));
+    let same = |given: &str| bool::from(given.as_bytes().ct_eq(token.as_bytes()));
+    let bearer = request.headers().iter().any(|h| {
+        h.field.equiv("Authorization") && h.value.as_str().strip_prefix("Bearer ").is_some_and(same)
+    });
+    let query = request.url().split_once('?').is_some_and(|(_, q)| {
+        q.split('&')
+            .any(|kv| kv.strip_prefix("token=").is_some_and(same))
+    });
     bearer || query
 }
 
@@ -238,6 +241,34 @@ pub fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_exact_token_opens_the_screen() {
+        use tiny_http::TestRequest;
+        let token = Some("a-long-enough-token");
+        let at = |path: &str| tiny_http::Request::from(TestRequest::new().with_path(path));
+        let bearer = |value: &str| {
+            tiny_http::Request::from(
+                TestRequest::new()
+                    .with_path("/")
+                    .with_header(header("Authorization", value)),
+            )
+        };
+        assert!(authorised(&at("/?token=a-long-enough-token"), token));
+        assert!(authorised(&at("/api?x=1&token=a-long-enough-token"), token));
+        assert!(authorised(&bearer("Bearer a-long-enough-token"), token));
+        for refused in [
+            "/",
+            "/?token=",
+            "/?token=a-long-enough-toke",
+            "/?token=a-long-enough-tokenX",
+        ] {
+            assert!(!authorised(&at(refused), token), "{refused}");
+        }
+        assert!(!authorised(&bearer("Bearer a-long-enough-toke"), token));
+        assert!(!authorised(&bearer("a-long-enough-token"), token));
+        assert!(authorised(&at("/"), None));
+    }
 
     #[test]
     fn off_loopback_it_needs_a_token() {
