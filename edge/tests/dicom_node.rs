@@ -264,6 +264,8 @@ fn an_image_stored_by_storescu_brings_a_valid_report_to_the_pacs() {
         attr(&sc, tags::BURNED_IN_ANNOTATION).as_deref(),
         Some("YES")
     );
+    // The side the source's Image Laterality names, for the PACS to file the marks with.
+    assert_eq!(attr(&sc, tags::LATERALITY).as_deref(), Some("L"));
     assert_ne!(
         attr(&sc, tags::SERIES_INSTANCE_UID),
         attr(&sr, tags::SERIES_INSTANCE_UID)

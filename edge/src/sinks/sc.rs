@@ -76,8 +76,14 @@ pub fn capture(path: &Path, m: &ResultMessage, overlay: &RgbImage) -> Result<Rep
         el(tags::MODALITY, VR::CS, "OT"),
         el(tags::SERIES_NUMBER, VR::IS, "9002"),
         el(tags::SERIES_DESCRIPTION, VR::LO, SERIES_DESCRIPTION),
-        // Type 2C, which dciodvfy wants present: empty (a capture of the whole image).
-        el(tags::LATERALITY, VR::CS, PrimitiveValue::Empty),
+        // Type 2C: the side the source shows, so that the PACS files the marks with it;
+        // present and empty when the source names no single side.
+        el(
+            tags::LATERALITY,
+            VR::CS,
+            src.laterality
+                .map_or(PrimitiveValue::Empty, PrimitiveValue::from),
+        ),
         el(tags::MANUFACTURER, VR::LO, "FractuVision"),
         el(tags::MANUFACTURER_MODEL_NAME, VR::LO, "fv-edge"),
         el(tags::SOFTWARE_VERSIONS, VR::LO, env!("CARGO_PKG_VERSION")),

@@ -146,6 +146,9 @@ pub(crate) struct Source {
     pub(crate) series: String,
     /// Patient and study identification, copied as they are (values, VRs, character set).
     pub(crate) copied: Vec<DataElement<Item>>,
+    /// The side imaged, `R` or `L`, from the source's Laterality or else its Image
+    /// Laterality; none when it names neither (unpaired, both, absent).
+    pub(crate) laterality: Option<&'static str>,
 }
 
 impl Source {
@@ -212,7 +215,16 @@ pub(crate) fn read_source(path: &Path) -> Result<Source, ReportError> {
             None => copied.push(DataElement::new(tag, vr, PrimitiveValue::Empty)),
         }
     }
+    let side = |t: Tag| {
+        let v = obj.element_opt(t).ok().flatten()?.to_str().ok()?;
+        match v.trim_end_matches(['\0', ' ']) {
+            "R" => Some("R"),
+            "L" => Some("L"),
+            _ => None,
+        }
+    };
     Ok(Source {
+        laterality: side(tags::LATERALITY).or_else(|| side(tags::IMAGE_LATERALITY)),
         sop_class: uid(tags::SOP_CLASS_UID, "SOP Class UID")?,
         sop_instance: uid(tags::SOP_INSTANCE_UID, "SOP Instance UID")?,
         study: uid(tags::STUDY_INSTANCE_UID, "Study Instance UID")?,

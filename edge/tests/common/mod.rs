@@ -347,6 +347,7 @@ pub fn dicom_from_jpeg_as(
         s(tags::PATIENT_ID, VR::LO, "PID-777"),
         s(tags::PATIENT_BIRTH_DATE, VR::DA, "19700101"),
         s(tags::MODALITY, VR::CS, modality),
+        s(tags::IMAGE_LATERALITY, VR::CS, "L"),
         us(tags::SAMPLES_PER_PIXEL, 1),
         s(tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "MONOCHROME1"),
         us(tags::ROWS, g.height() as u16),
