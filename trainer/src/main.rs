@@ -149,6 +149,10 @@ enum Command {
         /// Training images for the embedding's mean and covariance.
         #[arg(long, value_name = "N", default_value_t = 1500)]
         train_images: usize,
+        /// Also read each training image once under a random photometric change, as
+        /// `classify --photometric` trained on (for classifiers trained so).
+        #[arg(long)]
+        train_processed: bool,
         /// Shifted copies of each validation image in the threshold's choice.
         #[arg(long, value_name = "K", default_value_t = 3)]
         shifts_per_image: usize,
@@ -776,6 +780,7 @@ fn run(cli: Cli, argv: &[String]) -> anyhow::Result<()> {
             run,
             data,
             train_images,
+            train_processed,
             shifts_per_image,
             quantile,
             outside,
@@ -787,6 +792,7 @@ fn run(cli: Cli, argv: &[String]) -> anyhow::Result<()> {
                 run,
                 data,
                 train_images,
+                train_processed,
                 shifts_per_image,
                 quantile,
                 outside,

@@ -15,7 +15,7 @@
 //!    reported; they choose nothing.
 
 use crate::classify::run_split_samples;
-use crate::data::classify::Sample;
+use crate::data::classify::{Photometric, Sample};
 use crate::data::shift::Shift;
 use crate::onnx::graph::{self, float_tensor, float_value, node, Index};
 use anyhow::Context as _;
@@ -48,6 +48,10 @@ pub struct ScopeOptions {
     pub data: PathBuf,
     /// Training images for the mean and covariance.
     pub train_images: usize,
+    /// Each training image also read once under a random photometric change drawn as the
+    /// classifier's `--photometric` training drew them, so that what it learned to read
+    /// (another unit's processing) is inside the scope.
+    pub train_processed: bool,
     /// Shifted copies of each validation image (each a different shift of the suite).
     pub shifts_per_image: usize,
     /// The quantile of the validation distances the threshold sits at.
@@ -467,14 +471,29 @@ pub fn scope(o: &ScopeOptions) -> anyhow::Result<ScopeReport> {
     // 1. Training vectors, every layer at once.
     let first = manifest.outputs.len();
     let embed = TractEngine::from_bytes(&with_vectors(&model, &layers)?, &onnx_path, &shape)?;
+    let photometric = Photometric::default();
     let rows: Vec<Vec<Vec<f32>>> = train_s
         .par_iter()
-        .filter_map(|s| {
-            let v = decode(&s.path).and_then(|i| {
-                let pre = preprocess(&i, &manifest.input);
-                Ok(embed.run_values(&pre.tensor.data)?.split_off(first))
-            });
-            v.map_err(|e| tracing::warn!("{}: {e:#}", s.id)).ok()
+        .enumerate()
+        .flat_map_iter(|(i, s)| {
+            let image = decode(&s.path).map_err(|e| tracing::warn!("{}: {e:#}", s.id));
+            let mut views = Vec::new();
+            if let Ok(image) = image {
+                if o.train_processed {
+                    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(i as u64);
+                    let shift = Shift::random_photometric(&photometric, &mut rng);
+                    views.push(shift.apply(&image, i as u64));
+                }
+                views.push(image);
+            }
+            views.into_iter().filter_map(|view| {
+                let pre = preprocess(&view, &manifest.input);
+                embed
+                    .run_values(&pre.tensor.data)
+                    .map(|mut v| v.split_off(first))
+                    .map_err(|e| tracing::warn!("{}: {e:#}", s.id))
+                    .ok()
+            })
         })
         .collect();
     anyhow::ensure!(
@@ -667,9 +686,14 @@ pub fn scope(o: &ScopeOptions) -> anyhow::Result<ScopeReport> {
         method: format!(
             "mean over {} layers (each residual block's output pooled over the image, and the \
              pooled embedding {tensor}) of the squared Mahalanobis distance divided by the \
-             layer's width, from {} training images (Ledoit-Wolf shrinkage, mean {shrinkage:.3})",
+             layer's width, from {} training views{} (Ledoit-Wolf shrinkage, mean {shrinkage:.3})",
             layers.len(),
-            rows.len()
+            rows.len(),
+            if o.train_processed {
+                ": each image as it is and under a random photometric change"
+            } else {
+                ""
+            }
         ),
         fitted: ScopeFit {
             train_images: rows.len(),

@@ -2,10 +2,11 @@
 //! framing, another resolution. Each is a fixed, seeded transform of a decoded image, so that a
 //! figure measured under it can be measured again.
 
+use super::classify::Photometric;
 use fv_core::imaging::{Gray8, XrayImage};
 use image::imageops::{self, FilterType};
 use image::Luma;
-use rand::{RngExt as _, SeedableRng as _};
+use rand::{Rng, RngExt as _, SeedableRng as _};
 use rand_chacha::ChaCha8Rng;
 
 /// One change, with its strength.
@@ -50,6 +51,19 @@ impl Shift {
         Shift::LongSide(1500),
         Shift::LongSide(3000),
     ];
+
+    /// One photometric change drawn as training's augmentation draws them: a kind chosen
+    /// uniformly among gamma, contrast, unsharp masking, noise and bit depth, its strength
+    /// within `p`'s ranges.
+    pub fn random_photometric<R: Rng + ?Sized>(p: &Photometric, rng: &mut R) -> Shift {
+        match rng.random_range(0..5) {
+            0 => Shift::Gamma(rng.random_range(p.gamma.0.ln()..=p.gamma.1.ln()).exp()),
+            1 => Shift::Contrast(rng.random_range(p.contrast.0..=p.contrast.1)),
+            2 => Shift::Unsharp(rng.random_range(0.0..=p.unsharp)),
+            3 => Shift::Noise(rng.random_range(0.0..=p.noise)),
+            _ => Shift::Bits(rng.random_range(p.min_bits.clamp(1, 8)..=7)),
+        }
+    }
 
     /// Its name in reports, e.g. `gamma-0.6`.
     pub fn name(&self) -> String {
@@ -195,5 +209,26 @@ mod tests {
         }
         assert_eq!(Shift::LongSide(3000).apply(&image, 0).width(), 3000);
         assert_eq!(Shift::Border(0.1).apply(&image, 0).width(), 72);
+    }
+
+    #[test]
+    fn random_photometric_changes_stay_within_training_ranges() {
+        let p = Photometric::default();
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let mut kinds = std::collections::HashSet::new();
+        for _ in 0..200 {
+            let s = Shift::random_photometric(&p, &mut rng);
+            let ok = match s {
+                Shift::Gamma(g) => (p.gamma.0..=p.gamma.1).contains(&g),
+                Shift::Contrast(c) => (p.contrast.0..=p.contrast.1).contains(&c),
+                Shift::Unsharp(a) => (0.0..=p.unsharp).contains(&a),
+                Shift::Noise(n) => (0.0..=p.noise).contains(&n),
+                Shift::Bits(b) => (p.min_bits..=7).contains(&b),
+                _ => false,
+            };
+            assert!(ok, "{s:?}");
+            kinds.insert(std::mem::discriminant(&s));
+        }
+        assert_eq!(kinds.len(), 5);
     }
 }
