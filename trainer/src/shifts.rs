@@ -86,14 +86,14 @@ pub fn shifts(o: &ShiftOptions) -> anyhow::Result<Vec<UnderShift>> {
             )
         }
     };
-    let mut conditions: Vec<Option<Shift>> = vec![None];
-    let samples = match o.scale_check {
-        None => {
-            conditions.extend(Shift::SUITE.iter().copied().map(Some));
-            samples
-        }
+    let (conditions, samples): (Vec<Option<Shift>>, _) = match o.scale_check {
+        None => (
+            std::iter::once(None)
+                .chain(Shift::SUITE.map(Some))
+                .collect(),
+            samples,
+        ),
         Some(px) => {
-            conditions.push(Some(Shift::LongSide(px)));
             let mut larger = Vec::new();
             for s in samples {
                 let h = fv_core::imaging::inspect_file(&s.path)
@@ -106,7 +106,7 @@ pub fn shifts(o: &ShiftOptions) -> anyhow::Result<Vec<UnderShift>> {
                 !larger.is_empty(),
                 "no image of this split has a long side over {px} px"
             );
-            larger
+            (vec![None, Some(Shift::LongSide(px))], larger)
         }
     };
     let mut models = fv_runtime::models::load_dir(&o.models, &Selection::default())?;
