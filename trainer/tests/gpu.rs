@@ -3,12 +3,10 @@
 //! on one batch of the committed sample, on burn's wgpu backend and on the CPU (`flex`),
 //! the losses compared step by step.
 //!
-//! Built with `--features wgpu` only. CI runs it on lavapipe (Debian's
-//! `mesa-vulkan-drivers`, a software Vulkan device) with `FV_REQUIRE_WGPU=1`; elsewhere a
-//! machine without a Vulkan driver skips it, saying so. `FV_WGPU_STEPS` runs more steps (a
-//! lent GPU: a few hundred).
-
-#![cfg(feature = "wgpu")]
+//! Part of `cargo test --workspace` (the trainer's tests build burn with `wgpu`). CI runs it
+//! on lavapipe (Debian's `mesa-vulkan-drivers`, a software Vulkan device) with
+//! `FV_REQUIRE_WGPU=1`; elsewhere a machine without a Vulkan driver skips it, saying so.
+//! `FV_WGPU_STEPS` runs more steps (a lent GPU: a few hundred).
 
 mod common;
 
