@@ -482,10 +482,10 @@ enum DataCommand {
     },
 }
 
-/// For the commands that run tract over thousands of images from rayon's threads. glibc raises
-/// its mmap threshold each time a large block is freed, up to 32 MiB; after that tract's
-/// per-image activations (a few MiB each) come from the heap, which they fragment: `scope
-/// --train-processed` grew by about 100 MB/s until it ran the 24 GB machine out of memory.
+/// For the commands that run tract over thousands of images. glibc raises its mmap threshold
+/// each time a large block is freed, up to 32 MiB; after that tract's per-image activations (a
+/// few MiB each) come from the heap, which they fragment: `scope --train-processed` grew by
+/// about 100 MB/s until it ran the 24 GB machine out of memory.
 /// With the threshold fixed, large blocks go back to the system when freed (the same run stays
 /// near 110 MB). Training keeps glibc's default: the detector's resident memory holds steady
 /// at about 3 GB over hours, and mapping every large tensor afresh would cost page faults.
