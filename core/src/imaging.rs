@@ -127,17 +127,20 @@ impl XrayImage {
         ((1u32 << self.significant_bits) - 1) as f32
     }
 
-    /// An 8-bit copy for display and overlays (16-bit values are scaled down by their
-    /// significant bits).
+    /// An 8-bit copy for display, overlays and the models' input (16-bit values are scaled
+    /// down by their significant bits and rounded).
     pub fn to_gray8(&self) -> Gray8 {
         match &self.pixels {
             GrayPixels::U8(p) => p.clone(),
             GrayPixels::U16(p) => {
                 let scale = 255.0 / self.max_value();
-                Gray8::from_fn(p.width(), p.height(), |x, y| {
-                    let v = p.get_pixel(x, y)[0] as f32 * scale;
-                    Luma([v.round().clamp(0.0, 255.0) as u8])
-                })
+                let levels = p
+                    .as_raw()
+                    .iter()
+                    .map(|&v| (f32::from(v) * scale).round().clamp(0.0, 255.0) as u8)
+                    .collect();
+                Gray8::from_raw(p.width(), p.height(), levels)
+                    .expect("one level per sample of a whole image")
             }
         }
     }

@@ -3,7 +3,8 @@
 //! An image becomes a model input in three steps, all driven by the model's [`InputSpec`]
 //! (which the manifest carries):
 //! 1. resize: stretch to the input size, or letterbox (keep the aspect ratio, pad the rest);
-//! 2. scale to `[0, 1]` by the image's significant bits (255 for 8-bit, 65535 for 16-bit);
+//! 2. scale to `[0, 1]` by the image's significant bits (255 for 8-bit, 65535 for 16-bit;
+//!    a deeper source is first brought to the model's depth, [`InputSpec::intensity_bits`]);
 //! 3. normalize per channel with the model's mean and std, replicating gray to 3 channels
 //!    where the model expects RGB.
 //!
@@ -56,10 +57,23 @@ pub struct InputSpec {
     pub mean: Vec<f32>,
     /// Per-channel standard deviation, divided by after the mean.
     pub std: Vec<f32>,
+    /// The bit depth of the images the model was trained on, 8 or 16. At 8 (FracAtlas is
+    /// 8-bit JPEG; the default) a deeper source (a 12- or 16-bit DICOM) is brought to 8 bits
+    /// before the resize, so that it reads as its 8-bit export would: the resize of an 8-bit
+    /// image rounds to whole levels, the models learned on those, and the fractions a 16-bit
+    /// resize keeps moved the classifier's logit by up to 0.66 on FracAtlas test images.
+    /// At 16 every source is resized as it is.
+    #[serde(default = "default_intensity_bits")]
+    #[schemars(range(min = 8, max = 16))]
+    pub intensity_bits: u8,
 }
 
 fn default_input_name() -> String {
     "input".into()
+}
+
+fn default_intensity_bits() -> u8 {
+    8
 }
 
 /// Ultralytics pads letterboxes with grey 114.
@@ -87,6 +101,7 @@ impl InputSpec {
             pad_value: default_pad(),
             mean: IMAGENET_MEAN.to_vec(),
             std: IMAGENET_STD.to_vec(),
+            intensity_bits: default_intensity_bits(),
         }
     }
 
@@ -102,6 +117,7 @@ impl InputSpec {
             pad_value: default_pad(),
             mean: vec![0.0; 3],
             std: vec![1.0; 3],
+            intensity_bits: default_intensity_bits(),
         }
     }
 
@@ -152,6 +168,12 @@ impl InputSpec {
         }
         if self.std.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
             return Err("every std value must be positive".into());
+        }
+        if !matches!(self.intensity_bits, 8 | 16) {
+            return Err(format!(
+                "intensity_bits is {}; 8 or 16 are supported",
+                self.intensity_bits
+            ));
         }
         Ok(())
     }
@@ -268,25 +290,28 @@ pub fn preprocess(image: &XrayImage, spec: &InputSpec) -> Preprocessed {
     // boxes map back to what the radiograph is, not to what was decoded.
     let (geometry, nw, nh) = Geometry::fit(image.full_width(), image.full_height(), spec);
     let (w, h) = (spec.width as usize, spec.height as usize);
-    let inv_max = 1.0 / image.max_value();
 
     // One plane of [0, 1] intensities, padded.
     let mut plane = vec![spec.pad_value; w * h];
     let (px, py) = (geometry.pad_x as usize, geometry.pad_y as usize);
-    let mut place = |values: &mut dyn Iterator<Item = f32>| {
+    let mut place = |values: &mut dyn Iterator<Item = f32>, inv_max: f32| {
         for (i, v) in values.enumerate() {
             let (x, y) = (i % nw as usize, i / nw as usize);
             plane[(py + y) * w + px + x] = v * inv_max;
         }
     };
+    let mut eight = |p: &crate::imaging::Gray8| {
+        let r = resized(p.width(), p.height(), p.as_raw(), nw, nh);
+        place(&mut r.iter().map(|&v| v as f32), 1.0 / 255.0);
+    };
     match image.pixels() {
-        GrayPixels::U8(p) => {
-            let r = resized(p.width(), p.height(), p.as_raw(), nw, nh);
-            place(&mut r.iter().map(|&v| v as f32));
-        }
+        GrayPixels::U8(p) => eight(p),
+        // Brought to 8 bits before the resize, as the model's training images were exported:
+        // the 8-bit resize then rounds where it rounded for them.
+        GrayPixels::U16(_) if spec.intensity_bits == 8 => eight(&image.to_gray8()),
         GrayPixels::U16(p) => {
             let r = resized(p.width(), p.height(), p.as_raw(), nw, nh);
-            place(&mut r.iter().map(|&v| v as f32));
+            place(&mut r.iter().map(|&v| v as f32), 1.0 / image.max_value());
         }
     }
 
@@ -437,10 +462,47 @@ mod tests {
             channels: 1,
             mean: vec![0.0],
             std: vec![1.0],
+            intensity_bits: 16,
             ..InputSpec::imagenet(4, 4, ResizeMode::Stretch)
         };
         let p = preprocess(&img, &spec);
         assert!(p.tensor.data.iter().all(|&v| close(v, 2047.0 / 4095.0)));
+    }
+
+    #[test]
+    fn a_sixteen_bit_source_reads_as_its_eight_bit_export() {
+        // The same pixels at 8 and at 16 bits (v · 257), resized 3.3× down: the model was
+        // trained on the 8-bit resize, so the 16-bit source must give the same tensor.
+        let img8 = Gray8::from_fn(97, 131, |x, y| Luma([((x * 7 + y * 3) % 251) as u8]));
+        let img16 = Gray16::from_fn(97, 131, |x, y| Luma([u16::from(img8[(x, y)][0]) * 257]));
+        let spec = InputSpec {
+            channels: 1,
+            mean: vec![0.0],
+            std: vec![1.0],
+            ..InputSpec::imagenet(29, 40, ResizeMode::Stretch)
+        };
+        let a = preprocess(&XrayImage::from_gray8(img8), &spec).tensor.data;
+        let b = preprocess(&XrayImage::from_gray16(img16, 16), &spec)
+            .tensor
+            .data;
+        let apart = a.iter().zip(&b).filter(|(x, y)| x != y).count();
+        assert_eq!(apart, 0, "{apart} of {} values differ", a.len());
+
+        let keep = InputSpec {
+            intensity_bits: 16,
+            ..spec
+        };
+        let c = preprocess(
+            &XrayImage::from_gray16(
+                Gray16::from_fn(97, 131, |x, y| Luma([(x * 300 + y * 11) as u16])),
+                16,
+            ),
+            &keep,
+        )
+        .tensor
+        .data;
+        let off_levels = |v: &f32| ((v * 255.0) - (v * 255.0).round()).abs() > 1e-3;
+        assert!(c.iter().any(off_levels), "16 bits keep the fractions");
     }
 
     #[test]
@@ -493,5 +555,8 @@ mod tests {
         let mut s = InputSpec::imagenet(8, 8, ResizeMode::Stretch);
         s.channels = 2;
         assert!(s.validate().unwrap_err().contains("2 channels"));
+        let mut s = InputSpec::imagenet(8, 8, ResizeMode::Stretch);
+        s.intensity_bits = 0;
+        assert!(s.validate().unwrap_err().contains("intensity_bits is 0"));
     }
 }

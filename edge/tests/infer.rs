@@ -82,12 +82,11 @@ fn infers_jpeg_and_dicom_alike_and_reports_failures() {
         j["fracture_probability"].as_f64().unwrap(),
         d["fracture_probability"].as_f64().unwrap(),
     );
-    // The same picture through DICOM. The 12-bit round trip is exact to a grey level, but the
-    // 16-bit path keeps the resize's fractions of a level, which the 8-bit path (the one the
-    // classifier trained on) rounds away: on this image that moves the classifier's logit by
-    // about 0.2 (0.791 against 0.753). A wrong window, rescale or inversion moves it by whole
-    // units.
-    assert!((pj - pd).abs() < 0.05, "JPEG {pj} vs DICOM {pd}");
+    // The same picture through DICOM: the 12-bit round trip is exact to a grey level, and
+    // a 16-bit image is brought to the model's 8 bits before the resize, as its training
+    // images were, so the two readings are one. (Resized at 16 bits it read 0.753 against
+    // 0.791; a wrong window, rescale or inversion moves it by whole units.)
+    assert!((pj - pd).abs() < 1e-4, "JPEG {pj} vs DICOM {pd}");
     let hash = d["study"]["uid_hash"].as_str().unwrap();
     assert_eq!(hash.len(), 64);
     for secret in ["DOE", "PID-777", "19700101", STUDY_UID] {

@@ -210,6 +210,10 @@ enum Command {
         /// pairs each image with itself, so it asks whether scale alone moves the reading).
         #[arg(long, value_name = "PX")]
         scale_check: Option<u32>,
+        /// Only this shift of the suite, by its name in the report (e.g. `depth-12`);
+        /// repeatable. The images as they are are always read.
+        #[arg(long, value_name = "SHIFT")]
+        only: Vec<String>,
     },
     /// The shipped reading's test figures with 95 % bootstrap intervals, from a `fuse` run's
     /// predictions.csv at the classifier manifest's thresholds.
@@ -827,6 +831,7 @@ fn run(cli: Cli, argv: &[String]) -> anyhow::Result<()> {
             split,
             out,
             scale_check,
+            only,
         } => {
             fixed_mmap_threshold();
             let report = fv_train::shifts::shifts(&fv_train::shifts::ShiftOptions {
@@ -836,6 +841,7 @@ fn run(cli: Cli, argv: &[String]) -> anyhow::Result<()> {
                 split,
                 out: out.clone(),
                 scale_check,
+                only,
             })?;
             print!("{}", fv_train::shifts::table(&report));
             println!("report: {}", out.join("shifts.json").display());

@@ -37,6 +37,9 @@ pub struct ShiftOptions {
     /// The scale check instead of the suite: only the images whose long side exceeds this,
     /// as they are and resampled to it.
     pub scale_check: Option<u32>,
+    /// Only these shifts of the suite, by name (all when empty); the images as they are
+    /// are always read.
+    pub only: Vec<String>,
 }
 
 /// One figure and its 95 % interval.
@@ -89,7 +92,7 @@ pub fn shifts(o: &ShiftOptions) -> anyhow::Result<Vec<UnderShift>> {
     let (conditions, samples): (Vec<Option<Shift>>, _) = match o.scale_check {
         None => (
             std::iter::once(None)
-                .chain(Shift::SUITE.map(Some))
+                .chain(suite(&o.only)?.into_iter().map(Some))
                 .collect(),
             samples,
         ),
@@ -191,6 +194,24 @@ pub fn shifts(o: &ShiftOptions) -> anyhow::Result<Vec<UnderShift>> {
     Ok(report)
 }
 
+/// The suite's shifts named in `only`, or all of them.
+fn suite(only: &[String]) -> anyhow::Result<Vec<Shift>> {
+    if let Some(unknown) = only
+        .iter()
+        .find(|n| !Shift::SUITE.iter().any(|s| s.name() == **n))
+    {
+        let names: Vec<String> = Shift::SUITE.iter().map(Shift::name).collect();
+        anyhow::bail!(
+            "--only {unknown}: no such shift in the suite; it has {}",
+            names.join(", ")
+        );
+    }
+    Ok(Shift::SUITE
+        .into_iter()
+        .filter(|s| only.is_empty() || only.contains(&s.name()))
+        .collect())
+}
+
 fn write(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     fv_core::durable::write(path, bytes)
         .with_context(|| format!("{}: cannot write", path.display()))
@@ -217,4 +238,21 @@ pub fn table(r: &[UnderShift]) -> String {
         );
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_picks_shifts_by_their_report_names() {
+        assert_eq!(suite(&[]).unwrap().len(), Shift::SUITE.len());
+        let picked = suite(&["depth-12".into(), "noise-8".into()]).unwrap();
+        assert_eq!(picked, vec![Shift::Noise(8.0), Shift::Depth(12)]);
+        let e = suite(&["depth-13".into()]).unwrap_err().to_string();
+        assert!(
+            e.contains("--only depth-13") && e.contains("gamma-0.6"),
+            "{e}"
+        );
+    }
 }

@@ -3,7 +3,7 @@
 //! figure measured under it can be measured again.
 
 use super::classify::Photometric;
-use fv_core::imaging::{Gray8, XrayImage};
+use fv_core::imaging::{Gray16, Gray8, XrayImage};
 use image::imageops::{self, FilterType};
 use image::Luma;
 use rand::{Rng, RngExt as _, SeedableRng as _};
@@ -22,6 +22,9 @@ pub enum Shift {
     Noise(f32),
     /// Grey levels kept at this many bits.
     Bits(u8),
+    /// The same picture delivered at this many bits stored, as a DICOM unit sends it: level
+    /// `v` as `round(v · (2^b − 1) / 255)`.
+    Depth(u8),
     /// Rotated about the centre by these degrees, corners black.
     Rotate(f32),
     /// The central part, this share of each side.
@@ -36,7 +39,7 @@ pub enum Shift {
 
 impl Shift {
     /// The suite, one of each kind at a strength another unit plausibly shows.
-    pub const SUITE: [Shift; 13] = [
+    pub const SUITE: [Shift; 14] = [
         Shift::Gamma(0.6),
         Shift::Gamma(1.6),
         Shift::Contrast(0.6),
@@ -44,6 +47,7 @@ impl Shift {
         Shift::Unsharp(1.5),
         Shift::Noise(8.0),
         Shift::Bits(6),
+        Shift::Depth(12),
         Shift::Rotate(12.0),
         Shift::Crop(0.75),
         Shift::Border(0.08),
@@ -73,6 +77,7 @@ impl Shift {
             Shift::Unsharp(a) => format!("unsharp-{a}"),
             Shift::Noise(s) => format!("noise-{s}"),
             Shift::Bits(b) => format!("bits-{b}"),
+            Shift::Depth(b) => format!("depth-{b}"),
             Shift::Rotate(d) => format!("rotate-{d}"),
             Shift::Crop(c) => format!("crop-{c}"),
             Shift::Border(b) => format!("border-{b}"),
@@ -112,6 +117,7 @@ impl Shift {
                 let step = f32::from(1u16 << (8 - bits.min(8)));
                 map(&g, |v| (v / step).floor() * step)
             }
+            Shift::Depth(bits) => return deeper(&g, bits),
             Shift::Rotate(deg) => rotate(&g, deg.to_radians()),
             Shift::Crop(share) => {
                 let (cw, ch) = ((w as f32 * share) as u32, (h as f32 * share) as u32);
@@ -149,6 +155,16 @@ impl Shift {
         };
         XrayImage::from_gray8(out)
     }
+}
+
+/// `g` at `bits` (9 to 16) bits stored, each level scaled to the deeper range.
+fn deeper(g: &Gray8, bits: u8) -> XrayImage {
+    let bits = bits.clamp(9, 16);
+    let top = f32::from(u16::MAX >> (16 - bits));
+    let deep = Gray16::from_fn(g.width(), g.height(), |x, y| {
+        Luma([(f32::from(g.get_pixel(x, y).0[0]) * top / 255.0).round() as u16])
+    });
+    XrayImage::from_gray16(deep, bits)
 }
 
 fn clamp(v: f32) -> u8 {
@@ -195,12 +211,21 @@ fn rotate(g: &Gray8, theta: f32) -> Gray8 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fv_core::imaging::GrayPixels;
 
     #[test]
     fn each_shift_changes_the_image_and_keeps_it_decodable() {
         let g = Gray8::from_fn(60, 40, |x, y| Luma([((x * 3 + y * 2) % 200 + 20) as u8]));
         let image = XrayImage::from_gray8(g.clone());
         for s in Shift::SUITE {
+            if let Shift::Depth(bits) = s {
+                // The picture is the same; only how deep it arrives changes.
+                let deep = s.apply(&image, 7);
+                assert_eq!(deep.significant_bits(), bits);
+                assert!(matches!(deep.pixels(), GrayPixels::U16(_)));
+                assert_eq!(deep.to_gray8(), g);
+                continue;
+            }
             let out = s.apply(&image, 7).to_gray8();
             assert!(out.width() > 0 && out.height() > 0, "{}", s.name());
             assert_ne!(out, g, "{} left the image as it was", s.name());
