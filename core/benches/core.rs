@@ -3,10 +3,11 @@
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use fv_core::detection::{nms, NmsOptions};
-use fv_core::imaging::{decode_bytes, DecodeOptions};
+use fv_core::imaging::{decode_bytes, DecodeOptions, Gray16, XrayImage};
 use fv_core::manifest::Manifest;
-use fv_core::preprocess::preprocess;
+use fv_core::preprocess::{preprocess, InputSpec};
 use fv_core::{BoxXyxy, Detection, Probability};
+use image::Luma;
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
 
@@ -36,9 +37,29 @@ fn benches(c: &mut Criterion) {
             b.iter(|| decode_bytes(black_box(&bytes), &path, &options).unwrap())
         });
         let image = decode_bytes(&bytes, &path, &options).unwrap().image;
-        c.bench_function(&format!("preprocess {label} to 224"), |b| {
+        let side = spec.width;
+        c.bench_function(&format!("preprocess {label} to {side}"), |b| {
             b.iter(|| preprocess(black_box(&image), &spec))
         });
+        // The same pixels as a 12-bit DICOM delivers them: brought to the model's 8 bits
+        // before the resize (what the unit does), and resized at 16 bits (what it did).
+        let g = image.to_gray8();
+        let deep = XrayImage::from_gray16(
+            Gray16::from_fn(g.width(), g.height(), |x, y| {
+                Luma([(f32::from(g.get_pixel(x, y).0[0]) * 4095.0 / 255.0).round() as u16])
+            }),
+            12,
+        );
+        for bits in [8, 16] {
+            let at = InputSpec {
+                intensity_bits: bits,
+                ..spec.clone()
+            };
+            c.bench_function(
+                &format!("preprocess 12-bit {label} to {side}, intensity_bits {bits}"),
+                |b| b.iter(|| preprocess(black_box(&deep), &at)),
+            );
+        }
     }
     // A YOLOv8 head's worth of candidates after the score filter: 1000 boxes in clusters.
     let mut seed = 0x2545_f491_4f6c_dd1du64;
