@@ -591,12 +591,11 @@ fn process_frame(
     queue(&outcome.message, &pipeline.config.uid_salt, outbox, stats)?;
     let m = &outcome.message;
     let base = r.dir_for(m).join(name.replace(['#', '/'], "-"));
-    write_local(
-        m,
-        outcome.input.as_ref().map(|i| &i.image),
-        &base,
-        r.screen.as_deref(),
-    )
+    let overlay = outcome
+        .input
+        .as_ref()
+        .map(|i| crate::sinks::overlay::Lazy::new(&i.image, m));
+    write_local(m, overlay.as_ref(), &base, r.screen.as_deref())
 }
 
 /// Durable first: the outbox entry (when a broker is configured), and the counters.
@@ -625,7 +624,7 @@ fn queue(
 /// overlay once that is rendered (a full-size PNG takes a while).
 fn write_local(
     m: &fv_core::result::ResultMessage,
-    image: Option<&fv_core::imaging::XrayImage>,
+    overlay: Option<&crate::sinks::overlay::Lazy>,
     base: &Path,
     screen: Option<&crate::sinks::screen::Screen>,
 ) -> anyhow::Result<()> {
@@ -643,10 +642,11 @@ fn write_local(
     let p = with("result.json");
     fv_core::durable::write(&p, &json).with_context(|| format!("cannot write {}", p.display()))?;
     let shown = screen.map(|s| (s, s.show(m)));
-    if let Some(image) = image {
+    if let Some(overlay) = overlay {
         let png = with("overlay.png");
         let mut bytes = std::io::Cursor::new(Vec::new());
-        let written = crate::sinks::overlay::render(image, m)
+        let written = overlay
+            .get()
             .write_to(&mut bytes, image::ImageFormat::Png)
             .map_err(anyhow::Error::from)
             .and_then(|()| Ok(fv_core::durable::write(&png, bytes.get_ref())?));
@@ -687,7 +687,7 @@ fn report(
     path: &Path,
     pacs: &Mutex<Outbox>,
     marks: crate::config::Marks,
-    image: Option<&fv_core::imaging::XrayImage>,
+    overlay: Option<&crate::sinks::overlay::Lazy>,
 ) -> anyhow::Result<()> {
     let m = &j.message;
     if m.error.is_some() || m.source.kind != fv_core::result::SourceKind::Dicom {
@@ -700,9 +700,9 @@ fn report(
             return Ok(());
         }
     };
-    let sc = match (marks, image) {
-        (crate::config::Marks::SecondaryCapture, Some(image)) => {
-            match crate::sinks::sc::capture(path, m, &crate::sinks::overlay::render(image, m)) {
+    let sc = match (marks, overlay) {
+        (crate::config::Marks::SecondaryCapture, Some(overlay)) => {
+            match crate::sinks::sc::capture(path, m, overlay.get()) {
                 Ok(sc) => Some(sc),
                 Err(e) => {
                     tracing::warn!("no marks for the PACS: {e}");
@@ -819,15 +819,18 @@ fn process_file(
         };
         image = load_file(path, &full).ok().map(|i| i.image);
     }
+    let overlay = image
+        .as_ref()
+        .map(|i| crate::sinks::overlay::Lazy::new(i, &j.message));
     if !j.reported {
         if let Some(pacs) = &r.pacs {
-            report(&j, path, pacs, r.marks, image.as_ref())?;
+            report(&j, path, pacs, r.marks, overlay.as_ref())?;
         }
         j.reported = true;
         fv_core::durable::write(&jpath, &serde_json::to_vec(&j)?)
             .with_context(|| format!("cannot write {}", jpath.display()))?;
     }
-    write_local(&j.message, image.as_ref(), &j.dest, r.screen.as_deref())?;
+    write_local(&j.message, overlay.as_ref(), &j.dest, r.screen.as_deref())?;
     move_file(path, &j.dest).with_context(|| format!("cannot move to {}", j.dest.display()))?;
     fv_core::durable::sync_parent(&j.dest)?;
     fv_core::durable::sync_parent(path)?;

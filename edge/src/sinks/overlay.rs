@@ -94,6 +94,30 @@ fn text(img: &mut RgbImage, x: f32, y: f32, size: f32, s: &str, c: Rgb<u8>) {
     }
 }
 
+/// The overlay of one reading, drawn when first asked for: the PACS's marks and the local
+/// PNG of a DICOM image are the same picture, drawn once.
+pub struct Lazy<'a> {
+    image: &'a XrayImage,
+    message: &'a ResultMessage,
+    drawn: std::cell::OnceCell<RgbImage>,
+}
+
+impl<'a> Lazy<'a> {
+    /// The overlay of `message` on `image`, not yet drawn.
+    pub fn new(image: &'a XrayImage, message: &'a ResultMessage) -> Self {
+        Lazy {
+            image,
+            message,
+            drawn: std::cell::OnceCell::new(),
+        }
+    }
+
+    /// The picture, drawn on the first call.
+    pub fn get(&self) -> &RgbImage {
+        self.drawn.get_or_init(|| render(self.image, self.message))
+    }
+}
+
 /// The overlay of `m` on `image`.
 pub fn render(image: &XrayImage, m: &ResultMessage) -> RgbImage {
     let g = image.to_gray8();
