@@ -320,37 +320,7 @@ pub fn bootstrap_interval(
     resamples: usize,
     seed: u64,
 ) -> Option<(f64, f64)> {
-    statistic(samples)?;
-    let (pos, neg): (Vec<&Scored>, Vec<&Scored>) = samples.iter().partition(|s| s.positive);
-    let mut state = seed;
-    // SplitMix64: enough for resampling indices, and the same interval on every machine.
-    let mut next = |n: usize| {
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        ((z ^ (z >> 31)) % n as u64) as usize
-    };
-    let mut values = Vec::with_capacity(resamples);
-    let mut draw = Vec::with_capacity(samples.len());
-    for _ in 0..resamples {
-        draw.clear();
-        for class in [&pos, &neg] {
-            for _ in 0..class.len() {
-                draw.push(*class[next(class.len())]);
-            }
-        }
-        if let Some(v) = statistic(&draw) {
-            values.push(v);
-        }
-    }
-    if values.len() * 2 < resamples.max(1) {
-        return None;
-    }
-    values.sort_by(f64::total_cmp);
-    let at =
-        |q: f64| values[((q * (values.len() - 1) as f64).round() as usize).min(values.len() - 1)];
-    Some((at(0.025), at(0.975)))
+    super::bootstrap_by(samples, |s| s.positive, statistic, resamples, seed)
 }
 
 /// A threshold with the rates it gives on the data it was chosen on.

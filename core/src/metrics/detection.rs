@@ -86,6 +86,23 @@ pub struct CocoAp {
     pub per_class: Vec<ClassAp>,
 }
 
+/// 95 % bootstrap intervals of mAP50 and of mAP50-95 over `images` (1 000 draws of whole
+/// images with replacement, images with and without ground truth resampled apart, from a
+/// fixed seed). `None` where an interval is undefined (no ground truth).
+pub fn coco_ap_intervals(images: &[ImageBoxes], num_classes: usize) -> [Option<(f64, f64)>; 2] {
+    let has_truth = |i: &ImageBoxes| !i.ground_truth.is_empty();
+    let of = |f: fn(&CocoAp) -> f64| {
+        super::bootstrap_by(
+            images,
+            has_truth,
+            |draw| coco_ap(draw, num_classes).map(|a| f(&a)),
+            1000,
+            29,
+        )
+    };
+    [of(|a| a.map50), of(|a| a.map50_95)]
+}
+
 /// COCO detection evaluation (pycocotools' `COCOeval`, bbox, area "all", up to 100
 /// detections per image, 101-point interpolated precision).
 ///
@@ -382,6 +399,41 @@ mod tests {
             score: Probability::new(s).unwrap(),
             class: 0,
         }
+    }
+
+    #[test]
+    fn map_intervals_hold_the_estimate_and_resample_whole_images() {
+        // Half the fractured images found, half missed with a confident false alarm, and
+        // images without ground truth that carry false alarms of their own.
+        let images: Vec<ImageBoxes> = (0..40)
+            .map(|i| match i % 4 {
+                0 => ImageBoxes {
+                    ground_truth: vec![gt(0.0)],
+                    detections: vec![det(0.0, 0.5 + i as f64 / 100.0)],
+                },
+                1 => ImageBoxes {
+                    ground_truth: vec![gt(0.0)],
+                    detections: vec![det(60.0, 0.7)],
+                },
+                _ => ImageBoxes {
+                    ground_truth: vec![],
+                    detections: vec![det(30.0, 0.2 + i as f64 / 100.0)],
+                },
+            })
+            .collect();
+        let ap = coco_ap(&images, 1).unwrap();
+        let [m50, m50_95] = coco_ap_intervals(&images, 1);
+        let (lo, hi) = m50.unwrap();
+        assert!(
+            lo <= ap.map50 && ap.map50 <= hi && lo < hi,
+            "{lo} {} {hi}",
+            ap.map50
+        );
+        let (lo, hi) = m50_95.unwrap();
+        assert!(lo <= ap.map50_95 && ap.map50_95 <= hi && lo < hi);
+        // Without ground truth there is no AP and no interval.
+        let none: Vec<ImageBoxes> = images.iter().skip(2).step_by(4).cloned().collect();
+        assert_eq!(coco_ap_intervals(&none, 1), [None, None]);
     }
 
     #[test]

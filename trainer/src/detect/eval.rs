@@ -14,7 +14,7 @@ use crate::models::yolov8::{decode, YoloV8};
 use burn::tensor::{Device, Tensor, TensorData};
 use fv_core::detection::{decode_yolov8, nms, NmsOptions, NmsSettings};
 use fv_core::metrics::detection::{
-    coco_ap, pr_curve, DetectionConfusion, GroundTruth, ImageBoxes, PrPoint,
+    coco_ap, coco_ap_intervals, pr_curve, DetectionConfusion, GroundTruth, ImageBoxes, PrPoint,
 };
 use fv_core::preprocess::{Geometry, InputSpec};
 use fv_core::{BoxXyxy, Detection, Probability};
@@ -200,6 +200,12 @@ pub struct SplitMetrics {
     pub map75: f64,
     /// mAP over IoU 0.5:0.95.
     pub map50_95: f64,
+    /// 95 % bootstrap interval of mAP50 over images ([`coco_ap_intervals`]).
+    #[serde(default)]
+    pub map50_interval: Option<[f64; 2]>,
+    /// The same for mAP50-95.
+    #[serde(default)]
+    pub map50_95_interval: Option<[f64; 2]>,
     /// Precision at conf 0.25, IoU 0.45.
     pub precision: Option<f64>,
     /// Recall at conf 0.25, IoU 0.45.
@@ -216,6 +222,7 @@ impl SplitMetrics {
     pub fn new(split: SplitPart, inputs: &[EvalInput], preds: &[Vec<Detection>]) -> Self {
         let ib = image_boxes(inputs.iter().zip(preds));
         let ap = coco_ap(&ib, 1);
+        let [m50, m50_95] = coco_ap_intervals(&ib, 1);
         let conf = DetectionConfusion::new(&ib, 1, 0.25, 0.45);
         let pr = conf.class_pr(0);
         let mut regions: BTreeMap<Region, Vec<(&EvalInput, &Vec<Detection>)>> = BTreeMap::new();
@@ -229,6 +236,8 @@ impl SplitMetrics {
             map50: ap.as_ref().map_or(0.0, |a| a.map50),
             map75: ap.as_ref().map_or(0.0, |a| a.map75),
             map50_95: ap.as_ref().map_or(0.0, |a| a.map50_95),
+            map50_interval: m50.map(|(l, h)| [l, h]),
+            map50_95_interval: m50_95.map(|(l, h)| [l, h]),
             precision: pr.precision,
             recall: pr.recall,
             confusion: conf.matrix,

@@ -265,6 +265,14 @@ pub fn export_detector_run(run: &Path, opts: &ExportOptions) -> anyhow::Result<E
             ("map50_95".to_owned(), t.map50_95),
             ("map75".to_owned(), t.map75),
         ]);
+        let bounds = [
+            ("map50", t.map50_interval),
+            ("map50_95", t.map50_95_interval),
+        ];
+        for (name, [low, high]) in bounds.iter().filter_map(|(n, i)| Some((n, (*i)?))) {
+            values.insert(format!("{name}_interval_low"), low);
+            values.insert(format!("{name}_interval_high"), high);
+        }
         if let Some(p) = t.precision {
             values.insert("precision@0.25".into(), p);
         }

@@ -330,7 +330,7 @@ pub fn evaluate_run(
 /// A short table of a run's metrics for the terminal.
 pub fn summary_table(m: &DetectMetrics) -> String {
     let mut out = format!(
-        "{} at {} px\nsplit   images  boxes  mAP50  mAP50-95  P@0.25  R@0.25\n",
+        "{} at {} px\nsplit   images  boxes  mAP50  mAP50-95  P@0.25  R@0.25  95 % intervals (mAP50; mAP50-95)\n",
         m.model, m.image_size
     );
     let f = |v: Option<f64>| v.map_or("  n/a ".to_owned(), |v| format!("{v:.3}"));
@@ -339,16 +339,20 @@ pub fn summary_table(m: &DetectMetrics) -> String {
         m.thresholds.scores.suspicious.get(),
         m.thresholds.scores.definite.get()
     );
+    let interval =
+        |i: Option<[f64; 2]>| i.map_or("n/a".to_owned(), |[l, h]| format!("{l:.3}–{h:.3}"));
     for s in std::iter::once(&m.valid).chain(m.test.as_ref()) {
         out += &format!(
-            "{:<7} {:>6} {:>6}  {:.3}  {:.3}     {}   {}\n",
+            "{:<7} {:>6} {:>6}  {:.3}  {:.3}     {}   {}   {}; {}\n",
             s.split,
             s.images,
             s.boxes,
             s.map50,
             s.map50_95,
             f(s.precision),
-            f(s.recall)
+            f(s.recall),
+            interval(s.map50_interval),
+            interval(s.map50_95_interval)
         );
     }
     out
