@@ -330,15 +330,14 @@ pub fn evaluate_run(
 /// A short table of a run's metrics for the terminal.
 pub fn summary_table(m: &DetectMetrics) -> String {
     let mut out = format!(
-        "{} at {} px\nsplit   images  boxes  mAP50  mAP50-95  P@0.25  R@0.25  95 % intervals (mAP50; mAP50-95)\n",
-        m.model, m.image_size
-    );
-    let f = |v: Option<f64>| v.map_or("  n/a ".to_owned(), |v| format!("{v:.3}"));
-    out += &format!(
-        "box thresholds (validation): suspicious {:.3}, definite {:.3}\n",
+        "{} at {} px\nbox thresholds (validation): suspicious {:.3}, definite {:.3}\n",
+        m.model,
+        m.image_size,
         m.thresholds.scores.suspicious.get(),
         m.thresholds.scores.definite.get()
     );
+    out += "split   images  boxes  mAP50  mAP50-95  P@0.25  R@0.25  95 % intervals (mAP50; mAP50-95)\n";
+    let f = |v: Option<f64>| v.map_or("  n/a ".to_owned(), |v| format!("{v:.3}"));
     let interval =
         |i: Option<[f64; 2]>| i.map_or("n/a".to_owned(), |[l, h]| format!("{l:.3}–{h:.3}"));
     for s in std::iter::once(&m.valid).chain(m.test.as_ref()) {
