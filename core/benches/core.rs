@@ -3,11 +3,10 @@
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use fv_core::detection::{nms, NmsOptions};
-use fv_core::imaging::{decode_bytes, DecodeOptions, Gray16, XrayImage};
+use fv_core::imaging::{decode_bytes, DecodeOptions};
 use fv_core::manifest::Manifest;
 use fv_core::preprocess::{preprocess, InputSpec};
 use fv_core::{BoxXyxy, Detection, Probability};
-use image::Luma;
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
 
@@ -43,13 +42,7 @@ fn benches(c: &mut Criterion) {
         });
         // The same pixels as a 12-bit DICOM delivers them: brought to the model's 8 bits
         // before the resize (what the unit does), and resized at 16 bits (what it did).
-        let g = image.to_gray8();
-        let deep = XrayImage::from_gray16(
-            Gray16::from_fn(g.width(), g.height(), |x, y| {
-                Luma([(f32::from(g.get_pixel(x, y).0[0]) * 4095.0 / 255.0).round() as u16])
-            }),
-            12,
-        );
+        let deep = image.widened(12);
         for bits in [8, 16] {
             let at = InputSpec {
                 intensity_bits: bits,

@@ -146,6 +146,40 @@ impl XrayImage {
             }
         }
     }
+
+    /// This image at 8 bits ([`XrayImage::to_gray8`]), its full size and colour kept: what a
+    /// reader whose models all read 8 bits narrows once, not once per model.
+    pub fn narrowed(&self) -> XrayImage {
+        XrayImage {
+            pixels: GrayPixels::U8(self.to_gray8()),
+            significant_bits: 8,
+            full_size: self.full_size,
+            colour: self.colour,
+        }
+    }
+
+    /// This image's levels stored at `bits` (9 to 16): each 8-bit level scaled to the deeper
+    /// range and rounded, the same picture as a deeper detector delivers it.
+    /// [`XrayImage::to_gray8`] gives the 8-bit levels back exactly.
+    pub fn widened(&self, bits: u8) -> XrayImage {
+        let bits = bits.clamp(9, 16);
+        let scale = f32::from(u16::MAX >> (16 - bits)) / 255.0;
+        let g = self.to_gray8();
+        let levels = g
+            .as_raw()
+            .iter()
+            .map(|&v| (f32::from(v) * scale + 0.5) as u16)
+            .collect();
+        XrayImage {
+            pixels: GrayPixels::U16(
+                Gray16::from_raw(g.width(), g.height(), levels)
+                    .expect("one level per sample of a whole image"),
+            ),
+            significant_bits: bits,
+            full_size: self.full_size,
+            colour: self.colour,
+        }
+    }
 }
 
 /// The container format a file was decoded from.
@@ -817,6 +851,27 @@ mod tests {
 
     fn gradient8(w: u32, h: u32) -> Gray8 {
         Gray8::from_fn(w, h, |x, y| Luma([((x * 7 + y * 3) % 256) as u8]))
+    }
+
+    #[test]
+    fn widened_levels_narrow_back_exactly() {
+        let every =
+            XrayImage::from_gray8(Gray8::from_fn(16, 16, |x, y| Luma([(y * 16 + x) as u8])));
+        for bits in 9..=16 {
+            let deep = every.widened(bits);
+            assert_eq!((deep.container_bits(), deep.significant_bits()), (16, bits));
+            let GrayPixels::U16(p) = deep.pixels() else {
+                panic!("{bits} bits: expected 16-bit pixels")
+            };
+            assert_eq!(
+                p[(15, 15)][0],
+                u16::MAX >> (16 - bits),
+                "white at {bits} bits"
+            );
+            let back = deep.narrowed();
+            assert_eq!((back.container_bits(), back.significant_bits()), (8, 8));
+            assert_eq!(back.pixels(), every.pixels(), "{bits} bits");
+        }
     }
 
     #[test]

@@ -46,6 +46,17 @@ fn train_evaluate_export(kind: DetectorKind, export: bool) {
     for v in [m.valid.map50, m.valid.map50_95, test.map50, test.map50_95] {
         assert!((0.0..=1.0).contains(&v), "{v}");
     }
+    // The reported splits carry their intervals (each epoch's validation does not).
+    for s in [&m.valid, test] {
+        let [low, high] = s
+            .map50_interval
+            .expect("an evaluated split's mAP50 interval");
+        assert!(
+            low <= s.map50 && s.map50 <= high,
+            "{low} {} {high}",
+            s.map50
+        );
+    }
     assert!(m.thresholds.scores.suspicious <= m.thresholds.scores.definite);
     for f in [
         "metrics.json",

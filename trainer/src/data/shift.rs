@@ -3,7 +3,7 @@
 //! figure measured under it can be measured again.
 
 use super::classify::Photometric;
-use fv_core::imaging::{Gray16, Gray8, XrayImage};
+use fv_core::imaging::{Gray8, XrayImage};
 use image::imageops::{self, FilterType};
 use image::Luma;
 use rand::{Rng, RngExt as _, SeedableRng as _};
@@ -117,7 +117,7 @@ impl Shift {
                 let step = f32::from(1u16 << (8 - bits.min(8)));
                 map(&g, |v| (v / step).floor() * step)
             }
-            Shift::Depth(bits) => return deeper(&g, bits),
+            Shift::Depth(bits) => return image.widened(bits),
             Shift::Rotate(deg) => rotate(&g, deg.to_radians()),
             Shift::Crop(share) => {
                 let (cw, ch) = ((w as f32 * share) as u32, (h as f32 * share) as u32);
@@ -155,16 +155,6 @@ impl Shift {
         };
         XrayImage::from_gray8(out)
     }
-}
-
-/// `g` at `bits` (9 to 16) bits stored, each level scaled to the deeper range.
-fn deeper(g: &Gray8, bits: u8) -> XrayImage {
-    let bits = bits.clamp(9, 16);
-    let top = f32::from(u16::MAX >> (16 - bits));
-    let deep = Gray16::from_fn(g.width(), g.height(), |x, y| {
-        Luma([(f32::from(g.get_pixel(x, y).0[0]) * top / 255.0).round() as u16])
-    });
-    XrayImage::from_gray16(deep, bits)
 }
 
 fn clamp(v: f32) -> u8 {

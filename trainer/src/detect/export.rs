@@ -220,7 +220,8 @@ pub fn export_detector_run(run: &Path, opts: &ExportOptions) -> anyhow::Result<E
             let thresholds = eval::BoxThresholds::choose(&valid_in, &pred_conv);
             let (test_in, _) = eval::prepare(&test_s, &config);
             let (_, pred_test) = eval::predict_onnx(&converted, &test_in, classes)?;
-            let test = eval::SplitMetrics::new(SplitPart::Test, &test_in, &pred_test);
+            let test = eval::SplitMetrics::new(SplitPart::Test, &test_in, &pred_test)
+                .with_intervals(&test_in, &pred_test);
             let conversion = Conversion {
                 reference: Precision::Fp32,
                 method: report.method(),

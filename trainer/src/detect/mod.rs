@@ -278,7 +278,8 @@ pub fn evaluate_run(
     let [_, valid_s, test_s] = split(data, &config)?;
     let (valid_in, mut failures) = eval::prepare(&valid_s, &config);
     let valid_p = eval::predict(&model, &valid_in, &config, device);
-    let valid = eval::SplitMetrics::new(SplitPart::Valid, &valid_in, &valid_p);
+    let valid = eval::SplitMetrics::new(SplitPart::Valid, &valid_in, &valid_p)
+        .with_intervals(&valid_in, &valid_p);
     let thresholds = eval::BoxThresholds::choose(&valid_in, &valid_p);
     let mut series = vec![(
         SplitPart::Valid.to_string(),
@@ -289,7 +290,8 @@ pub fn evaluate_run(
         let (test_in, f) = eval::prepare(&test_s, &config);
         failures.extend(f);
         let test_p = eval::predict(&model, &test_in, &config, device);
-        let m = eval::SplitMetrics::new(SplitPart::Test, &test_in, &test_p);
+        let m = eval::SplitMetrics::new(SplitPart::Test, &test_in, &test_p)
+            .with_intervals(&test_in, &test_p);
         series.push((
             SplitPart::Test.to_string(),
             eval::pr_points(&test_in, &test_p),
