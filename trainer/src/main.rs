@@ -364,6 +364,11 @@ struct ClassifyArgs {
     /// them at the scale of the rest).
     #[arg(long, value_name = "PX")]
     long_side: Option<u32>,
+    /// Box supervision: each cell of the last feature map also learns whether a fracture
+    /// box covers it (none on non-fractured images), its loss weighted W against the
+    /// image's (efficientnet-lite0; the cell head is not exported).
+    #[arg(long, value_name = "W")]
+    box_weight: Option<f32>,
     #[command(flatten)]
     resume: ResumeArgs,
     /// At most N images per class in each split part (smoke runs).
@@ -627,6 +632,7 @@ fn run(cli: Cli, argv: &[String]) -> anyhow::Result<()> {
                 config.augment.photometric = Some(Default::default());
             }
             config.long_side = a.long_side;
+            config.box_weight = a.box_weight;
             config.checkpoint_minutes = a.resume.checkpoint_minutes;
             config.session_step_limit = a.resume.max_steps;
             if let Some(w) = a.warmup_epochs {

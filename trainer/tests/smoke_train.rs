@@ -77,6 +77,61 @@ fn efficientnet_smoke_run_learns_resumes_and_evaluates() {
 }
 
 #[test]
+fn a_box_supervised_run_trains_its_cell_head_and_evaluates_without_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = RunDir(tmp.path().join("run"));
+    let device = Device::flex();
+    let mut config = TrainConfig::study(ModelKind::EfficientnetLite0);
+    config.image_size = 64;
+    config.epochs = 2;
+    config.lr = 1e-3;
+    config.box_weight = Some(1.0);
+    let run_data = sample_run_data(config.seed);
+    let data = fv_train::data::FracAtlas::open(&sample_dir()).unwrap();
+    let fractured: Vec<usize> = (0..data.images.len())
+        .filter(|&i| data.images[i].fractured)
+        .collect();
+    let samples = fv_train::data::classify::Sample::from_indices(&data, &fractured);
+    assert!(
+        samples
+            .iter()
+            .all(|s| !s.boxes.is_empty()
+                && s.boxes.iter().flatten().all(|v| (0.0..=1.0).contains(v))),
+        "every fractured sample image has boxes within the image"
+    );
+    let (summary, metrics) =
+        classify(&sample_dir(), &run_data, &config, &run, &device, false).unwrap();
+    assert!(
+        summary.epoch_loss.iter().all(|l| l.is_finite()),
+        "{:?}",
+        summary.epoch_loss
+    );
+    assert!(metrics.expect("evaluated").test.is_some());
+    // The head is in the checkpoint; what is evaluated and exported is built without it.
+    let bytes = std::fs::read(run.0.join("best.safetensors")).unwrap();
+    let tensors = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let head = tensors
+        .names()
+        .into_iter()
+        .find(|n| n.contains("cells"))
+        .expect("the cell head's weights");
+    assert_eq!(
+        tensors
+            .tensor(head)
+            .unwrap()
+            .shape()
+            .iter()
+            .product::<usize>()
+            % 1280,
+        0
+    );
+    // Resumed with its head.
+    config.epochs = 3;
+    let (resumed, _) = classify(&sample_dir(), &run_data, &config, &run, &device, false).unwrap();
+    assert_eq!(resumed.epoch_loss.len(), 3);
+}
+
+#[test]
 fn resnet_ssl_mlp_smoke_run_pretrains_then_fits_the_head() {
     let tmp = tempfile::tempdir().unwrap();
     let run = RunDir(tmp.path().join("run"));

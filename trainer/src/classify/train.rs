@@ -6,14 +6,15 @@
 
 use super::eval::{auc_of, predict};
 use crate::data::classify::{
-    batch_tensor, load_planes, load_planes_cached, Augment, LoadFailure, Plane, Sample,
+    batch_tensor, load_planes, load_planes_cached, Augment, LoadFailure, Plane, Sample, View,
 };
 use crate::models::{Classifier, ModelKind};
 use crate::run::fit::{Fitted, Loss, Plan, Task};
 use crate::run::{fit, RunDir};
 use crate::weights::load_safetensors;
+use anyhow::Context as _;
 use burn::optim::{AdamWConfig, ModuleOptimizer};
-use burn::tensor::activation::log_softmax;
+use burn::tensor::activation::{log_sigmoid, log_softmax};
 use burn::tensor::{Device, Tensor, TensorData};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -91,6 +92,10 @@ pub struct TrainConfig {
     /// training images never show (none in runs that do not say).
     #[serde(default)]
     pub long_side: Option<u32>,
+    /// The weight of box supervision against the image's loss ([`box_loss`]); none in runs
+    /// that do not say.
+    #[serde(default)]
+    pub box_weight: Option<f32>,
     /// Seed for initialization, shuffling and augmentation.
     pub seed: u64,
     /// Log the running loss every this many steps.
@@ -231,6 +236,7 @@ impl TrainConfig {
             class_weighted_loss: true,
             augment: Augment::default(),
             long_side: None,
+            box_weight: None,
             seed: 42,
             log_every: 10,
             ssl: SslSettings::default(),
@@ -276,23 +282,29 @@ pub struct TrainSummary {
     pub complete: bool,
 }
 
-/// Builds a model for `config` on `device`, from `checkpoint` if given, otherwise from the
-/// pretrained weights with a fresh head.
+/// Builds a model for `config` on `device`, from `checkpoint` if given (without a cell head:
+/// what is evaluated and exported), otherwise from the pretrained weights with a fresh head
+/// (and a fresh cell head when the run is box-supervised).
 pub fn build_model(
     config: &TrainConfig,
     checkpoint: Option<&Path>,
     device: &Device,
 ) -> anyhow::Result<Classifier> {
-    let model = Classifier::new(config.model, 2, device);
+    let model = match (checkpoint, config.box_weight) {
+        (None, Some(_)) => Classifier::with_cell_head(config.model, device)?,
+        _ => Classifier::new(config.model, 2, device),
+    };
     Ok(match (checkpoint, &config.weights) {
         (Some(ckpt), _) => load_safetensors(model, ckpt, &[], &[])?.0,
         (None, Some(w)) => {
-            let (m, report) = load_safetensors(
-                model,
-                w,
-                config.model.fresh_head(),
-                &config.model.key_remapping(),
-            )?;
+            let fresh: Vec<&str> = config
+                .model
+                .fresh_head()
+                .iter()
+                .copied()
+                .chain(["cells."])
+                .collect();
+            let (m, report) = load_safetensors(model, w, &fresh, &config.model.key_remapping())?;
             tracing::info!(
                 "loaded {} tensors from {}; fresh: {:?}",
                 report.applied,
@@ -340,6 +352,56 @@ pub fn weighted_ce(logits: Tensor<2>, labels: &[bool], class_w: [f32; 2]) -> Ten
         .sum_dim(1)
         .squeeze_dim::<1>(1);
     (nll * w.clone()).sum() / w.sum()
+}
+
+/// Box supervision's loss: binary cross-entropy of each cell's logit (`[batch, 1, g, g]`)
+/// against its target (`None`: an image whose cells are not known), with the covered and
+/// the uncovered cells of the batch weighted half each, since a fracture covers one or two
+/// cells of a hundred.
+pub fn box_loss(cells: Tensor<4>, targets: &[Option<Vec<f32>>]) -> Tensor<1> {
+    let device = cells.device();
+    let [b, _, h, w] = cells.dims();
+    let n = h * w;
+    let (pos, neg) = targets
+        .iter()
+        .flatten()
+        .flatten()
+        .fold(
+            (0, 0),
+            |(p, q), &t| {
+                if t > 0.5 {
+                    (p + 1, q)
+                } else {
+                    (p, q + 1)
+                }
+            },
+        );
+    let (wp, wn) = match (pos, neg) {
+        (0, 0) => (0.0, 0.0),
+        (0, q) => (0.0, 1.0 / q as f32),
+        (p, 0) => (1.0 / p as f32, 0.0),
+        (p, q) => (0.5 / p as f32, 0.5 / q as f32),
+    };
+    let mut y = Vec::with_capacity(b * n);
+    let mut weight = Vec::with_capacity(b * n);
+    for t in targets {
+        match t {
+            Some(t) => {
+                y.extend_from_slice(t);
+                weight.extend(t.iter().map(|&v| if v > 0.5 { wp } else { wn }));
+            }
+            None => {
+                y.extend(std::iter::repeat_n(0.0, n));
+                weight.extend(std::iter::repeat_n(0.0, n));
+            }
+        }
+    }
+    let y = Tensor::<2>::from_data(TensorData::new(y, [b, n]), &device);
+    let weight = Tensor::<2>::from_data(TensorData::new(weight, [b, n]), &device);
+    let z = cells.reshape([b, n]);
+    // −[y·log σ(z) + (1 − y)·log σ(−z)]
+    let bce = -(log_sigmoid(z.clone()) * y.clone() + log_sigmoid(-z) * (-y + 1.0));
+    (bce * weight).sum()
 }
 
 /// One finished epoch of a classification run.
@@ -456,7 +518,11 @@ impl Task for Classification<'_> {
         build_model(self.config, None, ad)
     }
     fn blank(&self, ad: &Device) -> Classifier {
-        Classifier::new(self.config.model, 2, ad)
+        match self.config.box_weight {
+            Some(_) => Classifier::with_cell_head(self.config.model, ad)
+                .expect("checked when the model was first built"),
+            None => Classifier::new(self.config.model, 2, ad),
+        }
     }
     fn batches(&self, epoch: usize) -> Vec<Vec<usize>> {
         let c = self.config;
@@ -485,15 +551,35 @@ impl Task for Classification<'_> {
         );
         ad.seed(c.seed.wrapping_add(global as u64 + 1));
         let s = c.image_size as usize;
-        let views: Vec<Plane> = batch
+        let (views, geometry): (Vec<Plane>, Vec<View>) = batch
             .iter()
-            .map(|&i| c.augment.apply(&self.train_set[i].1, s, &mut rng))
-            .collect();
+            .map(|&i| c.augment.view(&self.train_set[i].1, s, &mut rng))
+            .unzip();
         let refs: Vec<&Plane> = views.iter().collect();
         let (mean, std) = c.model.mean_std();
         let x = batch_tensor(&refs, mean, std, ad);
         let labels: Vec<bool> = batch.iter().map(|&i| self.labels[i]).collect();
-        let value = weighted_ce(model.forward(x), &labels, self.class_w);
+        let value = match c.box_weight {
+            None => weighted_ce(model.forward(x), &labels, self.class_w),
+            Some(w) => {
+                let (logits, cells) = model.forward_with_cells(x);
+                let cells = cells.context("box supervision needs the model's cell head")?;
+                let targets: Vec<Option<Vec<f32>>> = batch
+                    .iter()
+                    .zip(&geometry)
+                    .map(|(&i, g)| {
+                        let sample = &self.train_set[i].0;
+                        let grid = cells.dims()[2];
+                        // A fractured image without boxes says nothing of its cells.
+                        match (sample.label, sample.boxes.is_empty()) {
+                            (true, true) => None,
+                            _ => Some(g.cells(&sample.boxes, grid)),
+                        }
+                    })
+                    .collect();
+                weighted_ce(logits, &labels, self.class_w) + box_loss(cells, &targets) * w
+            }
+        };
         Ok(Loss::single(value, batch.len()))
     }
     fn validate(
@@ -551,4 +637,40 @@ pub fn train(
     };
     let fitted = fit(&task, run, device, show_progress)?;
     Ok(TrainSummary::of(&fitted, &failures))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cells(values: &[f32]) -> Tensor<4> {
+        let n = values.len();
+        Tensor::from_data(
+            TensorData::new(values.to_vec(), [1, 1, 1, n]),
+            &Device::flex(),
+        )
+    }
+
+    fn value(t: Tensor<1>) -> f32 {
+        t.into_data().try_to_vec::<f32>().unwrap()[0]
+    }
+
+    #[test]
+    fn box_loss_weighs_covered_and_uncovered_cells_alike() {
+        // One covered cell among three: each side carries half the loss.
+        let t = vec![Some(vec![1.0, 0.0, 0.0])];
+        let right = value(box_loss(cells(&[4.0, -4.0, -4.0]), &t));
+        let wrong_pos = value(box_loss(cells(&[-4.0, -4.0, -4.0]), &t));
+        let wrong_neg = value(box_loss(cells(&[4.0, 4.0, 4.0]), &t));
+        let softplus = |x: f32| (1.0 + x.exp()).ln();
+        assert!((right - softplus(-4.0)).abs() < 1e-5, "{right}");
+        // Missing the one covered cell costs as much as flagging both uncovered ones.
+        assert!(
+            (wrong_pos - wrong_neg).abs() < 1e-4,
+            "{wrong_pos} {wrong_neg}"
+        );
+        assert!((wrong_pos - 0.5 * (softplus(4.0) + softplus(-4.0))).abs() < 1e-4);
+        // An image whose cells are unknown adds nothing.
+        assert_eq!(value(box_loss(cells(&[9.0, 9.0, 9.0]), &[None])), 0.0);
+    }
 }

@@ -24,6 +24,9 @@ pub struct Sample {
     pub path: PathBuf,
     /// Fractured.
     pub label: bool,
+    /// Its fracture boxes as fractions of the displayed width and height (x1, y1, x2, y2),
+    /// for box supervision; empty for a non-fractured image and where the size is unknown.
+    pub boxes: Vec<[f32; 4]>,
 }
 
 impl Sample {
@@ -32,10 +35,22 @@ impl Sample {
         idx.iter()
             .map(|&i| {
                 let r = &data.images[i];
+                let boxes = match &r.header {
+                    Ok(h) => {
+                        let (w, h) = h.display_size();
+                        let (w, h) = (w.max(1) as f32, h.max(1) as f32);
+                        r.boxes
+                            .iter()
+                            .map(|b| [b.x1 / w, b.y1 / h, b.x2 / w, b.y2 / h])
+                            .collect()
+                    }
+                    Err(_) => Vec::new(),
+                };
                 Sample {
                     id: r.id.clone(),
                     path: r.path.clone(),
                     label: r.fractured,
+                    boxes,
                 }
             })
             .collect()
@@ -316,6 +331,11 @@ impl Augment {
     /// Samples a random view of `src` at `out`×`out`, bilinear, black outside the image
     /// (radiographs are dark around the anatomy).
     pub fn apply<R: Rng + ?Sized>(&self, src: &Plane, out: usize, rng: &mut R) -> Plane {
+        self.view(src, out, rng).0
+    }
+
+    /// [`Augment::apply`] and where the view came from, to carry boxes along.
+    pub fn view<R: Rng + ?Sized>(&self, src: &Plane, out: usize, rng: &mut R) -> (Plane, View) {
         let crop = rng.random_range(self.min_crop.min(1.0)..=1.0);
         let angle = rng
             .random_range(-self.max_rotation_deg..=self.max_rotation_deg)
@@ -328,26 +348,82 @@ impl Augment {
         let cx = n / 2.0 + rng.random_range(-slack..=slack);
         let cy = n / 2.0 + rng.random_range(-slack..=slack);
         let (sin, cos) = angle.sin_cos();
-        let scale = side / out as f32;
+        let geometry = View {
+            out: out as f32,
+            src: n,
+            cx,
+            cy,
+            scale: side / out as f32,
+            sin,
+            cos,
+            flip,
+        };
         let mut data = vec![0.0; out * out];
         for y in 0..out {
             for x in 0..out {
-                // Output pixel centre, relative to the output centre, in source pixels.
-                let mut u = (x as f32 + 0.5 - out as f32 / 2.0) * scale;
-                let v = (y as f32 + 0.5 - out as f32 / 2.0) * scale;
-                if flip {
-                    u = -u;
-                }
-                let sx = cx + u * cos - v * sin - 0.5;
-                let sy = cy + u * sin + v * cos - 0.5;
-                data[y * out + x] = bilinear(src, sx, sy);
+                let (sx, sy) = geometry.source(x as f32 + 0.5, y as f32 + 0.5);
+                data[y * out + x] = bilinear(src, sx - 0.5, sy - 0.5);
             }
         }
         let mut view = Plane { size: out, data };
         if let Some(p) = &self.photometric {
             p.apply(&mut view, rng);
         }
-        view
+        (view, geometry)
+    }
+}
+
+/// Where a training view came from: the crop, rotation and flip [`Augment::view`] drew.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct View {
+    out: f32,
+    src: f32,
+    cx: f32,
+    cy: f32,
+    scale: f32,
+    sin: f32,
+    cos: f32,
+    flip: bool,
+}
+
+impl View {
+    /// The source plane's point (in its pixels) that the view's point `(x, y)` shows.
+    fn source(&self, x: f32, y: f32) -> (f32, f32) {
+        let mut u = (x - self.out / 2.0) * self.scale;
+        let v = (y - self.out / 2.0) * self.scale;
+        if self.flip {
+            u = -u;
+        }
+        (
+            self.cx + u * self.cos - v * self.sin,
+            self.cy + u * self.sin + v * self.cos,
+        )
+    }
+
+    /// The box-supervision target of a `grid`×`grid` division of the view: 1 for a cell
+    /// that shows any part of a box (`boxes` as fractions of the image, which the source
+    /// plane stretches to a square), 0 elsewhere. Each cell is probed at 4×4 points.
+    pub fn cells(&self, boxes: &[[f32; 4]], grid: usize) -> Vec<f32> {
+        const PROBES: usize = 4;
+        let cell = self.out / grid as f32;
+        let inside = |(sx, sy): (f32, f32)| {
+            let (fx, fy) = (sx / self.src, sy / self.src);
+            boxes
+                .iter()
+                .any(|b| fx >= b[0] && fx <= b[2] && fy >= b[1] && fy <= b[3])
+        };
+        let mut out = vec![0.0; grid * grid];
+        for gy in 0..grid {
+            for gx in 0..grid {
+                let hit = (0..PROBES * PROBES).any(|k| {
+                    let px = (gx as f32 + ((k % PROBES) as f32 + 0.5) / PROBES as f32) * cell;
+                    let py = (gy as f32 + ((k / PROBES) as f32 + 0.5) / PROBES as f32) * cell;
+                    inside(self.source(px, py))
+                });
+                out[gy * grid + gx] = f32::from(u8::from(hit));
+            }
+        }
+        out
     }
 }
 
@@ -419,6 +495,46 @@ mod tests {
     }
 
     #[test]
+    fn box_cells_follow_the_view() {
+        let src = Plane {
+            size: 64,
+            data: vec![0.5; 64 * 64],
+        };
+        let none = Augment {
+            min_crop: 1.0,
+            max_rotation_deg: 0.0,
+            flip: 0.0,
+            photometric: None,
+        };
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        // A box inside the top-left quarter's top-left quarter.
+        let boxes = [[0.05, 0.1, 0.2, 0.2]];
+        let (_, view) = none.view(&src, 32, &mut rng);
+        let cells = view.cells(&boxes, 4);
+        assert_eq!(cells.iter().sum::<f32>(), 1.0, "{cells:?}");
+        assert_eq!(cells[0], 1.0);
+        let (_, view) = Augment { flip: 1.0, ..none }.view(&src, 32, &mut rng);
+        let cells = view.cells(&boxes, 4);
+        assert_eq!(
+            (cells[3], cells.iter().sum::<f32>()),
+            (1.0, 1.0),
+            "mirrored: {cells:?}"
+        );
+        assert!(view.cells(&[], 4).iter().all(|&c| c == 0.0));
+        // A crop of the middle half: the box's corner region is out of view.
+        let (_, view) = Augment {
+            min_crop: 0.5,
+            ..none
+        }
+        .view(&src, 32, &mut rand_chacha::ChaCha8Rng::seed_from_u64(7));
+        let half = view.cells(&[[0.4, 0.4, 0.6, 0.6]], 4);
+        assert!(
+            half.iter().sum::<f32>() >= 1.0,
+            "a central box stays in view: {half:?}"
+        );
+    }
+
+    #[test]
     fn photometric_changes_stay_in_range_and_replay_from_the_seed() {
         let src = Plane {
             size: 32,
@@ -465,6 +581,7 @@ mod tests {
                 id: name.into(),
                 path,
                 label: false,
+                boxes: Vec::new(),
             }
         };
         let big = sample("big.png", 400, 300);

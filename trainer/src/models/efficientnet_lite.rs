@@ -41,6 +41,10 @@ pub struct EfficientNetLiteConfig {
     /// Dropout before the classifier (the reference uses 0.2).
     #[config(default = 0.2)]
     pub dropout: f64,
+    /// A 1×1 convolution on the last feature map giving one fracture logit per cell, trained
+    /// on the images' boxes (box supervision) and not exported.
+    #[config(default = false)]
+    pub cell_head: bool,
 }
 
 fn conv_bn(
@@ -138,6 +142,7 @@ pub struct EfficientNetLite {
     avg_pool: AdaptiveAvgPool2d,
     dropout: Dropout,
     fc: Linear,
+    cells: Option<Conv2d>,
 }
 
 impl EfficientNetLiteConfig {
@@ -161,22 +166,41 @@ impl EfficientNetLiteConfig {
             avg_pool: AdaptiveAvgPool2dConfig::new([1, 1]).init(),
             dropout: DropoutConfig::new(self.dropout).init(),
             fc: LinearConfig::new(1280, self.num_classes).init(device),
+            cells: self
+                .cell_head
+                .then(|| Conv2dConfig::new([1280, 1], [1, 1]).init(device)),
         }
     }
 }
 
 impl EfficientNetLite {
-    /// Pooled features: `[batch, 3, h, w]` → `[batch, 1280]`.
-    pub fn features(&self, images: Tensor<4>) -> Tensor<2> {
+    /// The last feature map: `[batch, 3, h, w]` → `[batch, 1280, h / 32, w / 32]`.
+    fn head_map(&self, images: Tensor<4>) -> Tensor<4> {
         let mut x = relu6(self.bn0.forward(self.conv_stem.forward(images)));
         for block in &self.blocks {
             x = block.forward(x);
         }
-        x = relu6(
+        relu6(
             self.bn1
                 .forward(super::flex_conv::pointwise(&self.conv_head, x)),
-        );
-        self.avg_pool.forward(x).flatten(1, 3)
+        )
+    }
+
+    /// Pooled features: `[batch, 3, h, w]` → `[batch, 1280]`.
+    pub fn features(&self, images: Tensor<4>) -> Tensor<2> {
+        self.avg_pool.forward(self.head_map(images)).flatten(1, 3)
+    }
+
+    /// Logits and, with the cell head, one fracture logit per cell of the last feature map
+    /// (`[batch, 1, h / 32, w / 32]`), from one pass.
+    pub fn forward_with_cells(&self, images: Tensor<4>) -> (Tensor<2>, Option<Tensor<4>>) {
+        let map = self.head_map(images);
+        let cells = self
+            .cells
+            .as_ref()
+            .map(|c| super::flex_conv::pointwise(c, map.clone()));
+        let pooled = self.avg_pool.forward(map).flatten(1, 3);
+        (self.fc.forward(self.dropout.forward(pooled)), cells)
     }
 
     /// Feature maps after the blocks at `taps` (indices into the 16 MBConv blocks, rising):

@@ -96,6 +96,8 @@ impl ModelKind {
 
 /// A classifier of any architecture: `[batch, 3, h, w]` → logits `[batch, 2]`.
 #[derive(Module, Debug)]
+// One model is held per run, so the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Classifier {
     /// EfficientNet-Lite0.
     EfficientNetLite0(EfficientNetLite),
@@ -134,6 +136,29 @@ impl Classifier {
                     .with_num_classes(num_classes)
                     .init(device),
             ),
+        }
+    }
+
+    /// A fresh two-class `kind` with a cell head for box supervision
+    /// ([`EfficientNetLiteConfig::cell_head`]); EfficientNet-Lite0 only.
+    pub fn with_cell_head(kind: ModelKind, device: &Device) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            kind == ModelKind::EfficientnetLite0,
+            "box supervision (--box-weight) needs efficientnet-lite0's cell head; {} has none",
+            kind.name()
+        );
+        Ok(Classifier::EfficientNetLite0(
+            EfficientNetLiteConfig::new()
+                .with_cell_head(true)
+                .init(device),
+        ))
+    }
+
+    /// Logits and the cell logits of a model with a cell head ([`Classifier::with_cell_head`]).
+    pub fn forward_with_cells(&self, images: Tensor<4>) -> (Tensor<2>, Option<Tensor<4>>) {
+        match self {
+            Classifier::EfficientNetLite0(m) => m.forward_with_cells(images),
+            other => (other.forward(images), None),
         }
     }
 
