@@ -473,18 +473,21 @@ mod tests {
     use super::*;
     use rand::SeedableRng;
 
+    /// No crop, rotation, flip or photometric change.
+    const IDENTITY: Augment = Augment {
+        min_crop: 1.0,
+        max_rotation_deg: 0.0,
+        flip: 0.0,
+        photometric: None,
+    };
+
     #[test]
     fn identity_view_reproduces_the_image() {
         let src = Plane {
             size: 8,
             data: (0..64).map(|i| i as f32 / 64.0).collect(),
         };
-        let none = Augment {
-            min_crop: 1.0,
-            max_rotation_deg: 0.0,
-            flip: 0.0,
-            photometric: None,
-        };
+        let none = IDENTITY;
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
         let out = none.apply(&src, 8, &mut rng);
         for (a, b) in out.data.iter().zip(&src.data) {
@@ -500,12 +503,7 @@ mod tests {
             size: 64,
             data: vec![0.5; 64 * 64],
         };
-        let none = Augment {
-            min_crop: 1.0,
-            max_rotation_deg: 0.0,
-            flip: 0.0,
-            photometric: None,
-        };
+        let none = IDENTITY;
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
         // A box inside the top-left quarter's top-left quarter.
         let boxes = [[0.05, 0.1, 0.2, 0.2]];
