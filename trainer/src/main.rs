@@ -108,6 +108,17 @@ enum Command {
         #[command(subcommand)]
         command: CarryCommand,
     },
+    /// Average checkpoints of one model tensor by tensor (a run's last epochs, kept as they
+    /// finished) into one, to evaluate as a run's best: like an exponential moving average
+    /// of the weights, it smooths the last epochs' noise.
+    Average {
+        /// Where the average goes.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// The checkpoints (safetensors) to average.
+        #[arg(required = true, value_name = "CHECKPOINT")]
+        inputs: Vec<PathBuf>,
+    },
     /// One decision from both models: read the classifier run's validation and test images
     /// with both exported models as fv-edge does, fit the fusion on validation, report
     /// classifier, detector and fusion on test, and (with --write) put the fusion into the
@@ -521,6 +532,15 @@ fn main() {
 /// (for `carry resume`, the run's own command, never the carry).
 fn run(cli: Cli, argv: &[String]) -> anyhow::Result<()> {
     match cli.command {
+        Command::Average { out, inputs } => {
+            fv_train::weights::average(&inputs, &out)?;
+            println!(
+                "{}: the mean of {} checkpoints",
+                out.display(),
+                inputs.len()
+            );
+            Ok(())
+        }
         Command::Carry {
             command: CarryCommand::Save { run, to },
         } => {

@@ -149,3 +149,152 @@ pub fn load_safetensors<M: Module>(
         },
     ))
 }
+
+/// Writes to `out` the mean of the checkpoints `inputs` (a run's last epochs, say), tensor by
+/// tensor: an average of weights along one training path generalizes like an exponential
+/// moving average of them. Every file must hold the same tensors with the same shapes; f32
+/// tensors are averaged, any other type must be equal in all.
+pub fn average(inputs: &[PathBuf], out: &Path) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    use safetensors::{Dtype, SafeTensors};
+    anyhow::ensure!(
+        !inputs.is_empty(),
+        "name at least one checkpoint to average"
+    );
+    let bytes: Vec<Vec<u8>> = inputs
+        .iter()
+        .map(|p| std::fs::read(p).with_context(|| format!("{}: cannot read", p.display())))
+        .collect::<anyhow::Result<_>>()?;
+    let files: Vec<SafeTensors> = bytes
+        .iter()
+        .zip(inputs)
+        .map(|(b, p)| {
+            SafeTensors::deserialize(b)
+                .map_err(|e| anyhow::anyhow!("{}: not a safetensors file: {e}", p.display()))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let (first, first_path) = (&files[0], &inputs[0]);
+    let mut names = first.names();
+    names.sort_unstable();
+    let mut tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+    for name in names {
+        let base = first.tensor(name)?;
+        let mut views = Vec::with_capacity(files.len());
+        for (f, p) in files.iter().zip(inputs) {
+            let v = f.tensor(name).map_err(|_| {
+                anyhow::anyhow!(
+                    "{}: no tensor `{name}`, which {} has: not a checkpoint of the same model",
+                    p.display(),
+                    first_path.display()
+                )
+            })?;
+            anyhow::ensure!(
+                v.dtype() == base.dtype() && v.shape() == base.shape(),
+                "{}: tensor `{name}` is {:?} {:?}, {} has {:?} {:?}",
+                p.display(),
+                v.dtype(),
+                v.shape(),
+                first_path.display(),
+                base.dtype(),
+                base.shape()
+            );
+            views.push(v);
+        }
+        let data = match base.dtype() {
+            Dtype::F32 => {
+                let mut sum = vec![0f64; base.data().len() / 4];
+                for v in &views {
+                    for (s, c) in sum.iter_mut().zip(v.data().chunks_exact(4)) {
+                        *s += f64::from(f32::from_le_bytes([c[0], c[1], c[2], c[3]]));
+                    }
+                }
+                let n = views.len() as f64;
+                sum.iter()
+                    .flat_map(|s| ((s / n) as f32).to_le_bytes())
+                    .collect()
+            }
+            d => {
+                for (v, p) in views.iter().zip(inputs) {
+                    anyhow::ensure!(
+                        v.data() == base.data(),
+                        "{}: tensor `{name}` ({d:?}) differs from {}'s and cannot be averaged",
+                        p.display(),
+                        first_path.display()
+                    );
+                }
+                base.data().to_vec()
+            }
+        };
+        tensors.push((name.to_owned(), base.dtype(), base.shape().to_vec(), data));
+    }
+    let views = tensors
+        .iter()
+        .map(|(n, d, s, b)| {
+            Ok((
+                n.clone(),
+                safetensors::tensor::TensorView::new(*d, s.clone(), b)?,
+            ))
+        })
+        .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()?;
+    // The first file's header metadata (the writer's format notes) travels along.
+    let (_, header) = SafeTensors::read_metadata(&bytes[0])?;
+    let serialized = safetensors::serialize(views, header.metadata().clone())?;
+    std::fs::write(out, serialized).with_context(|| format!("{}: cannot write", out.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use safetensors::tensor::TensorView;
+    use safetensors::Dtype;
+
+    fn write(path: &Path, tensors: &[(&str, Vec<f32>)]) {
+        let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+            .iter()
+            .map(|(n, v)| {
+                let b = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                ((*n).to_owned(), vec![v.len()], b)
+            })
+            .collect();
+        let views = bytes.iter().map(|(n, s, b)| {
+            (
+                n.clone(),
+                TensorView::new(Dtype::F32, s.clone(), b).unwrap(),
+            )
+        });
+        std::fs::write(path, safetensors::serialize(views, None).unwrap()).unwrap();
+    }
+
+    #[test]
+    fn checkpoints_average_tensor_by_tensor_and_a_stranger_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b, c, out) = (
+            dir.path().join("a.safetensors"),
+            dir.path().join("b.safetensors"),
+            dir.path().join("c.safetensors"),
+            dir.path().join("mean.safetensors"),
+        );
+        write(&a, &[("w", vec![1.0, 2.0]), ("bn.mean", vec![0.0])]);
+        write(&b, &[("w", vec![3.0, 6.0]), ("bn.mean", vec![1.0])]);
+        average(&[a.clone(), b], &out).unwrap();
+        let bytes = std::fs::read(&out).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let values = |name: &str| -> Vec<f32> {
+            st.tensor(name)
+                .unwrap()
+                .data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect()
+        };
+        assert_eq!(values("w"), vec![2.0, 4.0]);
+        assert_eq!(values("bn.mean"), vec![0.5]);
+
+        write(&c, &[("w", vec![1.0, 2.0, 3.0]), ("bn.mean", vec![0.0])]);
+        let err = average(&[a, c], &out).unwrap_err().to_string();
+        assert!(
+            err.contains("c.safetensors") && err.contains("`w`"),
+            "{err}"
+        );
+    }
+}
