@@ -365,14 +365,20 @@ pub struct UnitRow {
 pub enum LinkEvent {
     /// A status message.
     Status { at_ms: i64, state: UnitState },
-    /// A heartbeat, which promises the next within `interval_s`.
-    Heartbeat { at_ms: i64, interval_s: i64 },
+    /// Heartbeats from `at_ms` to `last_ms`, each within its promise of the one before and
+    /// no status between them (one heartbeat when the two are equal); the last promises the
+    /// next within `interval_s`.
+    Heartbeats {
+        at_ms: i64,
+        last_ms: i64,
+        interval_s: i64,
+    },
 }
 
 impl LinkEvent {
     pub fn at_ms(&self) -> i64 {
         match *self {
-            LinkEvent::Status { at_ms, .. } | LinkEvent::Heartbeat { at_ms, .. } => at_ms,
+            LinkEvent::Status { at_ms, .. } | LinkEvent::Heartbeats { at_ms, .. } => at_ms,
         }
     }
 }
@@ -808,7 +814,9 @@ impl Store {
     }
 
     /// A unit's statuses and heartbeats received in `[from_ms, to_ms)`, oldest first,
-    /// preceded by the last status before `from_ms` (the state the window starts in).
+    /// preceded by the last status before `from_ms` (the state the window starts in). The
+    /// database folds each run of timely heartbeats into one event, so a healthy unit's day
+    /// (8 640 heartbeats at 10 s) comes back as a few rows.
     pub async fn link_events(
         &self,
         site: &str,
@@ -836,24 +844,59 @@ impl Store {
                 state: UnitState::parse(&r.try_get::<String, _>(1)?),
             });
         }
-        let beats = self
-            .unit_rows(
-                "SELECT received_ms, interval_s FROM heartbeats
-                 WHERE site = $1 AND device = $2 AND received_ms >= $3 AND received_ms < $4",
-                (site, device),
-                from_ms,
-                to_ms,
-            )
-            .await?;
-        for r in &beats {
-            events.push(LinkEvent::Heartbeat {
-                at_ms: r.try_get(0)?,
-                interval_s: r.try_get::<Option<i64>, _>(1)?.unwrap_or(10).max(1),
-            });
+        // A heartbeat starts a run when it is the window's first, comes after the one
+        // before it had promised (`MISSED_HEARTBEATS` intervals), or after a status; only
+        // the rows that start or end a run come back.
+        let runs = format!(
+            "WITH h AS (
+                SELECT received_ms AS at,
+                    CASE WHEN COALESCE(interval_s, 10) < 1 THEN 1
+                        ELSE COALESCE(interval_s, 10) END AS iv
+                FROM heartbeats
+                WHERE site = $1 AND device = $2 AND received_ms >= $3 AND received_ms < $4),
+            l AS (
+                SELECT at, iv, LAG(at) OVER (ORDER BY at) AS prev_at,
+                    LAG(iv) OVER (ORDER BY at) AS prev_iv
+                FROM h),
+            s AS (
+                SELECT at, iv,
+                    CASE WHEN prev_at IS NULL OR at - prev_at > {missed} * 1000 * prev_iv
+                        OR EXISTS (SELECT 1 FROM statuses st
+                            WHERE st.site = $1 AND st.device = $2
+                            AND st.received_ms > l.prev_at AND st.received_ms <= l.at)
+                    THEN 1 ELSE 0 END AS starts
+                FROM l),
+            e AS (
+                SELECT at, iv, starts,
+                    LEAD(starts, 1, 1) OVER (ORDER BY at) AS next_starts
+                FROM s)
+            SELECT at, iv, starts FROM e WHERE starts = 1 OR next_starts = 1 ORDER BY at",
+            missed = crate::uptime::MISSED_HEARTBEATS
+        );
+        for r in &self
+            .unit_rows(&runs, (site, device), from_ms, to_ms)
+            .await?
+        {
+            let (at, iv): (i64, i64) = (r.try_get(0)?, r.try_get(1)?);
+            match events.last_mut() {
+                Some(LinkEvent::Heartbeats {
+                    last_ms,
+                    interval_s,
+                    ..
+                }) if r.try_get::<i64, _>(2)? == 0 => {
+                    *last_ms = at;
+                    *interval_s = iv;
+                }
+                _ => events.push(LinkEvent::Heartbeats {
+                    at_ms: at,
+                    last_ms: at,
+                    interval_s: iv,
+                }),
+            }
         }
         // Statuses before heartbeats at the same instant: a heartbeat right after an
         // offline status is a reconnection.
-        events.sort_by_key(|e| (e.at_ms(), matches!(e, LinkEvent::Heartbeat { .. })));
+        events.sort_by_key(|e| (e.at_ms(), matches!(e, LinkEvent::Heartbeats { .. })));
         Ok(events)
     }
 

@@ -52,6 +52,16 @@ pub fn intervals(events: &[LinkEvent], from_ms: i64, to_ms: i64) -> Vec<Interval
         }
         t = at;
         online_until = match *e {
+            // Online throughout a run of timely heartbeats.
+            LinkEvent::Heartbeats {
+                last_ms,
+                interval_s,
+                ..
+            } => {
+                push(true, at, last_ms);
+                t = last_ms;
+                Some(last_ms + MISSED_HEARTBEATS * interval_s * 1000)
+            }
             // A status says online without a promise of when the next word comes: the
             // first heartbeat follows at once, so give it one default interval.
             LinkEvent::Status {
@@ -59,9 +69,6 @@ pub fn intervals(events: &[LinkEvent], from_ms: i64, to_ms: i64) -> Vec<Interval
                 ..
             } => Some(at + MISSED_HEARTBEATS * 10_000),
             LinkEvent::Status { .. } => None,
-            LinkEvent::Heartbeat { interval_s, .. } => {
-                Some(at + MISSED_HEARTBEATS * interval_s * 1000)
-            }
         };
     }
     match online_until {
@@ -91,8 +98,9 @@ mod tests {
     use super::*;
 
     fn hb(at_s: i64) -> LinkEvent {
-        LinkEvent::Heartbeat {
+        LinkEvent::Heartbeats {
             at_ms: at_s * 1000,
+            last_ms: at_s * 1000,
             interval_s: 10,
         }
     }
