@@ -5,14 +5,15 @@
 //! a run needs to go on (its latest resume point: weights, optimizer state, `state.json`)
 //! and what its report needs later (the best epoch's weights, the logs, the exact command)
 //! into `checkpoints/<run>/`, small enough to commit (about 20 MB for the 5.4 M-parameter
-//! detector, 31 MB while its best epoch is not its latest): weights and the best checkpoint
-//! in f16; AdamW's second moment in bf16 (it underflows f16), which sets each weight's step
+//! detector, 31 MB while its best epoch is not its latest): weights, their moving average
+//! (runs with `--ema`) and the best checkpoint in f16; AdamW's second moment in bf16 (it underflows f16), which sets each weight's step
 //! size over ~1000 steps; its first moment is not kept (zeros: momentum at β1 = 0.9 rebuilds
 //! within a few dozen steps, and keeping it would cost another 10 MB a commit); each file
 //! gzipped. [`unpack`] restores the run folder in f32 and [`resume_command`] gives the
 //! command that continues it. The resumed run is close to, not bit-for-bit, the run that
 //! would have gone on (a resume within one machine, from `RUN/resume-*`, stays exact).
 
+use crate::run::AVERAGE_FILE;
 use anyhow::Context as _;
 use burn::tensor::DType;
 use serde::{Deserialize, Serialize};
@@ -276,6 +277,13 @@ pub fn pack(run: &Path, dest: &Path) -> anyhow::Result<CarryRecord> {
         &tmp.path().join("optim.bpk.gz"),
         Some(Narrow::Bf16),
     )?;
+    if point.join(AVERAGE_FILE).is_file() {
+        convert_burnpack(
+            &point.join(AVERAGE_FILE),
+            &tmp.path().join(format!("{AVERAGE_FILE}.gz")),
+            Some(Narrow::F16),
+        )?;
+    }
     if run.join("best.safetensors").is_file() {
         convert_safetensors(
             &run.join("best.safetensors"),
@@ -340,6 +348,10 @@ pub fn unpack(pack: &Path) -> anyhow::Result<(CarryRecord, bool)> {
         .with_context(|| format!("{}: cannot create", point.display()))?;
     convert_burnpack(&pack.join("model.bpk.gz"), &point.join("model.bpk"), None)?;
     convert_burnpack(&pack.join("optim.bpk.gz"), &point.join("optim.bpk"), None)?;
+    let average = pack.join(format!("{AVERAGE_FILE}.gz"));
+    if average.is_file() {
+        convert_burnpack(&average, &point.join(AVERAGE_FILE), None)?;
+    }
     if pack.join("best.safetensors.gz").is_file() {
         convert_safetensors(
             &pack.join("best.safetensors.gz"),

@@ -287,6 +287,15 @@ impl DeviceArg {
     }
 }
 
+/// The weights a run validates and keeps, the same for the classifier and the detector.
+#[derive(clap::Args)]
+struct AverageArgs {
+    /// Validate and save a moving average of the weights, decaying by DECAY a step (e.g.
+    /// 0.999: about the last thousand steps), instead of the weights themselves.
+    #[arg(long, value_name = "DECAY")]
+    ema: Option<f64>,
+}
+
 /// Checkpoints and resume, the same for every training command.
 #[derive(clap::Args)]
 struct ResumeArgs {
@@ -381,6 +390,8 @@ struct ClassifyArgs {
     #[arg(long, value_name = "W")]
     box_weight: Option<f32>,
     #[command(flatten)]
+    average: AverageArgs,
+    #[command(flatten)]
     resume: ResumeArgs,
     /// At most N images per class in each split part (smoke runs).
     #[arg(long, value_name = "N")]
@@ -446,6 +457,8 @@ struct DetectArgs {
     /// Compute device.
     #[arg(long, value_enum, default_value_t = DeviceArg::Flex)]
     device: DeviceArg,
+    #[command(flatten)]
+    average: AverageArgs,
     #[command(flatten)]
     resume: ResumeArgs,
     /// No progress bar (logs and files only).
@@ -653,6 +666,7 @@ fn run(cli: Cli, argv: &[String]) -> anyhow::Result<()> {
             }
             config.long_side = a.long_side;
             config.box_weight = a.box_weight;
+            config.ema = a.average.ema;
             config.checkpoint_minutes = a.resume.checkpoint_minutes;
             config.session_step_limit = a.resume.max_steps;
             if let Some(w) = a.warmup_epochs {
@@ -722,6 +736,7 @@ fn run(cli: Cli, argv: &[String]) -> anyhow::Result<()> {
             config.negatives = a.negatives;
             config.seed = a.seed;
             config.limit = a.limit;
+            config.ema = a.average.ema;
             config.checkpoint_minutes = a.resume.checkpoint_minutes;
             config.session_step_limit = a.resume.max_steps;
             a.resume.check(&a.out)?;

@@ -150,6 +150,75 @@ fn resumed_runs_end_with_the_weights_of_an_uninterrupted_one() {
     assert!(moments.path().join("optim.bpk").is_file());
 }
 
+/// With `--ema`, what a run validates and keeps is the weights' moving average: it differs from
+/// the weights a run without it ends with, a resume mid-epoch ends with the same average as an
+/// uninterrupted run (the resume point carries it), and a pack carries it to another machine.
+#[test]
+fn a_run_that_keeps_an_average_of_its_weights_saves_it_and_resumes_it() {
+    let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let data = FracAtlas::open(&sample_dir()).unwrap();
+    let split = data
+        .classification_split(&common::small_holdout(42))
+        .unwrap();
+    let [train_s, valid_s, _] = split_samples(&data, &split, None);
+    let device = Device::flex();
+    let mut config = TrainConfig::study(ModelKind::EfficientnetLite0);
+    config.image_size = 32;
+    config.batch_size = 2;
+    config.lr = 1e-3;
+    config.sampling = Sampling::Balanced;
+    config.class_weighted_loss = false;
+    let tmp = tempfile::tempdir().unwrap();
+    let run_with = |name: &str, ema: Option<f64>, steps: &[(usize, Option<usize>)]| {
+        let run = RunDir(tmp.path().join(name));
+        for &(epochs, limit) in steps {
+            let mut c = config.clone();
+            c.epochs = epochs;
+            c.session_step_limit = limit;
+            c.ema = ema;
+            train(&c, &train_s, &valid_s, &run, &device, false).unwrap();
+        }
+        run
+    };
+    let plain = run_with("plain", None, &[(2, None)]);
+    let straight = run_with("straight", Some(0.9), &[(2, None)]);
+    let d = max_difference(&plain.last(), &straight.last());
+    assert!(d > 1e-3, "the average is the weights themselves ({d})");
+
+    let mid = run_with("mid-epoch", Some(0.9), &[(2, Some(1))]);
+    let point = |run: &RunDir| {
+        std::fs::read_dir(&run.0)
+            .unwrap()
+            .flatten()
+            .find(|e| e.file_name().to_string_lossy().starts_with("resume-"))
+            .expect("a resume point")
+            .path()
+    };
+    assert!(point(&mid).join(fv_train::run::AVERAGE_FILE).is_file());
+
+    // Packed and restored elsewhere, the point keeps its average.
+    let moved = tmp.path().join("moved");
+    std::fs::write(
+        mid.0.join("command.json"),
+        serde_json::to_string(&["fv-train", "classify", "--out", moved.to_str().unwrap()]).unwrap(),
+    )
+    .unwrap();
+    let pack = tmp.path().join("pack");
+    fv_train::carry::pack(&mid.0, &pack).unwrap();
+    let (_, restored) = fv_train::carry::unpack(&pack).unwrap();
+    assert!(restored);
+    assert!(point(&RunDir(moved))
+        .join(fv_train::run::AVERAGE_FILE)
+        .is_file());
+
+    let mid = run_with("mid-epoch", Some(0.9), &[(2, None)]);
+    let d = max_difference(&straight.last(), &mid.last());
+    assert!(
+        d < 1e-4,
+        "a resume mid-epoch ends with another average, by {d}"
+    );
+}
+
 /// The same for `fv-train detect`: two epochs straight (mosaic, then without), a stop after
 /// the first epoch then a resume, and a stop after one step then a resume end with the same
 /// weights and the same epoch records.

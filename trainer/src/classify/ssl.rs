@@ -110,6 +110,7 @@ impl Task for Simclr<'_> {
             checkpoint_minutes: c.checkpoint_minutes,
             step_limit: c.session_step_limit,
             log_every: c.log_every,
+            ema: None,
         }
     }
     fn optimizer(&self) -> ModuleOptimizer {
@@ -214,6 +215,7 @@ impl Task for MlpHead<'_> {
             checkpoint_minutes: c.checkpoint_minutes,
             step_limit: c.session_step_limit,
             log_every: 1,
+            ema: None,
         }
     }
     fn optimizer(&self) -> ModuleOptimizer {

@@ -96,6 +96,10 @@ pub struct TrainConfig {
     /// that do not say.
     #[serde(default)]
     pub box_weight: Option<f32>,
+    /// Decay per step of the moving average of the weights that is validated and saved in
+    /// their place; none in runs that do not say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ema: Option<f64>,
     /// Seed for initialization, shuffling and augmentation.
     pub seed: u64,
     /// Log the running loss every this many steps.
@@ -237,6 +241,7 @@ impl TrainConfig {
             augment: Augment::default(),
             long_side: None,
             box_weight: None,
+            ema: None,
             seed: 42,
             log_every: 10,
             ssl: SslSettings::default(),
@@ -503,6 +508,7 @@ impl Task for Classification<'_> {
             checkpoint_minutes: c.checkpoint_minutes,
             step_limit: c.session_step_limit,
             log_every: c.log_every,
+            ema: c.ema,
         }
     }
     fn optimizer(&self) -> ModuleOptimizer {

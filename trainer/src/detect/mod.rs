@@ -109,6 +109,10 @@ pub struct DetectConfig {
     pub seed: u64,
     /// At most this many images per part (smoke runs); `None` for all.
     pub limit: Option<usize>,
+    /// Decay per step of the moving average of the weights that is validated and saved in
+    /// their place; none in runs that do not say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ema: Option<f64>,
     /// Minutes between mid-epoch resume checkpoints (one is also written at each epoch's end).
     #[serde(default = "default_checkpoint_minutes")]
     pub checkpoint_minutes: f64,
@@ -140,6 +144,7 @@ impl DetectConfig {
             gains: LossGains::default(),
             seed: 0,
             limit: None,
+            ema: None,
             checkpoint_minutes: default_checkpoint_minutes(),
             session_step_limit: None,
         }

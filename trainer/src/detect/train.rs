@@ -100,6 +100,7 @@ impl Task for Detection<'_> {
             checkpoint_minutes: c.checkpoint_minutes,
             step_limit: c.session_step_limit,
             log_every: 1,
+            ema: c.ema,
         }
     }
     fn optimizer(&self) -> ModuleOptimizer {

@@ -4,9 +4,10 @@
 //! `best` checkpoints with the best epoch by the task's own score, progress and the lines a
 //! background run's log shows.
 
+use super::ema::Ema;
 use super::{
-    load_resume_point, progress_bar, save_checkpoint, save_resume_point, say, truncate_log_after,
-    ResumeState, RunDir, Session,
+    load_average, load_resume_point, progress_bar, save_checkpoint, save_resume_point, say,
+    truncate_log_after, ResumeState, RunDir, Session,
 };
 use anyhow::Context as _;
 use burn::module::Module;
@@ -30,6 +31,9 @@ pub struct Plan {
     pub step_limit: Option<usize>,
     /// Write a line of the step log every this many steps (the window's mean).
     pub log_every: usize,
+    /// Keep a moving average of the weights with this decay per step, and validate and save
+    /// it (`last`, `best`) in their place; none: the weights themselves.
+    pub ema: Option<f64>,
 }
 
 /// One step's loss.
@@ -248,9 +252,10 @@ pub fn fit<T: Task>(
 
     let ad = device.clone().autodiff();
     let mut optim = task.optimizer();
-    let mut model = match state.resume_dir.as_ref().map(|d| run.0.join(d)) {
+    let point = state.resume_dir.as_ref().map(|d| run.0.join(d));
+    let mut model = match &point {
         Some(dir) => {
-            let (model, loaded) = load_resume_point(&dir, task.blank(&ad), optim)?;
+            let (model, loaded) = load_resume_point(dir, task.blank(&ad), optim)?;
             optim = loaded;
             tracing::info!(
                 "resuming at epoch {} step {} from {}",
@@ -274,6 +279,21 @@ pub fn fit<T: Task>(
     let per_epoch = task.batches(0).len();
     anyhow::ensure!(per_epoch > 0, "an epoch has no batch: no training item");
     let total = per_epoch * plan.epochs;
+    let mut ema = match plan.ema {
+        Some(decay) => {
+            anyhow::ensure!(
+                (0.0..1.0).contains(&decay),
+                "the weights' average decays by {decay} a step; give a value in [0, 1), e.g. 0.999"
+            );
+            let kept = match &point {
+                Some(dir) => load_average(dir, task.blank(&ad).valid())?,
+                None => None,
+            };
+            let done = (per_epoch * state.epochs_done + state.step_in_epoch) as u64;
+            Some(Ema::new(kept.unwrap_or_else(|| model.valid()), decay, done))
+        }
+        None => None,
+    };
     let new_log = state.resume_dir.is_none() || !run.log().exists();
     if !new_log {
         // Steps logged after the resume point (a crash, or a carried pack made earlier) are
@@ -336,6 +356,9 @@ pub fn fit<T: Task>(
             let lr = task.lr(global, per_epoch, total);
             let grads = GradientsParams::from_grads(loss.value.backward(), &model);
             model = optim.step(lr, model, grads);
+            if let Some(ema) = ema.as_mut() {
+                ema.update(&model.valid());
+            }
             for (s, p) in state.partial_loss.iter_mut().zip(&loss.parts) {
                 *s += p;
             }
@@ -387,7 +410,13 @@ pub fn fit<T: Task>(
                 state.seconds = seconds_before + started.elapsed().as_secs_f64();
                 // `valid()` folds in the batch-norm statistics of the last step, which a
                 // running state keeps apart until it is read.
-                save_resume_point(&run.0, &model.valid(), &optim, &mut state)?;
+                save_resume_point(
+                    &run.0,
+                    &model.valid(),
+                    ema.as_ref().map(|e| &e.model),
+                    &optim,
+                    &mut state,
+                )?;
                 session.saved();
             }
             if next.stop {
@@ -401,7 +430,11 @@ pub fn fit<T: Task>(
         }
         log.flush()?;
 
-        let eval_model = model.valid();
+        let trained = model.valid();
+        let eval_model = match &ema {
+            Some(ema) => ema.model.clone(),
+            None => trained.clone(),
+        };
         let n = state.partial_n.max(1) as f64;
         let mean_loss: Vec<f64> = state.partial_loss.iter().map(|s| s / n).collect();
         let (record, score) = task.validate(&eval_model, epoch, &mean_loss, ips(&state))?;
@@ -420,7 +453,13 @@ pub fn fit<T: Task>(
         state.partial_images = 0;
         state.partial_seconds = 0.0;
         state.seconds = seconds_before + started.elapsed().as_secs_f64();
-        save_resume_point(&run.0, &eval_model, &optim, &mut state)?;
+        save_resume_point(
+            &run.0,
+            &trained,
+            ema.as_ref().map(|e| &e.model),
+            &optim,
+            &mut state,
+        )?;
         session.saved();
         task.epoch_done(run, &state)?;
         if session.stops_after_epoch(epoch, plan.epochs) {

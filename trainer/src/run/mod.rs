@@ -3,6 +3,7 @@
 //! PyTorch-layout checkpoint files, the progress bar and the commit it was made from; and
 //! [`fit`], the training loop every task goes through.
 
+pub mod ema;
 pub mod fit;
 pub use fit::fit;
 
@@ -47,31 +48,43 @@ pub trait ResumeState: Serialize {
     fn set_resume_dir(&mut self, name: String);
 }
 
-/// Writes weights (burnpack, with parameter ids) and optimizer moments into a new folder,
-/// then the state that names it, then removes older folders: a crash at any point leaves a
-/// state and the checkpoint it names.
+/// The file of a resume point that holds the weights' moving average, in runs that keep one.
+pub const AVERAGE_FILE: &str = "ema.bpk";
+
+fn save_burnpack<M: Module>(model: &M, path: &Path) -> anyhow::Result<()> {
+    model
+        .save_into(
+            &mut BurnpackStore::from_file(path)
+                .auto_extension(false)
+                .overwrite(true),
+        )
+        .map_err(|e| anyhow::anyhow!("{}: cannot save: {e}", path.display()))
+}
+
+/// Writes weights (burnpack, with parameter ids), their moving average if the run keeps one,
+/// and optimizer moments into a new folder, then the state that names it, then removes older
+/// folders: a crash at any point leaves a state and the checkpoint it names.
 pub fn save_resume_point<M: Module, S: ResumeState>(
     run: &Path,
     model: &M,
+    average: Option<&M>,
     optim: &burn::optim::ModuleOptimizer,
     state: &mut S,
 ) -> anyhow::Result<()> {
     let name = state.point_name();
     let dir = run.join(&name);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let path = dir.join("model.bpk");
-    model
-        .save_into(
-            &mut BurnpackStore::from_file(&path)
-                .auto_extension(false)
-                .overwrite(true),
-        )
-        .map_err(|e| anyhow::anyhow!("{}: cannot save: {e}", path.display()))?;
+    save_burnpack(model, &dir.join("model.bpk"))?;
+    let mut written = vec!["model.bpk", "optim.bpk"];
+    if let Some(average) = average {
+        save_burnpack(average, &dir.join(AVERAGE_FILE))?;
+        written.push(AVERAGE_FILE);
+    }
     let path = dir.join("optim.bpk");
     optim
         .save(&path)
         .map_err(|e| anyhow::anyhow!("{}: cannot save: {e}", path.display()))?;
-    for f in ["model.bpk", "optim.bpk"] {
+    for f in written {
         std::fs::File::open(dir.join(f))?.sync_all()?;
     }
     state.set_resume_dir(name.clone());
@@ -105,6 +118,21 @@ pub fn load_resume_point<M: Module>(
         .load(&path)
         .map_err(|e| anyhow::anyhow!("{}: cannot load the optimizer state: {e}", path.display()))?;
     Ok((model, optim))
+}
+
+/// Loads the moving average a resume point in `dir` holds into `blank`, or `None` when the
+/// point has none.
+pub fn load_average<M: Module>(dir: &Path, mut blank: M) -> anyhow::Result<Option<M>> {
+    let path = dir.join(AVERAGE_FILE);
+    if !path.is_file() {
+        return Ok(None);
+    }
+    blank
+        .load_from(&mut BurnpackStore::from_file(&path))
+        .map_err(|e| {
+            anyhow::anyhow!("{}: cannot load the weights' average: {e}", path.display())
+        })?;
+    Ok(Some(blank))
 }
 
 /// Keeps the header of a step log (`epoch,step,…`, `step` counted over the whole run) and
