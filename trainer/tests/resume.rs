@@ -12,6 +12,7 @@ use common::sample_dir;
 use fv_train::classify::split_samples;
 use fv_train::classify::train;
 use fv_train::classify::train::{LrSchedule, Sampling, TrainConfig};
+use fv_train::data::classify::Sample;
 use fv_train::data::FracAtlas;
 use fv_train::models::ModelKind;
 use fv_train::run::RunDir;
@@ -64,6 +65,23 @@ fn max_difference(a: &Path, b: &Path) -> f32 {
     diff / scale.max(1e-12)
 }
 
+/// The sample's training and validation images and a classifier small enough to train a
+/// few times in a test.
+fn tiny_classifier_run() -> (Vec<Sample>, Vec<Sample>, TrainConfig) {
+    let data = FracAtlas::open(&sample_dir()).unwrap();
+    let split = data
+        .classification_split(&common::small_holdout(42))
+        .unwrap();
+    let [train_s, valid_s, _] = split_samples(&data, &split, None);
+    let mut config = TrainConfig::study(ModelKind::EfficientnetLite0);
+    config.image_size = 32;
+    config.batch_size = 2;
+    config.lr = 1e-3;
+    config.sampling = Sampling::Balanced;
+    config.class_weighted_loss = false;
+    (train_s, valid_s, config)
+}
+
 /// Two epochs straight, one epoch then a resume for the second, and a stop after one step
 /// then a resume: the same weights, because the resume checkpoint carries the optimizer's
 /// moments, the schedule position and the sampler's place, and every random draw is keyed
@@ -71,18 +89,8 @@ fn max_difference(a: &Path, b: &Path) -> f32 {
 #[test]
 fn resumed_runs_end_with_the_weights_of_an_uninterrupted_one() {
     let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
-    let data = FracAtlas::open(&sample_dir()).unwrap();
-    let split = data
-        .classification_split(&common::small_holdout(42))
-        .unwrap();
-    let [train_s, valid_s, _] = split_samples(&data, &split, None);
+    let (train_s, valid_s, mut config) = tiny_classifier_run();
     let device = Device::flex();
-    let mut config = TrainConfig::study(ModelKind::EfficientnetLite0);
-    config.image_size = 32;
-    config.batch_size = 2;
-    config.lr = 1e-3;
-    config.sampling = Sampling::Balanced;
-    config.class_weighted_loss = false;
     config.schedule = LrSchedule::WarmupCosine {
         warmup_epochs: 0.5,
         final_fraction: 0.01,
@@ -156,18 +164,8 @@ fn resumed_runs_end_with_the_weights_of_an_uninterrupted_one() {
 #[test]
 fn a_run_that_keeps_an_average_of_its_weights_saves_it_and_resumes_it() {
     let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
-    let data = FracAtlas::open(&sample_dir()).unwrap();
-    let split = data
-        .classification_split(&common::small_holdout(42))
-        .unwrap();
-    let [train_s, valid_s, _] = split_samples(&data, &split, None);
+    let (train_s, valid_s, config) = tiny_classifier_run();
     let device = Device::flex();
-    let mut config = TrainConfig::study(ModelKind::EfficientnetLite0);
-    config.image_size = 32;
-    config.batch_size = 2;
-    config.lr = 1e-3;
-    config.sampling = Sampling::Balanced;
-    config.class_weighted_loss = false;
     let tmp = tempfile::tempdir().unwrap();
     let run_with = |name: &str, ema: Option<f64>, steps: &[(usize, Option<usize>)]| {
         let run = RunDir(tmp.path().join(name));
