@@ -1,7 +1,7 @@
 #!/bin/bash
 # The 40-epoch detector's recipe (results/yolov8-effl0-384-e40) with two of the detector
 # issue's levers: the backbone starts from the shipped classifier's fine-tuned weights
-# (in-domain: results/effl0-384-shift's best epoch, from its carried pack) instead of ImageNet
+# (in-domain: results/effl0-384-shift's best epoch, kept there in f16) instead of ImageNet
 # alone, and the weights' moving average (--ema 0.999, about the last nine epochs) is what is
 # validated and kept. Spans sessions: before a stop
 # `fv-train carry save --run runs/yolov8-effl0-384-indomain` and commit; anywhere after:
@@ -11,7 +11,7 @@ cd "$(dirname "$0")/../.."
 D=${DATA:-/work/shared/data/FracAtlas}
 W=runs/backbones/effl0-384-shift-best.safetensors
 mkdir -p runs/backbones
-python3 results/yolov8-effl0-384-indomain/widen.py checkpoints/effl0-384-shift/best.safetensors.gz $W
+python3 results/yolov8-effl0-384-indomain/widen.py results/effl0-384-shift/best.safetensors.gz $W
 exec nice -n ${NICE:-10} ./runs/fv-train-det detect --data "$D" --model yolov8-effl0 --weights $W \
   --image-size 384 --epochs 40 --warmup-epochs 2 --batch-size 8 --close-mosaic 5 --negatives 300 \
   --ema 0.999 --checkpoint-minutes 10 --no-progress --out runs/yolov8-effl0-384-indomain
