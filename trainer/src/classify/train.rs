@@ -570,12 +570,12 @@ impl Task for Classification<'_> {
             Some(w) => {
                 let (logits, cells) = model.forward_with_cells(x);
                 let cells = cells.context("box supervision needs the model's cell head")?;
+                let grid = cells.dims()[2];
                 let targets: Vec<Option<Vec<f32>>> = batch
                     .iter()
                     .zip(&geometry)
                     .map(|(&i, g)| {
                         let sample = &self.train_set[i].0;
-                        let grid = cells.dims()[2];
                         // A fractured image without boxes says nothing of its cells.
                         match (sample.label, sample.boxes.is_empty()) {
                             (true, true) => None,
