@@ -143,6 +143,14 @@ pub fn shifts(o: &ShiftOptions) -> anyhow::Result<Vec<UnderShift>> {
                 positive: s.label,
             });
         }
+        if (i + 1) % 20 == 0 || i + 1 == samples.len() {
+            tracing::info!(
+                "{} of {} images read under {} conditions",
+                i + 1,
+                samples.len(),
+                conditions.len()
+            );
+        }
     }
     let name = |c: &Option<Shift>| c.map_or_else(|| "none".to_owned(), |s| s.name());
     let base = roc_auc(&scored[0]).unwrap_or(f64::NAN);
