@@ -1,7 +1,7 @@
 //! An exponential moving average of a model's weights, kept beside the weights being trained.
 //!
-//! Evaluated and saved in their place: the detector's mean of its last ten epochs read higher on
-//! validation than any one of them (RESULTS.md), and an average kept step by step costs one
+//! Evaluated and saved in their place: the detector's mean of its last ten epochs scored higher
+//! on validation than any one of them (RESULTS.md), and an average kept step by step costs one
 //! multiply-add per parameter instead of a checkpoint per epoch. Batch-norm statistics are
 //! averaged like the weights (they are running states). Tensors pair by their place in the
 //! module, not by id: a resume point restores the parameters' ids but not the running states'.
