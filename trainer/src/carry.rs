@@ -248,6 +248,16 @@ fn resume_dir_of(state: &Path) -> anyhow::Result<String> {
         .with_context(|| format!("{}: names no resume point yet", state.display()))
 }
 
+/// Whether a run's state stands at the end of its best epoch.
+fn best_is_the_resume_point(state: &Path) -> anyhow::Result<bool> {
+    let text = std::fs::read_to_string(state)
+        .with_context(|| format!("{}: cannot read", state.display()))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{}: not JSON", state.display()))?;
+    let n = |k: &str| v.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0);
+    Ok(n("best_epoch") > 0 && n("best_epoch") == n("epochs_done") && n("step_in_epoch") == 0)
+}
+
 /// Packs `run`'s latest resume point into `dest` (replaced whole, never left half-written).
 pub fn pack(run: &Path, dest: &Path) -> anyhow::Result<CarryRecord> {
     let resume_dir = resume_dir_of(&run.join("state.json"))?;
@@ -284,7 +294,10 @@ pub fn pack(run: &Path, dest: &Path) -> anyhow::Result<CarryRecord> {
             Some(Narrow::F16),
         )?;
     }
-    if run.join("best.safetensors").is_file() {
+    // At an epoch's end that is the best epoch, the best checkpoint is the resume point's own
+    // evaluated weights, which a resume writes again (`run::fit`): 10 MB a commit saved.
+    if run.join("best.safetensors").is_file() && !best_is_the_resume_point(&run.join("state.json"))?
+    {
         convert_safetensors(
             &run.join("best.safetensors"),
             &tmp.path().join("best.safetensors.gz"),

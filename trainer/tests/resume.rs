@@ -209,6 +209,27 @@ fn a_run_that_keeps_an_average_of_its_weights_saves_it_and_resumes_it() {
         .join(fv_train::run::AVERAGE_FILE)
         .is_file());
 
+    // At the end of its best epoch a pack leaves the best checkpoint out; the resume writes
+    // it again from the point's average.
+    let ended = run_with("ended", Some(0.9), &[(1, None)]);
+    let moved = tmp.path().join("moved-ended");
+    std::fs::write(
+        ended.0.join("command.json"),
+        serde_json::to_string(&["fv-train", "classify", "--out", moved.to_str().unwrap()]).unwrap(),
+    )
+    .unwrap();
+    let pack = tmp.path().join("pack-ended");
+    fv_train::carry::pack(&ended.0, &pack).unwrap();
+    assert!(!pack.join("best.safetensors.gz").exists());
+    fv_train::carry::unpack(&pack).unwrap();
+    let moved = RunDir(moved);
+    let mut c = config.clone();
+    c.epochs = 1;
+    c.ema = Some(0.9);
+    train(&c, &train_s, &valid_s, &moved, &device, false).unwrap();
+    let d = max_difference(&ended.best(), &moved.best());
+    assert!(d < 1e-3, "the rebuilt best checkpoint differs by {d}");
+
     let mid = run_with("mid-epoch", Some(0.9), &[(2, None)]);
     let d = max_difference(&straight.last(), &mid.last());
     assert!(

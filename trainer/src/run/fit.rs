@@ -320,6 +320,19 @@ pub fn fit<T: Task>(
         writeln!(log, "{}", columns.join(","))?;
     }
 
+    // A carried pack leaves out the best checkpoint when it is this point's own weights.
+    if state.best_epoch > 0
+        && state.best_epoch == state.epochs_done
+        && state.step_in_epoch == 0
+        && !run.best().exists()
+    {
+        let best = match &ema {
+            Some(ema) => ema.model.clone(),
+            None => model.valid(),
+        };
+        save_checkpoint(&best, &run.best())?;
+    }
+
     let bar = progress_bar(total as u64, show_progress);
     bar.set_position((per_epoch * state.epochs_done + state.step_in_epoch) as u64);
     let started = Instant::now();
