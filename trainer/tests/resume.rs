@@ -194,35 +194,32 @@ fn a_run_that_keeps_an_average_of_its_weights_saves_it_and_resumes_it() {
     };
     assert!(point(&mid).join(fv_train::run::AVERAGE_FILE).is_file());
 
+    // Packs `run` as if its command had trained into `name`, to be restored there.
+    let pack_for = |run: &RunDir, name: &str| {
+        let moved = tmp.path().join(name);
+        let command = ["fv-train", "classify", "--out", moved.to_str().unwrap()];
+        std::fs::write(
+            run.0.join("command.json"),
+            serde_json::to_string(&command).unwrap(),
+        )
+        .unwrap();
+        let pack = tmp.path().join(format!("pack-{name}"));
+        fv_train::carry::pack(&run.0, &pack).unwrap();
+        (pack, RunDir(moved))
+    };
+
     // Packed and restored elsewhere, the point keeps its average.
-    let moved = tmp.path().join("moved");
-    std::fs::write(
-        mid.0.join("command.json"),
-        serde_json::to_string(&["fv-train", "classify", "--out", moved.to_str().unwrap()]).unwrap(),
-    )
-    .unwrap();
-    let pack = tmp.path().join("pack");
-    fv_train::carry::pack(&mid.0, &pack).unwrap();
+    let (pack, moved) = pack_for(&mid, "moved");
     let (_, restored) = fv_train::carry::unpack(&pack).unwrap();
     assert!(restored);
-    assert!(point(&RunDir(moved))
-        .join(fv_train::run::AVERAGE_FILE)
-        .is_file());
+    assert!(point(&moved).join(fv_train::run::AVERAGE_FILE).is_file());
 
     // At the end of its best epoch a pack leaves the best checkpoint out; the resume writes
     // it again from the point's average.
     let ended = run_with("ended", Some(0.9), &[(1, None)]);
-    let moved = tmp.path().join("moved-ended");
-    std::fs::write(
-        ended.0.join("command.json"),
-        serde_json::to_string(&["fv-train", "classify", "--out", moved.to_str().unwrap()]).unwrap(),
-    )
-    .unwrap();
-    let pack = tmp.path().join("pack-ended");
-    fv_train::carry::pack(&ended.0, &pack).unwrap();
+    let (pack, moved) = pack_for(&ended, "moved-ended");
     assert!(!pack.join("best.safetensors.gz").exists());
     fv_train::carry::unpack(&pack).unwrap();
-    let moved = RunDir(moved);
     let mut c = config.clone();
     c.epochs = 1;
     c.ema = Some(0.9);
