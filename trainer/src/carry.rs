@@ -6,13 +6,14 @@
 //! and what its report needs later (the best epoch's weights, the logs, the exact command)
 //! into `checkpoints/<run>/`, small enough to commit (about 20 MB for the 5.4 M-parameter
 //! detector, 31 MB while its best epoch is not its latest): weights, their moving average
-//! (runs with `--ema`) and the best checkpoint in f16; AdamW's second moment in bf16 (it underflows f16), which sets each weight's step
-//! size over ~1000 steps; its first moment is not kept (zeros: momentum at β1 = 0.9 rebuilds
+//! (runs with `--ema`) and the best checkpoint in f16; AdamW's second moment in bf16 (it
+//! underflows f16), which sets each weight's step size over ~1000 steps; its first moment is not kept (zeros: momentum at β1 = 0.9 rebuilds
 //! within a few dozen steps, and keeping it would cost another 10 MB a commit); each file
 //! gzipped. [`unpack`] restores the run folder in f32 and [`resume_command`] gives the
 //! command that continues it. The resumed run is close to, not bit-for-bit, the run that
 //! would have gone on (a resume within one machine, from `RUN/resume-*`, stays exact).
 
+use crate::run::fit::FitState;
 use crate::run::AVERAGE_FILE;
 use anyhow::Context as _;
 use burn::tensor::DType;
@@ -236,31 +237,23 @@ fn out_of(command: &[String]) -> Option<PathBuf> {
         })
 }
 
-/// The latest resume point's folder name in a run's `state.json`.
-fn resume_dir_of(state: &Path) -> anyhow::Result<String> {
-    let text = std::fs::read_to_string(state)
-        .with_context(|| format!("{}: cannot read; is this a training run?", state.display()))?;
-    let v: serde_json::Value =
-        serde_json::from_str(&text).with_context(|| format!("{}: not JSON", state.display()))?;
-    v.get("resume_dir")
-        .and_then(|d| d.as_str())
-        .map(str::to_owned)
-        .with_context(|| format!("{}: names no resume point yet", state.display()))
-}
-
-/// Whether a run's state stands at the end of its best epoch.
-fn best_is_the_resume_point(state: &Path) -> anyhow::Result<bool> {
-    let text = std::fs::read_to_string(state)
-        .with_context(|| format!("{}: cannot read", state.display()))?;
-    let v: serde_json::Value =
-        serde_json::from_str(&text).with_context(|| format!("{}: not JSON", state.display()))?;
-    let n = |k: &str| v.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0);
-    Ok(n("best_epoch") > 0 && n("best_epoch") == n("epochs_done") && n("step_in_epoch") == 0)
+/// A run's `state.json`, whatever its task's epoch records hold, and its latest resume point's
+/// folder name.
+fn state_of(path: &Path) -> anyhow::Result<(FitState<serde_json::Value>, String)> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read; is this a training run?", path.display()))?;
+    let state: FitState<serde_json::Value> = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not a run's state", path.display()))?;
+    let point = state
+        .resume_dir
+        .clone()
+        .with_context(|| format!("{}: names no resume point yet", path.display()))?;
+    Ok((state, point))
 }
 
 /// Packs `run`'s latest resume point into `dest` (replaced whole, never left half-written).
 pub fn pack(run: &Path, dest: &Path) -> anyhow::Result<CarryRecord> {
-    let resume_dir = resume_dir_of(&run.join("state.json"))?;
+    let (state, resume_dir) = state_of(&run.join("state.json"))?;
     let command = recorded_command(run)?;
     let parent = dest.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent)
@@ -296,8 +289,7 @@ pub fn pack(run: &Path, dest: &Path) -> anyhow::Result<CarryRecord> {
     }
     // At an epoch's end that is the best epoch, the best checkpoint is the resume point's own
     // evaluated weights, which a resume writes again (`run::fit`): 10 MB a commit saved.
-    if run.join("best.safetensors").is_file() && !best_is_the_resume_point(&run.join("state.json"))?
-    {
+    if run.join("best.safetensors").is_file() && !state.at_best_epoch_end() {
         convert_safetensors(
             &run.join("best.safetensors"),
             &tmp.path().join("best.safetensors.gz"),
@@ -351,7 +343,7 @@ pub fn record(pack: &Path) -> anyhow::Result<CarryRecord> {
 pub fn unpack(pack: &Path) -> anyhow::Result<(CarryRecord, bool)> {
     let record = record(pack)?;
     let run = &record.run;
-    if let Ok(have) = resume_dir_of(&run.join("state.json")) {
+    if let Ok((_, have)) = state_of(&run.join("state.json")) {
         if have >= record.resume_dir && run.join(&have).is_dir() {
             return Ok((record, false));
         }

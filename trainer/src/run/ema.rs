@@ -36,8 +36,8 @@ impl<M: Module> Ema<M> {
         self.decay.min((1.0 + t) / (10.0 + t))
     }
 
-    /// Folds in `trained` (a plain model of the same structure, with the same parameter ids).
-    pub fn update(&mut self, trained: &M) {
+    /// Folds in `trained` (a plain model of the same structure).
+    pub fn update(&mut self, trained: M) {
         let mut current = Collect::default();
         trained.visit(&mut current);
         let decay = self.next_decay();
@@ -47,8 +47,9 @@ impl<M: Module> Ema<M> {
             decay,
             missing: 0,
         };
-        let model = std::mem::replace(&mut self.model, trained.clone());
-        self.model = model.map(&mut blend);
+        // `trained` holds the place while the average is mapped; its tensors are collected.
+        let average = std::mem::replace(&mut self.model, trained);
+        self.model = average.map(&mut blend);
         debug_assert_eq!(
             blend.missing, 0,
             "the average and the model differ in shape"
@@ -140,7 +141,7 @@ mod tests {
             TensorData::new(vec![4.0f32], [1]),
             &device,
         ));
-        ema.update(&trained);
+        ema.update(trained);
         let w = values(ema.model.linear.weight.val());
         for (avg, start) in w.iter().zip(&start_w) {
             assert!(

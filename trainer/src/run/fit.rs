@@ -177,6 +177,14 @@ impl<E> Default for FitState<E> {
     }
 }
 
+impl<E> FitState<E> {
+    /// Whether the state stands at the end of its best epoch: the best checkpoint is then the
+    /// resume point's own evaluated weights.
+    pub fn at_best_epoch_end(&self) -> bool {
+        self.best_epoch > 0 && self.best_epoch == self.epochs_done && self.step_in_epoch == 0
+    }
+}
+
 impl<E: Serialize + DeserializeOwned> ResumeState for FitState<E> {
     fn point_name(&self) -> String {
         format!("resume-e{:03}-s{:06}", self.epochs_done, self.step_in_epoch)
@@ -321,16 +329,11 @@ pub fn fit<T: Task>(
     }
 
     // A carried pack leaves out the best checkpoint when it is this point's own weights.
-    if state.best_epoch > 0
-        && state.best_epoch == state.epochs_done
-        && state.step_in_epoch == 0
-        && !run.best().exists()
-    {
-        let best = match &ema {
-            Some(ema) => ema.model.clone(),
-            None => model.valid(),
-        };
-        save_checkpoint(&best, &run.best())?;
+    if state.at_best_epoch_end() && !run.best().exists() {
+        match &ema {
+            Some(ema) => save_checkpoint(&ema.model, &run.best())?,
+            None => save_checkpoint(&model.valid(), &run.best())?,
+        }
     }
 
     let bar = progress_bar(total as u64, show_progress);
@@ -370,7 +373,7 @@ pub fn fit<T: Task>(
             let grads = GradientsParams::from_grads(loss.value.backward(), &model);
             model = optim.step(lr, model, grads);
             if let Some(ema) = ema.as_mut() {
-                ema.update(&model.valid());
+                ema.update(model.valid());
             }
             for (s, p) in state.partial_loss.iter_mut().zip(&loss.parts) {
                 *s += p;
@@ -444,19 +447,16 @@ pub fn fit<T: Task>(
         log.flush()?;
 
         let trained = model.valid();
-        let eval_model = match &ema {
-            Some(ema) => ema.model.clone(),
-            None => trained.clone(),
-        };
+        let eval_model = ema.as_ref().map_or(&trained, |e| &e.model);
         let n = state.partial_n.max(1) as f64;
         let mean_loss: Vec<f64> = state.partial_loss.iter().map(|s| s / n).collect();
-        let (record, score) = task.validate(&eval_model, epoch, &mean_loss, ips(&state))?;
+        let (record, score) = task.validate(eval_model, epoch, &mean_loss, ips(&state))?;
         say(&bar, task.describe(&record));
-        save_checkpoint(&eval_model, &run.last())?;
+        save_checkpoint(eval_model, &run.last())?;
         if better(score, state.best_score) {
             state.best_epoch = epoch + 1;
             state.best_score = score;
-            save_checkpoint(&eval_model, &run.best())?;
+            save_checkpoint(eval_model, &run.best())?;
         }
         state.epochs.push(record);
         state.epochs_done = epoch + 1;
