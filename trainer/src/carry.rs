@@ -166,13 +166,27 @@ fn gunzip(from: &Path) -> anyhow::Result<Vec<u8>> {
 
 /// Rewrites a safetensors checkpoint with its f32 tensors in f16 (`narrow`) or back.
 fn convert_safetensors(from: &Path, to: &Path, narrow: bool) -> anyhow::Result<()> {
-    use safetensors::{Dtype, SafeTensors};
-    let bytes = if narrow {
-        std::fs::read(from).with_context(|| format!("{}: cannot read", from.display()))?
+    if narrow {
+        let bytes =
+            std::fs::read(from).with_context(|| format!("{}: cannot read", from.display()))?;
+        gzip(&converted(&bytes, from, true)?, to)
     } else {
-        gunzip(from)?
-    };
-    let st = SafeTensors::deserialize(&bytes)
+        let out = widened_checkpoint(from)?;
+        std::fs::write(to, out).with_context(|| format!("{}: cannot write", to.display()))
+    }
+}
+
+/// A packed checkpoint (`*.safetensors.gz`, f16) as f32 safetensors bytes: what `--weights`
+/// reads when it is given one, so that a run can start from another run's kept weights.
+pub fn widened_checkpoint(from: &Path) -> anyhow::Result<Vec<u8>> {
+    converted(&gunzip(from)?, from, false)
+}
+
+/// `bytes` (the safetensors file `from`) with its f32 tensors in f16 (`narrow`) or its f16
+/// ones in f32; other tensors as they are.
+fn converted(bytes: &[u8], from: &Path, narrow: bool) -> anyhow::Result<Vec<u8>> {
+    use safetensors::{Dtype, SafeTensors};
+    let st = SafeTensors::deserialize(bytes)
         .map_err(|e| anyhow::anyhow!("{}: not a safetensors file: {e}", from.display()))?;
     let mut out: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
     for (name, view) in st.tensors() {
@@ -193,13 +207,8 @@ fn convert_safetensors(from: &Path, to: &Path, narrow: bool) -> anyhow::Result<(
         })
         .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()
         .map_err(|e| anyhow::anyhow!("{}: {e}", from.display()))?;
-    let out = safetensors::serialize(views, None)
-        .map_err(|e| anyhow::anyhow!("{}: cannot write: {e}", to.display()))?;
-    if narrow {
-        gzip(&out, to)
-    } else {
-        std::fs::write(to, out).with_context(|| format!("{}: cannot write", to.display()))
-    }
+    safetensors::serialize(views, None)
+        .map_err(|e| anyhow::anyhow!("{}: cannot convert: {e}", from.display()))
 }
 
 /// The command that started `run`: `command.json` (arguments as given), else `command.txt`
@@ -474,6 +483,46 @@ mod tests {
                 "--max-steps",
                 "5"
             ]
+        );
+    }
+
+    #[test]
+    fn a_kept_checkpoint_starts_a_run_as_it_is() {
+        use burn::nn::LinearConfig;
+        use burn::tensor::Device;
+        let dir = tempfile::tempdir().unwrap();
+        let (plain, packed) = (
+            dir.path().join("best.safetensors"),
+            dir.path().join("best.safetensors.gz"),
+        );
+        let device = Device::flex();
+        let kept = LinearConfig::new(3, 2).init(&device);
+        crate::run::save_checkpoint(&kept, &plain).unwrap();
+        convert_safetensors(&plain, &packed, true).unwrap();
+
+        let fresh = LinearConfig::new(3, 2).init(&device);
+        let (loaded, report) = crate::weights::load_safetensors(fresh, &packed, &[], &[]).unwrap();
+        assert_eq!(report.applied, 2);
+        let values = |t: burn::tensor::Tensor<2>| t.into_data().try_to_vec::<f32>().unwrap();
+        for (a, b) in values(loaded.weight.val())
+            .iter()
+            .zip(values(kept.weight.val()))
+        {
+            assert!((a - b).abs() < 1e-3, "{a} against {b}");
+        }
+
+        std::fs::write(&packed, b"not gzip").unwrap();
+        let e = crate::weights::load_safetensors(
+            LinearConfig::new(3, 2).init(&device),
+            &packed,
+            &[],
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("best.safetensors.gz") && e.contains("gzip"),
+            "{e}"
         );
     }
 }

@@ -8,8 +8,9 @@
 //! The fusion is kept only when it beats the classifier alone out of fold on validation
 //! (5-fold cross-validated log loss): with 245 validation images, a third weight is not free.
 
+pub use crate::classify::eval::WithInterval;
 use crate::classify::eval::{
-    calibrate, scored, write_predictions, ChosenThresholds, Prediction, SplitReport,
+    calibrate, scored, with_intervals, write_predictions, ChosenThresholds, Prediction, SplitReport,
 };
 use crate::classify::run_split_samples;
 use crate::data::classify::Sample;
@@ -600,55 +601,22 @@ pub fn write_prevalence(
     Ok(report)
 }
 
-/// One figure on test with its 95 % stratified bootstrap interval.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct WithInterval {
-    /// The figure.
-    pub name: String,
-    /// On the whole test split.
-    pub value: f64,
-    /// 2.5th and 97.5th percentiles over 2 000 stratified resamples.
-    pub interval: [f64; 2],
-}
-
 /// The shipped reading's test figures (`fv-train intervals`), from a `fuse` run's
 /// `predictions.csv`, at the manifest's thresholds (on the scale they were fitted on), each
 /// with its bootstrap interval.
 pub fn test_intervals(classifier: &Path, predictions: &Path) -> anyhow::Result<Vec<WithInterval>> {
-    use fv_core::metrics::classification::{
-        average_precision, bootstrap_interval, sensitivity_at, specificity_at,
-    };
     let m = Found::open(classifier)?.manifest;
     let (reading, t) = shipped_reading(&m);
     let test = scored(&prediction_rows(predictions, &format!("test-{reading}"))?);
-    type Figure<'a> = (&'a str, Box<dyn Fn(&[Scored]) -> Option<f64>>);
-    let figures: Vec<Figure> = vec![
-        ("roc_auc", Box::new(roc_auc)),
-        ("pr_auc", Box::new(average_precision)),
-        (
-            "sensitivity@suspicious",
-            Box::new(sensitivity_at(t.suspicious)),
-        ),
-        (
-            "specificity@suspicious",
-            Box::new(specificity_at(t.suspicious)),
-        ),
-        ("sensitivity@definite", Box::new(sensitivity_at(t.definite))),
-        ("specificity@definite", Box::new(specificity_at(t.definite))),
-    ];
-    figures
+    let figures = with_intervals(&test, t.suspicious, t.definite);
+    anyhow::ensure!(!figures.is_empty(), "test needs both classes");
+    Ok(figures
         .into_iter()
-        .map(|(name, f)| {
-            let value = f(&test).context("test needs both classes")?;
-            let (lo, hi) =
-                bootstrap_interval(&test, &f, 2000, 17).context("test needs both classes")?;
-            Ok(WithInterval {
-                name: format!("{reading} {name}"),
-                value,
-                interval: [lo, hi],
-            })
+        .map(|f| WithInterval {
+            name: format!("{reading} {}", f.name),
+            ..f
         })
-        .collect()
+        .collect())
 }
 
 /// A table for the terminal and RESULTS.md.

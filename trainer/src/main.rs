@@ -339,7 +339,8 @@ struct ClassifyArgs {
     /// Architecture.
     #[arg(long, value_enum)]
     model: ModelKind,
-    /// Pretrained weights (safetensors); defaults to the model's committed weights.
+    /// Pretrained weights (safetensors, or another run's kept `best.safetensors.gz`);
+    /// defaults to the model's committed weights.
     #[arg(long, value_name = "FILE")]
     weights: Option<PathBuf>,
     /// Train from random initialization, ignoring pretrained weights.
@@ -422,8 +423,9 @@ struct DetectArgs {
     #[arg(long, value_enum)]
     model: DetectorKind,
     /// Starting weights (safetensors): an Ultralytics checkpoint converted with
-    /// trainer/scripts/yolov8_to_safetensors.py; yolov8-effl0 defaults to the committed
-    /// ImageNet EfficientNet-Lite0.
+    /// trainer/scripts/yolov8_to_safetensors.py, or a classifier run's kept
+    /// `best.safetensors.gz` (its backbone); yolov8-effl0 defaults to the committed ImageNet
+    /// EfficientNet-Lite0.
     #[arg(long, value_name = "FILE")]
     weights: Option<PathBuf>,
     /// Epochs (the study: 100).

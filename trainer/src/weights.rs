@@ -79,7 +79,16 @@ pub fn load_safetensors<M: Module>(
             message: "no such file".into(),
         });
     }
-    let mut store = SafetensorsStore::from_file(path);
+    // A run's kept checkpoint (`best.safetensors.gz`, f16) is read as it is, widened.
+    let mut store = if path.extension().is_some_and(|e| e == "gz") {
+        let bytes = crate::carry::widened_checkpoint(path).map_err(|e| WeightsError::Read {
+            path: path.to_owned(),
+            message: format!("{e:#}"),
+        })?;
+        SafetensorsStore::from_bytes(Some(bytes))
+    } else {
+        SafetensorsStore::from_file(path)
+    };
     for (from, to) in remap {
         store = store.with_key_remapping(from, *to);
     }

@@ -10,8 +10,9 @@ use burn::tensor::{Device, Tensor};
 use fv_core::calibration::Calibration;
 use fv_core::manifest::TestMetrics;
 use fv_core::metrics::classification::{
-    expected_calibration_error, roc_auc, threshold_for_sensitivity, threshold_for_specificity,
-    BinaryReport, OperatingPoint, Scored,
+    average_precision, bootstrap_interval, expected_calibration_error, roc_auc, sensitivity_at,
+    specificity_at, threshold_for_sensitivity, threshold_for_specificity, BinaryReport,
+    OperatingPoint, Scored,
 };
 use fv_core::Probability;
 use serde::{Deserialize, Serialize};
@@ -191,6 +192,57 @@ pub struct SplitReport {
     pub at_specificity_90: BinaryReport,
     /// At 0.5, for comparison with papers that report accuracy.
     pub at_0_5: BinaryReport,
+    /// The headline figures with their 95 % intervals ([`SplitReport::with_intervals`]; test).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub intervals: Vec<WithInterval>,
+}
+
+/// One figure with its 95 % stratified bootstrap interval.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WithInterval {
+    /// The figure, named as in a manifest's test metrics (`roc_auc`, `sensitivity@definite`).
+    pub name: String,
+    /// On the whole split.
+    pub value: f64,
+    /// 2.5th and 97.5th percentiles over 2 000 stratified resamples.
+    pub interval: [f64; 2],
+}
+
+/// ROC-AUC, PR-AUC and the sensitivity and specificity at `suspicious` and `definite`, each
+/// with its 95 % interval (2 000 resamples stratified by class, seed 17); empty unless both
+/// classes are present.
+pub fn with_intervals(
+    s: &[Scored],
+    suspicious: Probability,
+    definite: Probability,
+) -> Vec<WithInterval> {
+    type Figure<'a> = (&'a str, Box<dyn Fn(&[Scored]) -> Option<f64>>);
+    let figures: Vec<Figure> = vec![
+        ("roc_auc", Box::new(roc_auc)),
+        ("pr_auc", Box::new(average_precision)),
+        (
+            "sensitivity@suspicious",
+            Box::new(sensitivity_at(suspicious)),
+        ),
+        (
+            "specificity@suspicious",
+            Box::new(specificity_at(suspicious)),
+        ),
+        ("sensitivity@definite", Box::new(sensitivity_at(definite))),
+        ("specificity@definite", Box::new(specificity_at(definite))),
+    ];
+    figures
+        .into_iter()
+        .map_while(|(name, f)| {
+            let value = f(s)?;
+            let (lo, hi) = bootstrap_interval(s, &f, 2000, 17)?;
+            Some(WithInterval {
+                name: name.to_owned(),
+                value,
+                interval: [lo, hi],
+            })
+        })
+        .collect()
 }
 
 impl SplitReport {
@@ -206,7 +258,15 @@ impl SplitReport {
             at_definite: BinaryReport::new(&s, t.definite.threshold),
             at_specificity_90: BinaryReport::new(&s, t.specificity_90.threshold),
             at_0_5: BinaryReport::new(&s, Probability::new(0.5).expect("0.5 is a probability")),
+            intervals: Vec::new(),
         }
+    }
+
+    /// The report with its headline figures' intervals (what a test report carries).
+    pub fn with_intervals(mut self, preds: &[Prediction], t: &ChosenThresholds) -> Self {
+        self.intervals =
+            with_intervals(&scored(preds), t.suspicious.threshold, t.definite.threshold);
+        self
     }
 
     /// The headline figures, as text with three decimals (`missing` where undefined): ROC-AUC,
@@ -303,6 +363,47 @@ pub fn write_predictions(path: &Path, parts: &[(&str, &[Prediction])]) -> std::i
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_test_report_carries_each_headline_figure_inside_its_interval() {
+        // Overlapping classes: fractures score 0.3–0.9, the rest 0.0–0.6.
+        let preds: Vec<Prediction> = (0..60)
+            .map(|i| {
+                let fractured = i % 3 == 0;
+                let base = if fractured { 0.3 } else { 0.0 };
+                Prediction {
+                    id: i.to_string(),
+                    fractured,
+                    probability: Probability::new(base + (i % 20) as f64 * 0.03).unwrap(),
+                }
+            })
+            .collect();
+        let t = ChosenThresholds::choose(&preds).unwrap();
+        let r = SplitReport::new(SplitPart::Test, &preds, &t).with_intervals(&preds, &t);
+        let names: Vec<&str> = r.intervals.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "roc_auc",
+                "pr_auc",
+                "sensitivity@suspicious",
+                "specificity@suspicious",
+                "sensitivity@definite",
+                "specificity@definite"
+            ]
+        );
+        assert_eq!(r.intervals[0].value, r.at_0_5.roc_auc.unwrap());
+        for f in &r.intervals {
+            let [lo, hi] = f.interval;
+            assert!(lo <= f.value && f.value <= hi, "{f:?}");
+        }
+        // One class alone has no ROC-AUC and so no intervals.
+        let one: Vec<Prediction> = preds.into_iter().filter(|p| p.fractured).collect();
+        assert!(SplitReport::new(SplitPart::Test, &one, &t)
+            .with_intervals(&one, &t)
+            .intervals
+            .is_empty());
+    }
 
     #[test]
     fn thresholds_keep_their_order_on_a_separated_validation_split() {

@@ -181,7 +181,10 @@ pub fn evaluate(
     let mut test = None;
     let mut parts: Vec<(SplitPart, Vec<_>)> = vec![(SplitPart::Valid, valid.clone())];
     if with_test {
-        test = Some(SplitReport::new(SplitPart::Test, &test_preds, &thresholds));
+        test = Some(
+            SplitReport::new(SplitPart::Test, &test_preds, &thresholds)
+                .with_intervals(&test_preds, &thresholds),
+        );
         parts.push((SplitPart::Test, test_preds));
     }
     let metrics = ClassifyMetrics {
@@ -235,6 +238,12 @@ pub fn summary_table(m: &ClassifyMetrics) -> String {
         s += &format!(
             "{:<6} {:>4}/{:<6}  {auc}    {ap}   {ece} |             {sus_sens}  {sus_spec} |           {def_sens}  {def_spec}\n",
             r.split, r.n_fractured, r.n_non_fractured,
+        );
+    }
+    for f in m.test.iter().flat_map(|r| &r.intervals) {
+        s += &format!(
+            "test {:<24} {:.3} ({:.3}–{:.3})\n",
+            f.name, f.value, f.interval[0], f.interval[1]
         );
     }
     s
