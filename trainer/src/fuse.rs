@@ -619,6 +619,29 @@ pub fn test_intervals(classifier: &Path, predictions: &Path) -> anyhow::Result<V
         .collect())
 }
 
+/// A classifier run's test figures (`fv-train intervals --run`), from its own evaluation
+/// (`RUN/predictions.csv`, no mirror view, no fusion) at the thresholds that evaluation chose
+/// on validation (`RUN/metrics.json`), each with its bootstrap interval.
+pub fn run_intervals(run: &Path) -> anyhow::Result<Vec<WithInterval>> {
+    let path = run.join("metrics.json");
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "{}: cannot read; evaluate the run first (`fv-train eval --run {}`)",
+            path.display(),
+            run.display()
+        )
+    })?;
+    let m: crate::classify::eval::ClassifyMetrics = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not a classifier run's metrics", path.display()))?;
+    let test = scored(&prediction_rows(&run.join("predictions.csv"), "test")?);
+    let t = &m.thresholds;
+    Ok(with_intervals(
+        &test,
+        t.suspicious.threshold,
+        t.definite.threshold,
+    ))
+}
+
 /// A table for the terminal and RESULTS.md.
 pub fn summary_table(r: &FuseReport) -> String {
     let mut s = String::from(
@@ -655,4 +678,76 @@ pub fn summary_table(r: &FuseReport) -> String {
         if h.helps { "validation prefers it" } else { "validation does not prefer it" }
     );
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::classify::eval::ClassifyMetrics;
+
+    #[test]
+    fn a_classifier_runs_test_figures_come_with_intervals_at_its_own_thresholds() {
+        let run = tempfile::tempdir().unwrap();
+        let preds = |shift: f64| -> Vec<Prediction> {
+            (0..60)
+                .map(|i| Prediction {
+                    id: format!("IMG{i}.jpg"),
+                    fractured: i % 3 == 0,
+                    probability: Probability::new(
+                        (if i % 3 == 0 { 0.3 } else { 0.0 }) + (i % 20) as f64 * 0.03 + shift,
+                    )
+                    .unwrap(),
+                })
+                .collect()
+        };
+        let (valid, test) = (preds(0.0), preds(0.01));
+        let t = ChosenThresholds::choose(&valid).unwrap();
+        let metrics = ClassifyMetrics {
+            model: "efficientnet-lite0".into(),
+            checkpoint: "best.safetensors".into(),
+            valid: SplitReport::new(SplitPart::Valid, &valid, &t),
+            test: Some(SplitReport::new(SplitPart::Test, &test, &t)),
+            thresholds: t.clone(),
+            load_failures: Vec::new(),
+            calibration: None,
+            uncalibrated_ece: Vec::new(),
+        };
+        let write_metrics = |m: &ClassifyMetrics| {
+            std::fs::write(
+                run.path().join("metrics.json"),
+                serde_json::to_string(m).unwrap(),
+            )
+            .unwrap()
+        };
+        write_metrics(&metrics);
+        write_predictions(
+            &run.path().join("predictions.csv"),
+            &[("valid", &valid), ("test", &test)],
+        )
+        .unwrap();
+        let figures = run_intervals(run.path()).unwrap();
+        // The test rows as the file holds them (six decimals).
+        let read = scored(&prediction_rows(&run.path().join("predictions.csv"), "test").unwrap());
+        assert_eq!(read.len(), test.len());
+        assert_eq!(
+            figures,
+            with_intervals(&read, t.suspicious.threshold, t.definite.threshold)
+        );
+        assert_eq!(figures[0].name, "roc_auc");
+        assert_eq!(Some(figures[0].value), roc_auc(&read));
+
+        // Other thresholds in metrics.json move the operating points' figures.
+        let mut other = metrics;
+        other.thresholds.definite.threshold = Probability::new(0.5).unwrap();
+        write_metrics(&other);
+        assert_ne!(run_intervals(run.path()).unwrap()[4], figures[4]);
+
+        let e = run_intervals(&run.path().join("none"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("metrics.json") && e.contains("fv-train eval"),
+            "{e}"
+        );
+    }
 }

@@ -227,14 +227,18 @@ enum Command {
         only: Vec<String>,
     },
     /// The shipped reading's test figures with 95 % bootstrap intervals, from a `fuse` run's
-    /// predictions.csv at the classifier manifest's thresholds.
+    /// predictions.csv at the classifier manifest's thresholds; or, with `--run`, a classifier
+    /// run's own evaluation at the thresholds it chose.
     Intervals {
         /// The classifier's manifest.
-        #[arg(long, value_name = "JSON")]
-        classifier: PathBuf,
+        #[arg(long, value_name = "JSON", required_unless_present = "run")]
+        classifier: Option<PathBuf>,
         /// The `fuse` run's predictions.csv.
-        #[arg(long, value_name = "CSV")]
-        predictions: PathBuf,
+        #[arg(long, value_name = "CSV", requires = "classifier")]
+        predictions: Option<PathBuf>,
+        /// A classifier run folder (its metrics.json and predictions.csv), instead.
+        #[arg(long, value_name = "RUN", conflicts_with_all = ["classifier", "predictions"])]
+        run: Option<PathBuf>,
     },
     /// Re-evaluate a run's best checkpoint (thresholds from validation), classifier or detector.
     Eval {
@@ -893,8 +897,17 @@ fn run(cli: Cli, argv: &[String]) -> anyhow::Result<()> {
         Command::Intervals {
             classifier,
             predictions,
+            run,
         } => {
-            let figures = fv_train::fuse::test_intervals(&classifier, &predictions)?;
+            let figures = match (run, classifier, predictions) {
+                (Some(run), _, _) => fv_train::fuse::run_intervals(&run)?,
+                (None, Some(classifier), Some(predictions)) => {
+                    fv_train::fuse::test_intervals(&classifier, &predictions)?
+                }
+                _ => anyhow::bail!(
+                    "intervals: give --classifier JSON --predictions CSV, or --run RUN"
+                ),
+            };
             for f in &figures {
                 println!(
                     "{:<36} {:.3} ({:.3}–{:.3})",
