@@ -4,11 +4,12 @@
 //! `runs/` is not kept when a session starts on a fresh machine. [`pack`] copies the one thing
 //! a run needs to go on (its latest resume point: weights, optimizer state, `state.json`)
 //! and what its report needs later (the best epoch's weights, the logs, the exact command)
-//! into `checkpoints/<run>/`, small enough to commit (about 20 MB for the 5.4 M-parameter
-//! detector, 31 MB while its best epoch is not its latest): weights, their moving average
-//! (runs with `--ema`) and the best checkpoint in f16; AdamW's second moment in bf16 (it
-//! underflows f16), which sets each weight's step size over ~1000 steps; its first moment is not kept (zeros: momentum at β1 = 0.9 rebuilds
-//! within a few dozen steps, and keeping it would cost another 10 MB a commit); each file
+//! into `checkpoints/<run>/`, small enough to commit (about 17 MB for the 5.4 M-parameter
+//! detector, 27 MB with `--ema`, 37 MB with it when the point is not the best epoch's end):
+//! weights, their moving average (runs with `--ema`) and the best checkpoint in f16; AdamW's
+//! second moment in bf16 (it underflows f16), which sets each weight's step size over ~1000
+//! steps; its first moment is not kept (zeros: momentum at β1 = 0.9 rebuilds within a few
+//! dozen steps, and keeping it would cost another 10 MB a commit); each file
 //! gzipped. [`unpack`] restores the run folder in f32 and [`resume_command`] gives the
 //! command that continues it. The resumed run is close to, not bit-for-bit, the run that
 //! would have gone on (a resume within one machine, from `RUN/resume-*`, stays exact).

@@ -623,16 +623,7 @@ pub fn test_intervals(classifier: &Path, predictions: &Path) -> anyhow::Result<V
 /// (`RUN/predictions.csv`, no mirror view, no fusion) at the thresholds that evaluation chose
 /// on validation (`RUN/metrics.json`), each with its bootstrap interval.
 pub fn run_intervals(run: &Path) -> anyhow::Result<Vec<WithInterval>> {
-    let path = run.join("metrics.json");
-    let text = std::fs::read_to_string(&path).with_context(|| {
-        format!(
-            "{}: cannot read; evaluate the run first (`fv-train eval --run {}`)",
-            path.display(),
-            run.display()
-        )
-    })?;
-    let m: crate::classify::eval::ClassifyMetrics = serde_json::from_str(&text)
-        .with_context(|| format!("{}: not a classifier run's metrics", path.display()))?;
+    let m = crate::classify::eval::ClassifyMetrics::read(run)?;
     let test = scored(&prediction_rows(&run.join("predictions.csv"), "test")?);
     let t = &m.thresholds;
     Ok(with_intervals(

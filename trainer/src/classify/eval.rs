@@ -342,6 +342,23 @@ pub struct ClassifyMetrics {
     pub uncalibrated_ece: Vec<Option<f64>>,
 }
 
+impl ClassifyMetrics {
+    /// A classifier run's `RUN/metrics.json`, written by its evaluation.
+    pub fn read(run: &Path) -> anyhow::Result<Self> {
+        use anyhow::Context as _;
+        let path = run.join("metrics.json");
+        let text = std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "{}: cannot read; evaluate the run first (`fv-train eval --run {}`)",
+                path.display(),
+                run.display()
+            )
+        })?;
+        serde_json::from_str(&text)
+            .with_context(|| format!("{}: not a classifier run's metrics", path.display()))
+    }
+}
+
 /// Writes predictions as CSV: `split,id,fractured,probability`.
 pub fn write_predictions(path: &Path, parts: &[(&str, &[Prediction])]) -> std::io::Result<()> {
     let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);

@@ -58,8 +58,7 @@ pub fn export_run(run: &RunDir, opts: &ExportOptions) -> anyhow::Result<Exported
         std::fs::read_to_string(&p).with_context(|| format!("{}: cannot read", p.display()))
     };
     let config: TrainConfig = serde_json::from_str(&read("config.json")?)?;
-    let metrics: ClassifyMetrics = serde_json::from_str(&read("metrics.json")?)
-        .context("the run has no metrics.json: evaluate it with `fv-train eval` first")?;
+    let metrics = ClassifyMetrics::read(&run.0)?;
     let device = Device::flex();
     let model = build_model(&config, Some(&run.best()), &device)?;
     let s = config.image_size as usize;

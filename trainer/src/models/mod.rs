@@ -91,11 +91,13 @@ impl ModelKind {
         }
     }
 
-    /// The EfficientNet-Lite this kind is (Lite0 for the other kinds, which do not ask).
-    fn lite_variant(self) -> LiteVariant {
+    /// The EfficientNet-Lite this kind is, if it is one.
+    fn lite_variant(self) -> Option<LiteVariant> {
         match self {
-            ModelKind::EfficientnetLite2 => LiteVariant::Lite2,
-            _ => LiteVariant::Lite0,
+            ModelKind::EfficientnetLite0 => Some(LiteVariant::Lite0),
+            ModelKind::EfficientnetLite2 => Some(LiteVariant::Lite2),
+            ModelKind::VitB16 | ModelKind::Dinov2S | ModelKind::Dinov2L => None,
+            ModelKind::ResnetSslMlp => None,
         }
     }
 
@@ -128,14 +130,17 @@ pub enum Classifier {
 impl Classifier {
     /// A fresh model of `kind` with `num_classes` outputs.
     pub fn new(kind: ModelKind, num_classes: usize, device: &Device) -> Self {
+        if let Some(variant) = kind.lite_variant() {
+            return Classifier::EfficientNetLite(
+                EfficientNetLiteConfig::new()
+                    .with_variant(variant)
+                    .with_num_classes(num_classes)
+                    .init(device),
+            );
+        }
         match kind {
             ModelKind::EfficientnetLite0 | ModelKind::EfficientnetLite2 => {
-                Classifier::EfficientNetLite(
-                    EfficientNetLiteConfig::new()
-                        .with_variant(kind.lite_variant())
-                        .with_num_classes(num_classes)
-                        .init(device),
-                )
+                unreachable!("an EfficientNet-Lite is built above")
             }
             ModelKind::VitB16 => Classifier::Vit(
                 VitConfig::vit_b16()
@@ -163,17 +168,15 @@ impl Classifier {
     /// A fresh two-class `kind` with a cell head for box supervision
     /// ([`EfficientNetLiteConfig::cell_head`]); EfficientNet-Lite only.
     pub fn with_cell_head(kind: ModelKind, device: &Device) -> anyhow::Result<Self> {
-        anyhow::ensure!(
-            matches!(
-                kind,
-                ModelKind::EfficientnetLite0 | ModelKind::EfficientnetLite2
-            ),
-            "box supervision (--box-weight) needs an EfficientNet-Lite's cell head; {} has none",
-            kind.name()
-        );
+        let variant = kind.lite_variant().ok_or_else(|| {
+            anyhow::anyhow!(
+                "box supervision (--box-weight) needs an EfficientNet-Lite's cell head; {} has none",
+                kind.name()
+            )
+        })?;
         Ok(Classifier::EfficientNetLite(
             EfficientNetLiteConfig::new()
-                .with_variant(kind.lite_variant())
+                .with_variant(variant)
                 .with_cell_head(true)
                 .init(device),
         ))
