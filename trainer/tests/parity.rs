@@ -5,7 +5,7 @@ use burn::store::{BurnToPyTorchAdapter, ModuleSnapshot, SafetensorsStore};
 use burn::tensor::{Device, Tensor, TensorData};
 use fv_train::detect::assign::AssignerConfig;
 use fv_train::detect::loss::{detection_loss, LossGains};
-use fv_train::models::efficientnet_lite::EfficientNetLiteConfig;
+use fv_train::models::efficientnet_lite::{EfficientNetLiteConfig, LiteVariant};
 use fv_train::models::vit::{hf_key_remapping, VitConfig, VitHead};
 use fv_train::models::yolov8::{decode, ultralytics_key_remapping, YoloV8Config};
 use fv_train::weights::{load_safetensors, WeightsError};
@@ -91,7 +91,6 @@ fn efficientnet_lite0_matches_the_reference_with_imagenet_weights() {
 /// stages' widths, depths, kernels and expansions as published.
 #[test]
 fn efficientnet_lite2_takes_every_published_tensor() {
-    use fv_train::models::efficientnet_lite::LiteVariant;
     let device = Device::flex();
     let model = EfficientNetLiteConfig::new()
         .with_variant(LiteVariant::Lite2)
@@ -103,9 +102,26 @@ fn efficientnet_lite2_takes_every_published_tensor() {
     );
     let x = Tensor::<4>::zeros([1, 3, 64, 64], &device);
     assert_eq!(model.features(x.clone()).dims(), [1, 1280]);
-    // The ends of the stages a detector's neck would read (Lite0's are blocks 4, 10, 15).
-    let taps = model.pyramid(x, [6, 14, 20]);
-    assert_eq!(taps.map(|t| t.dims()[1]), [48, 120, 352]);
+    // The ends of the stages a detector's neck reads, as the stage table gives them, are
+    // where the published weights put the widths.
+    let (blocks, widths) = LiteVariant::Lite2.pyramid();
+    assert_eq!((blocks, widths), ([6, 14, 20], [48, 120, 352]));
+    assert_eq!(model.pyramid(x, blocks).map(|t| t.dims()[1]), widths);
+    assert_eq!(LiteVariant::Lite0.pyramid(), ([4, 10, 15], [40, 112, 320]));
+}
+
+/// `yolov8-effl2`: the published Lite2 weights fill its backbone, and its neck reads the
+/// three stage ends at strides 8, 16 and 32 (a wrong tap or width fails the forward pass).
+#[test]
+fn yolov8_effl2_starts_from_lite2_and_reads_three_levels() {
+    use fv_train::detect::{build_detector, DetectConfig, DetectorKind};
+    let device = Device::flex();
+    let config = DetectConfig::study(DetectorKind::Yolov8Effl2);
+    assert!(config.weights.is_some(), "Lite2's ImageNet weights ship");
+    let model = build_detector(&config, None, &device).unwrap();
+    let raw = model.forward(Tensor::<4>::zeros([1, 3, 128, 96], &device));
+    assert_eq!(raw.grids, [(16, 12), (8, 6), (4, 3)]);
+    assert_eq!(raw.scores.dims(), [1, 1, 16 * 12 + 8 * 6 + 4 * 3]);
 }
 
 #[test]

@@ -36,6 +36,8 @@ pub enum DetectorKind {
     Yolov8s,
     /// YOLOv8n's neck and head on EfficientNet-Lite0 with the ImageNet weights that ship here.
     Yolov8Effl0,
+    /// The same neck and head on EfficientNet-Lite2 (its ImageNet weights ship too).
+    Yolov8Effl2,
 }
 
 impl DetectorKind {
@@ -45,6 +47,7 @@ impl DetectorKind {
             DetectorKind::Yolov8n => "yolov8n",
             DetectorKind::Yolov8s => "yolov8s",
             DetectorKind::Yolov8Effl0 => "yolov8-effl0",
+            DetectorKind::Yolov8Effl2 => "yolov8-effl2",
         }
     }
 
@@ -54,24 +57,31 @@ impl DetectorKind {
             DetectorKind::Yolov8n => YoloV8Config::n(),
             DetectorKind::Yolov8s => YoloV8Config::s(),
             DetectorKind::Yolov8Effl0 => YoloV8Config::effl0(),
+            DetectorKind::Yolov8Effl2 => YoloV8Config::effl2(),
         }
     }
 
     /// Input normalization: YOLOv8 reads `[0, 1]`; the EfficientNet backbone was trained
     /// on ImageNet statistics.
     pub fn mean_std(self) -> ([f32; 3], [f32; 3]) {
-        match self {
-            DetectorKind::Yolov8Effl0 => ModelKind::EfficientnetLite0.mean_std(),
-            _ => ([0.0; 3], [1.0; 3]),
+        match self.backbone() {
+            Some(b) => b.mean_std(),
+            None => ([0.0; 3], [1.0; 3]),
         }
     }
 
     /// The weights used when `--weights` is not given.
     pub fn default_weights(self) -> Option<PathBuf> {
+        // COCO checkpoints are what users download; nothing ships here.
+        self.backbone().and_then(ModelKind::default_weights)
+    }
+
+    /// The ImageNet classifier whose stem and blocks are the backbone, if one is.
+    pub fn backbone(self) -> Option<ModelKind> {
         match self {
-            DetectorKind::Yolov8Effl0 => ModelKind::EfficientnetLite0.default_weights(),
-            // COCO checkpoints are what users download; nothing ships here.
-            _ => None,
+            DetectorKind::Yolov8Effl0 => Some(ModelKind::EfficientnetLite0),
+            DetectorKind::Yolov8Effl2 => Some(ModelKind::EfficientnetLite2),
+            DetectorKind::Yolov8n | DetectorKind::Yolov8s => None,
         }
     }
 }
@@ -218,13 +228,11 @@ pub fn build_detector(
     Ok(match (checkpoint, &config.weights) {
         (Some(ckpt), _) => load_safetensors(model, ckpt, &[], &[])?.0,
         (None, Some(w)) => {
-            let (m, report) = match config.model {
+            let (m, report) = match config.model.backbone() {
                 // ImageNet EfficientNet weights fill the backbone; neck and head start fresh.
-                DetectorKind::Yolov8Effl0 => {
-                    load_safetensors(model, w, &["m", "effnet.fc."], &[(r"^", "effnet.")])?
-                }
+                Some(_) => load_safetensors(model, w, &["m", "effnet.fc."], &[(r"^", "effnet.")])?,
                 // A COCO (80-class) checkpoint: the class branch starts fresh.
-                _ => load_safetensors(model, w, &["m22.cv3."], &ultralytics_key_remapping())?,
+                None => load_safetensors(model, w, &["m22.cv3."], &ultralytics_key_remapping())?,
             };
             tracing::info!(
                 "loaded {} tensors from {}; {} kept fresh",

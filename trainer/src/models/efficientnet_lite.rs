@@ -58,6 +58,15 @@ impl LiteVariant {
             LiteVariant::Lite2 => &LITE2,
         }
     }
+
+    /// The last block of the stages at strides 8, 16 and 32 (the third, fifth and seventh),
+    /// and their widths: the pyramid a detector's neck reads (Lite0: blocks 4, 10, 15 at 40,
+    /// 112, 320 channels).
+    pub fn pyramid(self) -> ([usize; 3], [usize; 3]) {
+        let stages = self.stages();
+        let last_block = |stage: usize| stages[..=stage].iter().map(|s| s.0).sum::<usize>() - 1;
+        ([2, 4, 6].map(last_block), [2, 4, 6].map(|i| stages[i].5))
+    }
 }
 
 /// ReLU6 as `relu(x) − relu(x − 6)`: the same function, written with ops that burn-onnx

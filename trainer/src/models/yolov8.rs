@@ -6,10 +6,10 @@
 //! (`model.4.m.0.cv1.conv.weight` is our `m4.m.0.cv1.conv.weight`), so converted checkpoints
 //! load through [`ultralytics_key_remapping`] with no table per tensor.
 //!
-//! `yolov8-effl0` swaps the CSP backbone for EfficientNet-Lite0's stem and blocks (ImageNet
-//! weights that ship here) and keeps YOLOv8n's SPPF, neck and head.
+//! `yolov8-effl0` and `yolov8-effl2` swap the CSP backbone for EfficientNet-Lite0's or -Lite2's
+//! stem and blocks (ImageNet weights that ship here) and keep YOLOv8n's SPPF, neck and head.
 
-use super::efficientnet_lite::{EfficientNetLite, EfficientNetLiteConfig};
+use super::efficientnet_lite::{EfficientNetLite, EfficientNetLiteConfig, LiteVariant};
 use burn::config::Config;
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
@@ -32,6 +32,19 @@ pub enum YoloBackbone {
     Csp,
     /// EfficientNet-Lite0's stem and MBConv blocks, tapped after blocks 4, 10 and 15.
     EfficientNetLite0,
+    /// EfficientNet-Lite2's, tapped after blocks 6, 14 and 20.
+    EfficientNetLite2,
+}
+
+impl YoloBackbone {
+    /// Which EfficientNet-Lite, if it is one.
+    pub fn lite_variant(self) -> Option<LiteVariant> {
+        match self {
+            YoloBackbone::Csp => None,
+            YoloBackbone::EfficientNetLite0 => Some(LiteVariant::Lite0),
+            YoloBackbone::EfficientNetLite2 => Some(LiteVariant::Lite2),
+        }
+    }
 }
 
 /// A YOLOv8 configuration: Ultralytics' compound scaling (depth, width, channel cap).
@@ -71,6 +84,11 @@ impl YoloV8Config {
         YoloV8Config::n().with_backbone(YoloBackbone::EfficientNetLite0)
     }
 
+    /// YOLOv8n's neck and head on EfficientNet-Lite2.
+    pub fn effl2() -> Self {
+        YoloV8Config::n().with_backbone(YoloBackbone::EfficientNetLite2)
+    }
+
     /// Ultralytics' `make_divisible(min(c, max_channels) * width, 8)`.
     fn ch(&self, c: usize) -> usize {
         let c = c.min(self.max_channels) as f64 * self.width;
@@ -85,13 +103,20 @@ impl YoloV8Config {
     /// Builds the model with fresh weights.
     pub fn init(&self, device: &Device) -> YoloV8 {
         let (c3, c4, c5) = (self.ch(256), self.ch(512), self.ch(1024));
-        let (csp, effnet, taps) = match self.backbone {
-            YoloBackbone::Csp => (Some(CspBackbone::new(self, device)), None, [c3, c4, c5]),
-            YoloBackbone::EfficientNetLite0 => (
+        let (csp, effnet, (blocks, taps)) = match self.backbone.lite_variant() {
+            None => (
+                Some(CspBackbone::new(self, device)),
                 None,
-                Some(EfficientNetLiteConfig::new().init(device)),
-                // Channels after blocks 4, 10 and 15.
-                [40, 112, 320],
+                ([0; 3], [c3, c4, c5]),
+            ),
+            Some(variant) => (
+                None,
+                Some(
+                    EfficientNetLiteConfig::new()
+                        .with_variant(variant)
+                        .init(device),
+                ),
+                variant.pyramid(),
             ),
         };
         // The EfficientNet taps get YOLOv8's SPPF on P5, as the CSP backbone has.
@@ -110,6 +135,7 @@ impl YoloV8Config {
             m19: ConvBnAct::new(device, c4, c4, 3, 2),
             m21: C2f::new(device, c4 + c5, c5, n, false),
             m22: Detect::new(device, [c3, c4, c5], self.num_classes, self.reg_max),
+            taps: blocks,
             num_classes: self.num_classes,
             reg_max: self.reg_max,
         }
@@ -392,6 +418,9 @@ pub struct YoloV8 {
     m19: ConvBnAct,
     m21: C2f,
     m22: Detect,
+    /// The EfficientNet blocks whose outputs feed the neck.
+    #[module(skip)]
+    taps: [usize; 3],
     #[module(skip)]
     num_classes: usize,
     #[module(skip)]
@@ -421,7 +450,7 @@ impl YoloV8 {
         let [p3, p4, p5] = match (&self.csp, &self.effnet, &self.m9) {
             (Some(csp), _, _) => csp.forward(images),
             (None, Some(eff), Some(sppf)) => {
-                let [p3, p4, p5] = eff.pyramid(images, [4, 10, 15]);
+                let [p3, p4, p5] = eff.pyramid(images, self.taps);
                 [p3, p4, sppf.forward(p5)]
             }
             _ => unreachable!("YoloV8Config::init builds one backbone"),
