@@ -439,7 +439,8 @@ struct DetectArgs {
     model: DetectorKind,
     /// Starting weights (safetensors): an Ultralytics checkpoint converted with
     /// trainer/scripts/yolov8_to_safetensors.py, or a classifier run's kept
-    /// `best.safetensors.gz` (its backbone); yolov8-effl0 and yolov8-effl2 default to the
+    /// `best.safetensors.gz` (its backbone), or a detector run's checkpoint of the same model
+    /// (all of it, to go on at another size); yolov8-effl0 and yolov8-effl2 default to the
     /// committed ImageNet EfficientNet-Lite0 and -Lite2.
     #[arg(long, value_name = "FILE")]
     weights: Option<PathBuf>,

@@ -229,8 +229,16 @@ pub fn build_detector(
         (Some(ckpt), _) => load_safetensors(model, ckpt, &[], &[])?.0,
         (None, Some(w)) => {
             let (m, report) = match config.model.backbone() {
-                // ImageNet EfficientNet weights fill the backbone; neck and head start fresh.
-                Some(_) => load_safetensors(model, w, &["m", "effnet.fc."], &[(r"^", "effnet.")])?,
+                Some(_) => match load_safetensors(model.clone(), w, &[], &[]) {
+                    // A whole detector of this architecture (a finished run's weights, to go
+                    // on at another input size, say).
+                    Ok(whole) => whole,
+                    // An EfficientNet's (ImageNet's, or a classifier run's) fills the backbone;
+                    // neck and head start fresh.
+                    Err(_) => {
+                        load_safetensors(model, w, &["m", "effnet.fc."], &[(r"^", "effnet.")])?
+                    }
+                },
                 // A COCO (80-class) checkpoint: the class branch starts fresh.
                 None => load_safetensors(model, w, &["m22.cv3."], &ultralytics_key_remapping())?,
             };
@@ -370,4 +378,39 @@ pub fn summary_table(m: &DetectMetrics) -> String {
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::Tensor;
+
+    /// A detector's own checkpoint as `--weights` starts the run from all of it, neck and head
+    /// included (an EfficientNet's fills the backbone only).
+    #[test]
+    fn a_whole_detector_checkpoint_starts_a_run_as_it_is() {
+        let device = Device::flex();
+        let tmp = tempfile::tempdir().unwrap();
+        let config = DetectConfig::study(DetectorKind::Yolov8Effl0);
+        let first = build_detector(&config, None, &device).unwrap();
+        let saved = tmp.path().join("det.safetensors");
+        crate::run::save_checkpoint(&first, &saved).unwrap();
+        let again = DetectConfig {
+            weights: Some(saved),
+            ..config.clone()
+        };
+        let x = Tensor::<4>::ones([1, 3, 64, 64], &device);
+        let scores = |m: &YoloV8| {
+            m.forward(x.clone())
+                .scores
+                .into_data()
+                .try_to_vec::<f32>()
+                .unwrap()
+        };
+        let from_saved = build_detector(&again, None, &device).unwrap();
+        assert_eq!(scores(&first), scores(&from_saved));
+        // From ImageNet alone the neck and head are fresh: the scores differ.
+        let fresh = build_detector(&config, None, &device).unwrap();
+        assert_ne!(scores(&first), scores(&fresh));
+    }
 }
