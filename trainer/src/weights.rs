@@ -159,6 +159,22 @@ pub fn load_safetensors<M: Module>(
     ))
 }
 
+/// Packs `from` into `to` (`*.safetensors.gz`, f16): a `.safetensors` checkpoint (a finished
+/// run's weights, kept in `results/` after its resume pack leaves the tree) as it is, anything
+/// else as a PyTorch checkpoint ([`convert_pytorch`]). Returns the number of tensors written.
+pub fn convert(from: &Path, to: &Path) -> anyhow::Result<usize> {
+    if from.extension().is_none_or(|e| e != "safetensors") {
+        return convert_pytorch(from, to);
+    }
+    let bytes =
+        std::fs::read(from).map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", from.display()))?;
+    let n = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| anyhow::anyhow!("{}: not a safetensors file: {e}", from.display()))?
+        .len();
+    crate::carry::write_narrowed(&bytes, from, to)?;
+    Ok(n)
+}
+
 /// Converts a published PyTorch checkpoint (`from`, a state dict in either of PyTorch's
 /// formats, read without Python) into a packed checkpoint `to` (`*.safetensors.gz`, f16):
 /// each name's parts lose their leading underscores (`_blocks.0._bn1.weight` →
@@ -312,6 +328,33 @@ mod tests {
             )
         });
         std::fs::write(path, safetensors::serialize(views, None).unwrap()).unwrap();
+    }
+
+    #[test]
+    fn a_safetensors_checkpoint_is_packed_as_it_is_and_a_stranger_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let (from, to) = (
+            dir.path().join("w.safetensors"),
+            dir.path().join("w.safetensors.gz"),
+        );
+        write(&from, &[("w", vec![1.0, -2.5]), ("bn.mean", vec![0.25])]);
+        assert_eq!(convert(&from, &to).unwrap(), 2);
+        let bytes = crate::carry::widened_checkpoint(&to).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let w: Vec<f32> = st
+            .tensor("w")
+            .unwrap()
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        assert_eq!(w, [1.0, -2.5]);
+        std::fs::write(&from, b"not a checkpoint").unwrap();
+        let err = convert(&from, &to).unwrap_err().to_string();
+        assert!(
+            err.contains("w.safetensors") && err.contains("not a safetensors"),
+            "{err}"
+        );
     }
 
     #[test]
