@@ -341,7 +341,7 @@ pub fn fuse(o: &FuseOptions) -> anyhow::Result<FuseReport> {
             name.to_owned(),
             [
                 SplitReport::new(SplitPart::Valid, &vp, &t),
-                SplitReport::new(SplitPart::Test, &tp, &t),
+                SplitReport::new(SplitPart::Test, &tp, &t).with_intervals(&tp, &t),
             ],
         );
         thresholds.insert(name.to_owned(), t);

@@ -304,6 +304,11 @@ impl SplitReport {
             "balanced_accuracy@definite",
             self.at_definite.balanced_accuracy,
         );
+        // Named as the detector's manifest names its bounds (`map50_interval_low`).
+        for f in &self.intervals {
+            values.insert(format!("{}_interval_low", f.name), f.interval[0]);
+            values.insert(format!("{}_interval_high", f.name), f.interval[1]);
+        }
         TestMetrics {
             split: self.split.to_string(),
             n_per_class: BTreeMap::from([
@@ -414,6 +419,13 @@ mod tests {
             let [lo, hi] = f.interval;
             assert!(lo <= f.value && f.value <= hi, "{f:?}");
         }
+        // The manifest's test metrics carry them, as the detector's do.
+        let values = r.test_metrics().values;
+        assert_eq!(values["roc_auc_interval_low"], r.intervals[0].interval[0]);
+        assert_eq!(
+            values["specificity@definite_interval_high"],
+            r.intervals[5].interval[1]
+        );
         // One class alone has no ROC-AUC and so no intervals.
         let one: Vec<Prediction> = preds.into_iter().filter(|p| p.fractured).collect();
         assert!(SplitReport::new(SplitPart::Test, &one, &t)

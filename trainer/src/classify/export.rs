@@ -187,7 +187,10 @@ pub fn export_run(run: &RunDir, opts: &ExportOptions) -> anyhow::Result<Exported
                     model: format!("{} ({:?}, tract)", config.model.name(), opts.precision),
                     checkpoint: run.best().display().to_string(),
                     valid: SplitReport::new(SplitPart::Valid, &valid, &chosen),
-                    test: Some(SplitReport::new(SplitPart::Test, &test, &chosen)),
+                    test: Some(
+                        SplitReport::new(SplitPart::Test, &test, &chosen)
+                            .with_intervals(&test, &chosen),
+                    ),
                     thresholds: chosen,
                     load_failures: failures.into_iter().map(|f| f.message).collect(),
                     calibration,
