@@ -168,30 +168,37 @@ fn gunzip(from: &Path) -> anyhow::Result<Vec<u8>> {
 /// Rewrites a safetensors checkpoint with its f32 tensors in f16 (`narrow`) or back.
 fn convert_safetensors(from: &Path, to: &Path, narrow: bool) -> anyhow::Result<()> {
     if narrow {
-        let bytes =
-            std::fs::read(from).with_context(|| format!("{}: cannot read", from.display()))?;
-        write_narrowed(&bytes, from, to)
+        narrow_checkpoint(from, to).map(|_| ())
     } else {
         let out = widened_checkpoint(from)?;
         std::fs::write(to, out).with_context(|| format!("{}: cannot write", to.display()))
     }
 }
 
+/// Packs the safetensors checkpoint `from` into `to`: f32 tensors in f16, gzipped. Returns
+/// the number of tensors.
+pub fn narrow_checkpoint(from: &Path, to: &Path) -> anyhow::Result<usize> {
+    let bytes = std::fs::read(from).with_context(|| format!("{}: cannot read", from.display()))?;
+    write_narrowed(&bytes, from, to)
+}
+
 /// Writes `bytes` (safetensors, read from `from`) to `to` as a packed checkpoint: f32 tensors
-/// in f16, gzipped.
-pub fn write_narrowed(bytes: &[u8], from: &Path, to: &Path) -> anyhow::Result<()> {
-    gzip(&converted(bytes, from, true)?, to)
+/// in f16, gzipped. Returns the number of tensors.
+pub fn write_narrowed(bytes: &[u8], from: &Path, to: &Path) -> anyhow::Result<usize> {
+    let (packed, n) = converted(bytes, from, true)?;
+    gzip(&packed, to)?;
+    Ok(n)
 }
 
 /// A packed checkpoint (`*.safetensors.gz`, f16) as f32 safetensors bytes: what `--weights`
 /// reads when it is given one, so that a run can start from another run's kept weights.
 pub fn widened_checkpoint(from: &Path) -> anyhow::Result<Vec<u8>> {
-    converted(&gunzip(from)?, from, false)
+    converted(&gunzip(from)?, from, false).map(|(bytes, _)| bytes)
 }
 
 /// `bytes` (the safetensors file `from`) with its f32 tensors in f16 (`narrow`) or its f16
-/// ones in f32; other tensors as they are.
-fn converted(bytes: &[u8], from: &Path, narrow: bool) -> anyhow::Result<Vec<u8>> {
+/// ones in f32, other tensors as they are; and how many tensors it holds.
+fn converted(bytes: &[u8], from: &Path, narrow: bool) -> anyhow::Result<(Vec<u8>, usize)> {
     use safetensors::{Dtype, SafeTensors};
     let st = SafeTensors::deserialize(bytes)
         .map_err(|e| anyhow::anyhow!("{}: not a safetensors file: {e}", from.display()))?;
@@ -214,8 +221,9 @@ fn converted(bytes: &[u8], from: &Path, narrow: bool) -> anyhow::Result<Vec<u8>>
         })
         .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()
         .map_err(|e| anyhow::anyhow!("{}: {e}", from.display()))?;
-    safetensors::serialize(views, None)
-        .map_err(|e| anyhow::anyhow!("{}: cannot convert: {e}", from.display()))
+    let bytes = safetensors::serialize(views, None)
+        .map_err(|e| anyhow::anyhow!("{}: cannot convert: {e}", from.display()))?;
+    Ok((bytes, out.len()))
 }
 
 /// The command that started `run`: `command.json` (arguments as given), else `command.txt`

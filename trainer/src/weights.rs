@@ -163,16 +163,11 @@ pub fn load_safetensors<M: Module>(
 /// run's weights, kept in `results/` after its resume pack leaves the tree) as it is, anything
 /// else as a PyTorch checkpoint ([`convert_pytorch`]). Returns the number of tensors written.
 pub fn convert(from: &Path, to: &Path) -> anyhow::Result<usize> {
-    if from.extension().is_none_or(|e| e != "safetensors") {
-        return convert_pytorch(from, to);
+    if from.extension().is_some_and(|e| e == "safetensors") {
+        crate::carry::narrow_checkpoint(from, to)
+    } else {
+        convert_pytorch(from, to)
     }
-    let bytes =
-        std::fs::read(from).map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", from.display()))?;
-    let n = safetensors::SafeTensors::deserialize(&bytes)
-        .map_err(|e| anyhow::anyhow!("{}: not a safetensors file: {e}", from.display()))?
-        .len();
-    crate::carry::write_narrowed(&bytes, from, to)?;
-    Ok(n)
 }
 
 /// Converts a published PyTorch checkpoint (`from`, a state dict in either of PyTorch's
@@ -211,8 +206,7 @@ pub fn convert_pytorch(from: &Path, to: &Path) -> anyhow::Result<usize> {
         .map_err(|e| anyhow::anyhow!("{}: {e}", from.display()))?;
     let bytes = safetensors::serialize(views, None)
         .map_err(|e| anyhow::anyhow!("{}: cannot convert: {e}", from.display()))?;
-    crate::carry::write_narrowed(&bytes, from, to)?;
-    Ok(tensors.len())
+    crate::carry::write_narrowed(&bytes, from, to)
 }
 
 /// Writes to `out` the mean of the checkpoints `inputs` (a run's last epochs, say), tensor by

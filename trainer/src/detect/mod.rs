@@ -229,16 +229,19 @@ pub fn build_detector(
         (Some(ckpt), _) => load_safetensors(model, ckpt, &[], &[])?.0,
         (None, Some(w)) => {
             let (m, report) = match config.model.backbone() {
-                Some(_) => match load_safetensors(model.clone(), w, &[], &[]) {
-                    // A whole detector of this architecture (a finished run's weights, to go
-                    // on at another input size, say).
-                    Ok(whole) => whole,
-                    // An EfficientNet's (ImageNet's, or a classifier run's) fills the backbone;
-                    // neck and head start fresh.
-                    Err(_) => {
-                        load_safetensors(model, w, &["m", "effnet.fc."], &[(r"^", "effnet.")])?
-                    }
-                },
+                // An EfficientNet's tensors (ImageNet's, or a classifier run's) are moved under
+                // `effnet.` and fill the backbone, neck and head starting fresh; a whole
+                // detector's (a finished run's, to go on at another input size, say) already
+                // are, and fill everything.
+                Some(_) => load_safetensors(
+                    model,
+                    w,
+                    &["m", "effnet.fc."],
+                    &[(
+                        r"^(conv_stem|bn0|blocks|conv_head|bn1|fc|cells)\.",
+                        "effnet.$1.",
+                    )],
+                )?,
                 // A COCO (80-class) checkpoint: the class branch starts fresh.
                 None => load_safetensors(model, w, &["m22.cv3."], &ultralytics_key_remapping())?,
             };

@@ -189,6 +189,8 @@ pub struct EfficientNetLite {
     dropout: Dropout,
     fc: Linear,
     cells: Option<Conv2d>,
+    #[module(skip)]
+    variant: LiteVariant,
 }
 
 impl EfficientNetLiteConfig {
@@ -216,6 +218,7 @@ impl EfficientNetLiteConfig {
             cells: self
                 .cell_head
                 .then(|| Conv2dConfig::new([1280, 1], [1, 1]).init(device)),
+            variant: self.variant,
         }
     }
 }
@@ -263,6 +266,11 @@ impl EfficientNetLite {
         }
         out.try_into()
             .unwrap_or_else(|_| panic!("taps {taps:?} must rise and lie within the blocks"))
+    }
+
+    /// The feature maps at strides 8, 16 and 32 ([`LiteVariant::pyramid`]'s blocks).
+    pub fn detector_pyramid(&self, images: Tensor<4>) -> [Tensor<4>; 3] {
+        self.pyramid(images, self.variant.pyramid().0)
     }
 
     /// Logits: `[batch, 3, h, w]` → `[batch, num_classes]`.

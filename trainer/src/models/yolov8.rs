@@ -30,21 +30,9 @@ pub const STRIDES: [usize; 3] = [8, 16, 32];
 pub enum YoloBackbone {
     /// YOLOv8's own CSP backbone (C2f blocks and SPPF).
     Csp,
-    /// EfficientNet-Lite0's stem and MBConv blocks, tapped after blocks 4, 10 and 15.
-    EfficientNetLite0,
-    /// EfficientNet-Lite2's, tapped after blocks 6, 14 and 20.
-    EfficientNetLite2,
-}
-
-impl YoloBackbone {
-    /// Which EfficientNet-Lite, if it is one.
-    pub fn lite_variant(self) -> Option<LiteVariant> {
-        match self {
-            YoloBackbone::Csp => None,
-            YoloBackbone::EfficientNetLite0 => Some(LiteVariant::Lite0),
-            YoloBackbone::EfficientNetLite2 => Some(LiteVariant::Lite2),
-        }
-    }
+    /// An EfficientNet-Lite's stem and MBConv blocks, tapped at the ends of its stages at
+    /// strides 8, 16 and 32 (Lite0: blocks 4, 10, 15; Lite2: 6, 14, 20).
+    EfficientNetLite(LiteVariant),
 }
 
 /// A YOLOv8 configuration: Ultralytics' compound scaling (depth, width, channel cap).
@@ -81,12 +69,12 @@ impl YoloV8Config {
 
     /// YOLOv8n's neck and head on EfficientNet-Lite0.
     pub fn effl0() -> Self {
-        YoloV8Config::n().with_backbone(YoloBackbone::EfficientNetLite0)
+        YoloV8Config::n().with_backbone(YoloBackbone::EfficientNetLite(LiteVariant::Lite0))
     }
 
     /// YOLOv8n's neck and head on EfficientNet-Lite2.
     pub fn effl2() -> Self {
-        YoloV8Config::n().with_backbone(YoloBackbone::EfficientNetLite2)
+        YoloV8Config::n().with_backbone(YoloBackbone::EfficientNetLite(LiteVariant::Lite2))
     }
 
     /// Ultralytics' `make_divisible(min(c, max_channels) * width, 8)`.
@@ -103,20 +91,16 @@ impl YoloV8Config {
     /// Builds the model with fresh weights.
     pub fn init(&self, device: &Device) -> YoloV8 {
         let (c3, c4, c5) = (self.ch(256), self.ch(512), self.ch(1024));
-        let (csp, effnet, (blocks, taps)) = match self.backbone.lite_variant() {
-            None => (
-                Some(CspBackbone::new(self, device)),
-                None,
-                ([0; 3], [c3, c4, c5]),
-            ),
-            Some(variant) => (
+        let (csp, effnet, taps) = match self.backbone {
+            YoloBackbone::Csp => (Some(CspBackbone::new(self, device)), None, [c3, c4, c5]),
+            YoloBackbone::EfficientNetLite(variant) => (
                 None,
                 Some(
                     EfficientNetLiteConfig::new()
                         .with_variant(variant)
                         .init(device),
                 ),
-                variant.pyramid(),
+                variant.pyramid().1,
             ),
         };
         // The EfficientNet taps get YOLOv8's SPPF on P5, as the CSP backbone has.
@@ -135,7 +119,6 @@ impl YoloV8Config {
             m19: ConvBnAct::new(device, c4, c4, 3, 2),
             m21: C2f::new(device, c4 + c5, c5, n, false),
             m22: Detect::new(device, [c3, c4, c5], self.num_classes, self.reg_max),
-            taps: blocks,
             num_classes: self.num_classes,
             reg_max: self.reg_max,
         }
@@ -418,9 +401,6 @@ pub struct YoloV8 {
     m19: ConvBnAct,
     m21: C2f,
     m22: Detect,
-    /// The EfficientNet blocks whose outputs feed the neck.
-    #[module(skip)]
-    taps: [usize; 3],
     #[module(skip)]
     num_classes: usize,
     #[module(skip)]
@@ -450,7 +430,7 @@ impl YoloV8 {
         let [p3, p4, p5] = match (&self.csp, &self.effnet, &self.m9) {
             (Some(csp), _, _) => csp.forward(images),
             (None, Some(eff), Some(sppf)) => {
-                let [p3, p4, p5] = eff.pyramid(images, self.taps);
+                let [p3, p4, p5] = eff.detector_pyramid(images);
                 [p3, p4, sppf.forward(p5)]
             }
             _ => unreachable!("YoloV8Config::init builds one backbone"),
