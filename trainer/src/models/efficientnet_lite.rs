@@ -5,6 +5,7 @@
 //! Parameter names follow the reference PyTorch implementation (`efficientnet-lite-pytorch`)
 //! with the leading underscores dropped, so converted weights load without a mapping table.
 
+use super::flex_norm::batch_norm;
 use burn::config::Config;
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
@@ -161,15 +162,16 @@ impl MbConv {
     pub fn forward(&self, input: Tensor<4>) -> Tensor<4> {
         let mut x = input.clone();
         if let (Some(conv), Some(bn)) = (&self.expand_conv, &self.bn0) {
-            x = relu6(bn.forward(super::flex_conv::pointwise(conv, x)));
+            x = relu6(batch_norm(bn, super::flex_conv::pointwise(conv, x)));
         }
-        x = relu6(
-            self.bn1
-                .forward(super::flex_conv::depthwise(&self.depthwise_conv, x)),
+        x = relu6(batch_norm(
+            &self.bn1,
+            super::flex_conv::depthwise(&self.depthwise_conv, x),
+        ));
+        x = batch_norm(
+            &self.bn2,
+            super::flex_conv::pointwise(&self.project_conv, x),
         );
-        x = self
-            .bn2
-            .forward(super::flex_conv::pointwise(&self.project_conv, x));
         if self.residual {
             x = x + input;
         }
@@ -226,14 +228,14 @@ impl EfficientNetLiteConfig {
 impl EfficientNetLite {
     /// The last feature map: `[batch, 3, h, w]` → `[batch, 1280, h / 32, w / 32]`.
     fn head_map(&self, images: Tensor<4>) -> Tensor<4> {
-        let mut x = relu6(self.bn0.forward(self.conv_stem.forward(images)));
+        let mut x = relu6(batch_norm(&self.bn0, self.conv_stem.forward(images)));
         for block in &self.blocks {
             x = block.forward(x);
         }
-        relu6(
-            self.bn1
-                .forward(super::flex_conv::pointwise(&self.conv_head, x)),
-        )
+        relu6(batch_norm(
+            &self.bn1,
+            super::flex_conv::pointwise(&self.conv_head, x),
+        ))
     }
 
     /// Pooled features: `[batch, 3, h, w]` → `[batch, 1280]`.
@@ -256,7 +258,7 @@ impl EfficientNetLite {
     /// Feature maps after the blocks at `taps` (indices into the MBConv blocks, rising):
     /// the pyramid a detector's neck reads. The head conv and classifier are not run.
     pub fn pyramid<const N: usize>(&self, images: Tensor<4>, taps: [usize; N]) -> [Tensor<4>; N] {
-        let mut x = relu6(self.bn0.forward(self.conv_stem.forward(images)));
+        let mut x = relu6(batch_norm(&self.bn0, self.conv_stem.forward(images)));
         let mut out: Vec<Tensor<4>> = Vec::with_capacity(N);
         for (i, block) in self.blocks.iter().enumerate().take(taps[N - 1] + 1) {
             x = block.forward(x);

@@ -142,7 +142,7 @@ impl<C: CheckpointStrategy> DepthwiseBackend for Autodiff<Flex, C> {
     }
 }
 
-fn f32s(t: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
+pub(crate) fn f32s(t: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
     match t.as_slice::<f32>() {
         Some(s) if t.is_contiguous() => std::borrow::Cow::Borrowed(s),
         _ => std::borrow::Cow::Owned(
@@ -316,14 +316,14 @@ pub fn depthwise(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use burn::nn::conv::Conv2dConfig;
     use burn::tensor::Distribution;
     use std::sync::Mutex;
 
     /// The switch is global: the tests that flip it take turns.
-    static SWITCH: Mutex<()> = Mutex::new(());
+    pub(crate) static SWITCH: Mutex<()> = Mutex::new(());
 
     /// The direct gradients equal burn's own on random tensors, for every kernel, stride and
     /// odd/even size EfficientNet-Lite0 has.

@@ -2,6 +2,7 @@
 
 pub mod efficientnet_lite;
 pub mod flex_conv;
+pub mod flex_norm;
 pub mod resnet_ssl;
 pub mod vit;
 pub mod yolov8;

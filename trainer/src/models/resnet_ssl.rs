@@ -2,6 +2,7 @@
 //! (SimCLR: two augmented views, NT-Xent) to a 32-dimensional embedding, then a small MLP of
 //! Linear-ReLU-BatchNorm-Dropout blocks on the frozen embedding.
 
+use super::flex_norm::batch_norm;
 use burn::config::Config;
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
@@ -73,10 +74,10 @@ impl BasicBlock {
     }
 
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let y = relu(self.bn1.forward(self.conv1.forward(x.clone())));
-        let y = self.bn2.forward(self.conv2.forward(y));
+        let y = relu(batch_norm(&self.bn1, self.conv1.forward(x.clone())));
+        let y = batch_norm(&self.bn2, self.conv2.forward(y));
         let skip = match &self.downsample {
-            Some((c, b)) => b.forward(c.forward(x)),
+            Some((c, b)) => batch_norm(b, c.forward(x)),
             None => x,
         };
         relu(y + skip)
@@ -99,7 +100,7 @@ impl ResNetEmbed {
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
         let mut x = self
             .pool
-            .forward(relu(self.stem_bn.forward(self.stem.forward(x))));
+            .forward(relu(batch_norm(&self.stem_bn, self.stem.forward(x))));
         for b in &self.blocks {
             x = b.forward(x);
         }

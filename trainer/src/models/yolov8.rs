@@ -169,7 +169,7 @@ impl ConvBnAct {
     }
 
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let y = self.bn.forward(self.conv.forward(x));
+        let y = super::flex_norm::batch_norm(&self.bn, self.conv.forward(x));
         if self.act {
             silu(y)
         } else {
