@@ -5,6 +5,7 @@
 //! Parameter names follow the reference PyTorch implementation (`efficientnet-lite-pytorch`)
 //! with the leading underscores dropped, so converted weights load without a mapping table.
 
+use super::flex_act::relu6;
 use super::flex_norm::batch_norm;
 use burn::config::Config;
 use burn::module::Module;
@@ -13,7 +14,6 @@ use burn::nn::pool::{AdaptiveAvgPool2d, AdaptiveAvgPool2dConfig};
 use burn::nn::{
     BatchNorm, BatchNormConfig, Dropout, DropoutConfig, Linear, LinearConfig, PaddingConfig2d,
 };
-use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
 /// One stage of MBConv blocks: (repeats, kernel, stride, expand ratio, input, output).
@@ -68,12 +68,6 @@ impl LiteVariant {
         let last_block = |stage: usize| stages[..=stage].iter().map(|s| s.0).sum::<usize>() - 1;
         ([2, 4, 6].map(last_block), [2, 4, 6].map(|i| stages[i].5))
     }
-}
-
-/// ReLU6 as `relu(x) − relu(x − 6)`: the same function, written with ops that burn-onnx
-/// 0.22 lowers to ONNX (it has no Clip), so the exported graph is the trained one.
-fn relu6<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    relu(x.clone()) - relu(x - 6.0)
 }
 
 /// EfficientNet-Lite's configuration.

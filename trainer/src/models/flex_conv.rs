@@ -257,13 +257,14 @@ fn same_padding(size: usize, kernel: usize, stride: usize) -> (usize, usize) {
     (total / 2, total - total / 2)
 }
 
+/// Whether the direct paths apply on `device`: they are on, and it is the flex device under
+/// autodiff (training on the CPU).
+pub(crate) fn direct_on(device: &Device) -> bool {
+    enabled() && device.is_autodiff() && device.clone().inner() == Device::flex()
+}
+
 fn training_on_flex(conv: &Conv2d, x: &Tensor<4>) -> bool {
-    let device = x.device();
-    enabled()
-        && device.is_autodiff()
-        && device.inner() == Device::flex()
-        && conv.bias.is_none()
-        && conv.dilation == [1, 1]
+    direct_on(&x.device()) && conv.bias.is_none() && conv.dilation == [1, 1]
 }
 
 fn pointwise_applies(conv: &Conv2d, x: &Tensor<4>) -> bool {

@@ -14,7 +14,7 @@
 //! training. Evaluation, export and other devices take burn's `BatchNorm` unchanged. The
 //! running statistics are updated exactly as burn's module updates them.
 
-use super::flex_conv::{enabled, f32s};
+use super::flex_conv::{direct_on, f32s};
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
@@ -24,7 +24,7 @@ use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{backend_extension, Autodiff, AutodiffBackend, Backend, Dispatch, Flex};
 use burn::nn::BatchNorm;
-use burn::tensor::{Device, Shape, Tensor, TensorData};
+use burn::tensor::{Shape, Tensor, TensorData};
 use rayon::prelude::*;
 
 /// BatchNorm with the batch's own statistics, as a backend extension: flex computes it, and
@@ -276,11 +276,7 @@ impl<C: CheckpointStrategy> NormBackend for Autodiff<Flex, C> {
 }
 
 fn applies(bn: &BatchNorm, x: &Tensor<4>) -> bool {
-    let device = x.device();
-    enabled()
-        && bn.training.is_enabled()
-        && device.is_autodiff()
-        && device.inner() == Device::flex()
+    bn.training.is_enabled() && direct_on(&x.device())
 }
 
 /// `bn.forward(x)`, with the direct statistics and gradients where they apply; the running
@@ -320,7 +316,7 @@ mod tests {
     use crate::models::flex_conv::tests::SWITCH;
     use burn::module::Param;
     use burn::nn::BatchNormConfig;
-    use burn::tensor::Distribution;
+    use burn::tensor::{Device, Distribution};
 
     /// The direct output, gradients and running statistics equal burn's own, on planes whose
     /// size is and is not a multiple of the lane width, and on a shifted input (a large mean).

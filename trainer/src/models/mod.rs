@@ -1,6 +1,7 @@
 //! Model architectures, one file each, and the table that maps `--model` names to them.
 
 pub mod efficientnet_lite;
+pub mod flex_act;
 pub mod flex_conv;
 pub mod flex_norm;
 pub mod resnet_ssl;

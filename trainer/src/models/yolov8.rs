@@ -10,12 +10,13 @@
 //! stem and blocks (ImageNet weights that ship here) and keep YOLOv8n's SPPF, neck and head.
 
 use super::efficientnet_lite::{EfficientNetLite, EfficientNetLiteConfig, LiteVariant};
+use super::flex_act::silu;
 use burn::config::Config;
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d};
-use burn::tensor::activation::{sigmoid, silu, softmax};
+use burn::tensor::activation::{sigmoid, softmax};
 use burn::tensor::module::interpolate;
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 use burn::tensor::{Device, Tensor, TensorData};
