@@ -13,4 +13,6 @@ cp models/$DET.onnx models/$DET.json $M/
 time $B export --run $R --name $N --version $V --out $M
 time $B fuse --classifier $M/$N.json --detector $M/$DET.json --run $R --data $D --out $F --write
 time $B expect --classifier $M/$N.json --predictions $F/predictions.csv --prevalence 0.176
-time $B -v shifts --models $M --run $R --data $D --split valid --out results/shifts-effl2-384-shift-valid
+if [ "${SHIFTS:-1}" = 1 ]; then
+  time $B -v shifts --models $M --run $R --data $D --split valid --out results/shifts-effl2-384-shift-valid
+fi
