@@ -95,9 +95,9 @@ enum Command {
         /// Compute device.
         #[arg(long, value_enum, default_value_t = DeviceArg::Flex)]
         device: DeviceArg,
-        /// Convolutions in training on flex: `direct` (fv-train's depthwise backward and 1×1
-        /// convolutions as matrix products, the default in training) or `burn` (burn's generic
-        /// convolution backward), to compare the two.
+        /// Layers in training on flex: `direct` (fv-train's depthwise backward, 1×1
+        /// convolutions as matrix products, BatchNorm and activations in one pass each way: the
+        /// default in training) or `burn` (burn's own paths for all of them), to compare the two.
         #[arg(long, default_value = "direct", value_parser = ["direct", "burn"])]
         convolutions: String,
     },

@@ -37,8 +37,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 static ENABLED: AtomicBool = AtomicBool::new(true);
 
-/// Turns these paths on (the default) or off (burn's own convolutions), for benchmarks and
-/// for the tests that compare the two.
+/// Turns the direct paths on (the default) or off (burn's own), for benchmarks and for the
+/// tests that compare the two: these convolutions, `flex_norm`'s BatchNorm and `flex_act`'s
+/// activations.
 pub fn set_enabled(on: bool) {
     ENABLED.store(on, Ordering::Relaxed);
 }

@@ -8,7 +8,7 @@
 //! EfficientNet-Lite0, where every convolution is followed by a BatchNorm, that made the
 //! layout copies (`copy_2d_tiled`) the largest single entry in the training step's profile and
 //! a large share of its page faults. Here the forward is two reading passes and one writing
-//! pass, the backward two reading passes and one writing pass, in parallel over planes.
+//! pass, the backward one reading pass and one writing pass, in parallel over planes.
 //!
 //! Only where it applies: an autodiff tensor of rank 4 on the flex device and a module in
 //! training. Evaluation, export and other devices take burn's `BatchNorm` unchanged. The
