@@ -56,26 +56,31 @@ pub trait ActBackend: Backend {
     fn activation(x: FloatTensor<Self>, act: Act) -> FloatTensor<Self>;
 }
 
-/// Element by element in parallel chunks.
-fn map(xs: &[f32], ys: Option<&[f32]>, f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
-    const CHUNK: usize = 1 << 14;
+const CHUNK: usize = 1 << 14;
+
+/// `f` of every element, in parallel chunks.
+fn map(xs: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
     let mut out = vec![0f32; xs.len()];
-    out.par_chunks_mut(CHUNK).enumerate().for_each(|(i, o)| {
-        let x = &xs[i * CHUNK..i * CHUNK + o.len()];
-        match ys {
-            Some(ys) => {
-                let y = &ys[i * CHUNK..i * CHUNK + o.len()];
-                for ((r, &a), &b) in o.iter_mut().zip(x).zip(y) {
-                    *r = f(a, b);
-                }
+    out.par_chunks_mut(CHUNK)
+        .zip(xs.par_chunks(CHUNK))
+        .for_each(|(o, x)| {
+            for (r, &a) in o.iter_mut().zip(x) {
+                *r = f(a);
             }
-            None => {
-                for (r, &a) in o.iter_mut().zip(x) {
-                    *r = f(a, 0.0);
-                }
+        });
+    out
+}
+
+/// `f` of every pair of elements of two slices of equal length, in parallel chunks.
+fn map2(xs: &[f32], ys: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
+    let mut out = vec![0f32; xs.len()];
+    out.par_chunks_mut(CHUNK)
+        .zip(xs.par_chunks(CHUNK).zip(ys.par_chunks(CHUNK)))
+        .for_each(|(o, (x, y))| {
+            for ((r, &a), &b) in o.iter_mut().zip(x).zip(y) {
+                *r = f(a, b);
             }
-        }
-    });
+        });
     out
 }
 
@@ -86,7 +91,7 @@ fn like(x: &FlexTensor, values: Vec<f32>) -> FlexTensor {
 
 impl ActBackend for Flex {
     fn activation(x: FlexTensor, act: Act) -> FlexTensor {
-        let values = map(&f32s(&x), None, |v, _| act.forward(v));
+        let values = map(&f32s(&x), |v| act.forward(v));
         like(&x, values)
     }
 }
@@ -108,7 +113,7 @@ impl Backward<Flex, 1> for ActBackward {
         let (x_state, act) = ops.state;
         let x: FlexTensor = checkpointer.retrieve_node_output(x_state);
         if let Some(node) = node_x {
-            let values = map(&f32s(&x), Some(&f32s(&grad)), |v, g| g * act.slope(v));
+            let values = map2(&f32s(&x), &f32s(&grad), |v, g| g * act.slope(v));
             grads.register::<Flex>(node.id, like(&x, values));
         }
     }

@@ -44,20 +44,10 @@ pub trait NormBackend: Backend {
 /// A sum over a slice with independent lanes, so that the compiler vectorises it; lanes of
 /// f32 are exact enough for one plane, and the planes are added in f64.
 fn lane_sum(xs: &[f32], f: impl Fn(f32) -> f32) -> f64 {
-    const LANES: usize = 16;
-    let mut acc = [0f32; LANES];
-    let chunks = xs.chunks_exact(LANES);
-    let rest = chunks.remainder();
-    for chunk in chunks {
-        for (a, &v) in acc.iter_mut().zip(chunk) {
-            *a += f(v);
-        }
-    }
-    let tail: f32 = rest.iter().map(|&v| f(v)).sum();
-    acc.iter().map(|&a| a as f64).sum::<f64>() + tail as f64
+    lane_sum2(xs, xs, |x, _| f(x))
 }
 
-/// The same with two slices of equal length.
+/// The same over pairs of elements of two slices of equal length.
 fn lane_sum2(xs: &[f32], ys: &[f32], f: impl Fn(f32, f32) -> f32) -> f64 {
     const LANES: usize = 16;
     let mut acc = [0f32; LANES];
