@@ -127,7 +127,8 @@ enum Command {
         /// Where the average goes.
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
-        /// The checkpoints (safetensors) to average.
+        /// The checkpoints to average: `.safetensors`, or a finished run's kept
+        /// `.safetensors.gz` (two runs' kept weights average into a soup of them).
         #[arg(required = true, value_name = "CHECKPOINT")]
         inputs: Vec<PathBuf>,
     },

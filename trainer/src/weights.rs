@@ -212,7 +212,8 @@ pub fn convert_pytorch(from: &Path, to: &Path) -> anyhow::Result<usize> {
 /// Writes to `out` the mean of the checkpoints `inputs` (a run's last epochs, say), tensor by
 /// tensor: an average of weights along one training path generalizes like an exponential
 /// moving average of them. Every file must hold the same tensors with the same shapes; f32
-/// tensors are averaged, any other type must be equal in all.
+/// tensors are averaged, any other type must be equal in all. A `.gz` input is a kept
+/// checkpoint (f16, packed), read as f32.
 pub fn average(inputs: &[PathBuf], out: &Path) -> anyhow::Result<()> {
     use anyhow::Context as _;
     use safetensors::{Dtype, SafeTensors};
@@ -220,9 +221,17 @@ pub fn average(inputs: &[PathBuf], out: &Path) -> anyhow::Result<()> {
         !inputs.is_empty(),
         "name at least one checkpoint to average"
     );
+    // A finished run's kept weights (`best.safetensors.gz`, f16) are read widened, so that
+    // two runs' kept weights can be averaged (a soup of seeds).
     let bytes: Vec<Vec<u8>> = inputs
         .iter()
-        .map(|p| std::fs::read(p).with_context(|| format!("{}: cannot read", p.display())))
+        .map(|p| {
+            if p.extension().is_some_and(|e| e == "gz") {
+                crate::carry::widened_checkpoint(p)
+            } else {
+                std::fs::read(p).with_context(|| format!("{}: cannot read", p.display()))
+            }
+        })
         .collect::<anyhow::Result<_>>()?;
     let files: Vec<SafeTensors> = bytes
         .iter()
@@ -362,7 +371,10 @@ mod tests {
         );
         write(&a, &[("w", vec![1.0, 2.0]), ("bn.mean", vec![0.0])]);
         write(&b, &[("w", vec![3.0, 6.0]), ("bn.mean", vec![1.0])]);
-        average(&[a.clone(), b], &out).unwrap();
+        // One of them kept as a finished run keeps its weights (f16, packed).
+        let kept = dir.path().join("b.safetensors.gz");
+        convert(&b, &kept).unwrap();
+        average(&[a.clone(), kept], &out).unwrap();
         let bytes = std::fs::read(&out).unwrap();
         let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
         let values = |name: &str| -> Vec<f32> {
