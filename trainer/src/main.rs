@@ -304,6 +304,18 @@ impl DeviceArg {
     }
 }
 
+impl ClassifyArgs {
+    /// Which non-fractured images validation and test hold out.
+    fn split(&self) -> ClassificationSplitConfig {
+        ClassificationSplitConfig {
+            seed: self.split_seed,
+            valid_non_fractured: self.valid_non_fractured,
+            test_non_fractured: self.test_non_fractured,
+            ..ClassificationSplitConfig::default()
+        }
+    }
+}
+
 /// The weights a run validates and keeps, the same for the classifier and the detector.
 #[derive(clap::Args)]
 struct AverageArgs {
@@ -375,9 +387,14 @@ struct ClassifyArgs {
     /// AdamW learning rate (the study: 2e-5).
     #[arg(long)]
     lr: Option<f64>,
-    /// Seed for initialization, shuffling, augmentation and the split.
+    /// Seed for initialization, shuffling and augmentation; the split has its own
+    /// (`--split-seed`), so that runs of different seeds are judged on the same images.
     #[arg(long)]
     seed: Option<u64>,
+    /// Salt of the name hash that holds non-fractured images out for validation and test
+    /// (42: the split every shipped figure is on).
+    #[arg(long, default_value_t = ClassificationSplitConfig::default().seed)]
+    split_seed: u64,
     /// SimCLR pretraining epochs (`resnet-ssl-mlp` only; default 10).
     #[arg(long)]
     ssl_epochs: Option<usize>,
@@ -655,6 +672,7 @@ fn run(cli: Cli, argv: &[String]) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Classify(a) => {
+            let split = a.split();
             let mut config = TrainConfig::study(a.model);
             if a.from_scratch {
                 config.weights = None;
@@ -703,12 +721,7 @@ fn run(cli: Cli, argv: &[String]) -> anyhow::Result<()> {
             }
             a.resume.check(&a.out)?;
             let run_data = RunData {
-                split: ClassificationSplitConfig {
-                    seed: config.seed,
-                    valid_non_fractured: a.valid_non_fractured,
-                    test_non_fractured: a.test_non_fractured,
-                    ..ClassificationSplitConfig::default()
-                },
+                split,
                 limit_per_class: a.limit_per_class,
             };
             let device = a.device.device()?;
@@ -993,5 +1006,37 @@ fn run(cli: Cli, argv: &[String]) -> anyhow::Result<()> {
             println!("metrics: {}", run.join("metrics.json").display());
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn classify_args(extra: &[&str]) -> ClassifyArgs {
+        let base = [
+            "fv-train",
+            "classify",
+            "--data",
+            "d",
+            "--model",
+            "efficientnet-lite0",
+            "--out",
+            "o",
+        ];
+        let argv: Vec<&str> = base.iter().chain(extra).copied().collect();
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Classify(a) => a,
+            _ => unreachable!("parsed as classify"),
+        }
+    }
+
+    /// Another training seed is judged on the shipped split; only `--split-seed` moves it.
+    #[test]
+    fn the_training_seed_does_not_move_the_split() {
+        let shipped = ClassificationSplitConfig::default();
+        assert_eq!(classify_args(&[]).split(), shipped);
+        assert_eq!(classify_args(&["--seed", "7"]).split(), shipped);
+        assert_eq!(classify_args(&["--split-seed", "9"]).split().seed, 9);
     }
 }
