@@ -1,11 +1,12 @@
 #!/bin/bash
 # Candidates for the 512-px detector, read on validation only, fixed before any was read: the
 # best epoch as the run chose it and the last epoch (both the moving average's weights). Rule:
-# 0.1 mAP50 + 0.9 mAP50-95; the shipped detector reads 0.240 there.
+# 0.1 mAP50 + 0.9 mAP50-95; the shipped detector reads 0.240 there. RUN and OUT may be set
+# for another detector run (results/yolov8-effl0-640-ft/select.sh).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-R=runs/yolov8-effl0-512-ft; D=${DATA:-/work/shared/data/FracAtlas}; B=./target/release/fv-train
-O=results/yolov8-effl0-512-ft/select
+R=${RUN:-runs/yolov8-effl0-512-ft}; D=${DATA:-/work/shared/data/FracAtlas}; B=./target/release/fv-train
+O=${OUT:-results/yolov8-effl0-512-ft/select}
 mkdir -p $O
 for k in best last; do
   C=$R-$k; rm -rf $C; mkdir -p $C

@@ -1,17 +1,7 @@
 #!/bin/bash
 # Candidates for the 640-px detector, read on validation only, fixed before any was read: the
-# best epoch as the run chose it and the last epoch (both the moving average's weights). Rule:
-# 0.1 mAP50 + 0.9 mAP50-95; the shipped detector reads 0.240 there.
+# best epoch as the run chose it and the last epoch (both the moving average's weights), by
+# the 512-px run's select.sh. Rule: 0.1 mAP50 + 0.9 mAP50-95; the shipped detector reads 0.240.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-R=runs/yolov8-effl0-640-ft; D=${DATA:-/work/shared/data/FracAtlas}; B=./target/release/fv-train
-O=results/yolov8-effl0-640-ft/select
-mkdir -p $O
-for k in best last; do
-  C=$R-$k; rm -rf $C; mkdir -p $C
-  cp $R/task $R/config.json $R/command.txt $R/git_commit.txt $R/state.json $C/
-  cp $R/$k.safetensors $C/best.safetensors
-  $B eval --run $C --data $D --split valid
-  cp $C/metrics.json $O/$k-valid.json
-  python3 -c "import json; m=json.load(open('$O/$k-valid.json'))['valid']; print('$k', round(m['map50'],4), round(m['map50_95'],4), 'rule', round(0.1*m['map50']+0.9*m['map50_95'],4))"
-done
+RUN=runs/yolov8-effl0-640-ft OUT=results/yolov8-effl0-640-ft/select exec results/yolov8-effl0-512-ft/select.sh
