@@ -10,7 +10,7 @@ R=${RUN:-runs/effl0-384-shift-s7}; S=runs/effl0-384-shift-soup
 D=${DATA:-/work/shared/data/FracAtlas}; B=./target/release/fv-train
 N=efficientnet-lite0-fracatlas; DET=yolov8-effl0-fracatlas; V=${V:-2026.12.08}
 rm -rf $S; mkdir -p $S
-cp $R/task $R/config.json $R/command.txt $R/git_commit.txt $R/state.json $S/
+cp $R/task $R/config.json $R/data.json $R/command.txt $R/git_commit.txt $R/state.json $S/
 time $B average --out $S/best.safetensors results/effl0-384-shift/best.safetensors.gz $R/best.safetensors
 for k in s7 soup; do
   if [ $k = s7 ]; then RUNK=$R; else RUNK=$S; fi
