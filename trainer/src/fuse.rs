@@ -606,17 +606,74 @@ pub fn write_prevalence(
 /// with its bootstrap interval.
 pub fn test_intervals(classifier: &Path, predictions: &Path) -> anyhow::Result<Vec<WithInterval>> {
     let m = Found::open(classifier)?.manifest;
-    let (reading, t) = shipped_reading(&m);
-    let test = scored(&prediction_rows(predictions, &format!("test-{reading}"))?);
-    let figures = with_intervals(&test, t.suspicious, t.definite);
-    anyhow::ensure!(!figures.is_empty(), "test needs both classes");
-    Ok(figures
+    let (reading, figures) = shipped_intervals(&m, predictions)?;
+    Ok(named(reading, figures))
+}
+
+fn named(reading: &str, figures: Vec<WithInterval>) -> Vec<WithInterval> {
+    figures
         .into_iter()
         .map(|f| WithInterval {
             name: format!("{reading} {}", f.name),
             ..f
         })
-        .collect())
+        .collect()
+}
+
+fn shipped_intervals(
+    m: &Manifest,
+    predictions: &Path,
+) -> anyhow::Result<(&'static str, Vec<WithInterval>)> {
+    let (reading, t) = shipped_reading(m);
+    let test = scored(&prediction_rows(predictions, &format!("test-{reading}"))?);
+    let figures = with_intervals(&test, t.suspicious, t.definite);
+    anyhow::ensure!(!figures.is_empty(), "test needs both classes");
+    Ok((reading, figures))
+}
+
+/// Writes [`test_intervals`] into the classifier's manifest beside the test figures it
+/// carries for its shipped reading (`roc_auc_interval_low`, ..., as the detector's manifest
+/// names them), once each figure the predictions give is checked to be the manifest's own:
+/// intervals from another model's predictions would be a wrong claim. The figures come back
+/// named as [`test_intervals`] names them.
+pub fn write_intervals(classifier: &Path, predictions: &Path) -> anyhow::Result<Vec<WithInterval>> {
+    let mut m = Found::open(classifier)?.manifest;
+    let (reading, figures) = shipped_intervals(&m, predictions)?;
+    let metrics = match reading {
+        "fusion" => m.fusion.as_mut().and_then(|f| f.metrics.as_mut()),
+        _ => m.metrics.as_mut(),
+    }
+    .filter(|t| t.split == SplitPart::Test.to_string())
+    .with_context(|| {
+        format!(
+            "{}: carries no test figures for its {reading} reading; write them with `fv-train fuse --write`",
+            classifier.display()
+        )
+    })?;
+    for f in &figures {
+        let carried = metrics.values.get(&f.name).copied();
+        // The CSV holds six decimals: a figure may move in the fifth.
+        anyhow::ensure!(
+            carried.is_some_and(|v| (v - f.value).abs() < 1e-3),
+            "{}: its {reading} {} is {carried:?} where {} gives {:.4}: these are not the \
+             predictions of this manifest's models; give the `fuse` run that wrote it",
+            classifier.display(),
+            f.name,
+            predictions.display(),
+            f.value
+        );
+        metrics
+            .values
+            .insert(format!("{}_interval_low", f.name), f.interval[0]);
+        metrics
+            .values
+            .insert(format!("{}_interval_high", f.name), f.interval[1]);
+    }
+    let text = serde_json::to_string_pretty(&m)? + "\n";
+    Manifest::from_json(&text, classifier)?;
+    fv_core::durable::write(classifier, text.as_bytes())
+        .with_context(|| format!("{}: cannot write", classifier.display()))?;
+    Ok(named(reading, figures))
 }
 
 /// A classifier run's test figures (`fv-train intervals --run`), from its own evaluation
@@ -675,6 +732,80 @@ pub fn summary_table(r: &FuseReport) -> String {
 mod tests {
     use super::*;
     use crate::classify::eval::ClassifyMetrics;
+
+    #[test]
+    fn intervals_are_written_beside_the_manifests_own_figures_and_nowhere_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../models/efficientnet-lite0-fracatlas.json");
+        let mut m = Manifest::from_path(&shipped).unwrap();
+        // Sixty-fourths: the CSV's six decimals hold them exactly, ties included.
+        let test: Vec<Prediction> = (0..90)
+            .map(|i| Prediction {
+                id: format!("IMG{i}.jpg"),
+                fractured: i % 3 == 0,
+                probability: Probability::new(
+                    ((if i % 3 == 0 { 13 } else { 0 }) + i % 20) as f64 / 64.0,
+                )
+                .unwrap(),
+            })
+            .collect();
+        let t = ChosenThresholds::choose(&test).unwrap();
+        m.fusion = None;
+        m.thresholds = Thresholds {
+            suspicious: t.suspicious.threshold,
+            definite: t.definite.threshold,
+        };
+        m.metrics = Some(SplitReport::new(SplitPart::Test, &test, &t).test_metrics());
+        let json = dir.path().join("classifier.json");
+        let write_manifest =
+            |m: &Manifest| std::fs::write(&json, serde_json::to_string_pretty(m).unwrap()).unwrap();
+        write_manifest(&m);
+        let ours = dir.path().join("ours.csv");
+        write_predictions(&ours, &[("test-classifier", &test)]).unwrap();
+
+        let figures = write_intervals(&json, &ours).unwrap();
+        let written = Manifest::from_path(&json).unwrap().metrics.unwrap().values;
+        let before = m.metrics.as_ref().unwrap();
+        assert_eq!(written.len(), before.values.len() + 2 * figures.len());
+        for f in &figures {
+            let name = f.name.trim_start_matches("classifier ");
+            // serde_json reads floats back to within an ulp.
+            assert!((written[name] - before.values[name]).abs() < 1e-12);
+            let low = written[&format!("{name}_interval_low")];
+            let high = written[&format!("{name}_interval_high")];
+            assert!((low - f.interval[0]).abs() < 1e-12 && (high - f.interval[1]).abs() < 1e-12);
+            assert!(
+                f.interval[0] <= f.value && f.value <= f.interval[1],
+                "{f:?}"
+            );
+        }
+
+        // Another model's predictions do not lend the manifest their intervals.
+        write_manifest(&m);
+        let unwritten = std::fs::read(&json).unwrap();
+        let other = dir.path().join("other.csv");
+        let moved: Vec<Prediction> = test
+            .iter()
+            .map(|p| Prediction {
+                probability: Probability::new(if p.fractured { 0.2 } else { 0.25 }).unwrap(),
+                ..p.clone()
+            })
+            .collect();
+        write_predictions(&other, &[("test-classifier", &moved)]).unwrap();
+        let e = write_intervals(&json, &other).unwrap_err().to_string();
+        assert!(
+            e.contains("not the predictions") && e.contains("roc_auc"),
+            "{e}"
+        );
+        assert_eq!(std::fs::read(&json).unwrap(), unwritten);
+
+        // Nor does a manifest without test figures get bare intervals.
+        m.metrics = None;
+        write_manifest(&m);
+        let e = write_intervals(&json, &ours).unwrap_err().to_string();
+        assert!(e.contains("fuse --write"), "{e}");
+    }
 
     #[test]
     fn a_classifier_runs_test_figures_come_with_intervals_at_its_own_thresholds() {

@@ -252,6 +252,10 @@ enum Command {
         /// A classifier run folder (its metrics.json and predictions.csv), instead.
         #[arg(long, value_name = "RUN", conflicts_with_all = ["classifier", "predictions"])]
         run: Option<PathBuf>,
+        /// Also write the intervals into the classifier's manifest, beside the test figures
+        /// it carries (each checked to be the one the predictions give).
+        #[arg(long, requires = "predictions")]
+        write: bool,
     },
     /// Re-evaluate a run's best checkpoint (thresholds from validation), classifier or detector.
     Eval {
@@ -931,9 +935,15 @@ fn run(cli: Cli, argv: &[String]) -> anyhow::Result<()> {
             classifier,
             predictions,
             run,
+            write,
         } => {
             let figures = match (run, classifier, predictions) {
                 (Some(run), _, _) => fv_train::fuse::run_intervals(&run)?,
+                (None, Some(classifier), Some(predictions)) if write => {
+                    let figures = fv_train::fuse::write_intervals(&classifier, &predictions)?;
+                    println!("written into {}", classifier.display());
+                    figures
+                }
                 (None, Some(classifier), Some(predictions)) => {
                     fv_train::fuse::test_intervals(&classifier, &predictions)?
                 }
