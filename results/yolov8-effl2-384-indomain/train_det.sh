@@ -12,4 +12,4 @@ D=${DATA:-/work/shared/data/FracAtlas}
 W=results/effl2-384-shift/best.safetensors.gz
 exec nice -n ${NICE:-10} ./runs/fv-train-det detect --data "$D" --model yolov8-effl2 --weights $W \
   --image-size 384 --epochs 30 --warmup-epochs 2 --batch-size 8 --close-mosaic 5 --negatives 300 \
-  --ema 0.999 --checkpoint-minutes 10 --no-progress --out runs/yolov8-effl2-384-indomain
+  --ema 0.999 --checkpoint-minutes 10 --no-progress --out runs/yolov8-effl2-384-indomain "$@"
