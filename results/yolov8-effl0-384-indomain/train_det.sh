@@ -10,7 +10,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 D=${DATA:-/work/shared/data/FracAtlas}
-W=results/effl0-384-shift/best.safetensors.gz
-exec nice -n ${NICE:-10} ./runs/fv-train-det detect --data "$D" --model yolov8-effl0 --weights $W \
-  --image-size 384 --epochs 40 --warmup-epochs 2 --batch-size 8 --close-mosaic 5 --negatives 300 \
-  --ema 0.999 --checkpoint-minutes 10 --no-progress --out runs/yolov8-effl0-384-indomain
+# MODEL, W, EPOCHS and OUT change the backbone, its weights, the length and the run folder
+# (results/yolov8-effl2-384-indomain/train_det.sh).
+W=${W:-results/effl0-384-shift/best.safetensors.gz}
+exec nice -n ${NICE:-10} ./runs/fv-train-det detect --data "$D" --model ${MODEL:-yolov8-effl0} --weights $W \
+  --image-size 384 --epochs ${EPOCHS:-40} --warmup-epochs 2 --batch-size 8 --close-mosaic 5 --negatives 300 \
+  --ema 0.999 --checkpoint-minutes 10 --no-progress --out ${OUT:-runs/yolov8-effl0-384-indomain} "$@"

@@ -6,10 +6,8 @@
 # at epoch 12). Spans sessions: before a stop `fv-train carry save --run
 # runs/yolov8-effl2-384-indomain` and commit; anywhere after:
 # `fv-train carry resume checkpoints/yolov8-effl2-384-indomain -- --data DIR`.
+# Extra flags pass on (-v shows what the backbone took).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-D=${DATA:-/work/shared/data/FracAtlas}
-W=results/effl2-384-shift/best.safetensors.gz
-exec nice -n ${NICE:-10} ./runs/fv-train-det detect --data "$D" --model yolov8-effl2 --weights $W \
-  --image-size 384 --epochs 30 --warmup-epochs 2 --batch-size 8 --close-mosaic 5 --negatives 300 \
-  --ema 0.999 --checkpoint-minutes 10 --no-progress --out runs/yolov8-effl2-384-indomain "$@"
+MODEL=yolov8-effl2 W=results/effl2-384-shift/best.safetensors.gz EPOCHS=30 \
+  OUT=runs/yolov8-effl2-384-indomain exec results/yolov8-effl0-384-indomain/train_det.sh "$@"
