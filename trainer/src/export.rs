@@ -100,16 +100,26 @@ pub fn write_manifest(
     manifest: Manifest,
 ) -> anyhow::Result<Exported> {
     let path = out_dir.join(format!("{stem}.json"));
-    let text = serde_json::to_string_pretty(&manifest)? + "\n";
-    // Written only if the edge will accept it: the checks fv-edge runs at start-up.
-    Manifest::from_json(&text, &path)
-        .context("the exporter made a manifest the edge would refuse")?;
-    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    save_manifest(&path, &manifest)?;
     Ok(Exported {
         onnx,
         manifest: path,
         content: manifest,
     })
+}
+
+/// Writes `manifest` to `path`, durably, only if the edge will accept it (the checks fv-edge
+/// runs at start-up).
+pub fn save_manifest(path: &Path, manifest: &Manifest) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(manifest)? + "\n";
+    Manifest::from_json(&text, path).with_context(|| {
+        format!(
+            "{}: a manifest the edge would refuse was not written",
+            path.display()
+        )
+    })?;
+    fv_core::durable::write(path, text.as_bytes())
+        .with_context(|| format!("{}: cannot write", path.display()))
 }
 
 /// Writes `<out_dir>/<stem>.onnx`; returns its path and sha256 (hex), for the manifest.

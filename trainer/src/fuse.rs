@@ -15,6 +15,7 @@ use crate::classify::eval::{
 use crate::classify::run_split_samples;
 use crate::data::classify::Sample;
 use crate::data::SplitPart;
+use crate::export::save_manifest;
 use anyhow::Context as _;
 use fv_core::calibration::{Calibration, Prevalence};
 use fv_core::drift::{ClassBehaviour, Expected};
@@ -422,11 +423,7 @@ pub fn fuse(o: &FuseOptions) -> anyhow::Result<FuseReport> {
             .as_ref()
             .map_or(0.0, |a| a.fitted.valid_refused);
         m.expected = Some(expected(reading, &valid_preds, t, refused, m.prevalence));
-        let text = serde_json::to_string_pretty(&m)? + "\n";
-        // The edge must accept what is written.
-        Manifest::from_json(&text, &o.classifier)?;
-        std::fs::write(&o.classifier, text)
-            .with_context(|| format!("{}: cannot write", o.classifier.display()))?;
+        save_manifest(&o.classifier, &m)?;
     }
     Ok(report)
 }
@@ -519,10 +516,7 @@ pub fn write_expected(classifier: &Path, predictions: &Path) -> anyhow::Result<E
         .map_or(0.0, |a| a.fitted.valid_refused);
     let e = expected(reading, &rows, t, refused, m.prevalence);
     m.expected = Some(e.clone());
-    let text = serde_json::to_string_pretty(&m)? + "\n";
-    Manifest::from_json(&text, classifier)?;
-    fv_core::durable::write(classifier, text.as_bytes())
-        .with_context(|| format!("{}: cannot write", classifier.display()))?;
+    save_manifest(classifier, &m)?;
     Ok(e)
 }
 
@@ -592,10 +586,7 @@ pub fn write_prevalence(
         ece_at_test_composition: [plain(&before), plain(&after)],
     };
     m.prevalence = Some(at);
-    let text = serde_json::to_string_pretty(&m)? + "\n";
-    Manifest::from_json(&text, classifier)?;
-    fv_core::durable::write(classifier, text.as_bytes())
-        .with_context(|| format!("{}: cannot write", classifier.display()))?;
+    save_manifest(classifier, &m)?;
     // The drift watch's expectation follows what the unit now reports.
     write_expected(classifier, predictions)?;
     Ok(report)
@@ -669,10 +660,7 @@ pub fn write_intervals(classifier: &Path, predictions: &Path) -> anyhow::Result<
             .values
             .insert(format!("{}_interval_high", f.name), f.interval[1]);
     }
-    let text = serde_json::to_string_pretty(&m)? + "\n";
-    Manifest::from_json(&text, classifier)?;
-    fv_core::durable::write(classifier, text.as_bytes())
-        .with_context(|| format!("{}: cannot write", classifier.display()))?;
+    save_manifest(classifier, &m)?;
     Ok(named(reading, figures))
 }
 
