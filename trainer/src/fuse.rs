@@ -758,11 +758,10 @@ mod tests {
         assert_eq!(written.len(), before.values.len() + 2 * figures.len());
         for f in &figures {
             let name = f.name.trim_start_matches("classifier ");
-            // serde_json reads floats back to within an ulp.
-            assert!((written[name] - before.values[name]).abs() < 1e-12);
-            let low = written[&format!("{name}_interval_low")];
-            let high = written[&format!("{name}_interval_high")];
-            assert!((low - f.interval[0]).abs() < 1e-12 && (high - f.interval[1]).abs() < 1e-12);
+            // Bit for bit: the workspace's serde_json reads floats back exactly.
+            assert_eq!(written[name], before.values[name]);
+            assert_eq!(written[&format!("{name}_interval_low")], f.interval[0]);
+            assert_eq!(written[&format!("{name}_interval_high")], f.interval[1]);
             assert!(
                 f.interval[0] <= f.value && f.value <= f.interval[1],
                 "{f:?}"
